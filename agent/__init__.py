@@ -1,0 +1,45 @@
+"""Agent Router: route LLM calls across providers.
+
+from agent import Agent, AgentRouter
+"""
+
+from agent.agent import Agent
+from agent.errors import AgentError, RoutingError
+from agent.middleware import Middleware
+from agent.pricing import Price
+from agent.router import AgentRouter
+from agent.tools import Tool
+from agent.types import (
+    Done,
+    Message,
+    Request,
+    Response,
+    RouteResult,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolResult,
+    Usage,
+)
+
+__all__ = [
+    "Agent",
+    "AgentError",
+    "AgentRouter",
+    "Done",
+    "Message",
+    "Middleware",
+    "Price",
+    "Request",
+    "Response",
+    "RouteResult",
+    "RoutingError",
+    "StreamEvent",
+    "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolResult",
+    "Usage",
+]

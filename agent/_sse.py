@@ -1,0 +1,65 @@
+"""Incremental Server-Sent Events parsing (WHATWG rules), bytes in, events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True)
+class SSEEvent:
+    event: str  # "message" when the frame had no `event:` line
+    data: str
+
+
+class SSEParser:
+    """Feed raw bytes as they arrive; get complete events back. No I/O."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            # Keep a trailing CR: it may be the first half of a CRLF split across chunks.
+            tail = b"\r" if buf.endswith(b"\r") else b""
+            body = buf[:-1] if tail else buf
+            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        events: list[SSEEvent] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            event = _parse_frame(buf[start:end])
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        self._buf = buf[start:]
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a last frame without its blank line still counts."""
+        rest, self._buf = self._buf.rstrip(b"\r\n"), b""
+        event = _parse_frame(rest.replace(b"\r\n", b"\n")) if rest else None
+        return [event] if event is not None else []
+
+
+def _parse_frame(frame: bytes) -> SSEEvent | None:
+    name = "message"
+    data: list[str] = []
+    for raw in frame.split(b"\n"):
+        if not raw or raw.startswith(b":"):
+            continue
+        line = raw.decode("utf-8", "replace")
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    if not data:
+        return None
+    return SSEEvent(name, "\n".join(data))

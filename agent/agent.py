@@ -1,0 +1,361 @@
+"""`Agent`: one provider and one model, called sync, async, streamed or for JSON."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
+
+import pydantic
+
+from agent import _steps
+from agent._sse import SSEParser
+from agent._transport import Reply
+from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
+from agent.errors import AgentError, ConfigurationError, OutputValidationError
+from agent.middleware import Middleware, overrides
+from agent.pricing import Price, lookup_price
+from agent.providers import codec_for
+from agent.providers.base import Codec, Parsed, Target
+from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
+from agent.types import (
+    Done,
+    Message,
+    OutputSchema,
+    Request,
+    Response,
+    StreamEvent,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    Usage,
+    as_messages,
+)
+
+__all__ = ["Agent"]
+
+T = TypeVar("T")
+Prompt = str | Sequence[Message | dict[str, Any]]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Agent:
+    """One model at one provider.
+
+    Constructing an Agent does no I/O and never fails for an unknown provider or a
+    missing key: those surface as a `ConfigurationError` when it is called, so a
+    router simply falls back past it.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        tools: Iterable[ToolLike] | None = None,
+        middleware: Iterable[Middleware] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_tool_rounds: int = 8,
+        headers: dict[str, str] | None = None,
+        price: Price | tuple[float, float] | None = None,
+        capabilities: dict[str, Any] | None = None,
+        name: str | None = None,
+        weight: float = 1.0,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = resolve_model(model)
+        self.requested_model = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self.max_tool_rounds = max_tool_rounds
+        self.headers = dict(headers or {})
+        self.name = name or f"{provider}/{model}"
+        self.weight = weight
+        self.extra = dict(extra or {})
+        self.middleware = list(middleware or ())
+        self._api_key = api_key
+        self._tool_input = list(tools or ())
+        self._price_override = Price(*price) if isinstance(price, tuple) else price
+        self._capability_overrides = capabilities
+
+    def __repr__(self) -> str:
+        return f"Agent(provider={self.provider!r}, model={self.model!r})"
+
+    # ---- what routers ask ---------------------------------------------------------------
+
+    @functools.cached_property
+    def tools(self) -> list[ToolSpec]:
+        return to_tool_specs(self._tool_input)
+
+    @functools.cached_property
+    def capabilities(self) -> Capabilities:
+        return capabilities_for(self.model).with_overrides(self._capability_overrides)
+
+    @property
+    def price(self) -> Price | None:
+        if self._price_override is not None:
+            return self._price_override
+        preset = PROVIDERS.get(self.provider)
+        return lookup_price(preset.price_id if preset else None, self.model)
+
+    def estimate_cost(self, request: Request) -> float | None:
+        """USD for this request, guessing the answer is as long as max_tokens or 500."""
+        price = self.price
+        if price is None:
+            return None
+        out = request.max_tokens or 500
+        return price.cost(Usage(request.approx_input_tokens(), out))
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        preset = PROVIDERS.get(self.provider)
+        return (self._api_key, preset.api_key_from_env() if preset else None)
+
+    def target(self) -> Target:
+        """Resolve provider, base URL and key now (environment variables included)."""
+        preset = PROVIDERS.get(self.provider)
+        if preset is None:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ConfigurationError(
+                f"unknown provider {self.provider!r} (known: {known}; or use "
+                "'openai_compatible' with base_url=)",
+                provider=self.provider,
+                model=self.model,
+            )
+        base_url = self.base_url or preset.base_url_from_env()
+        if not base_url:
+            raise ConfigurationError(
+                f"no base URL for {self.provider}: pass base_url= or set {preset.base_url_env}",
+                provider=self.provider,
+                model=self.model,
+            )
+        key = self._api_key or preset.api_key_from_env()
+        if not key and preset.key_required:
+            raise ConfigurationError(
+                f"no API key for {self.provider}: pass api_key= or set "
+                f"{' or '.join(preset.key_env)}",
+                provider=self.provider,
+                model=self.model,
+            )
+        return Target(self.provider, self.model, base_url, key, self.headers)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def request(
+        self,
+        prompt: Prompt,
+        *,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        tools: Iterable[ToolLike] | None = None,
+        schema: Any = None,
+        stream: bool = False,
+        metadata: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> Request:
+        """Normalize the call's arguments (routers build the request once for all agents)."""
+        return Request(
+            messages=as_messages(prompt),
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=[stop] if isinstance(stop, str) else list(stop) if stop else None,
+            tools=to_tool_specs(tools),
+            output_schema=output_schema(schema) if schema is not None else None,
+            stream=stream,
+            extra=extra,
+            metadata=metadata or {},
+        )
+
+    def steps(self, request: Request, timeout: float | None = None) -> _steps.Steps[Response[Any]]:
+        """This agent's whole call as steps: middleware, exchange(s), tools, validation."""
+        for mw in self.middleware:
+            if overrides(mw, "before"):
+                request = (yield _steps.Call(mw.before, (request,))) or request
+        try:
+            response = yield from self._exchange(request, timeout or self.timeout)
+        except AgentError as error:
+            error.at(self.provider, self.model).redact(*self._secrets())
+            for mw in self.middleware:
+                if overrides(mw, "on_error"):
+                    yield _steps.Call(mw.on_error, (request, error))
+            raise
+        for mw in self.middleware:
+            if overrides(mw, "after"):
+                response = (yield _steps.Call(mw.after, (request, response))) or response
+        return response
+
+    def _exchange(self, request: Request, timeout: float) -> _steps.Steps[Response[Any]]:
+        target = self.target()
+        codec = codec_for(self.provider)
+        tools = {t.name: t for t in (*self.tools, *request.tools)}
+        if self.extra:
+            request = request.copy(extra={**self.extra, **request.extra})
+        if tools and len(tools) != len(request.tools):
+            request = request.copy(tools=list(tools.values()))
+        messages = list(request.messages)
+        calls: list[ToolCall] = []
+        usage = Usage()
+        start = time.perf_counter()
+        first: list[float] = []  # time of the first content event, when streaming
+        for round_ in range(self.max_tool_rounds + 1):
+            if round_:
+                request = request.copy(messages=messages)
+            wire = codec.build(request, target)
+            if request.stream:
+                parsed = yield from _stream_once(codec, wire, timeout, start, first)
+            else:
+                reply: Reply = yield _steps.Send(wire, timeout)
+                if reply.status >= 400:
+                    raise codec.error(reply.status, reply.headers, reply.body)
+                parsed = codec.parse(reply.body)
+            usage = usage + parsed.usage
+            calls += parsed.tool_calls
+            runnable = [tools.get(c.name) for c in parsed.tool_calls]
+            if not parsed.tool_calls or any(s is None or s.function is None for s in runnable):
+                break  # nothing to run, or the caller runs these tools itself
+            if round_ == self.max_tool_rounds:
+                break
+            messages.append(Message("assistant", parsed.text, parsed.tool_calls))
+            for call, spec in zip(parsed.tool_calls, runnable, strict=True):
+                assert spec is not None and spec.function is not None
+                try:
+                    result = yield _steps.Call(
+                        functools.partial(spec.function, **call.arguments), ()
+                    )
+                    record_result(call, result)
+                except Exception as exc:  # the model hears about a failing tool and adapts
+                    record_result(call, error=exc)
+                messages.append(tool_message(call))
+                if request.stream:
+                    yield _steps.Emit(ToolResult(call))
+        messages.append(Message("assistant", parsed.text, parsed.tool_calls))
+        return self._response(
+            target, parsed, usage, calls, start, first, messages, request.output_schema
+        )
+
+    def _response(
+        self,
+        target: Target,
+        parsed: Parsed,
+        usage: Usage,
+        calls: list[ToolCall],
+        start: float,
+        first: list[float],
+        messages: list[Message],
+        schema: OutputSchema | None,
+    ) -> Response[Any]:
+        price = self.price
+        output: Any = parsed.text
+        if schema is not None and schema.parse is not None:
+            output = _validate(schema, parsed.text, self.provider, self.model)
+        return Response(
+            output=output,
+            text=parsed.text,
+            provider=self.provider,
+            model=parsed.model or target.model,
+            latency_ms=round((time.perf_counter() - start) * 1000, 3),
+            usage=usage,
+            cost_estimate=price.cost(usage) if price else 0.0,
+            cost_known=price is not None,
+            finish_reason=parsed.finish_reason,
+            tool_calls=calls,
+            raw=parsed.raw,
+            id=parsed.id,
+            time_to_first_token_ms=round((first[0] - start) * 1000, 3) if first else None,
+            messages=messages,
+        )
+
+    # ---- the public call surface --------------------------------------------------------
+
+    def run(self, prompt: Prompt, **options: Any) -> Response[str]:
+        return _steps.run_steps(self.steps(self.request(prompt, **options)))
+
+    async def run_async(self, prompt: Prompt, **options: Any) -> Response[str]:
+        return await _steps.run_steps_async(self.steps(self.request(prompt, **options)))
+
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
+        request = self.request(prompt, stream=True, **options)
+        return _steps.iterate_steps(with_done(self.steps(request)))
+
+    async def stream_async(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamEvent]:
+        request = self.request(prompt, stream=True, **options)
+        return _steps.iterate_steps_async(with_done(self.steps(request)))
+
+    @overload
+    def json(self, prompt: Prompt, schema: type[T], **options: Any) -> Response[T]: ...
+    @overload
+    def json(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]: ...
+    def json(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
+        return _steps.run_steps(self.steps(self.request(prompt, schema=schema, **options)))
+
+    async def json_async(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
+        request = self.request(prompt, schema=schema, **options)
+        return await _steps.run_steps_async(self.steps(request))
+
+
+def with_done(steps: _steps.Steps[Response[Any]]) -> _steps.Steps[Response[Any]]:
+    """End a stream with the assembled response."""
+    response = yield from steps
+    yield _steps.Emit(Done(response))
+    return response
+
+
+def _stream_once(
+    codec: Codec, wire: Any, timeout: float, start: float, first: list[float]
+) -> _steps.Steps[Parsed]:
+    opened = yield _steps.Open(wire, timeout)
+    if isinstance(opened, Reply):
+        raise codec.error(opened.status, opened.headers, opened.body)
+    sse = SSEParser()
+    decoder = codec.decoder()
+    try:
+        while True:
+            chunk = yield _steps.Read(opened)
+            events = sse.feed(chunk) if chunk else sse.close()
+            for event in events:
+                for out in decoder.feed(event):
+                    if not first:
+                        first.append(time.perf_counter())
+                    yield _steps.Emit(out)
+            if not chunk:
+                break
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield _steps.Close(opened)  # free the connection before a fallback starts
+        raise
+    yield _steps.Close(opened)
+    return decoder.finish()
+
+
+def output_schema(schema: Any) -> OutputSchema:
+    """The JSON schema and validator for `json(schema=...)`: a pydantic model or any type."""
+    adapter = pydantic.TypeAdapter(schema)
+    name = getattr(schema, "__name__", "output")
+    return OutputSchema(name, adapter.json_schema(), adapter.validate_json)
+
+
+def _validate(schema: OutputSchema, text: str, provider: str, model: str) -> Any:
+    body = text.strip()
+    if body.startswith("```"):  # some models fence JSON even when asked not to
+        body = body.strip("`").removeprefix("json").strip()
+    assert schema.parse is not None
+    try:
+        return schema.parse(body)
+    except pydantic.ValidationError as exc:
+        raise OutputValidationError(
+            f"the output does not match {schema.name}: {exc.error_count()} error(s): "
+            + "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+            ),
+            raw_text=text,
+            provider=provider,
+            model=model,
+        ) from exc

@@ -1,0 +1,274 @@
+"""The config document: the one contract between the library, the sidecar and the
+operator. The library loads it from YAML, the sidecar from a file or its admin API,
+the operator compiles it from AgentPool and RoutingPolicy resources.
+
+    version: 7                       # a newer document never loses to an older one
+    agents:
+      - name: primary                # unique; routes refer to agents by name
+        provider: anthropic
+        model: claude-sonnet
+        api_key_env: ANTHROPIC_API_KEY   # or api_key: ..., or neither: the standard variable
+      - {name: backup, provider: openai, model: gpt-4o}
+    routes:
+      - name: default                # what apps send as `model`
+        agents: [primary, backup]
+        strategy: fallback
+    default_route: default           # used when the app's model names no route
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from agent.agent import Agent
+from agent.catalog import PROVIDERS
+from agent.errors import ConfigurationError
+from agent.pricing import Price
+from agent.router import AgentRouter
+from agent.strategies import STRATEGY_NAMES
+from agent.types import Request, RouteResult
+
+__all__ = ["AgentConfig", "RouteConfig", "RouterConfig", "Rule", "load_config"]
+
+Strategy = Literal[
+    "fallback",
+    "round_robin",
+    "cheapest",
+    "capability",
+    "latency",
+    "weighted",
+    "fastest",
+    "hedged",
+    "custom",
+]
+assert set(Strategy.__args__) == set(STRATEGY_NAMES)  # type: ignore[attr-defined]
+
+NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Model):
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
+
+
+class AgentConfig(_Model):
+    name: str = Field(pattern=NAME, description="Unique name that routes refer to")
+    provider: str = Field(description="openai, anthropic, gemini, deepseek, groq, ...")
+    model: str = Field(min_length=1, description="Model id or short name (claude-sonnet, ...)")
+    base_url: str | None = Field(default=None, description="Overrides the provider's URL")
+    api_key: SecretStr | None = Field(default=None, description="The key itself (pushed)")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding it")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds per attempt")
+    weight: float = Field(default=1.0, ge=0, description="For the weighted strategy")
+    price: PriceConfig | None = None
+    capabilities: dict[str, bool | int] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict, description="Extra body fields")
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(sorted(PROVIDERS))}")
+        return value
+
+    def build(self) -> Agent:
+        key = self.api_key.get_secret_value() if self.api_key else None
+        if key is None and self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+        price = Price(self.price.input_per_mtok, self.price.output_per_mtok) if self.price else None
+        return Agent(
+            self.provider,
+            self.model,
+            api_key=key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            weight=self.weight,
+            price=price,
+            capabilities=self.capabilities,
+            headers=self.headers,
+            name=self.name,
+            extra=self.extra,
+        )
+
+
+class Rule(_Model):
+    """For the custom strategy: the first rule whose conditions all hold picks the agent."""
+
+    prefer: list[str] = Field(min_length=1, description="Agents to try first, in order")
+    reason: str = Field(min_length=1)
+    input_contains: list[str] | None = Field(
+        default=None, description="Any of these words (case-insensitive)"
+    )
+    input_matches: str | None = Field(default=None, description="A regular expression")
+    min_input_chars: int | None = Field(default=None, ge=0)
+    max_input_chars: int | None = Field(default=None, ge=0)
+    tools: bool | None = Field(default=None, description="The request asks for tools")
+    metadata: dict[str, str] | None = None
+
+    @field_validator("input_matches")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
+    def matches(self, request: Request) -> bool:
+        text = request.input
+        if self.input_contains and not any(w.lower() in text.lower() for w in self.input_contains):
+            return False
+        if self.input_matches and not re.search(self.input_matches, text):
+            return False
+        if self.min_input_chars is not None and len(text) < self.min_input_chars:
+            return False
+        if self.max_input_chars is not None and len(text) > self.max_input_chars:
+            return False
+        if self.tools is not None and bool(request.tools) != self.tools:
+            return False
+        return not self.metadata or all(
+            str(request.metadata.get(k)) == v for k, v in self.metadata.items()
+        )
+
+
+class CircuitBreakerConfig(_Model):
+    failures: int = Field(
+        default=5, ge=0, description="Consecutive failures that open it (0: never)"
+    )
+    cooldown: float = Field(default=30.0, ge=0, description="Seconds before a probe")
+
+
+class RouteConfig(_Model):
+    name: str = Field(min_length=1, description="What apps send as `model`")
+    agents: list[str] = Field(min_length=1, description="Agent names, in order of preference")
+    strategy: Strategy = "fallback"
+    retries: int = Field(default=1, ge=0, le=10)
+    backoff: float = Field(default=0.25, ge=0)
+    max_retry_after: float = Field(default=10.0, ge=0)
+    deadline: float | None = Field(default=None, gt=0, description="Seconds for the whole call")
+    hedge_delay: float | None = Field(default=None, ge=0)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_for_custom(self) -> RouteConfig:
+        if self.strategy == "custom" and not self.rules:
+            raise ValueError("the custom strategy needs at least one rule")
+        if self.rules and self.strategy != "custom":
+            raise ValueError("rules apply only to the custom strategy")
+        return self
+
+
+class RouterConfig(_Model):
+    version: int = Field(default=0, ge=0, description="Newer documents replace older ones")
+    agents: list[AgentConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(min_length=1)
+    default_route: str | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterConfig:
+        names = [a.name for a in self.agents]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"agent names must be unique: {', '.join(dupes)}")
+        routes = [r.name for r in self.routes]
+        if dupes := sorted({n for n in routes if routes.count(n) > 1}):
+            raise ValueError(f"route names must be unique: {', '.join(dupes)}")
+        for route in self.routes:
+            wanted = route.agents + [n for rule in route.rules for n in rule.prefer]
+            if unknown := sorted(set(wanted) - set(names)):
+                raise ValueError(f"route {route.name!r} names unknown agents: {', '.join(unknown)}")
+            if rogue := sorted(
+                {n for rule in route.rules for n in rule.prefer} - set(route.agents)
+            ):
+                raise ValueError(
+                    f"route {route.name!r} rules prefer agents outside the route: "
+                    f"{', '.join(rogue)}"
+                )
+        if self.default_route is not None and self.default_route not in routes:
+            raise ValueError(f"default_route {self.default_route!r} is not a route")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The document as JSON, keys replaced by '***' (for GET /config, logs, status)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for agent in data["agents"]:
+            if "api_key" in agent:
+                agent["api_key"] = "***"
+        return data
+
+    def build(self) -> dict[str, AgentRouter]:
+        """One router per route; routes sharing an agent share its connection pools."""
+        agents = {a.name: a.build() for a in self.agents}
+        return {r.name: build_route(r, agents) for r in self.routes}
+
+
+def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
+    members = [agents[n] for n in route.agents]
+    custom = _rules_router(route.rules) if route.strategy == "custom" else None
+    return AgentRouter(
+        members,
+        route.strategy,
+        custom,
+        retries=route.retries,
+        backoff=route.backoff,
+        max_retry_after=route.max_retry_after,
+        breaker_failures=route.circuit_breaker.failures,
+        breaker_cooldown=route.circuit_breaker.cooldown,
+        deadline=route.deadline,
+        hedge_delay=route.hedge_delay,
+        name=route.name,
+    )
+
+
+def _rules_router(rules: Sequence[Rule]) -> Any:
+    def route(request: Request, agents: list[Agent]) -> RouteResult:
+        by_name = {a.name: a for a in agents}
+        for rule in rules:
+            if rule.matches(request):
+                return RouteResult(agent=by_name[rule.prefer[0]], reason=rule.reason)
+        return RouteResult(agent=agents[0], reason="no rule matched: first agent")
+
+    return route
+
+
+def load_config(source: str | Path | dict[str, Any]) -> RouterConfig:
+    """Parse and validate a config document (a YAML file path, YAML text or a dict)."""
+    if isinstance(source, dict):
+        data = source
+    else:
+        text = (
+            Path(source).read_text()
+            if isinstance(source, Path) or ("\n" not in str(source) and Path(str(source)).exists())
+            else str(source)
+        )
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"config is not valid YAML: {exc}") from exc
+    try:
+        return RouterConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(describe(exc)) from exc
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """A validation error as lines a person can act on (no input values: they may be keys)."""
+    lines = [f"invalid config ({exc.error_count()} problem(s)):"]
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(document)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)

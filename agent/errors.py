@@ -1,0 +1,261 @@
+"""Every error the library raises, in one tree.
+
+    AgentError                      base: .message, .provider, .model, .status
+    ├── ConfigurationError          unknown provider, missing API key, bad arguments
+    ├── ProviderError               a provider call failed
+    │   ├── AuthenticationError     401
+    │   ├── PermissionDeniedError   403
+    │   ├── NotFoundError           404 (unknown model, wrong base URL)
+    │   ├── BadRequestError         400, 413, 422: the request itself was refused
+    │   ├── RateLimitError          429; .retry_after in seconds when the provider said
+    │   ├── ServerError             500 and other 5xx
+    │   │   └── OverloadedError     529, 503
+    │   ├── APIConnectionError      could not connect, connection reset, stream cut
+    │   │   └── APITimeoutError     no answer within the timeout
+    │   └── InvalidResponseError    the provider answered something we cannot parse
+    ├── OutputValidationError       structured output did not match the schema; .raw_text
+    ├── CircuitOpenError            a router skipped the agent: its circuit breaker is open
+    └── RoutingError                every candidate failed; .errors lists each agent's error
+        └── NoCapableAgentError     no agent can serve what the request needs
+
+Foreign exceptions (httpx, aiohttp, json) are mapped into this tree at exactly one
+boundary (`agent._transport`) with ``raise ... from exc``; none escape to callers.
+Messages never contain API keys: provider error bodies are scrubbed before use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.types import Attempt
+
+__all__ = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AgentError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "InvalidResponseError",
+    "NoCapableAgentError",
+    "NotFoundError",
+    "OutputValidationError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderError",
+    "RateLimitError",
+    "RoutingError",
+    "ServerError",
+    "error_for_status",
+]
+
+# Anything that looks like a credential in text we did not write ourselves.
+_SECRET = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{10,}|gsk_[A-Za-z0-9]{6,}"
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-]{6,})"
+)
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """Remove known secrets and anything shaped like an API key from `text`."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _SECRET.sub("***", text)
+
+
+class AgentError(Exception):
+    """Base of every error raised by the library."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.body = body
+
+    @property
+    def agent(self) -> str:
+        """`provider/model` of the agent this error belongs to (or '?')."""
+        if self.provider or self.model:
+            return f"{self.provider or '?'}/{self.model or '?'}"
+        return "?"
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        where = f"{self.agent}: " if (self.provider or self.model) else ""
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{where}{self.kind}{status}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, provider={self.provider!r}, "
+            f"model={self.model!r}, status={self.status!r})"
+        )
+
+    def redact(self, *secrets: str | None) -> AgentError:
+        """Remove these secrets from the message and the provider's error body."""
+        self.message = scrub(self.message, *secrets)
+        self.args = (self.message,)
+        if self.body is not None:
+            import json
+
+            self.body = json.loads(scrub(json.dumps(self.body), *secrets))
+        return self
+
+    def at(self, provider: str | None, model: str | None) -> AgentError:
+        """Fill in which agent this happened at (codecs do not know it)."""
+        self.provider = self.provider or provider
+        self.model = self.model or model
+        return self
+
+
+class ConfigurationError(AgentError):
+    """The agent cannot be called as configured: unknown provider, missing key, ..."""
+
+
+class ProviderError(AgentError):
+    """A call to a provider failed."""
+
+
+class AuthenticationError(ProviderError):
+    pass
+
+
+class PermissionDeniedError(ProviderError):
+    pass
+
+
+class NotFoundError(ProviderError):
+    pass
+
+
+class BadRequestError(ProviderError):
+    pass
+
+
+class RateLimitError(ProviderError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (retry after {self.retry_after:g}s)" if self.retry_after else base
+
+
+class ServerError(ProviderError):
+    pass
+
+
+class OverloadedError(ServerError):
+    pass
+
+
+class APIConnectionError(ProviderError):
+    pass
+
+
+class APITimeoutError(APIConnectionError):
+    pass
+
+
+class InvalidResponseError(ProviderError):
+    pass
+
+
+class OutputValidationError(AgentError):
+    """Structured output that did not validate against the requested schema."""
+
+    def __init__(self, message: str, *, raw_text: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.raw_text = raw_text
+
+    def __str__(self) -> str:
+        shown = self.raw_text if len(self.raw_text) <= 500 else self.raw_text[:500] + "..."
+        return f"{super().__str__()}\n  the model returned: {shown}"
+
+
+class CircuitOpenError(AgentError):
+    """The agent was not tried: too many recent failures opened its circuit breaker."""
+
+
+class RoutingError(AgentError):
+    """Every candidate agent failed. `.errors` has one typed error per agent tried."""
+
+    def __init__(
+        self,
+        message: str,
+        errors: Sequence[AgentError] = (),
+        attempts: Sequence[Attempt] = (),
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.errors: list[AgentError] = list(errors)
+        self.attempts: list[Attempt] = list(attempts)
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        lines += [f"  agent {i}: {err}" for i, err in enumerate(self.errors)]
+        return "\n".join(lines)
+
+
+class NoCapableAgentError(RoutingError):
+    """No agent offers what the request needs; `.missing` maps agent -> features."""
+
+    def __init__(self, message: str, missing: dict[str, list[str]], **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.missing = missing
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        lines += [f"  {agent}: lacks {', '.join(feats)}" for agent, feats in self.missing.items()]
+        return "\n".join(lines)
+
+
+_BY_STATUS: dict[int, type[ProviderError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: BadRequestError,
+    422: BadRequestError,
+    429: RateLimitError,
+    503: OverloadedError,
+    529: OverloadedError,
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    overloaded: bool = False,
+    body: Any = None,
+) -> ProviderError:
+    """The typed error for an HTTP status (codecs add what the body says)."""
+    cls = _BY_STATUS.get(status)
+    if overloaded:
+        cls = OverloadedError
+    if cls is None:
+        cls = ServerError if status >= 500 else BadRequestError
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=retry_after, status=status, body=body)
+    return cls(message, status=status, body=body)

@@ -1,0 +1,312 @@
+"""Anthropic Messages API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent._sse import SSEEvent
+from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
+from agent.providers.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    retry_after,
+)
+from agent.types import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Request,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+API_VERSION = "2023-06-01"
+# The Messages API requires max_tokens; this is what a caller gets who sets none.
+DEFAULT_MAX_TOKENS = 4096
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Structured output rides on forced tool use, which every Claude model supports: the
+# model must call this tool, and its input is the JSON answer.
+OUTPUT_TOOL = "structured_output"
+
+_STATUS_BY_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class AnthropicCodec:
+    wire = "anthropic"
+
+    def build(self, request: Request, target: Target) -> WireRequest:
+        body: dict[str, Any] = {
+            "model": target.model,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": _messages(request.messages),
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+        if request.output_schema is not None:
+            tools.append(
+                {
+                    "name": OUTPUT_TOOL,
+                    "description": f"Respond with the {request.output_schema.name} object.",
+                    "input_schema": request.output_schema.schema,
+                }
+            )
+            body["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL}
+        if tools:
+            body["tools"] = tools
+        if request.stream:
+            body["stream"] = True
+        body.update(request.extra)
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "anthropic-version": API_VERSION,
+        }
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        headers.update(target.headers)
+        base = target.base_url.rstrip("/")
+        return WireRequest("POST", base + "/v1/messages", headers, dumps(body), request.stream)
+
+    def parse(self, body: bytes) -> Parsed:
+        data = loads(body)
+        if not isinstance(data, dict) or data.get("type") != "message":
+            if isinstance(data, dict) and data.get("type") == "error":
+                raise _error_from_payload(data)
+            raise InvalidResponseError(f"unexpected response shape: {str(data)[:200]}")
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        for block in data.get("content") or ():
+            kind = block.get("type")
+            if kind == "text":
+                text.append(block.get("text", ""))
+            elif kind == "tool_use":
+                if block.get("name") == OUTPUT_TOOL:
+                    text.append(dumps(block.get("input") or {}).decode())
+                else:
+                    calls.append(ToolCall(block["id"], block["name"], block.get("input") or {}))
+        finish = _FINISH.get(data.get("stop_reason") or "", "other")
+        if finish == "tool_calls" and not calls:
+            finish = "stop"  # the structured-output tool is our mechanism, not a tool call
+        return Parsed(
+            "".join(text),
+            calls,
+            finish,
+            _usage(data.get("usage")),
+            data.get("model"),
+            data.get("id"),
+            data,
+        )
+
+    def decoder(self) -> AnthropicStreamDecoder:
+        return AnthropicStreamDecoder()
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, parsed = error_message(body)
+        kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
+        return error_for_status(
+            status,
+            message,
+            retry_after=retry_after(headers),
+            overloaded=kind == "overloaded_error",
+            body=parsed,
+        )
+
+
+class AnthropicStreamDecoder:
+    __slots__ = (
+        "_blocks",
+        "_finish",
+        "_id",
+        "_input",
+        "_model",
+        "_output",
+        "_stopped",
+        "_text",
+        "_tools",
+    )
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tools = ToolCallAssembler()
+        self._blocks: dict[int, int | None] = {}  # content block index -> tool index (None: text)
+        self._finish: str | None = None
+        self._id: str | None = None
+        self._model: str | None = None
+        self._input = 0
+        self._output = 0
+        self._stopped = False
+
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        kind = event.event
+        if kind == "ping":
+            return []
+        data = loads(event.data, "stream event")
+        kind = data.get("type", kind)
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            slot = self._blocks.get(data.get("index", 0))
+            if delta.get("type") == "text_delta":
+                self._text.append(delta.get("text", ""))
+                return [TextDelta(delta.get("text", ""))]
+            if delta.get("type") == "input_json_delta":
+                piece = delta.get("partial_json", "")
+                if slot is None:  # the structured-output tool: its JSON is the answer text
+                    self._text.append(piece)
+                    return [TextDelta(piece)] if piece else []
+                tool = ToolCallDelta(slot, arguments=piece)
+                self._tools.add(tool)
+                return [tool]
+            return []
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            index = data.get("index", 0)
+            if block.get("type") == "tool_use" and block.get("name") != OUTPUT_TOOL:
+                slot = sum(1 for v in self._blocks.values() if v is not None)
+                self._blocks[index] = slot
+                tool = ToolCallDelta(slot, block.get("id"), block.get("name"))
+                self._tools.add(tool)
+                return [tool]
+            self._blocks[index] = None
+            text = block.get("text") or ""
+            if text:
+                self._text.append(text)
+                return [TextDelta(text)]
+            return []
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._id = message.get("id")
+            self._model = message.get("model")
+            usage = message.get("usage") or {}
+            self._input = _input_tokens(usage)
+            self._output = usage.get("output_tokens") or 0
+        elif kind == "message_delta":
+            self._finish = (data.get("delta") or {}).get("stop_reason") or self._finish
+            usage = data.get("usage") or {}
+            self._output = usage.get("output_tokens") or self._output
+            self._input = _input_tokens(usage) or self._input
+        elif kind == "message_stop":
+            self._stopped = True
+        elif kind == "error":
+            raise _error_from_payload(data)
+        return []
+
+    def finish(self) -> Parsed:
+        if not self._stopped:
+            raise APIConnectionError("the stream ended before message_stop")
+        calls = self._tools.calls()
+        finish = _FINISH.get(self._finish or "", "other")
+        if finish == "tool_calls" and not calls:
+            finish = "stop"
+        return Parsed(
+            "".join(self._text),
+            calls,
+            finish,
+            Usage(self._input, self._output),
+            self._model,
+            self._id,
+            None,
+        )
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    return (
+        (usage.get("input_tokens") or 0)
+        + (usage.get("cache_read_input_tokens") or 0)
+        + (usage.get("cache_creation_input_tokens") or 0)
+    )
+
+
+def _usage(usage: Any) -> Usage:
+    return Usage(_input_tokens(usage), usage.get("output_tokens") or 0) if usage else Usage()
+
+
+def _error_from_payload(data: dict[str, Any]) -> ProviderError:
+    err = data.get("error") or {}
+    kind = err.get("type", "api_error")
+    return error_for_status(
+        _STATUS_BY_TYPE.get(kind, 500),
+        err.get("message", kind),
+        overloaded=kind == "overloaded_error",
+        body=data,
+    )
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":  # a system message inside the list: Anthropic has no such role
+            m = Message("user", m.content)
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.text}
+            # All results of one turn go back in one user message, right after the call.
+            if (
+                out
+                and out[-1]["role"] == "user"
+                and isinstance(out[-1]["content"], list)
+                and out[-1]["content"]
+                and out[-1]["content"][-1].get("type") == "tool_result"
+            ):
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+            continue
+        content: Any
+        if isinstance(m.content, str) and not m.tool_calls:
+            content = m.content
+        else:
+            parts = [m.content] if isinstance(m.content, str) else m.content
+            content = []
+            for p in parts:
+                if isinstance(p, str):
+                    if p:
+                        content.append({"type": "text", "text": p})
+                elif isinstance(p, ImagePart):
+                    source = (
+                        {"type": "url", "url": p.url}
+                        if p.url
+                        else {"type": "base64", "media_type": p.media_type, "data": p.data}
+                    )
+                    content.append({"type": "image", "source": source})
+                else:
+                    content.append({"type": "text", "text": p.text})
+            content += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+                for c in m.tool_calls
+            ]
+        out.append({"role": m.role, "content": content})
+    return out

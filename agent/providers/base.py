@@ -1,0 +1,175 @@
+"""What every wire-format codec shares: the I/O-free contract and small helpers.
+
+A codec turns a normalized `Request` into a `WireRequest` (method, URL, headers,
+body) and turns what came back (a JSON body, or SSE events one by one) into a
+`Parsed` response. It never touches a socket, so the same codec serves the sync,
+async and streaming paths of the library and the sidecar.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from agent._sse import SSEEvent
+from agent.errors import InvalidResponseError, ProviderError, scrub
+from agent.types import FinishReason, Request, StreamEvent, ToolCall, ToolCallDelta, Usage
+
+
+@dataclass(slots=True)
+class Target:
+    """Where and as whom one agent calls: resolved at call time, never at construction."""
+
+    provider: str
+    model: str
+    base_url: str
+    api_key: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never show the key
+        return (
+            f"Target(provider={self.provider!r}, model={self.model!r}, base_url={self.base_url!r})"
+        )
+
+
+@dataclass(slots=True)
+class WireRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A provider's answer in normalized form, the same for streamed and plain calls."""
+
+    text: str
+    tool_calls: list[ToolCall]
+    finish_reason: FinishReason
+    usage: Usage
+    model: str | None
+    id: str | None
+    raw: Any
+
+
+class StreamDecoder(Protocol):
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        """Events for the caller; raises a ProviderError for an in-stream error."""
+        ...
+
+    def finish(self) -> Parsed:
+        """The assembled answer; raises APIConnectionError if the stream was cut short."""
+        ...
+
+
+class Codec(Protocol):
+    wire: str
+
+    def build(self, request: Request, target: Target) -> WireRequest: ...
+
+    def parse(self, body: bytes) -> Parsed: ...
+
+    def decoder(self) -> StreamDecoder: ...
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def loads(data: bytes | str, what: str = "response") -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        shown = data[:200] if isinstance(data, str) else data[:200].decode("utf-8", "replace")
+        raise InvalidResponseError(
+            f"the provider sent a {what} that is not JSON: {shown!r}"
+        ) from exc
+
+
+def parse_arguments(text: str) -> dict[str, Any]:
+    """A tool call's JSON arguments; models sometimes send none or broken JSON."""
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def tool_result_text(call: ToolCall) -> str:
+    if call.error is not None:
+        return f"Error: {call.error}"
+    if isinstance(call.result, str):
+        return call.result
+    return orjson.dumps(call.result, default=str).decode()
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def error_message(body: bytes, key_path: tuple[str, ...] = ("error", "message")) -> tuple[str, Any]:
+    """The human message inside an error body (and the parsed body), scrubbed of secrets."""
+    text = scrub(body.decode("utf-8", "replace"))  # providers echo wrong keys back
+    try:
+        parsed = orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return text[:300] or "(empty body)", None
+    node: Any = parsed
+    for key in key_path:
+        node = node.get(key) if isinstance(node, dict) else None
+    message = node if isinstance(node, str) else text[:300]
+    return message, parsed
+
+
+class ToolCallAssembler:
+    """Joins streamed tool-call pieces by index, as every wire format streams them."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...]
+
+    def add(self, delta: ToolCallDelta) -> None:
+        slot = self._calls.setdefault(delta.index, ["", ""])
+        if delta.id:
+            slot[0] = delta.id
+        if delta.name:
+            slot[1] = delta.name
+        if delta.arguments:
+            slot.append(delta.arguments)
+
+    def calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(slot[0] or f"call_{i}", slot[1], parse_arguments("".join(slot[2:])))
+            for i, slot in sorted(self._calls.items())
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)

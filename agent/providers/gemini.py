@@ -1,0 +1,230 @@
+"""Google Gemini, native generateContent / streamGenerateContent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent._sse import SSEEvent
+from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
+from agent.providers.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    retry_after,
+)
+from agent.types import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Request,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+}
+
+_STATUS_BY_NAME = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+class GeminiCodec:
+    wire = "gemini"
+
+    def build(self, request: Request, target: Target) -> WireRequest:
+        body: dict[str, Any] = {"contents": _contents(request.messages)}
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        config: dict[str, Any] = {}
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.stop:
+            config["stopSequences"] = request.stop
+        if request.output_schema is not None:
+            config["responseMimeType"] = "application/json"
+            # responseJsonSchema takes full JSON Schema ($defs, refs) unlike responseSchema.
+            config["responseJsonSchema"] = request.output_schema.schema
+        if config:
+            body["generationConfig"] = config
+        if request.tools:
+            body["tools"] = [
+                {
+                    "functionDeclarations": [
+                        {"name": t.name, "description": t.description, "parameters": t.parameters}
+                        for t in request.tools
+                    ]
+                }
+            ]
+        body.update(request.extra)
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if target.api_key:
+            headers["x-goog-api-key"] = target.api_key
+        headers.update(target.headers)
+        base = target.base_url.rstrip("/")
+        action = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
+        url = f"{base}/v1beta/models/{target.model}:{action}"
+        return WireRequest("POST", url, headers, dumps(body), request.stream)
+
+    def parse(self, body: bytes) -> Parsed:
+        data = loads(body)
+        if not isinstance(data, dict) or ("candidates" not in data and "error" in data):
+            if isinstance(data, dict):
+                raise _error_from_payload(data)
+            raise InvalidResponseError(f"unexpected response shape: {str(data)[:200]}")
+        acc = _Accumulator()
+        acc.add(data)
+        return acc.parsed(data)
+
+    def decoder(self) -> GeminiStreamDecoder:
+        return GeminiStreamDecoder()
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, parsed = error_message(body)
+        status_name = (parsed.get("error") or {}).get("status") if isinstance(parsed, dict) else ""
+        return error_for_status(
+            status,
+            message,
+            retry_after=retry_after(headers),
+            overloaded=status_name == "UNAVAILABLE",
+            body=parsed,
+        )
+
+
+class _Accumulator:
+    """Gemini sends whole GenerateContentResponse objects, one per SSE frame or one in all."""
+
+    __slots__ = ("finish", "id", "model", "text", "tools", "usage")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tools = ToolCallAssembler()
+        self.finish: str | None = None
+        self.usage: dict[str, Any] = {}
+        self.id: str | None = None
+        self.model: str | None = None
+
+    def add(self, data: dict[str, Any]) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        self.id = self.id or data.get("responseId")
+        self.model = self.model or data.get("modelVersion")
+        if data.get("usageMetadata"):
+            self.usage = data["usageMetadata"]
+        candidates = data.get("candidates") or ()
+        if not candidates and (data.get("promptFeedback") or {}).get("blockReason"):
+            self.finish = "SAFETY"
+        for cand in candidates[:1]:
+            for part in (cand.get("content") or {}).get("parts") or ():
+                if part.get("thought"):
+                    continue
+                if "text" in part:
+                    self.text.append(part["text"])
+                    out.append(TextDelta(part["text"]))
+                elif "functionCall" in part:
+                    call = part["functionCall"]
+                    index = len(self.tools.calls())
+                    delta = ToolCallDelta(
+                        index,
+                        call.get("id") or f"call_{index}",
+                        call["name"],
+                        dumps(call.get("args") or {}).decode(),
+                    )
+                    self.tools.add(delta)
+                    out.append(delta)
+            if cand.get("finishReason"):
+                self.finish = cand["finishReason"]
+        return out
+
+    def parsed(self, raw: Any) -> Parsed:
+        calls = self.tools.calls()
+        finish: FinishReason = _FINISH.get(self.finish or "", "other")
+        if calls and finish == "stop":
+            finish = "tool_calls"
+        usage = Usage(
+            self.usage.get("promptTokenCount") or 0,
+            (self.usage.get("candidatesTokenCount") or 0)
+            + (self.usage.get("thoughtsTokenCount") or 0),
+        )
+        return Parsed("".join(self.text), calls, finish, usage, self.model, self.id, raw)
+
+
+class GeminiStreamDecoder:
+    __slots__ = ("_acc",)
+
+    def __init__(self) -> None:
+        self._acc = _Accumulator()
+
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        data = loads(event.data, "stream chunk")
+        if "error" in data and "candidates" not in data:
+            raise _error_from_payload(data)
+        return self._acc.add(data)
+
+    def finish(self) -> Parsed:
+        if self._acc.finish is None:  # Gemini has no end marker: the last chunk has a reason
+            raise APIConnectionError("the stream ended before a finishReason")
+        return self._acc.parsed(None)
+
+
+def _error_from_payload(data: dict[str, Any]) -> ProviderError:
+    err = data.get("error") or {}
+    status = err.get("code") if isinstance(err.get("code"), int) else None
+    status = status or _STATUS_BY_NAME.get(err.get("status", ""), 500)
+    return error_for_status(
+        status,
+        err.get("message", "error"),
+        overloaded=err.get("status") == "UNAVAILABLE",
+        body=data,
+    )
+
+
+def _contents(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "tool":
+            part = {"functionResponse": {"name": m.name or "tool", "response": {"result": m.text}}}
+            if out and out[-1]["role"] == "user" and "functionResponse" in out[-1]["parts"][-1]:
+                out[-1]["parts"].append(part)
+            else:
+                out.append({"role": "user", "parts": [part]})
+            continue
+        parts: list[dict[str, Any]] = []
+        for p in [m.content] if isinstance(m.content, str) else m.content:
+            if isinstance(p, str):
+                if p:
+                    parts.append({"text": p})
+            elif isinstance(p, ImagePart):
+                parts.append(
+                    {"fileData": {"mimeType": p.media_type, "fileUri": p.url}}
+                    if p.url
+                    else {"inlineData": {"mimeType": p.media_type, "data": p.data}}
+                )
+            else:
+                parts.append({"text": p.text})
+        parts += [{"functionCall": {"name": c.name, "args": c.arguments}} for c in m.tool_calls]
+        out.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
+    return out

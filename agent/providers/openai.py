@@ -1,0 +1,254 @@
+"""OpenAI Chat Completions, spoken by OpenAI, DeepSeek, Groq and every compatible server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent._sse import SSEEvent
+from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
+from agent.providers.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    parse_arguments,
+    retry_after,
+)
+from agent.types import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Request,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema if OpenAI's strict mode accepts it as is (every property required,
+    no extra properties), else None. Strict mode changes meaning otherwise."""
+
+    def ok(node: Any) -> bool:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                if set(node.get("required", ())) != set(node["properties"]):
+                    return False
+            return all(ok(v) for v in node.values())
+        if isinstance(node, list):
+            return all(ok(v) for v in node)
+        return True
+
+    def close(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: close(v) for k, v in node.items()}
+            if out.get("type") == "object" and "properties" in out:
+                out["additionalProperties"] = False
+            return out
+        if isinstance(node, list):
+            return [close(v) for v in node]
+        return node
+
+    return close(schema) if ok(schema) else None
+
+
+class OpenAICodec:
+    wire = "openai"
+
+    def build(self, request: Request, target: Target) -> WireRequest:
+        body: dict[str, Any] = {"model": target.model, "messages": _messages(request)}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            # OpenAI's own API deprecated max_tokens (its reasoning models refuse it);
+            # compatible servers mostly know only max_tokens.
+            key = "max_completion_tokens" if target.provider == "openai" else "max_tokens"
+            body[key] = request.max_tokens
+        if request.stop:
+            body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+        if request.output_schema is not None:
+            strict = strict_schema(request.output_schema.schema)
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.output_schema.name,
+                    "schema": strict or request.output_schema.schema,
+                    "strict": strict is not None,
+                },
+            }
+        if request.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        body.update(request.extra)
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
+        headers.update(target.headers)
+        url = target.base_url.rstrip("/") + "/chat/completions"
+        return WireRequest("POST", url, headers, dumps(body), request.stream)
+
+    def parse(self, body: bytes) -> Parsed:
+        data = loads(body)
+        if not isinstance(data, dict) or "choices" not in data:
+            if isinstance(data, dict) and "error" in data:
+                raise _in_band_error(data)
+            raise InvalidResponseError(f"unexpected response shape: {str(data)[:200]}")
+        choice = data["choices"][0] if data["choices"] else {}
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(
+                c.get("id", ""),
+                c["function"]["name"],
+                parse_arguments(c["function"].get("arguments", "")),
+            )
+            for c in message.get("tool_calls") or ()
+        ]
+        return Parsed(
+            text=message.get("content") or "",
+            tool_calls=calls,
+            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "other"),
+            usage=_usage(data.get("usage")),
+            model=data.get("model"),
+            id=data.get("id"),
+            raw=data,
+        )
+
+    def decoder(self) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder()
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, parsed = error_message(body)
+        return error_for_status(status, message, retry_after=retry_after(headers), body=parsed)
+
+
+class OpenAIStreamDecoder:
+    __slots__ = ("_done", "_finish", "_id", "_model", "_text", "_tools", "_usage")
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tools = ToolCallAssembler()
+        self._finish: str | None = None
+        self._usage: Any = None
+        self._id: str | None = None
+        self._model: str | None = None
+        self._done = False
+
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        if event.data == "[DONE]":
+            self._done = True
+            return []
+        chunk = loads(event.data, "stream chunk")
+        if "error" in chunk:
+            raise _in_band_error(chunk)
+        self._id = self._id or chunk.get("id")
+        self._model = self._model or chunk.get("model")
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        out: list[StreamEvent] = []
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if text := delta.get("content"):
+                self._text.append(text)
+                out.append(TextDelta(text))
+            for call in delta.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                piece = ToolCallDelta(
+                    call.get("index", 0), call.get("id"), fn.get("name"), fn.get("arguments") or ""
+                )
+                self._tools.add(piece)
+                out.append(piece)
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return out
+
+    def finish(self) -> Parsed:
+        if not self._done and self._finish is None:
+            raise APIConnectionError("the stream ended before the response was complete")
+        return Parsed(
+            text="".join(self._text),
+            tool_calls=self._tools.calls(),
+            finish_reason=_FINISH.get(self._finish or "", "other"),
+            usage=_usage(self._usage),
+            model=self._model,
+            id=self._id,
+            raw=None,
+        )
+
+
+def _usage(usage: Any) -> Usage:
+    if not usage:
+        return Usage()
+    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def _in_band_error(data: dict[str, Any]) -> ProviderError:
+    err = data.get("error") or {}
+    message = err.get("message", "error") if isinstance(err, dict) else str(err)
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) else 500
+    return error_for_status(status, message, overloaded="overload" in str(message).lower())
+
+
+def _messages(request: Request) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if request.system:
+        out.append({"role": "system", "content": request.system})
+    for m in request.messages:
+        out.append(_message(m))
+    return out
+
+
+def _message(m: Message) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text}
+    item: dict[str, Any] = {"role": m.role}
+    if isinstance(m.content, str):
+        item["content"] = m.content
+    else:
+        item["content"] = [
+            {"type": "text", "text": p.text}
+            if not isinstance(p, ImagePart)
+            else {
+                "type": "image_url",
+                "image_url": {"url": p.url or f"data:{p.media_type};base64,{p.data}"},
+            }
+            for p in m.content
+        ]
+    if m.tool_calls:
+        item["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": dumps(c.arguments).decode()},
+            }
+            for c in m.tool_calls
+        ]
+        if not m.text:
+            item["content"] = None
+    return item

@@ -1,0 +1,299 @@
+"""The library's data: requests, responses, stream events and route information.
+
+Plain dataclasses (slots) because they sit on every call's path; the config
+document (`agent.config`) is the only pydantic model the engine validates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+    from agent.errors import AgentError
+
+T = TypeVar("T")
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(slots=True, frozen=True)
+class TextPart:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(slots=True, frozen=True)
+class ImagePart:
+    """An image by URL, or inline as base64 `data` with its `media_type`."""
+
+    url: str | None = None
+    data: str | None = None
+    media_type: str = "image/png"
+    type: Literal["image"] = "image"
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A call the model asked for; `result` is filled in when the agent ran it."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    content: str | list[ContentPart] = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None  # for role="tool": which call this answers
+    name: str | None = None  # for role="tool": the tool's name (Gemini needs it)
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.content, str) and any(
+            isinstance(p, ImagePart) for p in self.content
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class ToolSpec:
+    """A tool the model may call: JSON-schema parameters and, optionally, the function."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    function: Callable[..., Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class OutputSchema:
+    """Structured output requested by `json()`: a JSON schema and its name."""
+
+    name: str
+    schema: dict[str, Any]
+    parse: Callable[[str], Any] | None = None  # validates the model's JSON text
+
+
+@dataclass(slots=True)
+class Request:
+    """One normalized request, the same for every provider.
+
+    `input` is the text of the last user message: what a custom router reads.
+    """
+
+    messages: list[Message]
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    tools: list[ToolSpec] = field(default_factory=list)
+    output_schema: OutputSchema | None = None
+    stream: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.text
+        return ""
+
+    @property
+    def has_images(self) -> bool:
+        return any(m.has_images for m in self.messages)
+
+    def approx_input_tokens(self) -> int:
+        """A cheap token estimate (4 characters a token) for cost and context checks."""
+        chars = len(self.system or "") + sum(len(m.text) for m in self.messages)
+        return chars // 4 + 1
+
+    def copy(self, **changes: Any) -> Request:
+        return replace(self, **changes)
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "other"]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one agent within a routing decision."""
+
+    agent: str  # "provider/model" (plus #index when the same pair appears twice)
+    index: int  # the agent's position in the router's list
+    outcome: Literal["ok", "error", "skipped", "cancelled"]
+    latency_ms: float = 0.0
+    error: AgentError | None = None
+    retry: int = 0  # 0 for the first try of this agent, 1.. for retries
+    started_ns: int = 0  # wall clock (time.time_ns) when the attempt began
+
+    def __str__(self) -> str:
+        tail = f": {self.error}" if self.error else ""
+        return f"{self.agent} {self.outcome} in {self.latency_ms:.1f}ms{tail}"
+
+
+@dataclass(slots=True)
+class RouteInfo:
+    """Why a router answered the way it did."""
+
+    strategy: str
+    reason: str
+    attempts: list[Attempt] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(1 for a in self.attempts if a.outcome == "error")
+
+
+@dataclass(slots=True)
+class Response(Generic[T]):
+    """The answer to one call: text or validated output, and how it was produced."""
+
+    output: T
+    text: str
+    provider: str
+    model: str
+    latency_ms: float
+    usage: Usage
+    cost_estimate: float  # USD; see `cost_known`
+    finish_reason: FinishReason
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    raw: Any = None  # the provider's last response payload (or the stream's chunks)
+    id: str | None = None
+    cost_known: bool = True  # False when no price is known for the model (cost is 0.0)
+    time_to_first_token_ms: float | None = None  # streams only
+    route: RouteInfo | None = None
+    messages: list[Message] = field(default_factory=list)  # the full exchange
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# ---- stream events -------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class TextDelta:
+    text: str
+    type: Literal["text_delta"] = "text_delta"
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: `arguments` chunks concatenate per `index`."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+
+
+@dataclass(slots=True, frozen=True)
+class ToolResult:
+    """The agent ran a tool the model asked for (between two model turns)."""
+
+    call: ToolCall
+    type: Literal["tool_result"] = "tool_result"
+
+
+@dataclass(slots=True, frozen=True)
+class Done:
+    """The last event of every stream: the assembled response."""
+
+    response: Response[Any]
+    type: Literal["done"] = "done"
+
+
+StreamEvent = TextDelta | ToolCallDelta | ToolResult | Done
+
+
+# ---- routing -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RouteResult:
+    """What a custom router returns: the agent to use first, and why."""
+
+    agent: Agent
+    reason: str = "custom"
+
+
+def as_messages(value: str | Sequence[Message | dict[str, Any]]) -> list[Message]:
+    """Accept a prompt string or a list of messages (Message or OpenAI-style dicts)."""
+    if isinstance(value, str):
+        return [Message("user", value)]
+    return [m if isinstance(m, Message) else _message_from_dict(m) for m in value]
+
+
+def _message_from_dict(d: dict[str, Any]) -> Message:
+    role = d.get("role", "user")
+    content = d.get("content") or ""
+    if isinstance(content, list):
+        parts: list[ContentPart] = []
+        for p in content:
+            kind = p.get("type")
+            if kind == "text":
+                parts.append(TextPart(p.get("text", "")))
+            elif kind == "image_url":
+                url = p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"]
+                parts.append(_image_from_url(url))
+            elif kind == "image":  # Anthropic-style block
+                src = p.get("source", {})
+                if src.get("type") == "base64":
+                    parts.append(ImagePart(data=src["data"], media_type=src["media_type"]))
+                else:
+                    parts.append(ImagePart(url=src.get("url")))
+        content = parts
+    calls = [
+        ToolCall(c["id"], c["function"]["name"], _loads(c["function"].get("arguments")))
+        for c in d.get("tool_calls") or ()
+    ]
+    return Message(role, content, calls, d.get("tool_call_id"), d.get("name"))
+
+
+def _image_from_url(url: str) -> ImagePart:
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return ImagePart(data=data, media_type=head or "image/png")
+    return ImagePart(url=url)
+
+
+def _loads(text: str | None) -> dict[str, Any]:
+    import json
+
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
