@@ -3,6 +3,7 @@ deadlines, streaming fallback, middleware, route info."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -88,7 +89,7 @@ async def test_breaker_opens_skips_and_recovers(fake_factory) -> None:
     assert len(a.requests) == 2
     assert response.route.attempts[0].outcome == "skipped"
     assert isinstance(response.route.attempts[0].error, CircuitOpenError)
-    time.sleep(0.35)
+    await asyncio.sleep(0.35)
     assert router.health()["a"]["state"] == "half_open"
     a.set_default(Reply(text="healed"))
     response = await router.run_async("x")  # the probe goes through and succeeds
@@ -103,7 +104,7 @@ async def test_a_failed_probe_reopens_the_breaker(fake_factory) -> None:
         [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=1, breaker_cooldown=0.2
     )
     await router.run_async("x")
-    time.sleep(0.25)
+    await asyncio.sleep(0.25)
     await router.run_async("x")  # probe fails
     assert router.health()["a"]["state"] == "open"
     assert len(a.requests) == 2
