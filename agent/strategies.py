@@ -85,7 +85,7 @@ class Cheapest(Strategy):
         order = sorted(range(len(agents)), key=costs.__getitem__)
         best = costs[order[0]]
         shown = "unknown" if best == math.inf else f"${best:.6f}"
-        return Plan(order, f"cheapest: {agents[order[0]].name} est. {shown}")
+        return Plan(order, f"lowest estimated cost: {agents[order[0]].name} ({shown})")
 
 
 class Capability(Strategy):

@@ -225,7 +225,7 @@ def test_cheapest_orders_by_estimated_cost(fake_openai_sync, fake_anthropic_sync
         "anthropic/claude-haiku",
         "openai/gpt-4o",
     ]
-    assert "cheapest: openai/gpt-4o-mini est. $" in response.route.reason
+    assert "lowest estimated cost: openai/gpt-4o-mini ($0.0" in response.route.reason
 
 
 def test_cheapest_honours_price_overrides(fake_openai_sync) -> None:

@@ -1,0 +1,27 @@
+# Shared by hack/test and hack/demo: a project virtualenv with everything installed.
+# Reinstalls only when pyproject.toml changed, so a warm run skips pip entirely.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${AGENT_ROUTER_VENV:-$root/.venv}
+
+step() { printf '\n==> %s (%s)\n' "$*" "$(date +%H:%M:%S)" >&2; }
+
+ensure_venv() {
+  if [ ! -x "$venv/bin/python" ]; then
+    step "creating $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  fi
+  local stamp
+  stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    step "installing the project and its dependencies"
+    local log="$venv/pip-install.log"
+    if ! "$venv/bin/pip" install -e "$root[dev]" >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "pip install failed; the whole log is in $log" >&2
+      return 1
+    fi
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+  fi
+}
