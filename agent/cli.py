@@ -1,7 +1,7 @@
 """`agent`: a small command line for people.
 
-    agent run "Hello" --config router.yaml [--route default] [--stream]
-    agent check router.yaml          validate a config document, print it redacted
+agent run "Hello" --config router.yaml [--route default] [--stream]
+agent check router.yaml          validate a config document, print it redacted
 """
 
 from __future__ import annotations

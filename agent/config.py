@@ -36,7 +36,7 @@ from agent.router import AgentRouter
 from agent.strategies import STRATEGY_NAMES
 from agent.types import Request, RouteResult
 
-__all__ = ["AgentConfig", "RouteConfig", "RouterConfig", "Rule", "load_config"]
+__all__ = ["AgentConfig", "RouteConfig", "RouterConfig", "Rule", "load_config", "parse_config"]
 
 Strategy = Literal[
     "fallback",
@@ -161,6 +161,9 @@ class RouteConfig(_Model):
     max_retry_after: float = Field(default=10.0, ge=0)
     deadline: float | None = Field(default=None, gt=0, description="Seconds for the whole call")
     hedge_delay: float | None = Field(default=None, ge=0)
+    weights: dict[str, float] | None = Field(
+        default=None, description="weighted: agent name to weight (else each agent's weight)"
+    )
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     rules: list[Rule] = Field(default_factory=list)
 
@@ -175,9 +178,15 @@ class RouteConfig(_Model):
 
 class RouterConfig(_Model):
     version: int = Field(default=0, ge=0, description="Newer documents replace older ones")
-    agents: list[AgentConfig] = Field(min_length=1)
-    routes: list[RouteConfig] = Field(min_length=1)
+    # Empty is valid: a pod whose last policy was deleted serves no routes (404s that say so).
+    agents: list[AgentConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
     default_route: str | None = None
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="Opaque labels from whoever wrote the document (the operator stamps "
+        "its source and content hash here); returned as is by the sidecar",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
@@ -191,6 +200,11 @@ class RouterConfig(_Model):
             wanted = route.agents + [n for rule in route.rules for n in rule.prefer]
             if unknown := sorted(set(wanted) - set(names)):
                 raise ValueError(f"route {route.name!r} names unknown agents: {', '.join(unknown)}")
+            if route.weights and (stray := sorted(set(route.weights) - set(route.agents))):
+                raise ValueError(
+                    f"route {route.name!r} weights name agents outside the route: "
+                    f"{', '.join(stray)}"
+                )
             if rogue := sorted(
                 {n for rule in route.rules for n in rule.prefer} - set(route.agents)
             ):
@@ -219,6 +233,9 @@ class RouterConfig(_Model):
 def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
     members = [agents[n] for n in route.agents]
     custom = _rules_router(route.rules) if route.strategy == "custom" else None
+    weights = (
+        [route.weights.get(n, agents[n].weight) for n in route.agents] if route.weights else None
+    )
     return AgentRouter(
         members,
         route.strategy,
@@ -230,6 +247,7 @@ def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
         breaker_cooldown=route.circuit_breaker.cooldown,
         deadline=route.deadline,
         hedge_delay=route.hedge_delay,
+        weights=weights,
         name=route.name,
     )
 
@@ -246,17 +264,23 @@ def _rules_router(rules: Sequence[Rule]) -> Any:
 
 
 def load_config(source: str | Path | dict[str, Any]) -> RouterConfig:
-    """Parse and validate a config document (a YAML file path, YAML text or a dict)."""
+    """Read and validate a config document: a YAML (or JSON) file's path, or a dict."""
+    if isinstance(source, dict):
+        return parse_config(source)
+    try:
+        text = Path(source).read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config {str(source)!r}: {exc}") from exc
+    return parse_config(text)
+
+
+def parse_config(source: str | dict[str, Any]) -> RouterConfig:
+    """Validate a config document given as YAML/JSON text or as a dict."""
     if isinstance(source, dict):
         data = source
     else:
-        text = (
-            Path(source).read_text()
-            if isinstance(source, Path) or ("\n" not in str(source) and Path(str(source)).exists())
-            else str(source)
-        )
         try:
-            data = yaml.safe_load(text)
+            data = yaml.safe_load(source)
         except yaml.YAMLError as exc:
             raise ConfigurationError(f"config is not valid YAML: {exc}") from exc
     try:
