@@ -147,10 +147,9 @@ def router_table(calls: int) -> list[str]:
     base = measure(lambda: agent.run("Hello"), calls)
     lines.append(row("Agent.run (baseline)", base, None))
     for strategy in ("fallback", "round_robin", "cheapest", "capability"):
-        agents = [agent] if strategy == "round_robin" else [agent, other]
-        router = AgentRouter(agents, strategy=strategy)
-        lines.append(row(f"AgentRouter.run {strategy}", measure(lambda: router.run("Hello"),
-                                                                 calls), base))
+        router = AgentRouter([agent, other], strategy=strategy)
+        lines.append(row(f"AgentRouter.run {strategy}",
+                         measure(lambda r=router: r.run("Hello"), calls), base))
 
     async def async_rows() -> None:
         base_a = await measure_async(lambda: agent.run_async("Hello"), calls)
@@ -158,7 +157,7 @@ def router_table(calls: int) -> list[str]:
         for strategy in ("fallback", "round_robin", "cheapest", "capability"):
             router = AgentRouter([agent, other], strategy=strategy)
             lines.append(row(f"AgentRouter.run_async {strategy}",
-                             await measure_async(lambda: router.run_async("Hello"), calls),
+                             await measure_async(lambda r=router: r.run_async("Hello"), calls),
                              base_a))
 
     asyncio.run(async_rows())
@@ -195,7 +194,7 @@ def fastest_table(rounds: int) -> list[str]:
         async def go() -> None:
             for i in range(rounds):
                 seen: list[float] = []
-                waiter = threading.Thread(target=lambda n=i + 1: (
+                waiter = threading.Thread(target=lambda n=i + 1, seen=seen: (
                     loser_fake.wait_disconnect_sync(5, count=n),
                     seen.append(time.perf_counter())))
                 waiter.start()
