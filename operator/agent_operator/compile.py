@@ -144,27 +144,14 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
                 continue
             owner[route_name] = policy.name
             routes.append(_route(route_name, policy.spec, members))
-    document: dict[str, Any] = {
-        "agents": [a.model_dump(mode="json", exclude_none=True) for a in agents.values()],
-        "routes": [r.model_dump(mode="json", exclude_none=True) for r in routes],
-        "default_route": routes[0].name,
-    }
-    _reveal_keys(document, agents)
-    digest = hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    document["metadata"] = {
-        "source": ",".join(f"{namespace}/{p.name}" if namespace else p.name for p in chosen),
-        "hash": digest[:32],
-    }
-    result.config = RouterConfig.model_validate(document)
+    config = RouterConfig(agents=list(agents.values()), routes=routes,
+                          default_route=routes[0].name)
+    # The hash covers the keys too, so a rotated key is pushed; it never leaves as a key.
+    digest = hashlib.sha256(orjson.dumps(config.document(), option=orjson.OPT_SORT_KEYS))
+    source = ",".join(f"{namespace}/{p.name}" if namespace else p.name for p in chosen)
+    result.config = config.model_copy(
+        update={"metadata": {"source": source, "hash": digest.hexdigest()[:32]}})
     return result
-
-
-def _reveal_keys(document: dict[str, Any], agents: Mapping[str, AgentConfig]) -> None:
-    """model_dump masks SecretStr; the pushed document needs the key itself."""
-    for item in document["agents"]:
-        key = agents[item["name"]].api_key
-        if key is not None:
-            item["api_key"] = key.get_secret_value()
 
 
 def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]]) -> AgentConfig:

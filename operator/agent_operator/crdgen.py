@@ -128,14 +128,7 @@ POLICY_RULES = [
         "self.strategy.type in ['hedged', 'fastest']",
         "message": "hedgeDelaySeconds applies only to the hedged and fastest strategies",
     },
-    {
-        "rule": "!has(self.routes) || self.routes.all(r, self.routes.exists_one(s, s == r))",
-        "message": "route names must be unique",
-    },
-    {
-        "rule": "self.pools.all(p, self.pools.exists_one(q, q == p))",
-        "message": "a pool may be listed once",
-    },
+    # Unique pools and routes need no rule: they are list-type sets.
 ]
 
 

@@ -8,7 +8,7 @@ of an AgentPool agent maps onto `agent.config.AgentConfig`, which a test also ch
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -17,6 +17,12 @@ from agent.config import NAME, Strategy
 
 GROUP = "agentrouter.io"
 VERSION = "v1alpha1"
+
+
+# Names of other objects and of routes: bounded, so CEL cost estimates stay small.
+ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
+# A list whose items must be distinct: the apiserver enforces it (x-kubernetes-list-type).
+SET = {"x-kubernetes-list-type": "set"}
 
 
 class _Spec(BaseModel):
@@ -95,10 +101,10 @@ class StrategySpec(_Spec):
 class RuleSpec(_Spec):
     """custom: the first rule whose conditions all hold picks the first agent."""
 
-    prefer: list[str] = Field(min_length=1, max_length=64,
+    prefer: list[ObjectName] = Field(min_length=1, max_length=64,
                               description="Agent names (pool/agent or agent) to try first")
     reason: str = Field(min_length=1, max_length=256, description="Reported on the response")
-    input_contains: list[str] | None = Field(
+    input_contains: list[Annotated[str, Field(max_length=256)]] | None = Field(
         default=None, max_length=64, description="Any of these words, case-insensitive")
     input_matches: str | None = Field(default=None, max_length=1024,
                                       description="A regular expression on the input")
@@ -121,10 +127,10 @@ class PodSelector(_Spec):
 
 class RoutingPolicySpec(_Spec):
     selector: PodSelector = Field(description="The pods whose sidecars get these routes")
-    pools: list[str] = Field(min_length=1, max_length=16,
-                             description="AgentPools in this namespace, in order")
-    routes: list[str] = Field(
-        default_factory=lambda: ["default"], min_length=1, max_length=16,
+    pools: list[ObjectName] = Field(min_length=1, max_length=16, json_schema_extra=SET,
+                                    description="AgentPools in this namespace, in order")
+    routes: list[ObjectName] = Field(
+        default_factory=lambda: ["default"], min_length=1, max_length=16, json_schema_extra=SET,
         description="Names apps send as `model`; the first is the pod's default route")
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     rules: list[RuleSpec] = Field(default_factory=list, max_length=64,

@@ -1,0 +1,124 @@
+"""The kopf handlers: every event leads to the same namespace reconcile, plus the
+sidecar-injection webhook. Settings come from `agent_operator.__main__`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from agent_operator import kube
+from agent_operator.certs import self_signed
+from agent_operator.inject import ADMIN_PORT_ANNOTATION, INJECT_LABEL, SidecarSettings, inject
+from agent_operator.reconcile import Reconciler
+from agent_operator.resources import GROUP
+
+
+@dataclass
+class Options:
+    """What the command line decided; read by the startup handler."""
+
+    webhook: bool = True
+    webhook_addr: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_host: str | None = None  # what the apiserver dials; default: webhook_addr
+    webhook_cert_dir: Path | None = None  # tls.crt, tls.key, ca.crt; default: self-signed
+    webhook_name: str = "sidecar-injector.agentrouter.io"
+    sidecar: SidecarSettings = field(default_factory=SidecarSettings.from_env)
+
+
+# Fixed when the handlers are registered (decorator arguments), hence from the environment.
+RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "30"))
+options = Options()
+reconciler = Reconciler()
+_pod_state: dict[str, tuple[Any, ...]] = {}
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING  # Events for problems, not for every handler
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.watching.server_timeout = 300
+    reconciler.admin_port = options.sidecar.admin_port
+    if not options.webhook:
+        return
+    host = options.webhook_host or options.webhook_addr
+    if options.webhook_cert_dir is not None:
+        d = options.webhook_cert_dir
+        ca, cert, key = d / "ca.crt", d / "tls.crt", d / "tls.key"
+    else:
+        ca, cert, key = self_signed(Path(tempfile.mkdtemp(prefix="agent-operator-")),
+                                    [host, options.webhook_addr])
+    settings.admission.server = kopf.WebhookServer(
+        addr=options.webhook_addr, port=options.webhook_port, host=host,
+        certfile=str(cert), pkeyfile=str(key), cafile=str(ca),
+    )
+    settings.admission.managed = options.webhook_name
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    await reconciler.close()
+
+
+# ---- pools and policies: any change reconciles their namespace ----------------------------
+
+@kopf.on.resume(GROUP, "agentpools")
+@kopf.on.create(GROUP, "agentpools")
+@kopf.on.update(GROUP, "agentpools", field="spec")
+@kopf.on.delete(GROUP, "agentpools", optional=True)
+@kopf.on.resume(GROUP, "routingpolicies")
+@kopf.on.create(GROUP, "routingpolicies")
+@kopf.on.update(GROUP, "routingpolicies", field="spec")
+@kopf.on.delete(GROUP, "routingpolicies", optional=True)
+async def changed(namespace: str, **_: Any) -> None:
+    await reconciler.reconcile(namespace)
+
+
+@kopf.timer(GROUP, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(namespace: str, **_: Any) -> None:
+    """Catches what no watch reports: a rotated Secret, a sidecar that lost its state."""
+    await reconciler.reconcile(namespace)
+
+
+# ---- pods: a sidecar that became reachable, or went away ----------------------------------
+
+@kopf.on.event("pods", labels={INJECT_LABEL: "true"})
+async def pod_event(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+    uid = body.get("metadata", {}).get("uid", "")
+    if event.get("type") == "DELETED":
+        _pod_state.pop(uid, None)
+        return
+    status = body.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    state = (status.get("podIP"), ready, dict(body.get("metadata", {}).get("labels") or {}))
+    if _pod_state.get(uid) == state:
+        return
+    _pod_state[uid] = state
+    if ready and status.get("podIP"):
+        await reconciler.reconcile(namespace)
+
+
+# ---- sidecar injection ----------------------------------------------------------------------
+
+@kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
+                operations=["CREATE"], ignore_failures=False, persistent=False)
+async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,
+                         patch: kopf.Patch, annotations: kopf.Annotations, **_: Any) -> None:
+    new = inject(dict(spec), dict(labels), options.sidecar)
+    if new is None:
+        return  # already injected: idempotent
+    if namespace:
+        await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
+    patch.spec["initContainers"] = new["initContainers"]
+    patch.spec["volumes"] = new["volumes"]
+    patch.spec["containers"] = new["containers"]
+    if ADMIN_PORT_ANNOTATION not in annotations:
+        patch.metadata.setdefault("annotations", {})[ADMIN_PORT_ANNOTATION] = str(
+            options.sidecar.admin_port)

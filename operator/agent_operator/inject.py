@@ -1,0 +1,130 @@
+"""Sidecar injection: what the mutating webhook adds to an opted-in pod.
+
+Pods opt in with the label `agentrouter.io/inject: "true"`. A label, not an annotation,
+because the webhook configuration's objectSelector can only match labels: the apiserver
+then calls us for opted-in pods only, so the failure policy can be `Fail` (an opted-in
+pod is never started without the sidecar it relies on, while every other pod in the
+cluster is unaffected when the operator is down).
+
+The sidecar is a native sidecar (an init container with `restartPolicy: Always`): it is
+ready before the app starts and outlives it on shutdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_operator.kube import TOKEN_KEY, TOKEN_SECRET
+
+INJECT_LABEL = "agentrouter.io/inject"
+ADMIN_PORT_ANNOTATION = "agentrouter.io/admin-port"
+CONTAINER = "agent-sidecar"
+TOKEN_DIR = "/var/run/agent-router/token"
+STATE_DIR = "/var/lib/agent-sidecar"
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """Defaults the chart sets through the operator's environment."""
+
+    image: str = "ghcr.io/agent-router/agent-sidecar:0.1.0"
+    app_port: int = 4000
+    admin_port: int = 4001
+    cpu_request: str = "50m"
+    memory_request: str = "64Mi"
+    memory_limit: str = "256Mi"
+    otlp_endpoint: str | None = None
+    set_app_env: bool = True  # point the app's OpenAI/Anthropic SDKs at the sidecar
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SidecarSettings:
+        e = dict(os.environ if env is None else env)
+        d = cls()
+        return cls(
+            image=e.get("AGENT_SIDECAR_IMAGE", d.image),
+            app_port=int(e.get("AGENT_SIDECAR_APP_PORT", d.app_port)),
+            admin_port=int(e.get("AGENT_SIDECAR_ADMIN_PORT", d.admin_port)),
+            cpu_request=e.get("AGENT_SIDECAR_CPU_REQUEST", d.cpu_request),
+            memory_request=e.get("AGENT_SIDECAR_MEMORY_REQUEST", d.memory_request),
+            memory_limit=e.get("AGENT_SIDECAR_MEMORY_LIMIT", d.memory_limit),
+            otlp_endpoint=e.get("AGENT_SIDECAR_OTLP_ENDPOINT") or None,
+            set_app_env=e.get("AGENT_SIDECAR_SET_APP_ENV", "true").lower() == "true",
+        )
+
+
+def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/readyz", "port": "agent-admin"}, "periodSeconds": 2}
+    env = [
+        {"name": "AGENT_SIDECAR_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
+        {"name": "AGENT_SIDECAR_STATE_DIR", "value": STATE_DIR},
+        {"name": "AGENT_SIDECAR_PORT", "value": str(settings.app_port)},
+        {"name": "AGENT_SIDECAR_ADMIN_PORT", "value": str(settings.admin_port)},
+        {"name": "OTEL_SERVICE_NAME", "value": service_name},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES",
+         "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"},
+    ]
+    if settings.otlp_endpoint:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
+    env += [{"name": k, "value": v} for k, v in sorted(settings.extra_env.items())]
+    return {
+        "name": CONTAINER,
+        "image": settings.image,
+        "restartPolicy": "Always",
+        "ports": [{"name": "agent-admin", "containerPort": settings.admin_port}],
+        "env": env,
+        "startupProbe": {**probe, "failureThreshold": 60},
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent-admin"},
+                          "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
+            "limits": {"memory": settings.memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
+        ],
+    }
+
+
+def inject(spec: dict[str, Any], labels: dict[str, str],
+           settings: SidecarSettings) -> dict[str, Any] | None:
+    """The pod spec with the sidecar added, or None if there is nothing to change
+    (already injected: the webhook may be called again for the same pod)."""
+    init = list(spec.get("initContainers") or [])
+    if any(c.get("name") == CONTAINER for c in init + list(spec.get("containers") or [])):
+        return None
+    new = copy.deepcopy(spec)
+    service = labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
+    new["initContainers"] = [sidecar_container(settings, service), *init]
+    volumes = list(new.get("volumes") or [])
+    volumes += [
+        {"name": "agent-router-token", "secret": {"secretName": TOKEN_SECRET,
+                                                  "defaultMode": 0o440}},
+        {"name": "agent-sidecar-state", "emptyDir": {}},
+    ]
+    new["volumes"] = volumes
+    if settings.set_app_env:
+        urls = {
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{settings.app_port}/v1",
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{settings.app_port}",
+        }
+        for container in new.get("containers") or []:
+            env = list(container.get("env") or [])
+            have = {e.get("name") for e in env}
+            env += [{"name": k, "value": v} for k, v in urls.items() if k not in have]
+            container["env"] = env
+    return new

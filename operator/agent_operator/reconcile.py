@@ -1,0 +1,245 @@
+"""Bring one namespace's sidecars in line with its pools and policies, and say so.
+
+Level-triggered: whatever fired (a pool, a policy, a pod turning ready, the resync
+timer), the whole namespace is recompiled and every sidecar that serves something else
+gets its document. Runs per namespace are serialized and coalesced: a trigger during a
+run causes exactly one more run afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+import pydantic
+
+from agent.config import RouterConfig
+from agent_operator import kube
+from agent_operator.compile import Compiled, Policy, Problem, compile_pod
+from agent_operator.inject import ADMIN_PORT_ANNOTATION, INJECT_LABEL
+from agent_operator.push import PushResult, push
+from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
+
+log = logging.getLogger("agent_operator")
+
+EMPTY = RouterConfig(metadata={"source": "", "hash": "empty"})
+
+
+@dataclass
+class PodTarget:
+    name: str
+    labels: dict[str, str]
+    admin_url: str
+
+
+@dataclass
+class _Namespace:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: bool = False
+    reported: dict[str, tuple[str, str]] = field(default_factory=dict)  # obj -> event sent
+
+
+class Reconciler:
+    def __init__(self, admin_port: int = 4001, concurrency: int = 64) -> None:
+        self.admin_port = admin_port
+        self._spaces: dict[str, _Namespace] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, force_close=False))
+        return self._session
+
+    async def reconcile(self, namespace: str) -> None:
+        """Coalescing entry point: callers may fire as often as they like."""
+        space = self._spaces.setdefault(namespace, _Namespace())
+        if space.lock.locked():
+            space.pending = True
+            return
+        async with space.lock:
+            while True:
+                space.pending = False
+                try:
+                    await self._run(namespace, space)
+                except Exception:  # one bad run must not stop the next trigger's
+                    log.exception("reconciling namespace %s failed", namespace)
+                if not space.pending:
+                    break
+
+    async def _run(self, namespace: str, space: _Namespace) -> None:
+        pools_raw = await kube.list_custom(namespace, "agentpools")
+        policies_raw = await kube.list_custom(namespace, "routingpolicies")
+        pools: dict[str, AgentPoolSpec] = {}
+        pool_problems: dict[str, str] = {}
+        for obj in pools_raw:
+            try:
+                pools[obj["metadata"]["name"]] = AgentPoolSpec.model_validate(obj.get("spec", {}))
+            except pydantic.ValidationError as exc:
+                pool_problems[obj["metadata"]["name"]] = _first_error(exc)
+        policies: list[Policy] = []
+        invalid: dict[str, str] = {}
+        for obj in policies_raw:
+            meta = obj["metadata"]
+            if meta.get("deletionTimestamp"):
+                continue  # its routes leave the sidecars now
+            try:
+                spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
+            except pydantic.ValidationError as exc:
+                invalid[meta["name"]] = _first_error(exc)
+                continue
+            policies.append(Policy(meta["name"], spec, meta.get("generation", 1)))
+        secrets = await self._secrets(namespace, policies, pools)
+        pods = await self._pods(namespace)
+        token = await kube.sidecar_token(namespace) if pods else ""
+
+        compiled: dict[str, Compiled] = {}
+        for pod in pods:
+            compiled[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace)
+        results = await asyncio.gather(*(
+            self._push(pod, token, compiled[pod.name]) for pod in pods))
+        by_pod = {r.pod: r for r in results if r is not None}
+
+        for obj in policies_raw:
+            await self._policy_status(obj, compiled, by_pod, invalid, space)
+        for obj in pools_raw:
+            name = obj["metadata"]["name"]
+            users = sum(1 for p in policies if name in p.spec.pools)
+            await self._pool_status(obj, pools.get(name), pool_problems.get(name), users)
+
+    async def _secrets(self, namespace: str, policies: Iterable[Policy],
+                       pools: dict[str, AgentPoolSpec]) -> dict[str, dict[str, str]]:
+        names = {a.api_key_secret_ref.name
+                 for p in policies for pool in p.spec.pools if pool in pools
+                 for a in pools[pool].agents if a.api_key_secret_ref}
+        found = await asyncio.gather(*(kube.read_secret(namespace, n) for n in sorted(names)))
+        return {n: data for n, data in zip(sorted(names), found, strict=True) if data is not None}
+
+    async def _pods(self, namespace: str) -> list[PodTarget]:
+        pods = await kube.list_pods(namespace, f"{INJECT_LABEL}=true")
+        out = []
+        for pod in pods:
+            status = pod.status
+            if pod.metadata.deletion_timestamp or not status or not status.pod_ip:
+                continue
+            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+            if not ready:
+                continue
+            port = (pod.metadata.annotations or {}).get(ADMIN_PORT_ANNOTATION, self.admin_port)
+            out.append(PodTarget(pod.metadata.name, dict(pod.metadata.labels or {}),
+                                 f"http://{status.pod_ip}:{port}"))
+        return out
+
+    async def _push(self, pod: PodTarget, token: str, compiled: Compiled) -> PushResult | None:
+        if compiled.problems and compiled.config is None:
+            return None  # a pool or secret is missing: the pod keeps its last good config
+        config = compiled.config or EMPTY  # no policy selects it (any more): no routes
+        async with self._limit:
+            result = await push(self._http(), pod.name, pod.admin_url, token, config)
+        if not result.synced:
+            log.warning("push to pod %s failed: %s", pod.name, result.detail)
+        elif result.outcome == "applied":
+            log.info("pod %s now serves config version %s", pod.name, result.version)
+        return result
+
+    async def _policy_status(self, obj: dict[str, Any], compiled: dict[str, Compiled],
+                             pushed: dict[str, PushResult], invalid: dict[str, str],
+                             space: _Namespace) -> None:
+        meta = obj["metadata"]
+        name = meta["name"]
+        if meta.get("deletionTimestamp"):
+            return
+        targets = [pod for pod, c in compiled.items() if name in c.policies]
+        problems: list[Problem] = []
+        for pod in targets:
+            for problem in compiled[pod].problems.get(name, []):
+                if problem not in problems:
+                    problems.append(problem)
+        if name in invalid:
+            problems.append(Problem("Invalid", invalid[name]))
+        synced = [p for p in targets if p in pushed and pushed[p].synced]
+        failed = [pushed[p] for p in targets if p in pushed and not pushed[p].synced]
+        versions = [pushed[p].version or 0 for p in synced]
+        resolved = not any(p.reason != "RouteConflict" for p in problems)
+        all_synced = len(synced) == len(targets)
+        conditions = [
+            _condition("Resolved", resolved, problems[0].reason if problems else "Resolved",
+                       "; ".join(p.message for p in problems) or "pools and secrets found"),
+            _condition("Synced", all_synced and resolved,
+                       "Synced" if all_synced else "PushFailed",
+                       f"{len(synced)}/{len(targets)} selected ready pods serve this policy"
+                       + (f"; {failed[0].pod}: {failed[0].detail}" if failed else "")),
+        ]
+        ready = resolved and all_synced
+        conditions.append(_condition("Ready", ready, "Ready" if ready else
+                                     conditions[0]["reason"] if not resolved else "PushFailed",
+                                     conditions[0]["message"] if not resolved
+                                     else conditions[1]["message"]))
+        status = {
+            "observedGeneration": meta.get("generation"),
+            "targetPods": len(targets),
+            "syncedPods": len(synced),
+            "synced": f"{len(synced)}/{len(targets)}",
+            "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
+        }
+        if versions:
+            status["configVersion"] = max(versions)
+        await kube.patch_status(meta["namespace"], "routingpolicies", name, status)
+        # One Event per distinct problem, not one per resync.
+        news = problems[0] if problems else (
+            Problem("PushFailed", failed[0].detail) if failed else None)
+        key = f"policy/{name}"
+        if news is None:
+            space.reported.pop(key, None)
+        elif space.reported.get(key) != (news.reason, news.message):
+            space.reported[key] = (news.reason, news.message)
+            kopf.warn(obj, reason=news.reason, message=news.message)
+
+    async def _pool_status(self, obj: dict[str, Any], spec: AgentPoolSpec | None,
+                           problem: str | None, users: int) -> None:
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        ok = spec is not None
+        conditions = [_condition("Ready", ok, "Valid" if ok else "Invalid",
+                                 f"{len(spec.agents)} agent(s)" if spec else problem or "")]
+        await kube.patch_status(meta["namespace"], "agentpools", meta["name"], {
+            "observedGeneration": meta.get("generation"),
+            "agents": len(spec.agents) if spec else 0,
+            "policies": users,
+            "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
+        })
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason,
+            "message": message[:1000]}
+
+
+def _keep_transitions(obj: dict[str, Any], conditions: list[dict[str, Any]],
+                      generation: int | None) -> list[dict[str, Any]]:
+    """lastTransitionTime changes only when a condition's status does."""
+    old = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for c in conditions:
+        prev = old.get(c["type"])
+        same = prev is not None and prev.get("status") == c["status"]
+        c["lastTransitionTime"] = prev.get("lastTransitionTime", now) if same and prev else now
+        c["observedGeneration"] = generation
+    return conditions
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"

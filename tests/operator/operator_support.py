@@ -1,0 +1,184 @@
+"""The operator on the real control plane: CRDs, its service account bound to exactly the
+chart's rules, the operator as a real process, and real sidecars at 127.0.0.N."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "sidecar"))
+
+from sidecar_support import SidecarProcess  # noqa: E402
+
+OPERATOR_NS = "agent-router-system"
+OPERATOR_SA = "agent-router-operator"
+INJECT = {"agentrouter.io/inject": "true"}
+
+_ips = itertools.count(random.randint(20, 120))
+
+
+def next_ip() -> str:
+    """A loopback address of its own for each pod's sidecar (ports never collide)."""
+    return f"127.0.{random.randint(1, 250)}.{next(_ips) % 250 + 2}"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # not there yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or predicate}: last saw {last!r}")
+
+
+def install_crds(cp: Any) -> None:
+    cp.kubectl("apply", "-f", str(ROOT / "crds"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+               "crd/agentpools.agentrouter.io", "crd/routingpolicies.agentrouter.io")
+
+
+def operator_kubeconfig(cp: Any) -> Path:
+    """The operator's identity: its service account, bound to the chart's rules only."""
+    rules = yaml.safe_load((ROOT / "helm" / "agent-router" / "files" /
+                            "operator-rules.yaml").read_text())
+    cp.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "agent-router-operator-test"}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "agent-router-operator-test"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "agent-router-operator-test"},
+         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA,
+                       "namespace": OPERATOR_NS}]},
+    ])
+    return cp.kubeconfig_for_service_account(OPERATOR_NS, OPERATOR_SA)
+
+
+class OperatorProcess:
+    def __init__(self, cp: Any, kubeconfig: Path, webhook_name: str, port: int) -> None:
+        self.cp, self.kubeconfig, self.webhook_name, self.port = cp, kubeconfig, webhook_name, port
+        self.log = Path(tempfile.mkdtemp(prefix="operator-")) / "operator.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(KUBECONFIG=str(self.kubeconfig), AGENT_OPERATOR_RESYNC_SECONDS="2",
+                   AGENT_SIDECAR_IMAGE="registry.example/agent-sidecar:test")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent_operator", "--all-namespaces", "--standalone",
+                 "--webhook-addr", "127.0.0.1", "--webhook-port", str(self.port),
+                 "--webhook-name", self.webhook_name, "--verbose"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )
+        wait_for(lambda: self.cp.kubectl("get", "mutatingwebhookconfiguration",
+                                         self.webhook_name, check=False).returncode == 0
+                 or self._died(), 30, "the operator's webhook configuration")
+        return self
+
+    def _died(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{self.output()[-3000:]}")
+        return False
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def sidecar_token(cp: Any, namespace: str) -> str:
+    secret = cp.get_json("secret", "agent-router-sidecar", namespace=namespace)
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def start_sidecar(cp: Any, namespace: str, ip: str, state_dir: Path | None = None
+                  ) -> SidecarProcess:
+    """A real sidecar where the pod would run it, with the namespace's token file."""
+    work = Path(tempfile.mkdtemp(prefix="sidecar-"))
+    token = work / "token"
+    token.write_text(sidecar_token(cp, namespace))
+    state = state_dir or work / "state"
+    return SidecarProcess(["--host", ip, "--port", "4000", "--admin-host", ip,
+                           "--admin-port", "4001", "--token-file", str(token),
+                           "--state-dir", str(state)]).wait_ready()
+
+
+def served(sidecar: SidecarProcess) -> dict[str, Any] | None:
+    r = httpx.get(sidecar.admin_url + "/config", timeout=5,
+                  headers={"authorization": "Bearer " + Path(_token_file(sidecar)).read_text()})
+    return r.json() if r.status_code == 200 else None
+
+
+def _token_file(sidecar: SidecarProcess) -> str:
+    args = sidecar.proc.args
+    assert isinstance(args, list)
+    return str(args[args.index("--token-file") + 1])
+
+
+def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {**INJECT, **labels}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/chat:1"}]}}
+
+
+def status_of(cp: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    return dict(cp.get_json(kind, name, namespace=namespace).get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: Any) -> Iterator[OperatorProcess]:
+    install_crds(control_plane)
+    kubeconfig = operator_kubeconfig(control_plane)
+    from support.controlplane import free_port
+
+    name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
+    proc = OperatorProcess(control_plane, kubeconfig, name, free_port()).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        control_plane.kubectl("delete", "mutatingwebhookconfiguration", name,
+                              "--ignore-not-found", check=False)
+        if os.environ.get("AGENT_ROUTER_SHOW_OPERATOR_LOG"):
+            print(proc.output())
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1)[:3000]

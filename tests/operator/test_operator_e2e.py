@@ -1,0 +1,199 @@
+"""The operator on the real control plane, end to end: kubectl apply of pools and
+policies, sidecar injection by our webhook, pods marked ready at 127.0.0.N with a real
+sidecar each, the config pushed, requests routed by the policy, status and Events."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from fakes import Fail, FakeProvider, Reply
+from operator_support import (
+    condition,
+    next_ip,
+    pod_manifest,
+    served,
+    start_sidecar,
+    status_of,
+    wait_for,
+)
+
+pytestmark = pytest.mark.controlplane
+
+
+def pool(name: str, openai_fake: FakeProvider, anthropic_fake: FakeProvider) -> dict:
+    return {
+        "apiVersion": "agentrouter.io/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name},
+        "spec": {"agents": [
+            {"name": "claude", "provider": "anthropic", "model": "claude-sonnet",
+             "baseUrl": anthropic_fake.url,
+             "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}},
+            {"name": "gpt", "provider": "openai", "model": "gpt-4o",
+             "baseUrl": openai_fake.base_url,
+             "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}},
+        ]},
+    }
+
+
+def policy(strategy: str = "fallback", **extra: object) -> dict:
+    return {
+        "apiVersion": "agentrouter.io/v1alpha1", "kind": "RoutingPolicy",
+        "metadata": {"name": "chat"},
+        "spec": {"selector": {"matchLabels": {"app": "chat"}}, "pools": ["main"],
+                 "routes": ["default"],
+                 "strategy": {"type": strategy, "retries": 0, "backoffSeconds": 0}, **extra},
+    }
+
+
+KEYS = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-keys"},
+        "stringData": {"anthropic": "test-key", "openai": "test-key"}}
+
+
+@pytest.fixture
+def fakes():
+    with FakeProvider("openai").running() as gpt, FakeProvider("anthropic").running() as claude:
+        yield gpt, claude
+
+
+def test_apply_inject_push_route_and_report(control_plane, operator, namespace, fakes) -> None:
+    cp = control_plane
+    gpt, claude = fakes
+    claude.set_default(Fail(529))  # the primary is overloaded: the policy falls back
+    cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+
+    # The webhook injects the sidecar into an opted-in pod.
+    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
+    pod = cp.get_json("pod", "chat-0", namespace=namespace)
+    init = pod["spec"].get("initContainers") or []
+    assert [c["name"] for c in init] == ["agent-sidecar"], json.dumps(pod["spec"])[:2000]
+    sidecar_spec = init[0]
+    assert sidecar_spec["restartPolicy"] == "Always"  # a native sidecar
+    assert sidecar_spec["image"] == "registry.example/agent-sidecar:test"
+    assert sidecar_spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1"} in \
+        pod["spec"]["containers"][0]["env"]
+    assert pod["metadata"]["annotations"]["agentrouter.io/admin-port"] == "4001"
+
+    # The pod "runs": a real sidecar at its IP; marking it ready makes the operator push.
+    ip = next_ip()
+    sidecar = start_sidecar(cp, namespace, ip)
+    try:
+        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
+        loaded = wait_for(lambda: served(sidecar), 20, "the pushed config")
+        assert loaded["routes"] == ["default"]
+        assert loaded["config"]["agents"][0]["api_key"] == "***"
+        version = loaded["version"]
+
+        client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused")
+        raw = client.chat.completions.with_raw_response.create(
+            model="default", messages=[{"role": "user", "content": "Hello"}])
+        answer = raw.parse()
+        assert answer.choices[0].message.content == "Hello from openai"
+        assert raw.headers["x-agent-provider"] == "openai"
+        assert int(raw.headers["x-agent-attempts"]) == 2  # claude failed, gpt answered
+
+        status = wait_for(lambda: (s := status_of(cp, "routingpolicy", "chat", namespace))
+                          .get("syncedPods") == 1 and s, 20, "policy status")
+        assert status["targetPods"] == 1 and status["synced"] == "1/1"
+        assert condition(status, "Ready")["status"] == "True"
+        assert status["configVersion"] == version
+        pool_status = status_of(cp, "agentpool", "main", namespace)
+        assert pool_status["agents"] == 2 and pool_status["policies"] == 1
+        table = cp.kubectl("get", "agentrouter", "-n", namespace).stdout
+        assert "routingpolicy.agentrouter.io/chat" in table and "1/1" in table
+        assert "agentpool.agentrouter.io/main" in table
+
+        # Switching the strategy with kubectl changes the traffic pattern.
+        claude.set_default(Reply(text="Hello from anthropic"))
+        cp.apply(policy("round_robin"), namespace)
+        wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"] == "round_robin",
+                 20, "the round_robin push")
+        providers = [client.chat.completions.with_raw_response.create(
+            model="default", messages=[{"role": "user", "content": "Hi"}]
+        ).headers["x-agent-provider"] for _ in range(4)]
+        assert sorted(providers) == ["anthropic", "anthropic", "openai", "openai"]
+
+        # A missing secret: status says so, the sidecar keeps its last good config.
+        before = served(sidecar)["version"]
+        cp.kubectl("delete", "secret", "llm-keys", "-n", namespace)
+        cp.apply(policy("fallback"), namespace)
+        status = wait_for(lambda: condition(
+            status_of(cp, "routingpolicy", "chat", namespace), "Resolved").get("reason")
+            == "SecretNotFound" and status_of(cp, "routingpolicy", "chat", namespace),
+            20, "SecretNotFound in status")
+        assert condition(status, "Ready")["status"] == "False"
+        assert "llm-keys" in condition(status, "Resolved")["message"]
+        time.sleep(2.5)  # a resync passes: nothing is pushed
+        assert served(sidecar)["version"] == before
+        events = cp.kubectl("get", "events", "-n", namespace,
+                            "--field-selector", "involvedObject.name=chat").stdout
+        assert "SecretNotFound" in events
+        secrets_text = json.dumps(status) + events + operator.output()
+        assert "test-key" not in secrets_text  # keys appear nowhere but in the push
+
+        # The secret is back: the fallback policy reaches the sidecar.
+        cp.apply(KEYS, namespace)
+        wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"] == "fallback",
+                 20, "the push after the secret returned")
+
+        # Deleting the policy removes its route from the sidecar.
+        cp.kubectl("delete", "routingpolicy", "chat", "-n", namespace)
+        wait_for(lambda: served(sidecar)["routes"] == [], 20, "routes removed")
+    finally:
+        sidecar.terminate()
+        sidecar.wait(20)
+        sidecar.kill()
+
+
+def test_unlabelled_pods_are_left_alone(control_plane, operator, namespace) -> None:
+    control_plane.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                         "spec": {"containers": [{"name": "app", "image": "x"}]}}, namespace)
+    pod = control_plane.get_json("pod", "plain", namespace=namespace)
+    assert not pod["spec"].get("initContainers")
+
+
+INVALID = [
+    ("duplicate agent names", "AgentPool",
+     {"agents": [{"name": "a", "provider": "openai", "model": "gpt-4o"},
+                 {"name": "a", "provider": "openai", "model": "gpt-4o-mini"}]},
+     "agent names must be unique within the pool"),
+    ("no agents", "AgentPool", {"agents": []}, "should have at least 1 items"),
+    ("bad agent name", "AgentPool",
+     {"agents": [{"name": "Not_OK", "provider": "openai", "model": "gpt-4o"}]},
+     "spec.agents[0].name"),
+    ("negative timeout", "AgentPool",
+     {"agents": [{"name": "a", "provider": "openai", "model": "m", "timeoutSeconds": 0}]},
+     "spec.agents[0].timeoutSeconds"),
+    ("custom without rules", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "strategy": {"type": "custom"}},
+     "the custom strategy needs at least one rule"),
+    ("rules without custom", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "rules": [{"prefer": ["a"], "reason": "r"}]},
+     "rules apply only to the custom strategy"),
+    ("weights without weighted", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "strategy": {"type": "fallback", "weights": {"a": 1}}},
+     "weights apply only to the weighted strategy"),
+    ("hedge delay without hedging", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "strategy": {"type": "cheapest", "hedgeDelaySeconds": 1}},
+     "hedgeDelaySeconds applies only to the hedged and fastest strategies"),
+    ("unknown strategy", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "strategy": {"type": "quickest"}},
+     'Unsupported value: "quickest"'),
+    ("no pools", "RoutingPolicy", {"selector": {}, "pools": []}, "should have at least 1 items"),
+    ("duplicate routes", "RoutingPolicy",
+     {"selector": {}, "pools": ["p"], "routes": ["a", "a"]}, "Duplicate value"),
+    ("missing selector", "RoutingPolicy", {"pools": ["p"]}, "spec.selector: Required value"),
+]
+
+
+@pytest.mark.parametrize(("what", "kind", "spec", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_resources_are_rejected_with_clear_messages(control_plane, operator, namespace,
+                                                           what, kind, spec, message) -> None:
+    result = control_plane.apply(
+        {"apiVersion": "agentrouter.io/v1alpha1", "kind": kind, "metadata": {"name": "bad"},
+         "spec": spec}, namespace, check=False)
+    assert result.returncode != 0, f"{what} was accepted"
+    assert message in result.stderr, result.stderr
