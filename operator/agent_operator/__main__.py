@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     peering.add_argument("--peering", default=os.environ.get("AGENT_OPERATOR_PEERING",
                                                              "agent-router"),
                          help="kopf peering name: replicas that share it never act at once")
+    p.add_argument("--priority", type=int,
+                   default=int(os.environ.get("AGENT_OPERATOR_PRIORITY", "0"))
+                   or random.randint(1, 1_000_000),
+                   help="peering priority; replicas draw distinct random ones by default, so "
+                   "exactly one acts and the next takes over when it dies")
     p.add_argument("--no-webhook", action="store_true", help="do not serve sidecar injection")
     p.add_argument("--webhook-addr", default=os.environ.get("AGENT_OPERATOR_WEBHOOK_ADDR",
                                                             "0.0.0.0"))
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent_operator import handlers
 
+    handlers.options.peering = not args.standalone
     handlers.options.webhook = not args.no_webhook
     handlers.options.webhook_addr = args.webhook_addr
     handlers.options.webhook_port = args.webhook_port
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=args.namespace,
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
         liveness_endpoint=args.liveness,
     ))
     return 0

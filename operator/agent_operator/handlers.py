@@ -23,6 +23,7 @@ from agent_operator.resources import GROUP
 class Options:
     """What the command line decided; read by the startup handler."""
 
+    peering: bool = True  # False with --standalone
     webhook: bool = True
     webhook_addr: str = "0.0.0.0"
     webhook_port: int = 9443
@@ -44,6 +45,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Events for problems, not for every handler
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = 300
+    # How long a silent peer counts as alive: the takeover delay when a replica is killed.
+    settings.peering.lifetime = int(os.environ.get("AGENT_OPERATOR_PEERING_LIFETIME", "30"))
+    # A missing peering object is an install error, not a reason to run unguarded.
+    settings.peering.mandatory = options.peering
     reconciler.admin_port = options.sidecar.admin_port
     if not options.webhook:
         return
