@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers.options.peering = not args.standalone
     handlers.options.webhook = not args.no_webhook
+    if handlers.options.webhook:
+        handlers.serve_injection()
     handlers.options.webhook_addr = args.webhook_addr
     handlers.options.webhook_port = args.webhook_port
     handlers.options.webhook_host = args.webhook_host

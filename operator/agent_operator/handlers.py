@@ -50,6 +50,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # A missing peering object is an install error, not a reason to run unguarded.
     settings.peering.mandatory = options.peering
     reconciler.admin_port = options.sidecar.admin_port
+    if options.peering:
+        reconciler.peering = (settings.peering.name, settings.peering.clusterwide,
+                              settings.peering.priority)
     if not options.webhook:
         return
     host = options.webhook_host or options.webhook_addr
@@ -112,8 +115,13 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, namespace: str, **_:
 
 # ---- sidecar injection ----------------------------------------------------------------------
 
-@kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
-                operations=["CREATE"], ignore_failures=False, persistent=False)
+def serve_injection() -> None:
+    """Register the webhook (kopf refuses admission handlers without a server)."""
+    kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
+                   operations=["CREATE"], ignore_failures=False, persistent=False,
+                   )(inject_sidecar)
+
+
 async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,
                          patch: kopf.Patch, annotations: kopf.Annotations, **_: Any) -> None:
     new = inject(dict(spec), dict(labels), options.sidecar)

@@ -60,6 +60,22 @@ async def patch_status(namespace: str, plural: str, name: str, status: dict[str,
             raise
 
 
+async def peering_status(name: str, namespace: str | None) -> dict[str, Any] | None:
+    """kopf's peering object's status (peer id -> priority, lifetime, lastseen)."""
+    try:
+        if namespace is None:
+            obj = await call(_custom().get_cluster_custom_object, "kopf.dev", "v1",
+                             "clusterkopfpeerings", name)
+        else:
+            obj = await call(_custom().get_namespaced_custom_object, "kopf.dev", "v1",
+                             namespace, "kopfpeerings", name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(obj.get("status") or {})
+
+
 async def list_pods(namespace: str, label_selector: str) -> list[Any]:
     result = await call(_core().list_namespaced_pod, namespace, label_selector=label_selector)
     return list(result.items)

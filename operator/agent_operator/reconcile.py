@@ -45,9 +45,33 @@ class _Namespace:
     reported: dict[str, tuple[str, str]] = field(default_factory=dict)  # obj -> event sent
 
 
+def leads(status: dict[str, Any], priority: int, now: datetime.datetime | None = None) -> bool:
+    """Whether the replica with `priority` is the highest-priority live peer.
+
+    kopf's peering keeps every replica's keep-alive in one object; we read it before
+    acting, so replicas never push or write status at the same time even while kopf
+    itself lets both handle events. A peer is live until lastseen + lifetime.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    live = []
+    for info in status.values():
+        if not isinstance(info, dict):
+            continue
+        try:
+            seen = datetime.datetime.fromisoformat(str(info["lastseen"]))
+            alive = seen + datetime.timedelta(seconds=int(info.get("lifetime", 60))) > now
+        except (KeyError, ValueError):
+            continue
+        if alive:
+            live.append(int(info.get("priority", 0)))
+    return not live or max(live) <= priority
+
+
 class Reconciler:
     def __init__(self, admin_port: int = 4001, concurrency: int = 64) -> None:
         self.admin_port = admin_port
+        # Peering: (name, cluster-wide?, our priority); None when standalone.
+        self.peering: tuple[str, bool, int] | None = None
         self._spaces: dict[str, _Namespace] = {}
         self._limit = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -78,7 +102,17 @@ class Reconciler:
                 if not space.pending:
                     break
 
+    async def _leading(self, namespace: str) -> bool:
+        if self.peering is None:
+            return True
+        name, clusterwide, priority = self.peering
+        status = await kube.peering_status(name, None if clusterwide else namespace)
+        return status is not None and leads(status, priority)
+
     async def _run(self, namespace: str, space: _Namespace) -> None:
+        if not await self._leading(namespace):
+            log.debug("not the leading replica: leaving namespace %s to it", namespace)
+            return
         pools_raw = await kube.list_custom(namespace, "agentpools")
         policies_raw = await kube.list_custom(namespace, "routingpolicies")
         pools: dict[str, AgentPoolSpec] = {}

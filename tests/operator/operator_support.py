@@ -80,26 +80,37 @@ def operator_kubeconfig(cp: Any) -> Path:
 
 
 class OperatorProcess:
-    def __init__(self, cp: Any, kubeconfig: Path, webhook_name: str, port: int) -> None:
+    def __init__(self, cp: Any, kubeconfig: Path, webhook_name: str | None, port: int = 0,
+                 args: tuple[str, ...] = ("--all-namespaces", "--standalone"),
+                 env: dict[str, str] | None = None) -> None:
         self.cp, self.kubeconfig, self.webhook_name, self.port = cp, kubeconfig, webhook_name, port
+        self.args, self.extra_env = args, env or {}
         self.log = Path(tempfile.mkdtemp(prefix="operator-")) / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
         env.update(KUBECONFIG=str(self.kubeconfig), AGENT_OPERATOR_RESYNC_SECONDS="2",
-                   AGENT_SIDECAR_IMAGE="registry.example/agent-sidecar:test")
+                   AGENT_SIDECAR_IMAGE="registry.example/agent-sidecar:test", **self.extra_env)
+        webhook = (["--webhook-addr", "127.0.0.1", "--webhook-port", str(self.port),
+                    "--webhook-name", self.webhook_name] if self.webhook_name
+                   else ["--no-webhook"])
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_operator", "--all-namespaces", "--standalone",
-                 "--webhook-addr", "127.0.0.1", "--webhook-port", str(self.port),
-                 "--webhook-name", self.webhook_name, "--verbose"],
+                [sys.executable, "-m", "agent_operator", *self.args, *webhook, "--verbose"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
-        wait_for(lambda: self.cp.kubectl("get", "mutatingwebhookconfiguration",
-                                         self.webhook_name, check=False).returncode == 0
-                 or self._died(), 30, "the operator's webhook configuration")
+        if self.webhook_name:
+            wait_for(lambda: self.cp.kubectl("get", "mutatingwebhookconfiguration",
+                                             self.webhook_name, check=False).returncode == 0
+                     or self._died(), 30, "the operator's webhook configuration")
         return self
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the peers, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
     def _died(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -127,3 +127,19 @@ def test_pool_agent_fields_cover_the_engine_agent_config() -> None:
         target = mapped.get(field, field)
         if target is not None:
             assert target in pool_fields, f"AgentConfig.{field} has no AgentPool field"
+
+
+def test_only_the_highest_priority_live_peer_leads() -> None:
+    import datetime
+
+    from agent_operator.reconcile import leads
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+    fresh = (now - datetime.timedelta(seconds=1)).isoformat()
+    stale = (now - datetime.timedelta(seconds=60)).isoformat()
+    status = {"a": {"priority": 200, "lifetime": 30, "lastseen": fresh},
+              "b": {"priority": 100, "lifetime": 30, "lastseen": fresh}}
+    assert leads(status, 200, now) and not leads(status, 100, now)
+    status["a"]["lastseen"] = stale  # the leader died without a word
+    assert leads(status, 100, now)
+    assert leads({}, 5, now)  # alone: lead

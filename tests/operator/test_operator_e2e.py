@@ -197,3 +197,91 @@ def test_invalid_resources_are_rejected_with_clear_messages(control_plane, opera
          "spec": spec}, namespace, check=False)
     assert result.returncode != 0, f"{what} was accepted"
     assert message in result.stderr, result.stderr
+
+
+def test_no_failed_request_while_the_policy_changes(control_plane, operator, namespace,
+                                                   fakes) -> None:
+    """Requests keep flowing while kubectl switches the strategy: the sidecar swaps its
+    config atomically, so not one request fails."""
+    import threading
+
+    cp = control_plane
+    gpt, claude = fakes
+    cp.apply([KEYS, pool("main", gpt, claude), policy("fallback")], namespace)
+    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
+    ip = next_ip()
+    sidecar = start_sidecar(cp, namespace, ip)
+    try:
+        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
+        wait_for(lambda: served(sidecar), 20, "the first push")
+        client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
+        failures: list[str] = []
+        answered: list[str] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="default", messages=[{"role": "user", "content": "Hi"}])
+                    answered.append(raw.headers["x-agent-provider"])
+                except Exception as exc:  # any failure at all is what this test forbids
+                    failures.append(repr(exc))
+
+        workers = [threading.Thread(target=traffic) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for strategy in ("round_robin", "cheapest", "fallback", "round_robin"):
+            cp.apply(policy(strategy), namespace)
+            wait_for(lambda s=strategy: served(sidecar)["config"]["routes"][0]["strategy"] == s,
+                     20, f"the {strategy} push")
+        stop.set()
+        for w in workers:
+            w.join()
+        assert failures == []
+        assert len(answered) > 20 and "anthropic" in answered and "openai" in answered
+    finally:
+        sidecar.terminate()
+        sidecar.wait(20)
+        sidecar.kill()
+
+
+def test_restarts_resync_without_duplicate_work(control_plane, operator, namespace,
+                                               fakes) -> None:
+    """A restarted operator pushes nothing that is already served; a sidecar that lost
+    its state is re-synced by the periodic resync."""
+    import shutil
+
+    cp = control_plane
+    gpt, claude = fakes
+    cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
+    ip = next_ip()
+    sidecar = start_sidecar(cp, namespace, ip)
+    state = None
+    try:
+        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
+        version = wait_for(lambda: served(sidecar), 20, "the first push")["version"]
+
+        operator.stop()
+        operator.start()
+        time.sleep(5)  # resume handlers and two resyncs have run
+        assert served(sidecar)["version"] == version, "nothing was pushed again"
+        status = status_of(cp, "routingpolicy", "chat", namespace)
+        assert condition(status, "Ready")["status"] == "True"
+
+        # The sidecar restarts with its state gone (a new pod, an emptyDir lost).
+        args = sidecar.proc.args
+        state = args[args.index("--state-dir") + 1]
+        sidecar.terminate()
+        sidecar.wait(20)
+        sidecar.kill()
+        shutil.rmtree(state, ignore_errors=True)
+        sidecar = start_sidecar(cp, namespace, ip)
+        assert served(sidecar) is None
+        again = wait_for(lambda: served(sidecar), 20, "the resync push")
+        assert again["version"] > version
+    finally:
+        sidecar.terminate()
+        sidecar.wait(20)
+        sidecar.kill()
