@@ -12,12 +12,17 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Feed raw bytes as they arrive; get complete events back. No I/O."""
+    """Feed raw bytes as they arrive; get complete events back. No I/O.
 
-    __slots__ = ("_buf",)
+    Lines that are no SSE field at all (Gemini appends a raw JSON error object to a
+    stream) are kept in `stray` rather than silently dropped.
+    """
+
+    __slots__ = ("_buf", "stray")
 
     def __init__(self) -> None:
         self._buf = b""
+        self.stray: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._buf + chunk
@@ -32,7 +37,7 @@ class SSEParser:
             end = buf.find(b"\n\n", start)
             if end < 0:
                 break
-            event = _parse_frame(buf[start:end])
+            event = _parse_frame(buf[start:end], self.stray)
             if event is not None:
                 events.append(event)
             start = end + 2
@@ -42,11 +47,14 @@ class SSEParser:
     def close(self) -> list[SSEEvent]:
         """End of stream: a last frame without its blank line still counts."""
         rest, self._buf = self._buf.rstrip(b"\r\n"), b""
-        event = _parse_frame(rest.replace(b"\r\n", b"\n")) if rest else None
+        event = _parse_frame(rest.replace(b"\r\n", b"\n"), self.stray) if rest else None
         return [event] if event is not None else []
 
 
-def _parse_frame(frame: bytes) -> SSEEvent | None:
+_FIELDS = ("data", "event", "id", "retry")
+
+
+def _parse_frame(frame: bytes, stray: list[str]) -> SSEEvent | None:
     name = "message"
     data: list[str] = []
     for raw in frame.split(b"\n"):
@@ -54,6 +62,9 @@ def _parse_frame(frame: bytes) -> SSEEvent | None:
             continue
         line = raw.decode("utf-8", "replace")
         field, _, value = line.partition(":")
+        if field not in _FIELDS:
+            stray.append(line)
+            continue
         if value.startswith(" "):
             value = value[1:]
         if field == "data":

@@ -10,14 +10,13 @@ from typing import Any, TypeVar, overload
 import pydantic
 
 from agent import _steps
-from agent._sse import SSEParser
 from agent._transport import Reply
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError
 from agent.middleware import Middleware, overrides
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
-from agent.providers.base import Codec, Parsed, Target
+from agent.providers.base import Codec, Parsed, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
 from agent.types import (
     Done,
@@ -313,26 +312,26 @@ def _stream_once(
     opened = yield _steps.Open(wire, timeout)
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
-    sse = SSEParser()
-    decoder = codec.decoder()
+    reader = StreamReader(codec)
     try:
-        while True:
-            chunk = yield _steps.Read(opened)
-            events = sse.feed(chunk) if chunk else sse.close()
-            for event in events:
-                for out in decoder.feed(event):
-                    if not first:
-                        first.append(time.perf_counter())
-                    yield _steps.Emit(out)
-            if not chunk:
-                break
+        while chunk := (yield _steps.Read(opened)):
+            for out in reader.feed(chunk):
+                if not first:
+                    first.append(time.perf_counter())
+                yield _steps.Emit(out)
+            reader.check()
+        last, parsed = reader.close()
+        for out in last:
+            if not first:
+                first.append(time.perf_counter())
+            yield _steps.Emit(out)
     except GeneratorExit:
         raise
     except BaseException:
         yield _steps.Close(opened)  # free the connection before a fallback starts
         raise
     yield _steps.Close(opened)
-    return decoder.finish()
+    return parsed
 
 
 def output_schema(schema: Any) -> OutputSchema:

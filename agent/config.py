@@ -224,6 +224,14 @@ class RouterConfig(_Model):
                 agent["api_key"] = "***"
         return data
 
+    def document(self) -> dict[str, Any]:
+        """The document as JSON with the keys in it: only for the push to a sidecar."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for item, agent in zip(data["agents"], self.agents, strict=True):
+            if agent.api_key is not None:
+                item["api_key"] = agent.api_key.get_secret_value()
+        return data
+
     def build(self) -> dict[str, AgentRouter]:
         """One router per route; routes sharing an agent share its connection pools."""
         agents = {a.name: a.build() for a in self.agents}

@@ -47,6 +47,8 @@ class ToolCall:
     arguments: dict[str, Any]
     result: Any = None
     error: str | None = None
+    # What a provider needs back with the call next turn (Gemini's thoughtSignature).
+    provider_data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from agent.providers.base import (
     WireRequest,
     dumps,
     error_message,
+    error_object,
     loads,
     retry_after,
 )
@@ -137,7 +138,7 @@ class AnthropicCodec:
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         message, parsed = error_message(body)
-        kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
+        kind = error_object(parsed).get("type")
         return error_for_status(
             status,
             message,
@@ -163,7 +164,9 @@ class AnthropicStreamDecoder:
     def __init__(self) -> None:
         self._text: list[str] = []
         self._tools = ToolCallAssembler()
-        self._blocks: dict[int, int | None] = {}  # content block index -> tool index (None: text)
+        # content block index -> tool index; None: text (or our output tool); -1: a block
+        # the caller never sees (server tools, thinking)
+        self._blocks: dict[int, int | None] = {}
         self._finish: str | None = None
         self._id: str | None = None
         self._model: str | None = None
@@ -180,6 +183,8 @@ class AnthropicStreamDecoder:
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             slot = self._blocks.get(data.get("index", 0))
+            if slot == -1:
+                return []
             if delta.get("type") == "text_delta":
                 self._text.append(delta.get("text", ""))
                 return [TextDelta(delta.get("text", ""))]
@@ -195,8 +200,12 @@ class AnthropicStreamDecoder:
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             index = data.get("index", 0)
-            if block.get("type") == "tool_use" and block.get("name") != OUTPUT_TOOL:
-                slot = sum(1 for v in self._blocks.values() if v is not None)
+            block_type = block.get("type")
+            if block_type not in ("text", "tool_use"):
+                self._blocks[index] = -1
+                return []
+            if block_type == "tool_use" and block.get("name") != OUTPUT_TOOL:
+                slot = sum(1 for v in self._blocks.values() if v is not None and v >= 0)
                 self._blocks[index] = slot
                 tool = ToolCallDelta(slot, block.get("id"), block.get("name"))
                 self._tools.add(tool)

@@ -130,8 +130,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # neither seconds nor a date: no hint
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def error_message(body: bytes, key_path: tuple[str, ...] = ("error", "message")) -> tuple[str, Any]:
@@ -145,7 +149,78 @@ def error_message(body: bytes, key_path: tuple[str, ...] = ("error", "message"))
     for key in key_path:
         node = node.get(key) if isinstance(node, dict) else None
     message = node if isinstance(node, str) else text[:300]
-    return message, parsed
+    return message or "(empty body)", parsed
+
+
+def error_object(parsed: Any) -> dict[str, Any]:
+    """`body["error"]` when it is an object; proxies also send a string or null there."""
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    return err if isinstance(err, dict) else {}
+
+
+class StreamReader:
+    """Bytes of a streamed answer in, caller events out, the answer at the end: the
+    SSE framing and the codec's decoder together, with what the network adds (a stream
+    cut inside a frame, a raw error object after the events). No I/O."""
+
+    __slots__ = ("_codec", "_decoder", "_failed", "_sse")
+
+    def __init__(self, codec: Codec) -> None:
+        from agent._sse import SSEParser
+
+        self._codec = codec
+        self._sse = SSEParser()
+        self._decoder = codec.decoder()
+        self._failed: ProviderError | None = None
+
+    def check(self) -> None:
+        """Raise the error that ended the last chunk (after its events were handed on)."""
+        if self._failed is not None:
+            raise self._failed
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """Events in this chunk. An error inside it is raised by `check()` or the next
+        call, so the content that came before it in the same chunk reaches the caller."""
+        self.check()
+        out: list[StreamEvent] = []
+        for event in self._sse.feed(chunk):
+            try:
+                out += self._decoder.feed(event)
+            except ProviderError as exc:
+                if not out:
+                    raise
+                self._failed = exc
+                break
+        return out
+
+    def close(self) -> tuple[list[StreamEvent], Parsed]:
+        """The stream ended: the last events and the assembled answer."""
+        self.check()
+        out: list[StreamEvent] = []
+        for event in self._sse.close():
+            try:
+                out += self._decoder.feed(event)
+            except InvalidResponseError as exc:  # the connection ended inside this frame
+                raise _cut("the stream ended inside an event") from exc
+        if self._sse.stray:
+            self._raise_stray("\n".join(self._sse.stray))
+        return out, self._decoder.finish()
+
+    def _raise_stray(self, text: str) -> None:
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return  # noise around the events: the events decide
+        err = error_object(parsed)
+        if err:
+            code = err.get("code")
+            raise self._codec.error(code if isinstance(code, int) else 500, {}, text.encode())
+
+
+def _cut(message: str) -> ProviderError:
+    from agent.errors import APIConnectionError
+
+    return APIConnectionError(message)
 
 
 class ToolCallAssembler:

@@ -14,6 +14,7 @@ from agent.providers.base import (
     WireRequest,
     dumps,
     error_message,
+    error_object,
     loads,
     retry_after,
 )
@@ -105,12 +106,18 @@ class GeminiCodec:
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         message, parsed = error_message(body)
-        status_name = (parsed.get("error") or {}).get("status") if isinstance(parsed, dict) else ""
+        err = error_object(parsed)
+        raw_details = err.get("details")
+        details: list[Any] = raw_details if isinstance(raw_details, list) else []
+        if status == 400 and any(
+            isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in details
+        ):
+            status = 401  # Gemini says 400 for a bad key; it is the key, not the request
         return error_for_status(
             status,
             message,
-            retry_after=retry_after(headers),
-            overloaded=status_name == "UNAVAILABLE",
+            retry_after=retry_after(headers) or _retry_delay(details),
+            overloaded=err.get("status") == "UNAVAILABLE",
             body=parsed,
         )
 
@@ -118,11 +125,12 @@ class GeminiCodec:
 class _Accumulator:
     """Gemini sends whole GenerateContentResponse objects, one per SSE frame or one in all."""
 
-    __slots__ = ("finish", "id", "model", "text", "tools", "usage")
+    __slots__ = ("finish", "id", "model", "signatures", "text", "tools", "usage")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.tools = ToolCallAssembler()
+        self.signatures: dict[int, str] = {}
         self.finish: str | None = None
         self.usage: dict[str, Any] = {}
         self.id: str | None = None
@@ -142,8 +150,9 @@ class _Accumulator:
                 if part.get("thought"):
                     continue
                 if "text" in part:
-                    self.text.append(part["text"])
-                    out.append(TextDelta(part["text"]))
+                    if part["text"]:
+                        self.text.append(part["text"])
+                        out.append(TextDelta(part["text"]))
                 elif "functionCall" in part:
                     call = part["functionCall"]
                     index = len(self.tools.calls())
@@ -155,12 +164,16 @@ class _Accumulator:
                     )
                     self.tools.add(delta)
                     out.append(delta)
+                    if part.get("thoughtSignature"):  # must go back with the call (Gemini 3)
+                        self.signatures[index] = part["thoughtSignature"]
             if cand.get("finishReason"):
                 self.finish = cand["finishReason"]
         return out
 
     def parsed(self, raw: Any) -> Parsed:
         calls = self.tools.calls()
+        for index, signature in self.signatures.items():
+            calls[index].provider_data["thoughtSignature"] = signature
         finish: FinishReason = _FINISH.get(self.finish or "", "other")
         if calls and finish == "stop":
             finish = "tool_calls"
@@ -188,6 +201,17 @@ class GeminiStreamDecoder:
         if self._acc.finish is None:  # Gemini has no end marker: the last chunk has a reason
             raise APIConnectionError("the stream ended before a finishReason")
         return self._acc.parsed(None)
+
+
+def _retry_delay(details: list[Any]) -> float | None:
+    """google.rpc.RetryInfo's retryDelay ("34.4s"): Gemini's retry-after."""
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):
+            try:
+                return float(str(d.get("retryDelay", "")).rstrip("s"))
+            except ValueError:
+                return None
+    return None
 
 
 def _error_from_payload(data: dict[str, Any]) -> ProviderError:
@@ -225,6 +249,9 @@ def _contents(messages: list[Message]) -> list[dict[str, Any]]:
                 )
             else:
                 parts.append({"text": p.text})
-        parts += [{"functionCall": {"name": c.name, "args": c.arguments}} for c in m.tool_calls]
+        parts += [
+            {"functionCall": {"name": c.name, "args": c.arguments}, **c.provider_data}
+            for c in m.tool_calls
+        ]
         out.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
     return out

@@ -45,7 +45,11 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
 
     def ok(node: Any) -> bool:
         if isinstance(node, dict):
-            if node.get("type") == "object" and "properties" in node:
+            if node.get("type") == "object":
+                # Strict mode wants closed objects with every property required: a map
+                # (dict[str, X]) or an explicitly open object cannot be expressed.
+                if "properties" not in node or node.get("additionalProperties", False):
+                    return False
                 if set(node.get("required", ())) != set(node["properties"]):
                     return False
             return all(ok(v) for v in node.values())
