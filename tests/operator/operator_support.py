@@ -90,8 +90,9 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(KUBECONFIG=str(self.kubeconfig), AGENT_OPERATOR_RESYNC_SECONDS="2",
-                   AGENT_SIDECAR_IMAGE="registry.example/agent-sidecar:test", **self.extra_env)
+        env.update({"KUBECONFIG": str(self.kubeconfig), "AGENT_OPERATOR_RESYNC_SECONDS": "2",
+                    "AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:test",
+                    **self.extra_env})
         webhook = (["--webhook-addr", "127.0.0.1", "--webhook-port", str(self.port),
                     "--webhook-name", self.webhook_name] if self.webhook_name
                    else ["--no-webhook"])
