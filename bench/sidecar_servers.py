@@ -1,0 +1,168 @@
+"""The two servers the sidecar benchmark compares against.
+
+    python bench/sidecar_servers.py upstream [--port 0]
+        A canned OpenAI-compatible upstream: precomputed bytes on a raw asyncio protocol
+        (uvloop), so that on a small machine it is never the bottleneck. Plain answers are
+        JSON; a body asking for `"stream":true` gets a precomputed SSE stream.
+
+    python bench/sidecar_servers.py thin --upstream URL [--port 0]
+        The thinnest aiohttp pass-through: forwards the body to the upstream over a
+        keep-alive aiohttp client session and relays the answer (streamed chunk by chunk).
+
+Each prints `READY <url>` once listening and serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+
+PLAIN = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the bench upstream"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+    }
+).encode()
+
+
+def _stream_body() -> bytes:
+    head = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+    }
+    frames = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    for word in ["Hello", " from", " the", " bench", " upstream"]:
+        frames.append({**head, "choices": [{"index": 0, "delta": {"content": word}}]})
+    frames.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    frames.append(
+        {
+            **head,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+        }
+    )
+    body = b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames)
+    return body + b"data: [DONE]\n\n"
+
+
+def _response(content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: keep-alive\r\n\r\n"
+        + body
+    )
+
+
+PLAIN_RESPONSE = _response(b"application/json", PLAIN)
+STREAM_RESPONSE = _response(b"text/event-stream", _stream_body())
+
+
+class Canned(asyncio.Protocol):
+    """Just enough HTTP/1.1: keep-alive, Content-Length bodies, pipelining."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            length = 0
+            at = head.find(b"content-length:")
+            if at >= 0:
+                length = int(head[at + 15 :].split(b"\r\n", 1)[0])
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            streamed = b'"stream":true' in body or b'"stream": true' in body
+            self.transport.write(STREAM_RESPONSE if streamed else PLAIN_RESPONSE)
+
+
+async def upstream(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Canned, "127.0.0.1", port)
+    print(f"READY http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await _until_signal()
+    server.close()
+
+
+async def thin(port: int, upstream_url: str) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with session.post(
+            upstream_url + request.path, data=body, headers={"content-type": "application/json"}
+        ) as answer:
+            if answer.content_type != "text/event-stream":
+                return web.Response(
+                    status=answer.status, body=await answer.read(), content_type=answer.content_type
+                )
+            response = web.StreamResponse(status=answer.status)
+            response.content_type = "text/event-stream"
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"READY http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    await _until_signal()
+    await runner.cleanup()
+    await session.close()
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main() -> None:
+    import uvloop
+
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("server", choices=["upstream", "thin"])
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--upstream", default="")
+    args = p.parse_args()
+    coro = upstream(args.port) if args.server == "upstream" else thin(args.port, args.upstream)
+    uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    main()

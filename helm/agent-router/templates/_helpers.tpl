@@ -1,0 +1,145 @@
+{{/*
+The chart name (app.kubernetes.io/name), at most 63 characters.
+*/}}
+{{- define "agent-router.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: <release>-<chart>, or <release> when it already contains the chart name.
+Kept to 45 characters so that every derived name (e.g. "-sidecar-injector") stays
+within the 63 characters of a label or a DNS label.
+*/}}
+{{- define "agent-router.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+helm.sh/chart: <chart>-<version>.
+*/}}
+{{- define "agent-router.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: name and instance only (immutable in a Deployment's selector).
+*/}}
+{{- define "agent-router.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agent-router.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels without the component: helm.sh/chart, the selector labels, version,
+managed-by and part-of.
+*/}}
+{{- define "agent-router.commonLabels" -}}
+helm.sh/chart: {{ include "agent-router.chart" . }}
+{{ include "agent-router.selectorLabels" . }}
+{{- with .Chart.AppVersion }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agent-router
+{{- end }}
+
+{{/*
+All labels of an object of one component: include "agent-router.labels" (list . "operator")
+*/}}
+{{- define "agent-router.labels" -}}
+{{- $root := index . 0 -}}
+{{ include "agent-router.commonLabels" $root }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Names of the objects. */}}
+{{- define "agent-router.operatorName" -}}
+{{- printf "%s-operator" (include "agent-router.fullname" .) }}
+{{- end }}
+
+{{- define "agent-router.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agent-router.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "agent-router.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "agent-router.fullname" .) }}
+{{- end }}
+
+{{/* What the apiserver dials and what the certificate is for: <svc>.<ns>.svc */}}
+{{- define "agent-router.webhookHost" -}}
+{{- printf "%s.%s.svc" (include "agent-router.webhookServiceName" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "agent-router.webhookConfigName" -}}
+{{- default (printf "%s-sidecar-injector.agentrouter.io" (include "agent-router.fullname" .)) .Values.webhook.name }}
+{{- end }}
+
+{{- define "agent-router.peeringName" -}}
+{{- default (include "agent-router.fullname" .) .Values.operator.peeringName }}
+{{- end }}
+
+{{- define "agent-router.webhookCertificateName" -}}
+{{- printf "%s-webhook" (include "agent-router.fullname" .) }}
+{{- end }}
+
+{{/* The Secret holding tls.crt, tls.key and ca.crt, or "" (the operator self-signs). */}}
+{{- define "agent-router.webhookCertSecret" -}}
+{{- if .Values.webhook.certManager.enabled }}
+{{- printf "%s-webhook-tls" (include "agent-router.fullname" .) }}
+{{- else if .Values.webhook.existingCertSecret }}
+{{- .Values.webhook.existingCertSecret }}
+{{- end }}
+{{- end }}
+
+{{/* image: repository:tag or repository@digest; call with (list .Values.x.image .Chart) */}}
+{{- define "agent-router.image" -}}
+{{- $image := index . 0 -}}
+{{- $chart := index . 1 -}}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "agent-router.operatorImage" -}}
+{{- include "agent-router.image" (list .Values.image .Chart) }}
+{{- end }}
+
+{{- define "agent-router.sidecarImage" -}}
+{{- include "agent-router.image" (list .Values.sidecar.image .Chart) }}
+{{- end }}
+
+{{/*
+Checks that a schema cannot express (they depend on more than one value).
+*/}}
+{{- define "agent-router.validate" -}}
+{{- if and .Values.webhook.enabled (gt (int .Values.replicaCount) 1) (not (include "agent-router.webhookCertSecret" .)) }}
+{{- fail (printf "replicaCount=%d with the webhook enabled needs one certificate shared by all replicas: set webhook.certManager.enabled=true or webhook.existingCertSecret (each replica would otherwise make its own self-signed CA, and the apiserver would trust only the last one written)" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (ne (int .Values.operator.priority) 0) }}
+{{- fail (printf "operator.priority=%d with replicaCount=%d: replicas of equal peering priority all pause; leave operator.priority at 0 (a distinct random priority per replica)" (int .Values.operator.priority) (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and .Values.webhook.enabled (eq (int .Values.webhook.port) (int .Values.operator.healthPort)) }}
+{{- fail (printf "webhook.port and operator.healthPort are both %d: the operator listens on each" (int .Values.webhook.port)) }}
+{{- end }}
+{{- if eq (int .Values.sidecar.appPort) (int .Values.sidecar.adminPort) }}
+{{- fail (printf "sidecar.appPort and sidecar.adminPort are both %d: the sidecar listens on each" (int .Values.sidecar.appPort)) }}
+{{- end }}
+{{- if and .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret }}
+{{- fail "set either webhook.certManager.enabled or webhook.existingCertSecret, not both" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,378 @@
+"""The app port: OpenAI- and Anthropic-compatible endpoints in front of the engine.
+
+    POST /v1/chat/completions   OpenAI format, plain and streamed
+    POST /v1/messages           Anthropic format, plain and streamed
+    GET  /v1/models[/{id}]      the routes (Anthropic's shape when `anthropic-version` is sent)
+
+The request's `model` names a route. Each request takes the config snapshot current when
+it starts and finishes on it. Errors come back in the caller's format, with the status
+every agent's errors agree on (see `wire.describe_failure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from agent.errors import AgentError, RoutingError
+from agent.types import Attempt, Done, Response, StreamEvent
+from agent_sidecar import eager
+from agent_sidecar.anthropic_api import AnthropicApi
+from agent_sidecar.metrics import Metrics
+from agent_sidecar.openai_api import OpenAIApi
+from agent_sidecar.routes import Loaded, Route, watching
+from agent_sidecar.settings import Settings
+from agent_sidecar.state import ConfigStore
+from agent_sidecar.wire import (
+    Api,
+    Call,
+    CallerError,
+    Failure,
+    StreamEncoder,
+    Winner,
+    describe_failure,
+    header_value,
+    invalid,
+    retry_after_header,
+)
+
+log = logging.getLogger("agent_sidecar.app")
+
+OPENAI = OpenAIApi()
+ANTHROPIC = AnthropicApi()
+
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+_CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
+
+
+class _Outcome:
+    """What the metrics need to know about one request, filled in as it goes."""
+
+    __slots__ = ("code", "route", "stream")
+
+    def __init__(self) -> None:
+        self.route = ""
+        self.stream = False
+        self.code = 500
+
+
+class AppHandlers:
+    def __init__(
+        self, store: ConfigStore, metrics: Metrics, settings: Settings, tracing: bool
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.tracer = trace.get_tracer("agent_sidecar") if tracing else None
+
+    # ---- endpoints ------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, OPENAI)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, ANTHROPIC)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        api = _api_for(request)
+        loaded = self.store.loaded
+        if loaded is None:
+            return self._failure(api, _no_config())
+        body = api.models(loaded.names, int(loaded.loaded_at))
+        return web.Response(body=body, content_type="application/json")
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        api = _api_for(request)
+        loaded = self.store.loaded
+        if loaded is None:
+            return self._failure(api, _no_config())
+        name = request.match_info["model"]
+        if name not in loaded.routes:
+            return self._failure(api, _unknown_route(name, loaded))
+        return web.Response(
+            body=api.model(name, int(loaded.loaded_at)), content_type="application/json"
+        )
+
+    async def other(self, request: web.Request) -> web.Response:
+        """Anything else, answered in the caller's format rather than aiohttp's text."""
+        api = _api_for(request)
+        if request.path in _CHAT_PATHS or request.path.startswith("/v1/models"):
+            return self._failure(
+                api, Failure("method_not_allowed", f"{request.method} is not allowed here")
+            )
+        return self._failure(
+            api, Failure("not_found", f"no such endpoint: {request.method} {request.path}")
+        )
+
+    # ---- one routed call ------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, api: Api) -> web.StreamResponse:
+        if self.tracer is None:
+            return await self._measured(request, api)
+        # Continue the caller's trace: the engine's decision span nests in this one.
+        context = propagate.extract(request.headers)
+        with self.tracer.start_as_current_span(
+            f"POST {request.path}",
+            context=context,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "http.route": request.path,
+            },
+        ) as span:
+            response = await self._measured(request, api)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    async def _measured(self, request: web.Request, api: Api) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        self.metrics.in_flight.inc()
+        try:
+            response = await self._route(request, api, outcome)
+            outcome.code = response.status
+            return response
+        except asyncio.CancelledError:
+            outcome.code = 499  # the client went away (aiohttp cancels the handler)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - started
+            self.metrics.request(outcome.route, api.name, outcome.stream, outcome.code, seconds)
+
+    async def _route(self, request: web.Request, api: Api, outcome: _Outcome) -> web.StreamResponse:
+        try:
+            call = api.parse(await self._body(request))
+            loaded = self.store.loaded
+            if loaded is None:
+                raise CallerError(_no_config())
+            route = loaded.resolve(call.model)
+            if route is None:
+                raise CallerError(_unknown_route(call.model, loaded))
+        except CallerError as exc:
+            return self._failure(api, exc.failure)
+        outcome.route, outcome.stream = route.name, call.request.stream
+        headers = dict(route.headers)
+        if call.extra:
+            if route.wires == {api.name}:
+                call.request.extra = call.extra
+            else:  # another wire format would refuse or misread them
+                headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+        try:
+            if call.request.stream:
+                return await self._stream(request, api, call, route, headers)
+            return await self._answer(api, call, route, headers)
+        except Exception:
+            log.exception("internal error routing %s", route.name)
+            return self._failure(api, Failure("internal", "internal error in the sidecar"), headers)
+
+    async def _answer(
+        self, api: Api, call: Call, route: Route, headers: dict[str, str]
+    ) -> web.Response:
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                response = await route.router.run_request_async(call.request)
+        except AgentError as exc:
+            return self._routing_failed(api, route, exc, headers)
+        except TimeoutError:
+            return self._failure(api, self._timed_out(), headers)
+        attempts = response.route.attempts if response.route else []
+        self.metrics.routed(route.name, attempts, response)
+        _describe(headers, response)
+        return web.Response(
+            body=api.render(response, call), headers=headers, content_type="application/json"
+        )
+
+    async def _stream(
+        self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        with watching() as watch:
+            events = route.router.stream_request(call.request)
+            try:
+                # Nothing is sent before the first event: a fallback before it is invisible
+                # except in the headers, and a failure before it is a proper HTTP error.
+                try:
+                    async with asyncio.timeout(self.settings.request_timeout):
+                        first = await anext(events)
+                except AgentError as exc:
+                    return self._routing_failed(api, route, exc, headers)
+                except TimeoutError:
+                    return self._failure(api, self._timed_out(), headers)
+                winner = watch.winner(route)
+                return await self._relay(request, api, call, route, headers, winner, first, events)
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def _relay(
+        self,
+        request: web.Request,
+        api: Api,
+        call: Call,
+        route: Route,
+        headers: dict[str, str],
+        winner: Winner,
+        first: StreamEvent,
+        events: AsyncIterator[StreamEvent],
+    ) -> web.StreamResponse:
+        headers.update(_SSE_HEADERS)
+        headers["x-agent-attempts"] = str(winner.attempts)
+        headers["x-agent-route-reason"] = header_value(winner.reason)
+        if winner.provider is not None and winner.model is not None:
+            headers["x-agent-provider"] = winner.provider
+            headers["x-agent-model"] = header_value(winner.model)
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        encoder = api.encoder(call, winner)
+        event = first
+        # Frames not written yet: events that arrive together leave in one write, which
+        # is written just before the relay would wait for the next event.
+        pending = [encoder.start(), self._frame(encoder, route, event)]
+        try:
+            while not isinstance(event, Done):
+                # anext's awaitable steps like a coroutine (send/throw)
+                ready, rest = eager.now(cast(Coroutine[Any, Any, StreamEvent], anext(events)))
+                if rest is None:
+                    event = ready  # type: ignore[assignment]
+                else:
+                    await response.write(b"".join(pending))
+                    pending.clear()
+                    event = await rest
+                pending.append(self._frame(encoder, route, event))
+        except AgentError as exc:  # after content: the stream ends with the error, in band
+            self.metrics.stream_errors.labels(route.name).inc()
+            pending.append(encoder.error(describe_failure(exc)))
+        except StopAsyncIteration:  # the engine always ends with Done; be safe anyway
+            pass
+        except ConnectionError:  # the client went away between two writes
+            return response
+        except Exception:  # the headers are out: report in band, like an engine error
+            log.exception("internal error streaming %s", route.name)
+            pending.append(encoder.error(Failure("internal", "internal error in the sidecar")))
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"".join(pending))
+            await response.write_eof()
+        return response
+
+    def _frame(self, encoder: StreamEncoder, route: Route, event: StreamEvent) -> bytes:
+        if isinstance(event, Done):
+            done = event.response
+            self.metrics.routed(route.name, done.route.attempts if done.route else [], done)
+            return encoder.done(done)
+        return encoder.event(event)
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> Any:
+        limit = self.settings.max_body_bytes
+        try:
+            if request.content.is_eof():  # it came with the headers: nothing to wait for
+                raw = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.read_timeout):
+                    raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise CallerError(
+                Failure("too_large", f"the body is larger than {limit} bytes")
+            ) from None
+        except TimeoutError:
+            raise CallerError(
+                Failure("request_timeout", "the body did not arrive in time")
+            ) from None
+        if not raw:
+            raise invalid("the body is empty: send a JSON object")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise invalid(f"the body is not valid JSON: {exc}") from None
+
+    def _routing_failed(
+        self, api: Api, route: Route, error: AgentError, headers: dict[str, str]
+    ) -> web.Response:
+        if isinstance(error, RoutingError):
+            self.metrics.routed(route.name, error.attempts, None)
+            headers["x-agent-attempts"] = _tried(error.attempts)
+        return self._failure(api, describe_failure(error), headers)
+
+    def _timed_out(self) -> Failure:
+        return Failure("timeout", f"no answer within {self.settings.request_timeout:g}s")
+
+    @staticmethod
+    def _failure(api: Api, failure: Failure, headers: dict[str, str] | None = None) -> web.Response:
+        out = {**(headers or {}), **retry_after_header(failure.retry_after)}
+        return web.Response(
+            status=api.status(failure),
+            body=api.error_body(failure),
+            headers=out,
+            content_type="application/json",
+        )
+
+
+def _describe(headers: dict[str, str], response: Response[Any]) -> None:
+    info = response.route
+    headers["x-agent-provider"] = response.provider
+    headers["x-agent-model"] = header_value(response.model)
+    headers["x-agent-cost-usd"] = _usd(response)
+    if info is not None:
+        headers["x-agent-route-reason"] = header_value(info.reason)
+        headers["x-agent-attempts"] = _tried(info.attempts)
+
+
+def _tried(attempts: Sequence[Attempt]) -> str:
+    """Attempts made: retries count, agents skipped by an open circuit do not."""
+    return str(sum(1 for a in attempts if a.outcome != "skipped"))
+
+
+def _usd(response: Response[Any]) -> str:
+    if not response.cost_known:
+        return "unknown"
+    return f"{response.cost_estimate:.10f}".rstrip("0").rstrip(".") or "0"
+
+
+def _api_for(request: web.Request) -> Api:
+    if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return ANTHROPIC
+    return OPENAI
+
+
+def _no_config() -> Failure:
+    return Failure(
+        "unavailable",
+        "no routing config is loaded yet: the sidecar is waiting for one "
+        "(--config FILE, or PUT /config on the admin port)",
+    )
+
+
+def _unknown_route(model: str, loaded: Loaded) -> Failure:
+    routes = f"routes: {', '.join(loaded.names)}" if loaded.routes else "it serves no routes"
+    return Failure(
+        "not_found",
+        f"model {model!r} is not a route of this sidecar; {routes}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def create_app(
+    store: ConfigStore, metrics: Metrics, settings: Settings, *, tracing: bool = False
+) -> web.Application:
+    handlers = AppHandlers(store, metrics, settings, tracing)
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_post("/chat/completions", handlers.chat_completions)
+    app.router.add_post("/v1/messages", handlers.messages)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model}", handlers.get_model)
+    app.router.add_route("*", "/{tail:.*}", handlers.other)
+    return app

@@ -1,0 +1,105 @@
+"""`Sidecar`: the two ports of one sidecar, started and drained together.
+
+    sidecar = Sidecar(settings)
+    sidecar.load_config()        # --config file and/or persisted state (may raise)
+    await sidecar.start()        # listening; sidecar.app_url, sidecar.admin_url
+    ...
+    await sidecar.stop()         # drain: stop listening, finish requests and streams
+
+Embeddable in any event loop (as the tests do); `__main__` adds signals and the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from agent_sidecar import transport
+from agent_sidecar.admin import AdminToken, create_admin_app
+from agent_sidecar.app import create_app
+from agent_sidecar.metrics import Metrics
+from agent_sidecar.routes import Loaded
+from agent_sidecar.settings import Settings
+from agent_sidecar.state import ConfigStore
+
+log = logging.getLogger("agent_sidecar")
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, *, tracing: bool = False) -> None:
+        self.settings = settings
+        self.store = ConfigStore(settings.state_dir)
+        self.metrics = Metrics(self.store)
+        self.token = AdminToken(settings.token, settings.token_file)
+        self.tracing = tracing
+        self.draining = False
+        self._app: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._aiohttp = False  # holds the aiohttp transport (see agent_sidecar.transport)
+
+    def load_config(self) -> Loaded | None:
+        """The --config file or the persisted state, whichever is newer (see `state`)."""
+        loaded = self.store.load_at_start(self.settings.config)
+        if loaded is not None:
+            log.info("serving config version %d from %s", loaded.version, loaded.source)
+        return loaded
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.transport == "aiohttp" and not self._aiohttp:
+            transport.acquire()
+            self._aiohttp = True
+        access_log = logging.getLogger("agent_sidecar.access") if s.access_log else None
+        app = create_app(self.store, self.metrics, s, tracing=self.tracing)
+        # handler_cancellation: a client that disconnects cancels its handler at once,
+        # which closes the upstream request instead of streaming into the void.
+        self._app = web.AppRunner(
+            app, handler_cancellation=True, access_log=access_log, shutdown_timeout=s.drain_timeout
+        )
+        await self._app.setup()
+        await web.TCPSite(self._app, s.host, s.port, reuse_address=True).start()
+        admin = create_admin_app(
+            self.store, self.metrics, self.token, lambda: self.draining, s.max_config_bytes
+        )
+        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
+        await self._admin.setup()
+        await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
+        if self.token.current() is None:
+            log.warning("no admin token configured: config pushes will be refused")
+
+    @property
+    def app_port(self) -> int:
+        assert self._app is not None, "not started"
+        return int(self._app.addresses[0][1])
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin is not None, "not started"
+        return int(self._admin.addresses[0][1])
+
+    @property
+    def app_url(self) -> str:
+        return f"http://{_connectable(self.settings.host)}:{self.app_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{_connectable(self.settings.admin_host)}:{self.admin_port}"
+
+    async def stop(self) -> None:
+        """Drain: readiness fails, the app port stops accepting, requests and streams in
+        flight finish (up to the drain timeout), then both ports close."""
+        self.draining = True
+        if self._app is not None:
+            await self._app.cleanup()
+            self._app = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+        if self._aiohttp:
+            self._aiohttp = False
+            await transport.release()
+
+
+def _connectable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host

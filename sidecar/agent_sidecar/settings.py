@@ -1,0 +1,97 @@
+"""How a sidecar is run: flags, each with an `AGENT_SIDECAR_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config: Path | None = None
+    host: str = "127.0.0.1"  # the app port is for the pod's own containers only
+    port: int = 4000
+    admin_host: str = "0.0.0.0"  # the operator reaches it from outside the pod
+    admin_port: int = 4001
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    state_dir: Path | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_config_bytes: int = 4 * 1024 * 1024
+    read_timeout: float = 30.0  # for a request body to arrive
+    request_timeout: float = 600.0  # for an answer (for a stream: its first event)
+    drain_timeout: float = 30.0  # on SIGTERM, for requests and streams in flight
+    loop: str = "auto"  # auto (uvloop when installed), uvloop, asyncio
+    transport: str = "aiohttp"  # the upstream HTTP client: aiohttp, or the engine's httpx
+    log_level: str = "info"
+    access_log: bool = False
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+
+    def e(name: str, default: str | None = None) -> str | None:
+        return env.get(f"AGENT_SIDECAR_{name}") or default
+
+    p = argparse.ArgumentParser(
+        prog="agent-sidecar",
+        description=(
+            "Per-pod LLM routing sidecar: OpenAI- and Anthropic-compatible endpoints on the "
+            "app port, config pushes, health and metrics on the admin port. Without "
+            "--config it serves the persisted config (--state-dir) or waits for a push."
+        ),
+    )
+    p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
+    p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
+    p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
+    p.add_argument("--admin-host", default=e("ADMIN_HOST", "0.0.0.0"))
+    p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=e("TOKEN_FILE"),
+        help="file holding the admin bearer token (else AGENT_SIDECAR_TOKEN); "
+        "without a token, config pushes are refused",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=e("STATE_DIR"), help="keeps the last good config"
+    )
+    p.add_argument("--max-body-mb", type=float, default=float(e("MAX_BODY_MB", "32") or 32))
+    p.add_argument("--read-timeout", type=float, default=float(e("READ_TIMEOUT", "30") or 30))
+    p.add_argument(
+        "--request-timeout", type=float, default=float(e("REQUEST_TIMEOUT", "600") or 600)
+    )
+    p.add_argument("--drain-timeout", type=float, default=float(e("DRAIN_TIMEOUT", "30") or 30))
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default=e("LOOP", "auto"))
+    p.add_argument(
+        "--transport",
+        choices=["aiohttp", "httpx"],
+        default=e("TRANSPORT", "aiohttp"),
+        help="HTTP client for upstream calls (aiohttp: see agent_sidecar.transport)",
+    )
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "info"))
+    p.add_argument(
+        "--access-log", action="store_true", default=e("ACCESS_LOG", "") in ("1", "true")
+    )
+    args = p.parse_args(argv)
+    return Settings(
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        token=env.get("AGENT_SIDECAR_TOKEN") or None,
+        token_file=args.token_file,
+        state_dir=args.state_dir,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout,
+        drain_timeout=args.drain_timeout,
+        loop=args.loop,
+        transport=args.transport,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )

@@ -1,0 +1,153 @@
+"""The config being served: validated whole, swapped atomically, never replaced by an
+older version, and persisted so that a restarted sidecar serves the last good config
+before the operator calls again.
+
+Version rules for a pushed document:
+
+    newer version                -> applied (persisted, then swapped in)
+    same version, same content   -> unchanged (the operator re-pushing is a no-op)
+    same version, other content  -> refused, 409: bump the version
+    older version                -> refused, 409
+
+At start the `--config` file and the persisted state are both read; the higher
+version serves, and a tie goes to the file (the person starting the process chose it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from agent.config import RouterConfig, load_config, parse_config
+from agent.errors import ConfigurationError
+from agent_sidecar.routes import Loaded
+
+log = logging.getLogger("agent_sidecar.state")
+
+STATE_FILE = "config.json"
+
+
+class DocumentError(Exception):
+    """A pushed document that is not a valid config; the message says what to fix."""
+
+
+def parse_document(body: bytes) -> RouterConfig:
+    """A pushed config document (JSON or YAML) validated whole."""
+    if not body.strip():
+        raise DocumentError("the body is empty: send the config document as JSON or YAML")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise DocumentError("the body is not UTF-8 text") from None
+    try:
+        return parse_config(text)
+    except ConfigurationError as exc:
+        raise DocumentError(exc.message) from None
+
+
+def redacted(config: RouterConfig) -> dict[str, Any]:
+    """The document for GET /config: keys and header values hidden (headers often
+    carry credentials too)."""
+    data = config.redacted()
+    for item in data["agents"]:
+        if item.get("headers"):
+            item["headers"] = dict.fromkeys(item["headers"], "***")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: Literal["applied", "unchanged", "stale", "conflict"]
+    version: int
+    previous: int | None
+    warning: str | None = None
+
+
+class ConfigStore:
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.loaded: Loaded | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def state_file(self) -> Path | None:
+        return self.state_dir / STATE_FILE if self.state_dir else None
+
+    def load_at_start(self, path: Path | None) -> Loaded | None:
+        """Serve the --config file or the persisted state, whichever is newer.
+        A bad file raises ConfigurationError (OSError if unreadable); a bad state file
+        is logged and ignored."""
+        from_file = load_config(path) if path is not None else None
+        from_state = self._read_state()
+        if from_file is not None and (
+            from_state is None or from_file.version >= from_state.version
+        ):
+            self.loaded = Loaded.build(from_file, "file")
+        elif from_state is not None:
+            self.loaded = Loaded.build(from_state, "state")
+        return self.loaded
+
+    async def push(self, config: RouterConfig) -> Outcome:
+        async with self._lock:  # one push at a time: the version check and swap are one step
+            current = self.loaded
+            previous = current.version if current else None
+            if current is not None:
+                if config.version < current.version:
+                    return Outcome("stale", config.version, previous)
+                if config.version == current.version:
+                    same = config == current.config
+                    return Outcome("unchanged" if same else "conflict", config.version, previous)
+            loaded = Loaded.build(config, "push")
+            await asyncio.to_thread(loaded.warm)
+            warning = None
+            if self.state_dir is not None:
+                try:
+                    await asyncio.to_thread(self._persist, config)
+                except OSError as exc:
+                    # Serving the new config matters more than remembering it.
+                    warning = f"applied but not persisted: {exc.strerror or exc}"
+                    log.error("could not persist config version %d: %s", config.version, exc)
+            self.loaded = loaded  # the swap: requests already running keep their snapshot
+            return Outcome("applied", config.version, previous, warning)
+
+    def _persist(self, config: RouterConfig) -> None:
+        assert self.state_dir is not None
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.state_dir / STATE_FILE, orjson.dumps(config.document()))
+
+    def _read_state(self) -> RouterConfig | None:
+        path = self.state_file
+        if path is None or not path.exists():
+            return None
+        try:
+            return parse_document(path.read_bytes())
+        except (OSError, DocumentError) as exc:
+            log.warning("ignoring the persisted config %s: %s", path, exc)
+            return None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, atomically (temp file + rename + fsync):
+    a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

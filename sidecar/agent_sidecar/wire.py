@@ -1,0 +1,252 @@
+"""What the two inbound wire formats (OpenAI Chat Completions, Anthropic Messages) share:
+the parsed call, the problems a caller can cause, and how an engine failure becomes an
+HTTP status. Each format renders these in its own shape (`openai_api`, `anthropic_api`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import orjson
+import pydantic
+
+from agent.errors import (
+    AgentError,
+    APITimeoutError,
+    BadRequestError,
+    CircuitOpenError,
+    NoCapableAgentError,
+    OverloadedError,
+    RateLimitError,
+    RoutingError,
+)
+from agent.types import Message, Request, Response, StreamEvent, ToolCall
+
+# What went wrong, independent of the caller's format; each API names it its own way.
+Kind = Literal[
+    "invalid_request",  # 400: the caller's body
+    "not_found",  # 404: unknown model (route) or path
+    "method_not_allowed",  # 405
+    "request_timeout",  # 408: the body did not arrive in time
+    "too_large",  # 413
+    "rate_limit",  # 429: every agent was rate limited
+    "internal",  # 500: a bug in the sidecar or the engine
+    "upstream",  # 502: the agents failed (auth, bad answers, a mix of errors)
+    "overloaded",  # 503: providers overloaded, circuits open
+    "unavailable",  # 503: no config loaded yet
+    "timeout",  # 504: no answer in time
+]
+
+STATUS: dict[Kind, int] = {
+    "invalid_request": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "request_timeout": 408,
+    "too_large": 413,
+    "rate_limit": 429,
+    "internal": 500,
+    "upstream": 502,
+    "overloaded": 503,
+    "unavailable": 503,
+    "timeout": 504,
+}
+
+
+@dataclass(slots=True)
+class Failure:
+    """A problem to report to the caller: in its format, with the right status."""
+
+    kind: Kind
+    message: str
+    param: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # one per agent tried
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.kind]
+
+
+class CallerError(Exception):
+    """The caller sent something we cannot route (raised while parsing the body)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def invalid(message: str, param: str | None = None) -> CallerError:
+    return CallerError(Failure("invalid_request", message, param))
+
+
+def from_validation(exc: pydantic.ValidationError) -> CallerError:
+    """A body that failed validation, as one readable message (never echoing values)."""
+    problems = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        problems.append(f"{where}: {e['msg']}")
+    first = exc.errors()[0]["loc"] if exc.error_count() else ()
+    more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return invalid("; ".join(problems) + more, ".".join(str(p) for p in first) or None)
+
+
+@dataclass(slots=True)
+class Call:
+    """One parsed inbound call: the route it names and the engine request.
+
+    `extra` holds the body fields the engine does not model (top_p, seed, tool_choice,
+    ...). They reach the provider verbatim only when every agent of the route speaks
+    the caller's wire format; otherwise they are dropped and named in a header.
+    """
+
+    model: str
+    request: Request
+    extra: dict[str, Any]
+    include_usage: bool = False  # OpenAI stream_options.include_usage
+
+
+@dataclass(slots=True)
+class Winner:
+    """Who is answering a stream, known when its first event arrives."""
+
+    provider: str | None
+    model: str | None
+    attempts: int
+    reason: str
+
+
+class StreamEncoder(Protocol):
+    def start(self) -> bytes:
+        """Bytes before the first event (Anthropic's message_start, OpenAI's role chunk)."""
+        ...
+
+    def event(self, event: StreamEvent) -> bytes: ...
+
+    def done(self, response: Response[Any]) -> bytes: ...
+
+    def error(self, failure: Failure) -> bytes: ...
+
+
+class Api(Protocol):
+    """One inbound wire format."""
+
+    name: str  # also the engine's wire name ("openai", "anthropic")
+
+    def parse(self, body: Any) -> Call: ...
+
+    def render(self, response: Response[Any], call: Call) -> bytes: ...
+
+    def encoder(self, call: Call, winner: Winner) -> StreamEncoder: ...
+
+    def status(self, failure: Failure) -> int: ...
+
+    def error_body(self, failure: Failure) -> bytes: ...
+
+    def models(self, routes: Sequence[str], created: int) -> bytes: ...
+
+    def model(self, route: str, created: int) -> bytes: ...
+
+
+# ---- engine failures -> HTTP ---------------------------------------------------------------
+
+
+def describe_failure(error: BaseException) -> Failure:
+    """An engine error as a Failure: the status every agent's errors agree on, else 502.
+
+    When every agent failed the same way, that way is what the caller sees (all rate
+    limited: 429 with the shortest retry-after; all refused the request: 400; all timed
+    out: 504). A mix, or errors that are the sidecar's own business (keys, auth), is 502.
+    """
+    if isinstance(error, NoCapableAgentError):
+        return Failure("invalid_request", str(error), code="no_capable_agent")
+    if isinstance(error, RoutingError):
+        errors = error.errors or [error]
+        tried = [e for e in errors if not isinstance(e, CircuitOpenError)]
+        kinds: set[Kind] = {_kind_of(e) for e in tried} if tried else {"overloaded"}
+        kind: Kind = kinds.pop() if len(kinds) == 1 else "upstream"
+        return Failure(
+            kind,
+            str(error),
+            code="all_agents_failed",
+            retry_after=_retry_after(errors) if kind in ("rate_limit", "overloaded") else None,
+            errors=[agent_error(e) for e in errors],
+        )
+    if isinstance(error, AgentError):
+        kind = _kind_of(error)
+        return Failure(
+            kind,
+            str(error),
+            retry_after=_retry_after([error]) if kind == "rate_limit" else None,
+            errors=[agent_error(error)],
+        )
+    return Failure("internal", "internal error in the sidecar")
+
+
+def _kind_of(error: AgentError) -> Kind:
+    if isinstance(error, BadRequestError):
+        return "too_large" if error.status == 413 else "invalid_request"
+    if isinstance(error, RateLimitError):
+        return "rate_limit"
+    if isinstance(error, APITimeoutError):
+        return "timeout"
+    if isinstance(error, OverloadedError | CircuitOpenError):
+        return "overloaded"
+    return "upstream"
+
+
+def _retry_after(errors: Iterable[AgentError]) -> float | None:
+    waits = [
+        e.retry_after for e in errors if isinstance(e, RateLimitError) and e.retry_after is not None
+    ]
+    return min(waits) if waits else None
+
+
+def agent_error(error: AgentError) -> dict[str, Any]:
+    """One agent's error for an error body (messages are scrubbed of keys by the engine)."""
+    return {
+        "agent": error.agent,
+        "type": error.kind,
+        "status": error.status,
+        "message": error.message,
+    }
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    if seconds is None:
+        return {}
+    return {"retry-after": str(max(0, math.ceil(seconds)))}
+
+
+# ---- small shared conversions ------------------------------------------------------------
+
+
+def name_tool_results(messages: list[Message]) -> None:
+    """Give each tool result the name of the call it answers (Gemini needs the name;
+    neither inbound format sends it)."""
+    names: dict[str, str] = {}
+    for m in messages:
+        for c in m.tool_calls:
+            names[c.id] = c.name
+        if m.role == "tool" and not m.name and m.tool_call_id:
+            m.name = names.get(m.tool_call_id)
+
+
+def arguments_text(call: ToolCall) -> str:
+    """A tool call's arguments as the JSON text the caller expects back."""
+    args = call.arguments
+    # The engine keeps unparseable arguments as {"_raw": text}: give the text back as is.
+    if len(args) == 1 and isinstance(args.get("_raw"), str):
+        return str(args["_raw"])
+    return orjson.dumps(args).decode()
+
+
+def header_value(text: str, limit: int = 512) -> str:
+    """Text safe for an HTTP header: one ASCII line, bounded."""
+    text = " ".join(text.split())
+    if not (text.isascii() and text.isprintable()):  # control characters would be refused
+        text = text.encode("unicode_escape").decode("ascii")
+    return text[:limit]

@@ -1,0 +1,338 @@
+"""The docs' Kubernetes examples on a real control plane, and their tracing example
+against a real Jaeger.
+
+* Every page's Kubernetes YAML is applied, in page order, to a fresh namespace (after
+  the CRDs), and the page's `controlplane` shell blocks run with the pinned kubectl.
+* The operator page is then played for real: the operator runs (webhook included), and
+  what the page says about status, conditions, Events and injection is checked.
+* The tracing page's Jaeger block exports to a real Jaeger, and the trace is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from docs_runner import (
+    PYTHON,
+    ROOT,
+    SHELL,
+    YAML,
+    Page,
+    check_output,
+    fake_providers,
+    fresh_process_state,
+    is_kubernetes,
+    pages,
+    parse,
+    run_python,
+    run_shell,
+    shell_env,
+    yaml_documents,
+)
+from fakes import FakeProvider
+
+
+def _kube_pages() -> list[str]:
+    out = []
+    for name in pages():
+        page = parse(name)
+        has_yaml = any(not b.skip and is_kubernetes(yaml_documents(b)) for b in page.of(*YAML))
+        has_shell = any(b.controlplane for b in page.of(*SHELL))
+        if has_yaml or has_shell:
+            out.append(name)
+    return out
+
+
+KUBE_PAGES = _kube_pages()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeProvider]]:
+    with fake_providers(monkeypatch) as fakes:
+        yield fakes
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # not there yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: last saw {last!r}")
+
+
+@pytest.fixture(scope="module")
+def crds(control_plane: Any) -> None:
+    control_plane.kubectl("apply", "-f", str(ROOT / "crds"))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s",
+        "crd/agentpools.agentrouter.io", "crd/routingpolicies.agentrouter.io",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def kube_env(control_plane: Any, namespace: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a reader's shell has: kubectl on PATH, the namespace current."""
+    kubeconfig = tmp_path / "kubeconfig"
+    shutil.copy(control_plane.kubeconfig, kubeconfig)
+    control_plane.kubectl(
+        "config", "set-context", "--current", f"--namespace={namespace}", kubeconfig=kubeconfig
+    )
+    env = shell_env(control_plane.env(kubeconfig))
+    env["PATH"] = f"{control_plane.assets}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def apply_page(page: Page, control_plane: Any, namespace: str, env: dict[str, str]) -> None:
+    for block in page.blocks:
+        if block.skip:
+            continue
+        if block.lang in YAML and is_kubernetes(yaml_documents(block)):
+            control_plane.apply(block.code, namespace)
+        elif block.lang in SHELL and block.controlplane:
+            check_output(block, run_shell(block, env))
+
+
+@pytest.mark.controlplane
+@pytest.mark.parametrize("name", KUBE_PAGES)
+def test_page_kubernetes_examples_apply(
+    name: str, crds: None, control_plane: Any, namespace: str, kube_env: dict[str, str]
+) -> None:
+    page = parse(name)
+    apply_page(page, control_plane, namespace, kube_env)
+    for block in page.of(*YAML):
+        if block.skip or not is_kubernetes(yaml_documents(block)):
+            continue
+        for doc in yaml_documents(block):
+            found = control_plane.get_json(
+                doc["kind"].lower(), doc["metadata"]["name"], namespace=namespace
+            )
+            assert found["metadata"]["name"] == doc["metadata"]["name"], block.where
+
+
+# ---- the operator page, played with the operator running ------------------------------------
+
+
+class Operator:
+    """agent-operator as a process, watching one namespace, webhook included."""
+
+    def __init__(self, control_plane: Any, namespace: str) -> None:
+        from support.controlplane import free_port
+
+        self.cp = control_plane
+        self.webhook = f"docs-{uuid.uuid4().hex[:6]}.agentrouter.io"
+        self.log = Path(tempfile.mkdtemp(prefix="docs-operator-")) / "operator.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(
+            {
+                "KUBECONFIG": str(control_plane.kubeconfig),
+                "AGENT_OPERATOR_RESYNC_SECONDS": "2",
+                "AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:docs",
+            }
+        )
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent_operator", "--namespace", namespace,
+                 "--standalone", "--webhook-addr", "127.0.0.1",
+                 "--webhook-port", str(free_port()), "--webhook-name", self.webhook],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )  # fmt: skip
+        wait_for(
+            lambda: self._alive()
+            and self.cp.kubectl(
+                "get", "mutatingwebhookconfiguration", self.webhook, check=False
+            ).returncode == 0,
+            60, "the operator's webhook configuration",
+        )  # fmt: skip
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{self.output()[-3000:]}")
+        return True
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        # failurePolicy Fail: never leave it behind for other tests' labelled pods.
+        self.cp.kubectl(
+            "delete", "mutatingwebhookconfiguration", self.webhook, "--ignore-not-found",
+            check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def operator(crds: None, control_plane: Any, namespace: str) -> Iterator[Operator]:
+    running = Operator(control_plane, namespace)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("AGENT_ROUTER_SHOW_OPERATOR_LOG"):
+            print(running.output())
+
+
+def _status(cp: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    return dict(cp.get_json(kind, name, namespace=namespace).get("status") or {})
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    return {
+        c["type"]: (c["status"], c.get("reason", ""), c.get("message", ""))
+        for c in status.get("conditions") or []
+    }
+
+
+@pytest.mark.controlplane
+def test_operator_page_status_injection_and_events(
+    operator: Operator, control_plane: Any, namespace: str, kube_env: dict[str, str]
+) -> None:
+    cp = control_plane
+    page = parse("operator.md")
+    apply_page(page, cp, namespace, kube_env)
+
+    # The pool: Ready/Valid, "2 agent(s)", used by both policies of the page.
+    def pool_ready() -> dict[str, Any] | None:
+        status = _status(cp, "agentpool", "main", namespace)
+        ok = _conditions(status).get("Ready", ("",))[0] == "True" and status["policies"] == 2
+        return status if ok else None
+
+    status = wait_for(pool_ready, what="AgentPool main Ready")
+    assert status["agents"] == 2
+    assert _conditions(status)["Ready"] == ("True", "Valid", "2 agent(s)")
+
+    # The policy: Resolved, Synced and Ready with no pod yet, "0/0".
+    def policy(name: str, check: Callable[[dict[str, Any]], bool]) -> Callable[[], Any]:
+        def probe() -> dict[str, Any] | None:
+            status = _status(cp, "routingpolicy", name, namespace)
+            return status if status.get("conditions") and check(status) else None
+
+        return probe
+
+    status = wait_for(
+        policy("chat", lambda s: _conditions(s)["Ready"][0] == "True"), what="policy chat Ready"
+    )
+    assert status["synced"] == "0/0" and status["targetPods"] == 0
+    assert {k: v[0] for k, v in _conditions(status).items()} == {
+        "Resolved": "True", "Synced": "True", "Ready": "True",
+    }  # fmt: skip
+
+    # A pod of the page's Deployment: the webhook injects the sidecar as documented.
+    deployment = next(
+        doc for b in page.of(*YAML) for doc in yaml_documents(b) if doc["kind"] == "Deployment"
+    )
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "chat-0", "labels": template["metadata"]["labels"]},
+           "spec": template["spec"]}  # fmt: skip
+    cp.apply(pod, namespace)
+    created = cp.get_json("pod", "chat-0", namespace=namespace)
+    sidecar = created["spec"]["initContainers"][0]
+    assert sidecar["name"] == "agent-sidecar" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["ports"] == [{"name": "agent-admin", "containerPort": 4001, "protocol": "TCP"}]
+    app_env = {e["name"]: e.get("value") for e in created["spec"]["containers"][0]["env"]}
+    assert app_env["OPENAI_BASE_URL"] == "http://127.0.0.1:4000/v1"
+    assert app_env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:4000"
+    assert app_env["OPENAI_API_KEY"] == "unused"  # the app's own value is kept
+    assert created["metadata"]["annotations"]["agentrouter.io/admin-port"] == "4001"
+    volumes = {v["name"] for v in created["spec"]["volumes"]}
+    assert {"agent-router-token", "agent-sidecar-state"} <= volumes
+
+    # The pod becomes ready; nothing listens on its admin port: PushFailed, "0/1".
+    cp.mark_pod_ready(namespace, "chat-0", ip="127.0.0.1")
+    status = wait_for(
+        policy("chat", lambda s: s.get("targetPods") == 1
+               and _conditions(s)["Synced"][:2] == ("False", "PushFailed")),
+        what="policy chat PushFailed",
+    )  # fmt: skip
+    assert status["synced"] == "0/1"
+    assert _conditions(status)["Ready"][:2] == ("False", "PushFailed")
+
+    # The Secret goes away: Resolved False with the documented reason, message and Event.
+    cp.kubectl("delete", "secret", "llm-keys", "--namespace", namespace)
+    message = "Secret 'llm-keys' (for main/claude) does not exist"
+    status = wait_for(
+        policy("chat", lambda s: _conditions(s)["Resolved"][:2] == ("False", "SecretNotFound")),
+        what="policy chat SecretNotFound",
+    )
+    assert message in _conditions(status)["Resolved"][2]
+    assert _conditions(status)["Ready"][:2] == ("False", "SecretNotFound")
+
+    def event() -> dict[str, Any] | None:
+        events = cp.get_json("events", namespace=namespace)["items"]
+        return next(
+            (e for e in events
+             if e["involvedObject"].get("name") == "chat" and e["reason"] == "SecretNotFound"),
+            None,
+        )  # fmt: skip
+
+    found = wait_for(event, what="the SecretNotFound Event")
+    assert found["type"] == "Warning" and message in found["message"]
+
+    # `kubectl get` shows the printer columns the page shows.
+    out = cp.kubectl("get", "apool,rpol", "--namespace", namespace).stdout
+    assert "AGENTS   POLICIES   READY" in out, out
+    assert "STRATEGY   POOLS" in out and "SYNCED" in out, out
+
+
+# ---- the tracing page against a real Jaeger --------------------------------------------------
+
+
+@pytest.mark.controlplane
+def test_tracing_page_exports_to_jaeger(
+    jaeger: Any, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint)
+    page = parse("tracing.md")
+    blocks = [b for b in page.of(*PYTHON) if b.controlplane and not b.skip]
+    assert blocks, "tracing.md has no Jaeger example"
+    with fresh_process_state():
+        for block in blocks:
+            check_output(block, run_python(block, {"__name__": "__main__"}))
+
+    def has_route(trace: dict[str, Any]) -> bool:
+        return bool(jaeger.spans(trace, "route support"))
+
+    trace = jaeger.wait_for_trace("my-app", has_route)
+    (route,) = jaeger.spans(trace, "route support")
+    (chat,) = jaeger.spans(trace, "chat claude-sonnet-4-5")
+    assert chat["references"][0]["spanID"] == route["spanID"], json.dumps(trace)[:2000]
+    tags = jaeger.tags(route)
+    assert tags["agent_router.strategy"] == "fallback"
+    assert tags["agent_router.chosen"] == "anthropic/claude-sonnet-4-5"
+    assert jaeger.tags(chat)["gen_ai.provider.name"] == "anthropic"
+
+
+def test_kube_pages_found() -> None:
+    assert "operator.md" in KUBE_PAGES
+    text = (ROOT / "docs" / "operator.md").read_text()
+    assert 'agentrouter.io/inject: "true"' in text
+    docs = [d for b in parse("operator.md").of(*YAML) for d in yaml_documents(b)]
+    assert {"Secret", "AgentPool", "RoutingPolicy", "Deployment"} <= {d["kind"] for d in docs}
+    assert yaml.safe_dump(docs)  # plain data, no custom tags
