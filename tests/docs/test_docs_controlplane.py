@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ from docs_runner import (
     yaml_documents,
 )
 from fakes import FakeProvider
+from support.waiting import wait_for
 
 
 def _kube_pages() -> list[str]:
@@ -64,19 +64,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeProvider]]:
         yield fakes
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # not there yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: last saw {last!r}")
 
 
 @pytest.fixture(scope="module")
