@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=int(os.environ.get("AGENT_OPERATOR_WEBHOOK_PORT", "9443")))
     p.add_argument("--webhook-host", default=os.environ.get("AGENT_OPERATOR_WEBHOOK_HOST"),
                    help="host name or IP the apiserver dials (the Service's DNS name)")
+    p.add_argument("--webhook-service", default=os.environ.get("AGENT_OPERATOR_WEBHOOK_SERVICE")
+                   or None, help="<namespace>/<name>:<port> of the webhook's Service: "
+                   "registered as a service reference (in a cluster); default: the URL")
     p.add_argument("--webhook-cert-dir", type=Path,
                    default=os.environ.get("AGENT_OPERATOR_WEBHOOK_CERT_DIR") or None,
                    help="tls.crt, tls.key and ca.crt (e.g. from cert-manager); "
@@ -63,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers.options.webhook_port = args.webhook_port
     handlers.options.webhook_host = args.webhook_host
     handlers.options.webhook_cert_dir = args.webhook_cert_dir
+    if args.webhook_service:
+        try:  # a typo fails at start, not at the first admission
+            handlers.parse_service(args.webhook_service)
+        except ValueError as exc:
+            p.error(str(exc))
+    handlers.options.webhook_service = args.webhook_service
     handlers.options.webhook_name = args.webhook_name
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ class Options:
     webhook_port: int = 9443
     webhook_host: str | None = None  # what the apiserver dials; default: webhook_addr
     webhook_cert_dir: Path | None = None  # tls.crt, tls.key, ca.crt; default: self-signed
+    # In a cluster the apiserver reaches the webhook through its Service, "<ns>/<name>:<port>";
+    # unset, it dials https://<webhook_host>:<port> (an operator run from a laptop).
+    webhook_service: str | None = None
     webhook_name: str = "sidecar-injector.agentrouter.io"
     sidecar: SidecarSettings = field(default_factory=SidecarSettings.from_env)
 
@@ -62,11 +66,41 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     else:
         ca, cert, key = self_signed(Path(tempfile.mkdtemp(prefix="agent-operator-")),
                                     [host, options.webhook_addr])
-    settings.admission.server = kopf.WebhookServer(
+    server = ServiceWebhookServer if options.webhook_service else kopf.WebhookServer
+    settings.admission.server = server(
         addr=options.webhook_addr, port=options.webhook_port, host=host,
         certfile=str(cert), pkeyfile=str(key), cafile=str(ca),
     )
+    if options.webhook_service:
+        settings.admission.server.service = parse_service(options.webhook_service)
     settings.admission.managed = options.webhook_name
+
+
+def parse_service(text: str) -> dict[str, Any]:
+    """`<namespace>/<name>:<port>` -> the `service` of a webhook clientConfig."""
+    where, _, port = text.rpartition(":")
+    namespace, _, name = where.partition("/")
+    if not (namespace and name and port.isdigit()):
+        raise ValueError(f"webhook service {text!r}: expected <namespace>/<name>:<port>")
+    return {"namespace": namespace, "name": name, "port": int(port), "path": ""}
+
+
+class ServiceWebhookServer(kopf.WebhookServer):
+    """kopf's server, registered by Service reference instead of by URL.
+
+    kopf's own server registers `url: https://<host>:<port>`, which makes every apiserver
+    resolve the Service's DNS name itself; a `service` reference is what in-cluster
+    webhooks use (the apiserver finds the Service's endpoints; no cluster DNS needed).
+    kopf appends each handler's id to `service.path`, as it does to the URL.
+    """
+
+    service: dict[str, Any]
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for config in super().__call__(fn):
+            config.pop("url", None)
+            config["service"] = dict(self.service)
+            yield config
 
 
 @kopf.on.cleanup()
@@ -118,8 +152,10 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, namespace: str, **_:
 def serve_injection() -> None:
     """Register the webhook (kopf refuses admission handlers without a server)."""
     kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
-                   operations=["CREATE"], ignore_failures=False, persistent=False,
-                   )(inject_sidecar)
+                   operations=["CREATE"], ignore_failures=False,
+                   # Stays registered while no replica runs (a rollout, a crash): with the
+                   # Fail policy, opted-in pods then wait instead of starting without routing.
+                   persistent=True)(inject_sidecar)
 
 
 async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,

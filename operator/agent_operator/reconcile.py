@@ -21,7 +21,7 @@ import pydantic
 
 from agent.config import RouterConfig
 from agent_operator import kube
-from agent_operator.compile import Compiled, Policy, Problem, compile_pod
+from agent_operator.compile import Compiled, Policy, Problem, compile_pod, policy_problems
 from agent_operator.inject import ADMIN_PORT_ANNOTATION, INJECT_LABEL
 from agent_operator.push import PushResult, push
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
@@ -145,8 +145,13 @@ class Reconciler:
             self._push(pod, token, compiled[pod.name]) for pod in pods))
         by_pod = {r.pod: r for r in results if r is not None}
 
+        # Problems are judged per policy, not only per targeted pod: a policy that selects
+        # no ready pod yet still says that its pool or Secret is missing.
+        own = {p.name: policy_problems(p, pools, secrets) for p in policies}
+        for name, reason in invalid.items():
+            own[name] = [Problem("Invalid", reason)]
         for obj in policies_raw:
-            await self._policy_status(obj, compiled, by_pod, invalid, space)
+            await self._policy_status(obj, compiled, by_pod, own, space)
         for obj in pools_raw:
             name = obj["metadata"]["name"]
             users = sum(1 for p in policies if name in p.spec.pools)
@@ -188,20 +193,18 @@ class Reconciler:
         return result
 
     async def _policy_status(self, obj: dict[str, Any], compiled: dict[str, Compiled],
-                             pushed: dict[str, PushResult], invalid: dict[str, str],
+                             pushed: dict[str, PushResult], own: dict[str, list[Problem]],
                              space: _Namespace) -> None:
         meta = obj["metadata"]
         name = meta["name"]
         if meta.get("deletionTimestamp"):
             return
         targets = [pod for pod, c in compiled.items() if name in c.policies]
-        problems: list[Problem] = []
-        for pod in targets:
+        problems = list(own.get(name, []))
+        for pod in targets:  # what only shows on a pod: a route another policy also defines
             for problem in compiled[pod].problems.get(name, []):
                 if problem not in problems:
                     problems.append(problem)
-        if name in invalid:
-            problems.append(Problem("Invalid", invalid[name]))
         synced = [p for p in targets if p in pushed and pushed[p].synced]
         failed = [pushed[p] for p in targets if p in pushed and not pushed[p].synced]
         versions = [pushed[p].version or 0 for p in synced]

@@ -257,6 +257,7 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     assert vwc["metadata"]["name"] == name and "webhooks" not in vwc
     assert env["AGENT_OPERATOR_WEBHOOK_HOST"] == f"{service['metadata']['name']}.ar-system.svc"
     assert env["AGENT_OPERATOR_WEBHOOK_PORT"] == "9443"
+    assert env["AGENT_OPERATOR_WEBHOOK_SERVICE"] == f"ar-system/{service['metadata']['name']}:9443"
     assert service["spec"]["ports"] == [{"name": "webhook", "port": 9443,
                                          "targetPort": "webhook", "protocol": "TCP"}]
     assert "AGENT_OPERATOR_WEBHOOK_CERT_DIR" not in env  # the operator self-signs

@@ -28,7 +28,13 @@ import httpx
 import pytest
 import yaml
 from helm_support import CHART, NON_DEFAULT, values_file
-from support.controlplane import ControlPlane, find_assets, free_port, start_control_plane
+from support.controlplane import (
+    ControlPlane,
+    find_assets,
+    free_port,
+    host_ip,
+    start_control_plane,
+)
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.controlplane
@@ -191,15 +197,21 @@ class LocalOperator:
         self.kubeconfig = release.cp.kubeconfig_for_service_account(
             release.namespace, pod["serviceAccountName"])
         self.webhook_port, self.health_port = free_port(), free_port()
+        (self.service,) = [o for o in release.manifest() if o["kind"] == "Service"]
         self.log = Path(tempfile.mkdtemp(prefix="helm-operator-")) / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalOperator:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
         env.update(self.chart_env)
-        # Where a pod would listen on 0.0.0.0 behind the Service, listen on loopback:
-        # the apiserver here dials 127.0.0.1.
-        env.update(AGENT_OPERATOR_WEBHOOK_ADDR="127.0.0.1", AGENT_OPERATOR_WEBHOOK_HOST="127.0.0.1",
+        # As in a cluster, the apiserver reaches the webhook through the chart's Service by
+        # reference; with no kubelet or endpoint controller here, the process listens on
+        # this machine's address and the test publishes it as the Service's endpoint.
+        ip = host_ip()
+        self.release.cp.publish_endpoints(self.release.namespace,
+                                          self.service["metadata"]["name"], "webhook", ip,
+                                          self.webhook_port)
+        env.update(AGENT_OPERATOR_WEBHOOK_ADDR=ip,
                    AGENT_OPERATOR_WEBHOOK_PORT=str(self.webhook_port),
                    AGENT_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.health_port}/healthz",
                    KUBECONFIG=str(self.kubeconfig))
@@ -219,6 +231,12 @@ class LocalOperator:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        # What the endpoint controllers would own and collect with the Service.
+        service = self.service["metadata"]["name"]
+        self.release.cp.kubectl("delete", "endpoints", service, "--namespace",
+                                self.release.namespace, "--ignore-not-found", check=False)
+        self.release.cp.kubectl("delete", "endpointslice", f"{service}-local", "--namespace",
+                                self.release.namespace, "--ignore-not-found", check=False)
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -248,6 +266,11 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
             "mutatingwebhookconfiguration", webhook_name).get("webhooks"), 60,
             f"the operator's webhooks in {webhook_name}\n{operator.output()[-3000:]}")
         assert [w["name"] for w in webhooks] == [f"inject-sidecar.{webhook_name}"]
+        # Registered by Service reference, as in-cluster webhooks are (not by URL).
+        assert webhooks[0]["clientConfig"]["service"] == {
+            "namespace": release_a.namespace, "name": operator.service["metadata"]["name"],
+            "port": operator.service["spec"]["ports"][0]["port"], "path": "/inject-sidecar"}
+        assert "url" not in webhooks[0]["clientConfig"]
         assert webhooks[0]["objectSelector"]["matchExpressions"] == [
             {"key": "agentrouter.io/inject", "operator": "In", "values": ["true"]}]
         # kopf's liveness endpoint, which the chart's probes call, answers.

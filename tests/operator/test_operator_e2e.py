@@ -155,6 +155,33 @@ def test_unlabelled_pods_are_left_alone(control_plane, operator, namespace) -> N
     assert not pod["spec"].get("initContainers")
 
 
+def test_a_policy_that_selects_no_pod_still_reports_what_is_missing(control_plane, operator,
+                                                                    namespace) -> None:
+    """Tried: a policy naming a pool that does not exist, before any pod is selected; then
+    the pool created with a key Secret that does not exist; then the Secret."""
+    cp = control_plane
+    cp.apply(policy(), namespace)
+
+    def resolved() -> dict:
+        return condition(status_of(cp, "routingpolicy", "chat", namespace), "Resolved")
+
+    missing_pool = wait_for(lambda: resolved().get("reason") == "PoolNotFound" and resolved(),
+                            30, "PoolNotFound with no pod selected")
+    assert missing_pool["status"] == "False" and "'main'" in missing_pool["message"]
+    status = status_of(cp, "routingpolicy", "chat", namespace)
+    assert condition(status, "Ready")["status"] == "False" and status["synced"] == "0/0"
+
+    cp.apply({"apiVersion": "agentrouter.io/v1alpha1", "kind": "AgentPool",
+              "metadata": {"name": "main"},
+              "spec": {"agents": [{"name": "gpt", "provider": "openai", "model": "gpt-4o",
+                                   "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}]}},
+             namespace)
+    wait_for(lambda: resolved().get("reason") == "SecretNotFound", 30, "SecretNotFound")
+    cp.apply(KEYS, namespace)  # a Secret change is seen on the periodic resync
+    wait_for(lambda: condition(status_of(cp, "routingpolicy", "chat", namespace),
+                               "Ready").get("status") == "True", 30, "Ready once resolved")
+
+
 INVALID = [
     ("duplicate agent names", "AgentPool",
      {"agents": [{"name": "a", "provider": "openai", "model": "gpt-4o"},

@@ -309,6 +309,24 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+def host_ip() -> str:
+    """This machine's first non-loopback IPv4 address (what a pod IP would be)."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR
+                raw = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # no IPv4 address on this interface
+            ip = socket.inet_ntoa(raw[20:24])
+            if not ipaddress.ip_address(ip).is_loopback:
+                return ip
+    raise ControlPlaneError("no non-loopback IPv4 address on this machine; Service-routed "
+                            "webhooks need one (the Endpoints API refuses loopback)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -632,6 +650,27 @@ class ControlPlane:
             "--type=merge", "-p", json.dumps({"status": status}),
         )  # fmt: skip
 
+    def publish_endpoints(
+        self, namespace: str, service: str, port_name: str, ip: str, port: int
+    ) -> None:
+        """Point a Service at ``ip:port``, as the endpoint controllers would for a ready pod
+        (none run here). The apiserver dials webhooks at these endpoints. ``ip`` cannot be
+        a loopback address (the API refuses those): see ``host_ip()``."""
+        ports = [{"name": port_name, "port": port, "protocol": "TCP"}]
+        self.apply(
+            [
+                {"apiVersion": "v1", "kind": "Endpoints",
+                 "metadata": {"name": service},
+                 "subsets": [{"addresses": [{"ip": ip}], "ports": ports}]},
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": f"{service}-local",
+                              "labels": {"kubernetes.io/service-name": service}},
+                 "addressType": "IPv4", "ports": ports,
+                 "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
+            ],
+            namespace,
+        )  # fmt: skip
+
     def stop(self) -> None:
         # Stop the API server before etcd (reverse start order).
         for proc in reversed(self.processes):
@@ -710,6 +749,9 @@ def start_control_plane(workdir: Path, assets: Path) -> ControlPlane:
             # As envtest: no controller creates the default ServiceAccount here.
             "--disable-admission-plugins=ServiceAccount",
             "--service-cluster-ip-range=10.0.0.0/24",
+            # Webhooks registered by Service reference are dialed at the Service's
+            # endpoints, not its cluster IP (no kube-proxy here): see publish_endpoints.
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             f"--service-account-issuer={server}",
             f"--service-account-key-file={sa_pub}",
