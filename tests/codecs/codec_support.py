@@ -117,6 +117,34 @@ def streamed_calls(events: Sequence[StreamEvent]) -> dict[int, dict[str, Any]]:
     return calls
 
 
+def assert_stream_is_the_equivalent_response(codec: Codec, raw: bytes,
+                                             equivalent: dict[str, Any]) -> None:
+    """A stream's events and its final Parsed agree with `codec.parse` of the response
+    the provider documents as its non-stream equivalent."""
+    events, streamed = run_stream(codec, [raw])
+    assert comparable(streamed) == comparable(codec.parse(json.dumps(equivalent).encode()))
+    assert streamed_text(events) == streamed.text
+    calls = streamed_calls(events)
+    assert [
+        (c["id"], c["name"], json.loads(c["arguments"] or "{}")) for _, c in sorted(calls.items())
+    ] == [(c.id, c.name, c.arguments) for c in streamed.tool_calls]
+
+
+def assert_same_events_whatever_the_chunking(codec: Codec, raw: bytes, step: int) -> None:
+    """One byte at a time, CRLF or CR line ends, cuts every `step` bytes: same result."""
+    whole = run_stream(codec, [raw])
+    for chunks in (
+        one_byte_at_a_time(raw),
+        [to_crlf(raw)],
+        one_byte_at_a_time(to_crlf(raw)),
+        [to_cr(raw)],
+        split_at(raw, range(3, len(raw), step)),
+    ):
+        events, parsed = run_stream(codec, chunks)
+        assert events == whole[0]
+        assert comparable(parsed) == comparable(whole[1])
+
+
 def target(provider: str, key: str | None = "sk-test-key-123456", **kw: Any) -> Target:
     from agent.catalog import PROVIDERS
 

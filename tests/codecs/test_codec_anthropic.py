@@ -8,16 +8,14 @@ import orjson
 import pytest
 from codec_support import (
     anthropic_equivalent,
+    assert_same_events_whatever_the_chunking,
+    assert_stream_is_the_equivalent_response,
     comparable,
     data_bytes,
     data_json,
     one_byte_at_a_time,
     run_stream,
-    split_at,
-    streamed_calls,
-    streamed_text,
     target,
-    to_cr,
     to_crlf,
 )
 
@@ -286,31 +284,13 @@ STREAMS = [
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_equals_parse_of_the_equivalent_message(name: str) -> None:
-    raw = data_bytes("anthropic", name)
-    events, streamed = run_stream(codec, [raw])
-    equivalent = codec.parse(orjson.dumps(anthropic_equivalent(raw)))
-    assert comparable(streamed) == comparable(equivalent)
-    assert streamed_text(events) == streamed.text
-    calls = streamed_calls(events)
-    assert [
-        (c["id"], c["name"], json.loads(c["arguments"] or "{}")) for _, c in sorted(calls.items())
-    ] == [(c.id, c.name, c.arguments) for c in streamed.tool_calls]
+    assert_stream_is_the_equivalent_response(
+        codec, data_bytes("anthropic", name), anthropic_equivalent(data_bytes("anthropic", name)))
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_same_events_whatever_the_chunking(name: str) -> None:
-    raw = data_bytes("anthropic", name)
-    whole = run_stream(codec, [raw])
-    for chunks in (
-        one_byte_at_a_time(raw),
-        [to_crlf(raw)],
-        one_byte_at_a_time(to_crlf(raw)),
-        [to_cr(raw)],
-        split_at(raw, range(3, len(raw), 97)),
-    ):
-        events, parsed = run_stream(codec, chunks)
-        assert events == whole[0]
-        assert comparable(parsed) == comparable(whole[1])
+    assert_same_events_whatever_the_chunking(codec, data_bytes("anthropic", name), 97)
 
 
 def test_recorded_basic_stream() -> None:

@@ -7,7 +7,8 @@ import json
 import orjson
 import pytest
 from codec_support import (
-    comparable,
+    assert_same_events_whatever_the_chunking,
+    assert_stream_is_the_equivalent_response,
     data_bytes,
     data_json,
     gemini_equivalent,
@@ -15,12 +16,7 @@ from codec_support import (
     jsonl_payloads,
     one_byte_at_a_time,
     run_stream,
-    split_at,
-    streamed_calls,
-    streamed_text,
     target,
-    to_cr,
-    to_crlf,
 )
 
 from agent._sse import SSEEvent
@@ -305,31 +301,13 @@ STREAMS = ["stream_text.jsonl", "stream_tool_call.jsonl", "stream_prompt_blocked
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_equals_parse_of_the_equivalent_response(name: str) -> None:
-    raw = gemini_sse(name)
-    events, streamed = run_stream(codec, [raw])
-    equivalent = codec.parse(orjson.dumps(gemini_equivalent(jsonl_payloads("gemini", name))))
-    assert comparable(streamed) == comparable(equivalent)
-    assert streamed_text(events) == streamed.text
-    calls = streamed_calls(events)
-    assert [(c["id"], c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
-        (c.id, c.name, c.arguments) for c in streamed.tool_calls
-    ]
+    assert_stream_is_the_equivalent_response(
+        codec, gemini_sse(name), gemini_equivalent(jsonl_payloads("gemini", name)))
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_same_events_whatever_the_chunking(name: str) -> None:
-    raw = gemini_sse(name)
-    whole = run_stream(codec, [raw])
-    for chunks in (
-        one_byte_at_a_time(raw),
-        [to_crlf(raw)],
-        one_byte_at_a_time(to_crlf(raw)),
-        [to_cr(raw)],
-        split_at(raw, range(5, len(raw), 211)),
-    ):
-        events, parsed = run_stream(codec, chunks)
-        assert events == whole[0]
-        assert comparable(parsed) == comparable(whole[1])
+    assert_same_events_whatever_the_chunking(codec, gemini_sse(name), 211)
 
 
 def test_recorded_text_stream() -> None:

@@ -7,16 +7,13 @@ import json
 import orjson
 import pytest
 from codec_support import (
-    comparable,
+    assert_same_events_whatever_the_chunking,
+    assert_stream_is_the_equivalent_response,
     data_bytes,
     one_byte_at_a_time,
     openai_equivalent,
     run_stream,
-    split_at,
-    streamed_calls,
-    streamed_text,
     target,
-    to_crlf,
 )
 
 from agent._sse import SSEEvent
@@ -373,30 +370,13 @@ STREAMS = [
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_equals_parse_of_the_equivalent_completion(name: str) -> None:
-    raw = data_bytes("openai", name)
-    events, streamed = run_stream(codec, [raw])
-    equivalent = codec.parse(orjson.dumps(openai_equivalent(raw)))
-    assert comparable(streamed) == comparable(equivalent)
-    assert streamed_text(events) == streamed.text
-    calls = streamed_calls(events)
-    assert [(c["id"], c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
-        (c.id, c.name, c.arguments) for c in streamed.tool_calls
-    ]
+    assert_stream_is_the_equivalent_response(
+        codec, data_bytes("openai", name), openai_equivalent(data_bytes("openai", name)))
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_same_events_whatever_the_chunking(name: str) -> None:
-    raw = data_bytes("openai", name)
-    whole = run_stream(codec, [raw])
-    for chunks in (
-        one_byte_at_a_time(raw),
-        [to_crlf(raw)],
-        one_byte_at_a_time(to_crlf(raw)),
-        split_at(raw, range(7, len(raw), 333)),
-    ):
-        events, parsed = run_stream(codec, chunks)
-        assert events == whole[0]
-        assert comparable(parsed) == comparable(whole[1])
+    assert_same_events_whatever_the_chunking(codec, data_bytes("openai", name), 333)
 
 
 def test_recorded_include_usage_stream_details() -> None:
