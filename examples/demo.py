@@ -1,11 +1,11 @@
-"""Agent Router, end to end and offline.
+"""The library alone, offline (the whole Kubernetes story is examples/story.py).
 
 Three fake providers (OpenAI, Anthropic and Gemini wire formats, byte for byte) listen
 on 127.0.0.1; the standard environment variables point the library at them, exactly as
 real keys and URLs would. Then the docs' routing strategies run against them, one step
 at a time, with what happened printed after each.
 
-    hack/demo
+    hack/demo library
 """
 
 from __future__ import annotations

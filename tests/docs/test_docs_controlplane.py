@@ -2,7 +2,9 @@
 against a real Jaeger.
 
 * Every page's Kubernetes YAML is applied, in page order, to a fresh namespace (after
-  the CRDs), and the page's `controlplane` shell blocks run with the pinned kubectl.
+  the CRDs), and the page's `controlplane` blocks run with the pinned kubectl and helm.
+* Pages in `OWN_CONTROL_PLANE` (Helm: `helm install` with cluster-wide objects, then
+  upgrades and `helm uninstall`) do the same on a control plane of their own.
 * The operator page is then played for real: the operator runs (webhook included), and
   what the page says about status, conditions, Events and injection is checked.
 * The tracing page's Jaeger block exports to a real Jaeger, and the trace is read back.
@@ -24,46 +26,46 @@ from typing import Any
 import pytest
 import yaml
 from docs_runner import (
-    PYTHON,
+    CONTROLPLANE,
+    JAEGER,
+    OWN,
+    OWN_CONTROL_PLANE,
     ROOT,
-    SHELL,
     YAML,
     Page,
-    check_output,
+    PageRun,
+    disposition,
     fake_providers,
     fresh_process_state,
     is_kubernetes,
     pages,
     parse,
-    run_python,
-    run_shell,
     shell_env,
     yaml_documents,
 )
 from fakes import FakeProvider
+from support.controlplane import (
+    ControlPlane,
+    find_assets,
+    skip_requested,
+    start_control_plane,
+)
 from support.waiting import wait_for
 
 
-def _kube_pages() -> list[str]:
-    out = []
-    for name in pages():
-        page = parse(name)
-        has_yaml = any(not b.skip and is_kubernetes(yaml_documents(b)) for b in page.of(*YAML))
-        has_shell = any(b.controlplane for b in page.of(*SHELL))
-        if has_yaml or has_shell:
-            out.append(name)
-    return out
+def _pages_run_by(run: str) -> list[str]:
+    return [
+        name for name in pages() if any(disposition(name, b) == run for b in parse(name).blocks)
+    ]
 
 
-KUBE_PAGES = _kube_pages()
+KUBE_PAGES = _pages_run_by(CONTROLPLANE)
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeProvider]]:
     with fake_providers(monkeypatch) as fakes:
         yield fakes
-
-
 
 
 @pytest.fixture(scope="module")
@@ -75,27 +77,44 @@ def crds(control_plane: Any) -> None:
     )  # fmt: skip
 
 
-@pytest.fixture
-def kube_env(control_plane: Any, namespace: str, tmp_path: Path) -> dict[str, str]:
-    """The environment a reader's shell has: kubectl on PATH, the namespace current."""
+def reader_env(cp: ControlPlane, namespace: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a reader's shell has: kubectl and helm on PATH, talking to `cp`
+    with `namespace` current (in a kubeconfig of its own)."""
     kubeconfig = tmp_path / "kubeconfig"
-    shutil.copy(control_plane.kubeconfig, kubeconfig)
-    control_plane.kubectl(
-        "config", "set-context", "--current", f"--namespace={namespace}", kubeconfig=kubeconfig
-    )
-    env = shell_env(control_plane.env(kubeconfig))
-    env["PATH"] = f"{control_plane.assets}{os.pathsep}{env['PATH']}"
+    shutil.copy(cp.kubeconfig, kubeconfig)
+    cp.kubectl("config", "set-context", "--current", f"--namespace={namespace}",
+               kubeconfig=kubeconfig)  # fmt: skip
+    env = shell_env(cp.env(kubeconfig))
+    env["PATH"] = f"{cp.assets}{os.pathsep}{env['PATH']}"
     return env
 
 
-def apply_page(page: Page, control_plane: Any, namespace: str, env: dict[str, str]) -> None:
-    for block in page.blocks:
-        if block.skip:
+@pytest.fixture
+def kube_env(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> dict[str, str]:
+    return reader_env(control_plane, namespace, tmp_path)
+
+
+def apply_page(
+    page: Page, control_plane: ControlPlane, namespace: str, env: dict[str, str], run: str
+) -> None:
+    """The page's Kubernetes YAML applied and its controlplane blocks run, in order."""
+    with PageRun(
+        page, run, env,
+        apply=lambda code: control_plane.apply(code, namespace),
+        control_plane=control_plane, namespace=namespace,
+    ) as page_run:  # fmt: skip
+        page_run.run_all()
+
+
+def assert_objects_exist(page: Page, control_plane: ControlPlane, namespace: str) -> None:
+    for block in page.of(*YAML):
+        if block.skip or block.is_file or not is_kubernetes(yaml_documents(block)):
             continue
-        if block.lang in YAML and is_kubernetes(yaml_documents(block)):
-            control_plane.apply(block.code, namespace)
-        elif block.lang in SHELL and block.controlplane:
-            check_output(block, run_shell(block, env))
+        for doc in yaml_documents(block):
+            found = control_plane.get_json(
+                doc["kind"].lower(), doc["metadata"]["name"], namespace=namespace
+            )
+            assert found["metadata"]["name"] == doc["metadata"]["name"], block.where
 
 
 @pytest.mark.controlplane
@@ -104,15 +123,43 @@ def test_page_kubernetes_examples_apply(
     name: str, crds: None, control_plane: Any, namespace: str, kube_env: dict[str, str]
 ) -> None:
     page = parse(name)
-    apply_page(page, control_plane, namespace, kube_env)
-    for block in page.of(*YAML):
-        if block.skip or not is_kubernetes(yaml_documents(block)):
-            continue
-        for doc in yaml_documents(block):
-            found = control_plane.get_json(
-                doc["kind"].lower(), doc["metadata"]["name"], namespace=namespace
-            )
-            assert found["metadata"]["name"] == doc["metadata"]["name"], block.where
+    apply_page(page, control_plane, namespace, kube_env, CONTROLPLANE)
+    assert_objects_exist(page, control_plane, namespace)
+
+
+# ---- pages that change the cluster: on a control plane of their own -------------------------
+
+
+@pytest.fixture
+def own_control_plane() -> Iterator[ControlPlane]:
+    """A fresh kube-apiserver and etcd for one page (no CRDs, no release, no namespace but
+    the defaults), stopped after it."""
+    if skip_requested():
+        pytest.skip("AGENT_ROUTER_SKIP_CONTROLPLANE is set (explicit opt-out)")
+    assets = find_assets(("kube-apiserver", "etcd", "kubectl", "helm"))
+    workdir = Path(tempfile.mkdtemp(prefix="agent-router-docs-plane-"))
+    cp = start_control_plane(workdir, assets)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+        if not os.environ.get("AGENT_ROUTER_KEEP_CONTROLPLANE_DIR"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.controlplane
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", sorted(OWN_CONTROL_PLANE))
+def test_page_on_its_own_control_plane(
+    name: str, own_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Every block of the page, in order, exactly as a reader runs them against a new
+    cluster: `helm install` and all (the page's names are the cluster's own)."""
+    cp = own_control_plane
+    namespace = cp.create_namespace()  # for the page's objects without a namespace
+    page = parse(name)
+    apply_page(page, cp, namespace, reader_env(cp, namespace, tmp_path), OWN)
+    assert_objects_exist(page, cp, namespace)
 
 
 # ---- the operator page, played with the operator running ------------------------------------
@@ -201,7 +248,7 @@ def test_operator_page_status_injection_and_events(
 ) -> None:
     cp = control_plane
     page = parse("operator.md")
-    apply_page(page, cp, namespace, kube_env)
+    apply_page(page, cp, namespace, kube_env, CONTROLPLANE)
 
     # The pool: Ready/Valid, "2 agent(s)", used by both policies of the page.
     def pool_ready() -> dict[str, Any] | None:
@@ -297,11 +344,9 @@ def test_tracing_page_exports_to_jaeger(
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint)
     page = parse("tracing.md")
-    blocks = [b for b in page.of(*PYTHON) if b.controlplane and not b.skip]
-    assert blocks, "tracing.md has no Jaeger example"
-    with fresh_process_state():
-        for block in blocks:
-            check_output(block, run_python(block, {"__name__": "__main__"}))
+    assert _pages_run_by(JAEGER) == ["tracing.md"], "tracing.md has no Jaeger example"
+    with fresh_process_state(), PageRun(page, JAEGER) as run:
+        run.run_all()
 
     def has_route(trace: dict[str, Any]) -> bool:
         return bool(jaeger.spans(trace, "route support"))

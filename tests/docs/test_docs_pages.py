@@ -13,24 +13,29 @@ from typing import Any
 
 import pytest
 from docs_runner import (
-    FOREIGN,
-    ILLUSTRATIVE,
+    EVERY_BLOCK_RUNS,
+    FILE,
+    ILLUSTRATION,
+    JAEGER,
+    LOCAL,
+    OUTPUT,
+    OWN,
     PYTHON,
     ROOT,
     SHELL,
+    SKIPPED,
+    UNKNOWN,
     YAML,
     DocsError,
     Page,
-    check_output,
+    PageRun,
+    disposition,
     fake_providers,
     fresh_process_state,
     is_config,
     is_kubernetes,
     pages,
     parse,
-    run_python,
-    run_shell,
-    shell_env,
     yaml_documents,
 )
 from fakes import CutStream, Fail, FakeProvider, Hang, Reply, StreamError
@@ -47,33 +52,12 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeProvider]]:
 
 
 def run_page(page: Page, fake: dict[str, FakeProvider]) -> dict[str, Any]:
-    """Run the page's python and shell blocks in order; returns the page's namespace."""
-    namespace: dict[str, Any] = {
-        "__name__": "__main__",
-        "fake": fake,
-        "Reply": Reply,
-        "Fail": Fail,
-        "CutStream": CutStream,
-        "StreamError": StreamError,
-        "Hang": Hang,
-    }
-    with fresh_process_state():
-        for block in page.blocks:
-            if block.skip or block.controlplane:
-                continue
-            if block.lang == "hidden" or block.lang in PYTHON:
-                check_output(block, run_python(block, namespace))
-            elif block.lang in SHELL:
-                check_output(block, run_shell(block, shell_env()))
-            elif block.lang in YAML or block.lang in ILLUSTRATIVE:
-                continue
-            else:
-                raise DocsError(
-                    f"{block.where}: `{block.lang}` blocks are neither run nor known to be "
-                    "illustrative: use python/bash/yaml, console for illustrations, or mark "
-                    "it <!-- test: skip REASON -->"
-                )
-    return namespace
+    """Run the page's local blocks (python, shell and hidden code not marked controlplane)
+    in order; returns the page's namespace."""
+    names = {"fake": fake, "Reply": Reply, "Fail": Fail, "CutStream": CutStream,
+             "StreamError": StreamError, "Hang": Hang}  # fmt: skip
+    with fresh_process_state(), PageRun(page, LOCAL, **names) as run:
+        return run.run_all()
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -93,8 +77,8 @@ def test_page_yaml_is_valid(name: str) -> None:
     from agent_operator.resources import GROUP, VERSION, AgentPoolSpec, RoutingPolicySpec
 
     models = {"AgentPool": AgentPoolSpec, "RoutingPolicy": RoutingPolicySpec}
-    for block in parse(name).of(*YAML):
-        if block.skip:
+    for block in parse(name).of(*YAML, "json"):
+        if block.skip or (block.lang == "json" and not block.is_file):
             continue
         docs = yaml_documents(block)
         if is_config(docs):
@@ -107,7 +91,7 @@ def test_page_yaml_is_valid(name: str) -> None:
                         f"{block.where}: leave the namespace to the reader (kubectl -n)"
                     )
                     models[doc["kind"]].model_validate(doc["spec"])
-        else:
+        elif not block.is_file:
             raise DocsError(
                 f"{block.where}: YAML that is neither a Kubernetes object nor a config "
                 "document: mark it <!-- test: skip REASON -->"
@@ -115,15 +99,42 @@ def test_page_yaml_is_valid(name: str) -> None:
 
 
 def test_every_page_is_checked() -> None:
-    """No page escapes the runner without being listed as someone else's."""
+    """Every block of every page is run, checked, or an illustration; skips say why."""
     assert PAGES, "no docs pages found"
-    assert "routing.md" in PAGES
-    assert not FOREIGN & set(PAGES)
+    assert {"routing.md", "sidecar.md", "helm.md", "operator.md"} <= set(PAGES)
+    assert set(PAGES) >= EVERY_BLOCK_RUNS
     for name in PAGES:
         page = parse(name)
         for block in page.blocks:
+            assert disposition(name, block) != UNKNOWN, f"{block.where}: `{block.lang}`"
             if block.lang in PYTHON | SHELL and block.skip:
                 assert len(block.skip) > 10, f"{block.where}: say why it is not run"
+            if disposition(name, block) == JAEGER:
+                assert name == "tracing.md", f"{block.where}: only tracing.md has a Jaeger run"
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_BLOCK_RUNS))
+def test_every_block_runs_or_says_why_not(name: str) -> None:
+    """On these pages no block escapes: each one is run by a test (here or on a control
+    plane), compared as the output of one that is, a file one uses, a config document
+    that is parsed, or marked <!-- test: skip REASON -->. An illustration fails."""
+    page = parse(name)
+    run = [b for b in page.blocks if disposition(name, b) not in (
+        FILE, OUTPUT, SKIPPED, ILLUSTRATION, UNKNOWN)]  # fmt: skip
+    checked_outputs = {id(b.output) for b in run if b.output is not None}
+    excused_outputs = {id(b.output) for b in page.blocks if b.skip and b.output is not None}
+    code = "\n".join(b.code for b in run)
+    for block in page.blocks:
+        kind = disposition(name, block)
+        assert kind not in (ILLUSTRATION, UNKNOWN), (
+            f"{block.where}: a `{block.lang}` block that nothing runs: make it "
+            "runnable, or mark it <!-- test: skip REASON --> (see writing-docs.md)"
+        )
+        if kind == OUTPUT:
+            assert id(block) in checked_outputs | excused_outputs, block.where
+        if kind == FILE:
+            assert block.title in code, f"{block.where}: no command uses {block.title}"
+    assert run, f"docs/{name}: nothing runs"
 
 
 def test_the_main_pages_really_run_code() -> None:
@@ -138,6 +149,7 @@ def test_the_main_pages_really_run_code() -> None:
         "structured-output.md": 4,
         "config.md": 2,
         "tracing.md": 1,
+        "sidecar.md": 8,
     }.items():
         runnable = [
             b
@@ -145,3 +157,6 @@ def test_the_main_pages_really_run_code() -> None:
             if b.lang in PYTHON | SHELL and not b.skip and not b.controlplane
         ]
         assert len(runnable) >= at_least, f"docs/{name}: only {len(runnable)} runnable blocks"
+    # The Helm page runs on a control plane of its own: install, upgrades, uninstall.
+    helm = [b for b in parse("helm.md").of(*SHELL) if disposition("helm.md", b) == OWN]
+    assert len(helm) >= 7, f"docs/helm.md: only {len(helm)} blocks run on a control plane"

@@ -608,19 +608,12 @@ class ControlPlane:
         """Make a pod look Running and Ready (no kubelet here): patch its status."""
         pod = self.get_json("pod", name, namespace=namespace)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        containers = pod.get("spec", {}).get("containers", [])
-        status = {
-            "phase": "Running",
-            "startTime": now,
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [
-                {"type": t, "status": "True", "lastTransitionTime": now}
-                for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-            ],
-            "containerStatuses": [
+        spec = pod.get("spec", {})
+        # Native sidecars (init containers that keep running) count in READY too (2/2).
+        sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+
+        def running(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [
                 {
                     "name": c["name"],
                     "image": c.get("image", ""),
@@ -632,7 +625,21 @@ class ControlPlane:
                     "state": {"running": {"startedAt": now}},
                 }
                 for c in containers
+            ]
+
+        status = {
+            "phase": "Running",
+            "startTime": now,
+            "hostIP": host_ip,
+            "hostIPs": [{"ip": host_ip}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [
+                {"type": t, "status": "True", "lastTransitionTime": now}
+                for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
             ],
+            "containerStatuses": running(spec.get("containers", [])),
+            "initContainerStatuses": running(sidecars),
         }
         self.kubectl(
             "patch", "pod", name, "--namespace", namespace, "--subresource=status",
