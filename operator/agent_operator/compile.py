@@ -9,11 +9,13 @@ never a value.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pydantic
 
 from agent.config import (
     AgentConfig,
@@ -109,7 +111,27 @@ def policy_problems(policy: Policy, pools: Mapping[str, AgentPoolSpec],
                     problems.append(Problem("UnknownAgent",
                                             f"weights name {wanted!r}, which none of the "
                                             "policy's pools has"))
+    if not problems:
+        # What the schema cannot say, the engine's own config models do: build the
+        # policy's part of the document once, so one bad policy is reported as such
+        # instead of failing its whole namespace.
+        members = [f"{p}.{a.name}" for p in policy.spec.pools for a in pools[p].agents]
+        try:
+            for pool_name in policy.spec.pools:
+                for agent in pools[pool_name].agents:
+                    _agent(f"{pool_name}.{agent.name}", agent, secrets)
+            for route_name in policy.spec.routes:
+                _route(route_name, policy.spec, members)
+        except (pydantic.ValidationError, ValueError, re.error) as exc:
+            problems.append(Problem("Invalid", first_error(exc)))
     return problems
+
+
+def first_error(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        e = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+    return str(exc)
 
 
 def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],

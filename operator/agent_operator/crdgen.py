@@ -66,7 +66,17 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
 
 
 def _spec_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return structural(model.model_json_schema(by_alias=True, mode="validation"))
+    schema = structural(model.model_json_schema(by_alias=True, mode="validation"))
+    # pydantic leaves factory defaults out of the JSON schema; the apiserver should apply
+    # them (an object's own field defaults then apply inside it).
+    for name, info in model.model_fields.items():
+        if info.default_factory is not None:
+            value = info.default_factory()  # type: ignore[call-arg]
+            if isinstance(value, BaseModel):
+                schema["properties"][info.alias or name]["default"] = {}
+            elif value:  # an empty list stays absent rather than [] on every object
+                schema["properties"][info.alias or name]["default"] = value
+    return schema
 
 
 CONDITIONS = {
@@ -197,7 +207,7 @@ def routing_policy_crd() -> dict[str, Any]:
     spec["description"] = "Routes for the sidecars of the selected pods, over pools' agents."
     spec["x-kubernetes-validations"] = POLICY_RULES
     status = _status({
-        "targetPods": {"type": "integer", "description": "Ready pods the selector picks"},
+        "targetPods": {"type": "integer", "description": "Pods the selector picks whose sidecar runs"},
         "syncedPods": {"type": "integer", "description": "Of those, serving this config"},
         "configVersion": {"type": "integer", "format": "int64",
                           "description": "Version of the last compiled config"},

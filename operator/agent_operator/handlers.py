@@ -15,7 +15,13 @@ import kopf
 
 from agent_operator import kube
 from agent_operator.certs import self_signed
-from agent_operator.inject import ADMIN_PORT_ANNOTATION, INJECT_LABEL, SidecarSettings, inject
+from agent_operator.inject import (
+    ADMIN_PORT_ANNOTATION,
+    INJECT_LABEL,
+    SidecarSettings,
+    inject,
+    sidecar_address,
+)
 from agent_operator.reconcile import Reconciler
 from agent_operator.resources import GROUP
 
@@ -125,7 +131,8 @@ async def changed(namespace: str, **_: Any) -> None:
 @kopf.timer(GROUP, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def resync(namespace: str, **_: Any) -> None:
     """Catches what no watch reports: a rotated Secret, a sidecar that lost its state."""
-    await reconciler.reconcile(namespace)
+    if not reconciler.ran_within(namespace, RESYNC_SECONDS / 2):
+        await reconciler.reconcile(namespace)
 
 
 # ---- pods: a sidecar that became reachable, or went away ----------------------------------
@@ -136,14 +143,12 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, namespace: str, **_:
     if event.get("type") == "DELETED":
         _pod_state.pop(uid, None)
         return
-    status = body.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
-    state = (status.get("podIP"), ready, dict(body.get("metadata", {}).get("labels") or {}))
+    address = sidecar_address(dict(body), options.sidecar.admin_port)
+    state = (address, dict(body.get("metadata", {}).get("labels") or {}))
     if _pod_state.get(uid) == state:
         return
     _pod_state[uid] = state
-    if ready and status.get("podIP"):
+    if address:
         await reconciler.reconcile(namespace)
 
 
@@ -153,17 +158,19 @@ def serve_injection() -> None:
     """Register the webhook (kopf refuses admission handlers without a server)."""
     kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
                    operations=["CREATE"], ignore_failures=False,
+                   side_effects=True,  # it may create the namespace's token Secret
                    # Stays registered while no replica runs (a rollout, a crash): with the
                    # Fail policy, opted-in pods then wait instead of starting without routing.
                    persistent=True)(inject_sidecar)
 
 
 async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,
-                         patch: kopf.Patch, annotations: kopf.Annotations, **_: Any) -> None:
+                         patch: kopf.Patch, annotations: kopf.Annotations, dryrun: bool,
+                         **_: Any) -> None:
     new = inject(dict(spec), dict(labels), options.sidecar)
     if new is None:
         return  # already injected: idempotent
-    if namespace:
+    if namespace and not dryrun:
         await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
     patch.spec["initContainers"] = new["initContainers"]
     patch.spec["volumes"] = new["volumes"]

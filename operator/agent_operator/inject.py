@@ -56,7 +56,36 @@ class SidecarSettings:
         )
 
 
+def sidecar_address(pod: dict[str, Any], default_port: int) -> str | None:
+    """Where the operator pushes to: `http://<pod IP>:<admin port>`, once the sidecar runs.
+
+    Not "once the pod is Ready": the sidecar's startup probe waits for its first config
+    (the app starts only when routing is in place), so the pod cannot be Ready before the
+    operator pushes. None while there is nowhere to push to yet, or if the pod's port
+    annotation is not a port number (it must not be able to point the push, keys
+    included, at another host).
+    """
+    status = pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    running = any(c.get("name") == CONTAINER and "running" in (c.get("state") or {})
+                  for c in status.get("initContainerStatuses") or [])
+    if not (ready or running):
+        return None
+    port = str(((pod.get("metadata") or {}).get("annotations") or {})
+               .get(ADMIN_PORT_ANNOTATION, default_port))
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return f"http://{ip}:{int(port)}"
+
+
 def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str, Any]:
+    # /readyz answers once a config is loaded. As the startup probe it holds the app's
+    # containers until routing is in place (the operator pushes to a started sidecar);
+    # 5 minutes, then the kubelet restarts the sidecar, which keeps its last good config.
     probe = {"httpGet": {"path": "/readyz", "port": "agent-admin"}, "periodSeconds": 2}
     env = [
         {"name": "AGENT_SIDECAR_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
@@ -78,7 +107,7 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
         "restartPolicy": "Always",
         "ports": [{"name": "agent-admin", "containerPort": settings.admin_port}],
         "env": env,
-        "startupProbe": {**probe, "failureThreshold": 60},
+        "startupProbe": {**probe, "failureThreshold": 150},
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent-admin"},
                           "periodSeconds": 10},
@@ -96,6 +125,7 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
         "volumeMounts": [
             {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
+            {"name": "agent-sidecar-tmp", "mountPath": "/tmp"},  # the root is read-only
         ],
     }
 
@@ -112,9 +142,12 @@ def inject(spec: dict[str, Any], labels: dict[str, str],
     new["initContainers"] = [sidecar_container(settings, service), *init]
     volumes = list(new.get("volumes") or [])
     volumes += [
+        # World-readable inside the sidecar only (no other container mounts it): the pod
+        # may not set an fsGroup, and the sidecar's uid does not own the files.
         {"name": "agent-router-token", "secret": {"secretName": TOKEN_SECRET,
-                                                  "defaultMode": 0o440}},
+                                                  "defaultMode": 0o444}},
         {"name": "agent-sidecar-state", "emptyDir": {}},
+        {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
     new["volumes"] = volumes
     if settings.set_app_env:

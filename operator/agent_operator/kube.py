@@ -76,9 +76,10 @@ async def peering_status(name: str, namespace: str | None) -> dict[str, Any] | N
     return dict(obj.get("status") or {})
 
 
-async def list_pods(namespace: str, label_selector: str) -> list[Any]:
+async def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """Pods as the API returns them (camelCase dicts, the shape kopf hands to handlers)."""
     result = await call(_core().list_namespaced_pod, namespace, label_selector=label_selector)
-    return list(result.items)
+    return [api().sanitize_for_serialization(pod) for pod in result.items]
 
 
 async def read_secret(namespace: str, name: str) -> dict[str, str] | None:

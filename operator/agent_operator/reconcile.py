@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,15 @@ import pydantic
 
 from agent.config import RouterConfig
 from agent_operator import kube
-from agent_operator.compile import Compiled, Policy, Problem, compile_pod, policy_problems
-from agent_operator.inject import ADMIN_PORT_ANNOTATION, INJECT_LABEL
+from agent_operator.compile import (
+    Compiled,
+    Policy,
+    Problem,
+    compile_pod,
+    first_error,
+    policy_problems,
+)
+from agent_operator.inject import INJECT_LABEL, sidecar_address
 from agent_operator.push import PushResult, push
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
 
@@ -42,6 +50,7 @@ class PodTarget:
 class _Namespace:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: bool = False
+    finished: float = 0.0  # monotonic time the last run ended
     reported: dict[str, tuple[str, str]] = field(default_factory=dict)  # obj -> event sent
 
 
@@ -99,8 +108,15 @@ class Reconciler:
                     await self._run(namespace, space)
                 except Exception:  # one bad run must not stop the next trigger's
                     log.exception("reconciling namespace %s failed", namespace)
+                space.finished = time.monotonic()
                 if not space.pending:
                     break
+
+    def ran_within(self, namespace: str, seconds: float) -> bool:
+        """Whether the namespace was reconciled that recently: every policy has a resync
+        timer, and one run covers them all."""
+        space = self._spaces.get(namespace)
+        return space is not None and time.monotonic() - space.finished < seconds
 
     async def _leading(self, namespace: str) -> bool:
         if self.peering is None:
@@ -121,7 +137,7 @@ class Reconciler:
             try:
                 pools[obj["metadata"]["name"]] = AgentPoolSpec.model_validate(obj.get("spec", {}))
             except pydantic.ValidationError as exc:
-                pool_problems[obj["metadata"]["name"]] = _first_error(exc)
+                pool_problems[obj["metadata"]["name"]] = first_error(exc)
         policies: list[Policy] = []
         invalid: dict[str, str] = {}
         for obj in policies_raw:
@@ -131,7 +147,7 @@ class Reconciler:
             try:
                 spec = RoutingPolicySpec.model_validate(obj.get("spec", {}))
             except pydantic.ValidationError as exc:
-                invalid[meta["name"]] = _first_error(exc)
+                invalid[meta["name"]] = first_error(exc)
                 continue
             policies.append(Policy(meta["name"], spec, meta.get("generation", 1)))
         secrets = await self._secrets(namespace, policies, pools)
@@ -166,18 +182,11 @@ class Reconciler:
         return {n: data for n, data in zip(sorted(names), found, strict=True) if data is not None}
 
     async def _pods(self, namespace: str) -> list[PodTarget]:
-        pods = await kube.list_pods(namespace, f"{INJECT_LABEL}=true")
         out = []
-        for pod in pods:
-            status = pod.status
-            if pod.metadata.deletion_timestamp or not status or not status.pod_ip:
-                continue
-            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
-            if not ready:
-                continue
-            port = (pod.metadata.annotations or {}).get(ADMIN_PORT_ANNOTATION, self.admin_port)
-            out.append(PodTarget(pod.metadata.name, dict(pod.metadata.labels or {}),
-                                 f"http://{status.pod_ip}:{port}"))
+        for pod in await kube.list_pods(namespace, f"{INJECT_LABEL}=true"):
+            if url := sidecar_address(pod, self.admin_port):
+                meta = pod["metadata"]
+                out.append(PodTarget(meta["name"], dict(meta.get("labels") or {}), url))
         return out
 
     async def _push(self, pod: PodTarget, token: str, compiled: Compiled) -> PushResult | None:
@@ -232,7 +241,7 @@ class Reconciler:
         }
         if versions:
             status["configVersion"] = max(versions)
-        await kube.patch_status(meta["namespace"], "routingpolicies", name, status)
+        await _patch_if_changed(obj, "routingpolicies", status)
         # One Event per distinct problem, not one per resync.
         news = problems[0] if problems else (
             Problem("PushFailed", failed[0].detail) if failed else None)
@@ -251,12 +260,21 @@ class Reconciler:
         ok = spec is not None
         conditions = [_condition("Ready", ok, "Valid" if ok else "Invalid",
                                  f"{len(spec.agents)} agent(s)" if spec else problem or "")]
-        await kube.patch_status(meta["namespace"], "agentpools", meta["name"], {
+        await _patch_if_changed(obj, "agentpools", {
             "observedGeneration": meta.get("generation"),
             "agents": len(spec.agents) if spec else 0,
             "policies": users,
             "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
         })
+
+
+async def _patch_if_changed(obj: dict[str, Any], plural: str, status: dict[str, Any]) -> None:
+    """Resyncs find the same status over and over: write only what changed."""
+    old = obj.get("status") or {}
+    if all(old.get(k) == v for k, v in status.items()):
+        return
+    meta = obj["metadata"]
+    await kube.patch_status(meta["namespace"], plural, meta["name"], status)
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -275,8 +293,3 @@ def _keep_transitions(obj: dict[str, Any], conditions: list[dict[str, Any]],
         c["lastTransitionTime"] = prev.get("lastTransitionTime", now) if same and prev else now
         c["observedGeneration"] = generation
     return conditions
-
-
-def _first_error(exc: pydantic.ValidationError) -> str:
-    e = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"

@@ -8,16 +8,21 @@ of an AgentPool agent maps onto `agent.config.AgentConfig`, which a test also ch
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from agent.catalog import PROVIDERS
 from agent.config import NAME, Strategy
 
 GROUP = "agentrouter.io"
 VERSION = "v1alpha1"
 
+
+# The engine's providers: an enum in the CRD, so a typo is refused by the apiserver.
+Provider: Any = Literal[tuple(sorted(PROVIDERS))]
 
 # Names of other objects and of routes: bounded, so CEL cost estimates stay small.
 ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
@@ -55,9 +60,8 @@ class PoolAgent(_Spec):
 
     name: str = Field(pattern=NAME, max_length=63,
                       description="Unique within the pool; policies' rules refer to it")
-    provider: str = Field(min_length=1, max_length=63,
-                          description="openai, anthropic, gemini, deepseek, groq, mistral, "
-                          "together, openrouter, ollama, vllm or openai_compatible")
+    provider: Provider = Field(description="The API it speaks; openai_compatible with "
+                               "baseUrl for any OpenAI-compatible server")
     model: str = Field(min_length=1, max_length=253,
                        description="Model id, or a short name such as claude-sonnet")
     base_url: str | None = Field(default=None, max_length=2048,
@@ -93,7 +97,8 @@ class StrategySpec(_Spec):
                                            description="For the whole routed call")
     hedge_delay_seconds: float | None = Field(
         default=None, ge=0, description="hedged: start the next candidate after this")
-    circuit_breaker: CircuitBreakerSpec | None = None
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        default=None, description="Per agent: stop trying it after consecutive failures")
     weights: dict[str, float] | None = Field(
         default=None, description="weighted: agent name to weight (overrides the pool's)")
 
@@ -108,21 +113,40 @@ class RuleSpec(_Spec):
         default=None, max_length=64, description="Any of these words, case-insensitive")
     input_matches: str | None = Field(default=None, max_length=1024,
                                       description="A regular expression on the input")
-    min_input_chars: int | None = Field(default=None, ge=0)
-    max_input_chars: int | None = Field(default=None, ge=0)
+    min_input_chars: int | None = Field(default=None, ge=0,
+                                       description="The input is at least this long")
+    max_input_chars: int | None = Field(default=None, ge=0,
+                                       description="The input is at most this long")
     tools: bool | None = Field(default=None, description="Whether the request asks for tools")
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(
+        default=None, description="The request's metadata has all of these values")
+
+    @field_validator("input_matches")
+    @classmethod
+    def _a_regex(cls, value: str | None) -> str | None:
+        # The apiserver cannot check a regular expression; the operator reports it.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class LabelSelectorRequirement(_Spec):
-    key: str
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] | None = None
+    key: str = Field(description="The label's key")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the label's value relates to values")
+    values: list[str] | None = Field(default=None, description="For In and NotIn")
 
 
 class PodSelector(_Spec):
-    match_labels: dict[str, str] | None = None
-    match_expressions: list[LabelSelectorRequirement] | None = None
+    """A Kubernetes label selector; empty selects every pod of the namespace."""
+
+    match_labels: dict[str, str] | None = Field(default=None,
+                                                description="Labels the pods must have")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, description="Requirements on the pods' labels, all of which must hold")
 
 
 class RoutingPolicySpec(_Spec):
@@ -132,7 +156,8 @@ class RoutingPolicySpec(_Spec):
     routes: list[ObjectName] = Field(
         default_factory=lambda: ["default"], min_length=1, max_length=16, json_schema_extra=SET,
         description="Names apps send as `model`; the first is the pod's default route")
-    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec,
+                                   description="How the pools' agents are tried")
     rules: list[RuleSpec] = Field(default_factory=list, max_length=64,
                                   description="For the custom strategy")
 

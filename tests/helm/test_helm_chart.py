@@ -130,10 +130,16 @@ def test_docs_values_table_covers_every_value() -> None:
 def test_cluster_role_uses_the_rules_file_verbatim(offline_helm: OfflineHelm) -> None:
     objects = offline_helm.render()
     role = one(objects, "ClusterRole")
-    assert role["rules"] == yaml.safe_load(RULES_FILE.read_text())
+    webhook = one(objects, "MutatingWebhookConfiguration")["metadata"]["name"]
+    rules = RULES_FILE.read_text().replace("WEBHOOK_CONFIGURATION", webhook)
+    assert role["rules"] == yaml.safe_load(rules)
+    # Patch only our own webhook configurations, none of anyone else's.
+    (patch,) = [r for r in role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]
+                and "patch" in r["verbs"]]
+    assert patch["resourceNames"] == [webhook]
     text = offline_helm.template(None, "--show-only", "templates/rbac.yaml").stdout
     # verbatim: every line of the file (comments too) appears, indented, in the manifest
-    for line in RULES_FILE.read_text().splitlines():
+    for line in rules.splitlines():
         if line.strip():
             assert f"  {line}" in text, line
     binding = one(objects, "ClusterRoleBinding")

@@ -46,10 +46,10 @@ def install_crds(cp: Any) -> None:
                "crd/agentpools.agentrouter.io", "crd/routingpolicies.agentrouter.io")
 
 
-def operator_kubeconfig(cp: Any) -> Path:
+def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
     """The operator's identity: its service account, bound to the chart's rules only."""
-    rules = yaml.safe_load((ROOT / "helm" / "agent-router" / "files" /
-                            "operator-rules.yaml").read_text())
+    rules = yaml.safe_load((ROOT / "helm" / "agent-router" / "files" / "operator-rules.yaml")
+                           .read_text().replace("WEBHOOK_CONFIGURATION", webhook_name))
     cp.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -164,10 +164,10 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def operator(control_plane: Any) -> Iterator[OperatorProcess]:
     install_crds(control_plane)
-    kubeconfig = operator_kubeconfig(control_plane)
     from support.controlplane import free_port
 
     name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
+    kubeconfig = operator_kubeconfig(control_plane, name)
     proc = OperatorProcess(control_plane, kubeconfig, name, free_port()).start()
     try:
         yield proc

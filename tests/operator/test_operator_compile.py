@@ -162,3 +162,31 @@ def test_the_webhook_service_becomes_a_service_reference() -> None:
 
     assert parse_service("agent-router/agent-router-webhook:9443") == {
         "namespace": "agent-router", "name": "agent-router-webhook", "port": 9443, "path": ""}
+
+
+def test_every_field_of_both_crds_is_described() -> None:
+    """`kubectl explain` shows a description for every field a user can set."""
+    import yaml
+
+    missing = []
+
+    def walk(schema: dict, path: str) -> None:
+        for name, sub in (schema.get("properties") or {}).items():
+            if "description" not in sub:
+                missing.append(f"{path}.{name}")
+            walk(sub, f"{path}.{name}")
+        if "items" in schema:
+            walk(schema["items"], path + "[]")
+
+    for name in ("agentpools.yaml", "routingpolicies.yaml"):
+        crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+        walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"],
+             f"{name}:spec")
+    assert not missing
+
+
+def test_a_rule_whose_regex_does_not_compile_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="not a regular expression"):
+        RoutingPolicySpec.model_validate({
+            "selector": {}, "pools": ["main"], "strategy": {"type": "custom"},
+            "rules": [{"prefer": ["a"], "reason": "r", "inputMatches": "("}]})

@@ -77,12 +77,15 @@ def test_apply_inject_push_route_and_report(control_plane, operator, namespace, 
         pod["spec"]["containers"][0]["env"]
     assert pod["metadata"]["annotations"]["agentrouter.io/admin-port"] == "4001"
 
-    # The pod "runs": a real sidecar at its IP; marking it ready makes the operator push.
+    # The pod "runs": a real sidecar at its IP. The operator pushes as soon as the sidecar
+    # runs, before the pod is Ready: the sidecar's startup probe (/readyz) waits for that
+    # first config, so waiting for Ready would wait forever.
     ip = next_ip()
     sidecar = start_sidecar(cp, namespace, ip)
     try:
-        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
+        cp.mark_pod_ready(namespace, "chat-0", ip=ip, ready=False)
         loaded = wait_for(lambda: served(sidecar), 20, "the pushed config")
+        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
         assert loaded["routes"] == ["default"]
         assert loaded["config"]["agents"][0]["api_key"] == "***"
         version = loaded["version"]
@@ -181,6 +184,18 @@ def test_a_policy_that_selects_no_pod_still_reports_what_is_missing(control_plan
     wait_for(lambda: condition(status_of(cp, "routingpolicy", "chat", namespace),
                                "Ready").get("status") == "True", 30, "Ready once resolved")
 
+    # A policy the apiserver accepts but the engine cannot use (a regular expression that
+    # does not compile) is reported on itself; its neighbour stays Ready.
+    bad = policy("custom", rules=[{"prefer": ["gpt"], "reason": "code", "inputMatches": "("}])
+    bad["metadata"]["name"] = "bad-regex"
+    cp.apply(bad, namespace)
+    invalid = wait_for(lambda: (c := condition(status_of(cp, "routingpolicy", "bad-regex",
+                                                         namespace), "Resolved"))
+                       .get("reason") == "Invalid" and c, 30, "Invalid on the bad policy")
+    assert "not a regular expression" in invalid["message"]
+    assert condition(status_of(cp, "routingpolicy", "chat", namespace),
+                     "Ready")["status"] == "True"
+
 
 INVALID = [
     ("duplicate agent names", "AgentPool",
@@ -191,6 +206,9 @@ INVALID = [
     ("bad agent name", "AgentPool",
      {"agents": [{"name": "Not_OK", "provider": "openai", "model": "gpt-4o"}]},
      "spec.agents[0].name"),
+    ("unknown provider", "AgentPool",
+     {"agents": [{"name": "a", "provider": "openia", "model": "gpt-4o"}]},
+     'spec.agents[0].provider: Unsupported value: "openia"'),
     ("negative timeout", "AgentPool",
      {"agents": [{"name": "a", "provider": "openai", "model": "m", "timeoutSeconds": 0}]},
      "spec.agents[0].timeoutSeconds"),

@@ -57,15 +57,21 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> 
             sidecar = start_sidecar(cp, namespace, ip)
             cp.mark_pod_ready(namespace, "chat-0", ip=ip)
             wait_for(lambda: served(sidecar), 20, "the leader's push")
-            assert "pushes" not in follower.output()
+            # The follower stood aside: kopf paused its watches while a higher-priority peer
+            # lives, so no handler of ours ran there (the reconcile's own peering check is
+            # the second line of defence); the leader is the one that pushed.
             follower_log = follower.output()
+            assert "Pausing the watch-stream for routingpolicies" in follower_log
+            assert "Handler 'changed' is invoked" not in follower_log
             assert "now serves config version" not in follower_log
+            assert "now serves config version" in leader.output()
 
             leader.kill()  # no goodbye: the follower acts once the leader's keep-alive expires
             cp.apply(policy("round_robin"), namespace)
             wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"]
                      == "round_robin", 30, "the follower's push")
             assert "now serves config version" in follower.output()
+            assert "Resuming operations after the pause" in follower.output()
         finally:
             if sidecar is not None:
                 sidecar.terminate()

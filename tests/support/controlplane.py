@@ -603,42 +603,52 @@ class ControlPlane:
         return name
 
     def mark_pod_ready(
-        self, namespace: str, name: str, ip: str = "127.0.0.1", host_ip: str = "127.0.0.1"
+        self,
+        namespace: str,
+        name: str,
+        ip: str = "127.0.0.1",
+        host_ip: str = "127.0.0.1",
+        ready: bool = True,
     ) -> None:
-        """Make a pod look Running and Ready (no kubelet here): patch its status."""
+        """Make a pod look Running and Ready (no kubelet here): patch its status.
+
+        ``ready=False``: as while a native sidecar's startup probe still fails: the pod has
+        its IP and the sidecar runs, but the app containers wait and nothing is Ready."""
         pod = self.get_json("pod", name, namespace=namespace)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         spec = pod.get("spec", {})
         # Native sidecars (init containers that keep running) count in READY too (2/2).
         sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
 
-        def running(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        def running(containers: list[dict[str, Any]], up: bool = True) -> list[dict[str, Any]]:
             return [
                 {
                     "name": c["name"],
                     "image": c.get("image", ""),
                     "imageID": "",
                     "containerID": f"containerd://{uuid.uuid4().hex}",
-                    "ready": True,
-                    "started": True,
+                    "ready": ready,
+                    "started": ready,
                     "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
+                    "state": {"running": {"startedAt": now}}
+                    if up
+                    else {"waiting": {"reason": "PodInitializing"}},
                 }
                 for c in containers
             ]
 
         status = {
-            "phase": "Running",
+            "phase": "Running" if ready else "Pending",
             "startTime": now,
             "hostIP": host_ip,
             "hostIPs": [{"ip": host_ip}],
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "conditions": [
-                {"type": t, "status": "True", "lastTransitionTime": now}
+                {"type": t, "status": str(ready or t == "PodScheduled"), "lastTransitionTime": now}
                 for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
             ],
-            "containerStatuses": running(spec.get("containers", [])),
+            "containerStatuses": running(spec.get("containers", []), up=ready),
             "initContainerStatuses": running(sidecars),
         }
         self.kubectl(

@@ -1,0 +1,63 @@
+"""What the webhook adds to a pod, and where the operator pushes to (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+from agent_operator.inject import SidecarSettings, inject, sidecar_address
+
+APP = {"containers": [{"name": "app", "image": "registry.example/chat:1"}]}
+
+
+def test_injecting_twice_changes_nothing_the_second_time() -> None:
+    once = inject(APP, {"app": "chat"}, SidecarSettings())
+    assert once is not None
+    assert [c["name"] for c in once["initContainers"]] == ["agent-sidecar"]
+    assert inject(once, {"app": "chat"}, SidecarSettings()) is None
+
+
+def test_the_token_is_readable_by_the_sidecars_uid_and_the_root_stays_read_only() -> None:
+    pod = inject(APP, {}, SidecarSettings())
+    assert pod is not None
+    (sidecar,) = pod["initContainers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # The sidecar runs as 65532 and the pod sets no fsGroup: the files stay root's.
+    assert sidecar["securityContext"]["runAsUser"] == 65532
+    assert volumes["agent-router-token"]["secret"]["defaultMode"] & 0o004
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # Only the sidecar mounts the token.
+    assert not any(m["name"] == "agent-router-token"
+                   for c in pod["containers"] for m in c.get("volumeMounts", []))
+
+
+def pod(annotations: dict[str, str] | None = None, ready: bool = False,
+        sidecar: str | None = "running") -> dict:
+    return {
+        "metadata": {"name": "chat-0", "annotations": annotations or {}},
+        "status": {
+            "podIP": "10.0.0.7",
+            "conditions": [{"type": "Ready", "status": str(ready)}],
+            "initContainerStatuses": [{"name": "agent-sidecar", "state": {sidecar: {}}}]
+            if sidecar else [],
+        },
+    }
+
+
+def test_a_running_sidecar_is_pushed_to_before_the_pod_is_ready() -> None:
+    assert sidecar_address(pod(), 4001) == "http://10.0.0.7:4001"
+    assert sidecar_address(pod(sidecar="waiting"), 4001) is None
+    assert sidecar_address(pod(sidecar=None, ready=True), 4001) == "http://10.0.0.7:4001"
+    assert sidecar_address({"metadata": {}, "status": {}}, 4001) is None  # no IP yet
+
+
+@pytest.mark.parametrize("port", ["1@evil.example:80", "4001/../x", "0", "70000", "-1", ""])
+def test_the_port_annotation_cannot_point_the_push_elsewhere(port: str) -> None:
+    """Tried: userinfo@host, a path, out-of-range and empty ports. The push carries the
+    token and the API keys, so such a pod is skipped rather than pushed to."""
+    assert sidecar_address(pod({"agentrouter.io/admin-port": port}), 4001) is None
+
+
+def test_the_port_annotation_moves_the_push_to_another_port() -> None:
+    assert sidecar_address(pod({"agentrouter.io/admin-port": "9001"}), 4001) == \
+        "http://10.0.0.7:9001"
