@@ -271,6 +271,9 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
             "namespace": release_a.namespace, "name": operator.service["metadata"]["name"],
             "port": operator.service["spec"]["ports"][0]["port"], "path": "/inject-sidecar"}
         assert "url" not in webhooks[0]["clientConfig"]
+        # An opted-in pod never starts without its sidecar; a dry run creates nothing.
+        assert webhooks[0]["failurePolicy"] == "Fail"
+        assert webhooks[0]["sideEffects"] == "NoneOnDryRun"
         assert webhooks[0]["objectSelector"]["matchExpressions"] == [
             {"key": "agentrouter.io/inject", "operator": "In", "values": ["true"]}]
         # kopf's liveness endpoint, which the chart's probes call, answers.
