@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SSEEvent:
     event: str  # "message" when the frame had no `event:` line
     data: str
@@ -25,23 +25,21 @@ class SSEParser:
         self.stray: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buf = self._buf + chunk
+        buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             # Keep a trailing CR: it may be the first half of a CRLF split across chunks.
             tail = b"\r" if buf.endswith(b"\r") else b""
             body = buf[:-1] if tail else buf
             buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        frames = buf.split(b"\n\n")
+        self._buf = frames.pop()  # the frame still arriving (b"" when none is)
         events: list[SSEEvent] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            event = _parse_frame(buf[start:end], self.stray)
-            if event is not None:
+        for frame in frames:
+            # The frame nearly every event is: one data line (the rules below agree).
+            if frame.startswith(b"data: ") and b"\n" not in frame:
+                events.append(SSEEvent("message", frame[6:].decode("utf-8", "replace")))
+            elif (event := _parse_frame(frame, self.stray)) is not None:
                 events.append(event)
-            start = end + 2
-        self._buf = buf[start:]
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -55,6 +53,14 @@ _FIELDS = ("data", "event", "id", "retry")
 
 
 def _parse_frame(frame: bytes, stray: list[str]) -> SSEEvent | None:
+    # Fast path for the other frame providers send: one `event:` line, one `data:` line
+    # (the general rules below give the same).
+    if frame.startswith(b"event: "):
+        head, _, rest = frame.partition(b"\n")
+        if rest.startswith(b"data: ") and b"\n" not in rest:
+            return SSEEvent(
+                head[7:].decode("utf-8", "replace"), rest[6:].decode("utf-8", "replace")
+            )
     name = "message"
     data: list[str] = []
     for raw in frame.split(b"\n"):

@@ -15,21 +15,27 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agent import _transport
-from agent.providers.base import WireRequest
+from agent.providers.base import Reply, WireRequest
+from agent.transport import default_transport
 from agent.types import StreamEvent
+
+if TYPE_CHECKING:
+    from agent.transport import AsyncStreamResponse, AsyncTransport
 
 R = TypeVar("R")
 
 
 @dataclass(slots=True)
 class Send:
-    """Send a request, return a `_transport.Reply`."""
+    """Send a request, return a `Reply`. `transport`: the agent's own, if it has one
+    (async drivers only; see `agent.transport`)."""
 
     wire: WireRequest
     timeout: float
+    transport: AsyncTransport | None = None
 
 
 @dataclass(slots=True)
@@ -38,6 +44,7 @@ class Open:
 
     wire: WireRequest
     timeout: float
+    transport: AsyncTransport | None = None
 
 
 @dataclass(slots=True)
@@ -67,9 +74,10 @@ class Sleep:
 
 @dataclass(slots=True)
 class Emit:
-    """Hand an event to the caller of a stream."""
+    """Hand events to the caller of a stream (those that arrived together travel as one
+    step: the generators between here and the driver resume once, not once per event)."""
 
-    event: StreamEvent
+    events: list[StreamEvent]
 
 
 Step = Send | Open | Read | Close | Call | Sleep | Emit
@@ -114,7 +122,7 @@ def _drive(gen: Steps[R], streams: list[Any]) -> Iterator[StreamEvent]:
             return stop.value  # type: ignore[no-any-return]
         value, error = None, None
         if isinstance(step, Emit):
-            yield step.event
+            yield from step.events
             continue
         try:
             value = _perform(step, streams)
@@ -151,16 +159,38 @@ def iterate_steps(gen: Steps[Any]) -> Iterator[StreamEvent]:
 # ---- async -----------------------------------------------------------------------------
 
 
-async def _perform_async(step: Step, streams: list[Any]) -> Any:
+class _Opened:
+    """An open async stream as step generators read it (b"" at its end), whatever the
+    transport behind it."""
+
+    __slots__ = ("_chunks", "response")
+
+    def __init__(self, response: AsyncStreamResponse) -> None:
+        self.response = response
+        self._chunks = response.__aiter__()
+
+    async def read(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return b""
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+async def _perform_async(step: Step, streams: list[Any], transport: AsyncTransport) -> Any:
     if isinstance(step, Read):
         return await step.stream.read()
     if isinstance(step, Send):
-        return await _transport.send_async(step.wire, step.timeout)
+        return await (step.transport or transport).send(step.wire, step.timeout)
     if isinstance(step, Open):
-        opened = await _transport.open_stream_async(step.wire, step.timeout)
-        if isinstance(opened, _transport.AsyncStream):
-            streams.append(opened)
-        return opened
+        opened = await (step.transport or transport).open_stream(step.wire, step.timeout)
+        if isinstance(opened, Reply):
+            return opened
+        handle = _Opened(opened)
+        streams.append(handle)
+        return handle
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
@@ -175,8 +205,12 @@ async def _perform_async(step: Step, streams: list[Any]) -> Any:
     raise TypeError(f"unexpected step {step!r}")
 
 
-async def iterate_steps_async(gen: Steps[Any]) -> AsyncIterator[StreamEvent]:
-    """An async stream of the events `gen` emits; closing it closes the HTTP stream."""
+async def iterate_steps_async(
+    gen: Steps[Any], transport: AsyncTransport | None = None
+) -> AsyncIterator[StreamEvent]:
+    """An async stream of the events `gen` emits; closing it closes the HTTP stream.
+    `transport`: for steps whose agent names none (default: the process default)."""
+    transport = transport or default_transport()
     streams: list[Any] = []
     value: Any = None
     error: BaseException | None = None
@@ -188,10 +222,11 @@ async def iterate_steps_async(gen: Steps[Any]) -> AsyncIterator[StreamEvent]:
                 return
             value, error = None, None
             if isinstance(step, Emit):
-                yield step.event
+                for event in step.events:
+                    yield event
                 continue
             try:
-                value = await _perform_async(step, streams)
+                value = await _perform_async(step, streams, transport)
             except Exception as exc:
                 error = exc
     finally:
@@ -201,7 +236,8 @@ async def iterate_steps_async(gen: Steps[Any]) -> AsyncIterator[StreamEvent]:
             await asyncio.shield(s.close())
 
 
-async def run_steps_async(gen: Steps[R]) -> R:
+async def run_steps_async(gen: Steps[R], transport: AsyncTransport | None = None) -> R:
+    transport = transport or default_transport()
     streams: list[Any] = []
     value: Any = None
     error: BaseException | None = None
@@ -213,7 +249,7 @@ async def run_steps_async(gen: Steps[R]) -> R:
                 return cast(R, stop.value)
             value, error = None, None
             try:
-                value = await _perform_async(step, streams)
+                value = await _perform_async(step, streams, transport)
             except Exception as exc:
                 error = exc
     finally:

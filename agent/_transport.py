@@ -1,5 +1,8 @@
 """HTTP I/O with httpx: pooled clients shared by every agent, and the one place where
-transport exceptions become `agent.errors` (nothing from httpx escapes)."""
+httpx exceptions become `agent.errors` (nothing from httpx escapes).
+
+The sync functions serve the sync API; `HttpxTransport` is the default
+`agent.transport.AsyncTransport` of the async one."""
 
 from __future__ import annotations
 
@@ -9,12 +12,11 @@ import ssl
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import httpx
 
 from agent.errors import AgentError, APIConnectionError, APITimeoutError, ConfigurationError
-from agent.providers.base import WireRequest
+from agent.providers.base import Reply, WireRequest
 
 # Keep-alive matters more than anything else for latency; allow many connections because
 # a sidecar multiplexes a whole pod's traffic through these pools.
@@ -45,13 +47,6 @@ def map_error(exc: Exception) -> AgentError:
     return APIConnectionError(f"transport error: {type(exc).__name__}: {exc}")
 
 
-@dataclass(slots=True)
-class Reply:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-
 class SyncStream:
     """An open streaming response (sync)."""
 
@@ -74,7 +69,7 @@ class SyncStream:
 
 
 class AsyncStream:
-    """An open streaming response (async)."""
+    """An open streaming response (async): an `agent.transport.AsyncStreamResponse`."""
 
     __slots__ = ("_chunks", "headers", "response", "status")
 
@@ -84,15 +79,18 @@ class AsyncStream:
         self.headers = response.headers
         self._chunks: AsyncIterator[bytes] = response.aiter_raw()
 
-    async def read(self) -> bytes:
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
             return await self._chunks.__anext__()
         except StopAsyncIteration:
-            return b""
+            raise
         except Exception as exc:
             raise map_error(exc) from exc
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.response.aclose()
 
 
@@ -143,15 +141,6 @@ def send(wire: WireRequest, timeout: float) -> Reply:
     return Reply(r.status_code, r.headers, r.content)
 
 
-async def send_async(wire: WireRequest, timeout: float) -> Reply:
-    client = async_client()
-    try:
-        r = await client.send(_request(client, wire, timeout))
-    except Exception as exc:
-        raise map_error(exc) from exc
-    return Reply(r.status_code, r.headers, r.content)
-
-
 def open_stream(wire: WireRequest, timeout: float) -> SyncStream | Reply:
     """A stream to read from, or (for an HTTP error) the whole error reply."""
     client = sync_client()
@@ -167,18 +156,30 @@ def open_stream(wire: WireRequest, timeout: float) -> SyncStream | Reply:
     return SyncStream(r)
 
 
-async def open_stream_async(wire: WireRequest, timeout: float) -> AsyncStream | Reply:
-    client = async_client()
-    try:
-        r = await client.send(_request(client, wire, timeout), stream=True)
-        if r.status_code >= 400:
-            try:
-                return Reply(r.status_code, r.headers, await r.aread())
-            finally:
-                await r.aclose()
-    except Exception as exc:
-        raise map_error(exc) from exc
-    return AsyncStream(r)
+class HttpxTransport:
+    """The engine's default async transport: one pooled httpx client per event loop
+    (httpx's pools belong to the loop that made them), shared by every instance."""
+
+    async def send(self, request: WireRequest, timeout: float) -> Reply:
+        client = async_client()
+        try:
+            r = await client.send(_request(client, request, timeout))
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return Reply(r.status_code, r.headers, r.content)
+
+    async def open_stream(self, request: WireRequest, timeout: float) -> AsyncStream | Reply:
+        client = async_client()
+        try:
+            r = await client.send(_request(client, request, timeout), stream=True)
+            if r.status_code >= 400:
+                try:
+                    return Reply(r.status_code, r.headers, await r.aread())
+                finally:
+                    await r.aclose()
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return AsyncStream(r)
 
 
 def close_all() -> None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pydantic
 
 from agent import _steps
-from agent._transport import Reply
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError
 from agent.middleware import Middleware, overrides
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
-from agent.providers.base import Codec, Parsed, StreamReader, Target
+from agent.providers.base import Codec, Parsed, Reply, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
 from agent.types import (
     Done,
@@ -31,6 +30,9 @@ from agent.types import (
     Usage,
     as_messages,
 )
+
+if TYPE_CHECKING:
+    from agent.transport import AsyncTransport
 
 __all__ = ["Agent"]
 
@@ -65,6 +67,7 @@ class Agent:
         name: str | None = None,
         weight: float = 1.0,
         extra: dict[str, Any] | None = None,
+        transport: AsyncTransport | None = None,
     ) -> None:
         self.provider = provider
         self.model = resolve_model(model)
@@ -77,6 +80,7 @@ class Agent:
         self.weight = weight
         self.extra = dict(extra or {})
         self.middleware = list(middleware or ())
+        self.transport = transport  # async calls only; None: the router's or the default
         self._api_key = api_key
         self._tool_input = list(tools or ())
         self._price_override = Price(*price) if isinstance(price, tuple) else price
@@ -208,9 +212,11 @@ class Agent:
                 request = request.copy(messages=messages)
             wire = codec.build(request, target)
             if request.stream:
-                parsed = yield from _stream_once(codec, wire, timeout, start, first)
+                parsed = yield from _stream_once(
+                    codec, _steps.Open(wire, timeout, self.transport), start, first
+                )
             else:
-                reply: Reply = yield _steps.Send(wire, timeout)
+                reply: Reply = yield _steps.Send(wire, timeout, self.transport)
                 if reply.status >= 400:
                     raise codec.error(reply.status, reply.headers, reply.body)
                 parsed = codec.parse(reply.body)
@@ -233,7 +239,7 @@ class Agent:
                     record_result(call, error=exc)
                 messages.append(tool_message(call))
                 if request.stream:
-                    yield _steps.Emit(ToolResult(call))
+                    yield _steps.Emit([ToolResult(call)])
         messages.append(Message("assistant", parsed.text, parsed.tool_calls))
         return self._response(
             target, parsed, usage, calls, start, first, messages, request.output_schema
@@ -302,29 +308,29 @@ class Agent:
 def with_done(steps: _steps.Steps[Response[Any]]) -> _steps.Steps[Response[Any]]:
     """End a stream with the assembled response."""
     response = yield from steps
-    yield _steps.Emit(Done(response))
+    yield _steps.Emit([Done(response)])
     return response
 
 
 def _stream_once(
-    codec: Codec, wire: Any, timeout: float, start: float, first: list[float]
+    codec: Codec, open_: _steps.Open, start: float, first: list[float]
 ) -> _steps.Steps[Parsed]:
-    opened = yield _steps.Open(wire, timeout)
+    opened = yield open_
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
     reader = StreamReader(codec)
     try:
         while chunk := (yield _steps.Read(opened)):
-            for out in reader.feed(chunk):
+            if events := reader.feed(chunk):
                 if not first:
                     first.append(time.perf_counter())
-                yield _steps.Emit(out)
+                yield _steps.Emit(events)
             reader.check()
         last, parsed = reader.close()
-        for out in last:
+        if last:
             if not first:
                 first.append(time.perf_counter())
-            yield _steps.Emit(out)
+            yield _steps.Emit(last)
     except GeneratorExit:
         raise
     except BaseException:

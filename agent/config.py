@@ -74,7 +74,7 @@ class AgentConfig(_Model):
     weight: float = Field(default=1.0, ge=0, description="For the weighted strategy")
     price: PriceConfig | None = None
     capabilities: dict[str, bool | int] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # may carry keys
     extra: dict[str, Any] = Field(default_factory=dict, description="Extra body fields")
 
     @field_validator("provider")
@@ -217,11 +217,15 @@ class RouterConfig(_Model):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The document as JSON, keys replaced by '***' (for GET /config, logs, status)."""
+        """The document as JSON with keys and header values replaced by '***' (for GET
+        /config, logs, status): extra headers carry credentials too (`x-api-key`,
+        `Authorization`, a gateway's token), and a header's name never says which."""
         data = self.model_dump(mode="json", exclude_none=True)
         for agent in data["agents"]:
             if "api_key" in agent:
                 agent["api_key"] = "***"
+            if agent.get("headers"):
+                agent["headers"] = dict.fromkeys(agent["headers"], "***")
         return data
 
     def document(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@
         └── NoCapableAgentError     no agent can serve what the request needs
 
 Foreign exceptions (httpx, aiohttp, json) are mapped into this tree at exactly one
-boundary (`agent._transport`) with ``raise ... from exc``; none escape to callers.
+boundary per transport (`agent._transport` for httpx; every `agent.transport.AsyncTransport`
+does the same) with ``raise ... from exc``; none escape to callers.
 Messages never contain API keys: provider error bodies are scrubbed before use.
 """
 

@@ -9,6 +9,7 @@ completions and keys are never recorded.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,19 +20,43 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from agent.catalog import PROVIDERS
 from agent.types import Attempt, Request, Response
 
+# The tracer of the installed provider, and that provider. OpenTelemetry installs a
+# global provider once per process; tests that swap it reset `_tracer`.
 _tracer: trace.Tracer | None = None
+_traced_by: object = None
+_NOT_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_UNKNOWN = object()
+
+if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:  # OpenTelemetry loads that one lazily
+    trace.get_tracer_provider()
+
+
+def _installed() -> object:
+    """The installed SDK provider, or None while there is none (the API's default is a
+    proxy). Read from the API's global directly: `get_tracer_provider()` looks the
+    environment up on every call while none is installed, which would cost an untraced
+    decision about a microsecond for nothing."""
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None:
+        return None
+    if provider is _UNKNOWN:  # an OpenTelemetry API without that global: the public way
+        provider = trace.get_tracer_provider()
+    return None if isinstance(provider, _NOT_TRACING) else provider
 
 
 def enabled() -> bool:
-    # The API's default provider is a proxy until an SDK provider is installed.
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return _installed() is not None
 
 
-def _get_tracer() -> trace.Tracer:
-    global _tracer
-    if _tracer is None or not enabled():
+def _active_tracer() -> trace.Tracer | None:
+    """The tracer to record with, or None when tracing is off."""
+    global _tracer, _traced_by
+    provider = _installed()
+    if provider is None:
+        return None
+    if _tracer is None or provider is not _traced_by:
         _tracer = trace.get_tracer("agent-router")
+        _traced_by = provider
     return _tracer
 
 
@@ -47,9 +72,9 @@ def record_decision(
     error: BaseException | None = None,
 ) -> None:
     """Write the decision span and its attempt spans (no-op when tracing is off)."""
-    if not enabled():
+    tracer = _active_tracer()
+    if tracer is None:
         return
-    tracer = _get_tracer()
     ended_ns = time.time_ns()
     outcome = "ok" if response is not None else "error"
     decision = tracer.start_span(

@@ -206,6 +206,23 @@ class Response(Generic[T]):
 
 
 @dataclass(slots=True, frozen=True)
+class Started:
+    """The first event of a router's stream: which agent answers, announced when its
+    first content has arrived (after any retries and fallbacks), just before that
+    content. From here on the router is committed to this agent.
+
+    `route` is the routing so far: the reason, and the attempts that failed or were
+    skipped before this one (this agent's own attempt is not in it yet).
+    """
+
+    agent: str  # the router's name for the agent ("provider/model", or its name)
+    provider: str
+    model: str  # the model asked for; the one that answers is on Done's response
+    route: RouteInfo
+    type: Literal["started"] = "started"
+
+
+@dataclass(slots=True, frozen=True)
 class TextDelta:
     text: str
     type: Literal["text_delta"] = "text_delta"
@@ -238,7 +255,7 @@ class Done:
     type: Literal["done"] = "done"
 
 
-StreamEvent = TextDelta | ToolCallDelta | ToolResult | Done
+StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | Done
 
 
 # ---- routing -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from agent.providers.base import (
     error_message,
     error_object,
     loads,
+    loads_exact,
     retry_after,
 )
 from agent.types import (
@@ -104,7 +105,7 @@ class AnthropicCodec:
         return WireRequest("POST", base + "/v1/messages", headers, dumps(body), request.stream)
 
     def parse(self, body: bytes) -> Parsed:
-        data = loads(body)
+        data = loads_exact(body)  # tool_use inputs are in it
         if not isinstance(data, dict) or data.get("type") != "message":
             if isinstance(data, dict) and data.get("type") == "error":
                 raise _error_from_payload(data)

@@ -9,8 +9,10 @@ async and streaming paths of the library and the sidecar.
 from __future__ import annotations
 
 import email.utils
+import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +46,19 @@ class WireRequest:
     headers: dict[str, str]
     body: bytes
     stream: bool
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole HTTP answer, as a transport hands it back: a plain call's, or an error's.
+
+    `headers` is looked up with lower-case names (`retry-after`, ...): a case-insensitive
+    mapping (httpx.Headers, multidict) or a dict with lower-case keys.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -84,8 +99,22 @@ class Codec(Protocol):
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+# orjson keeps integers exact up to 64 bits only: it reads longer ones as floats and
+# refuses to write them. Tool-call arguments are the model's data, handed to functions and
+# back to callers unchanged, so JSON that may carry them and holds a number of 19 digits
+# or more goes through the standard library instead (rarely: orjson stays the fast path).
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact JSON; integers beyond 64 bits are written exactly (never an error)."""
+    try:
+        return orjson.dumps(value, default=default)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+    return json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def loads(data: bytes | str, what: str = "response") -> Any:
@@ -98,13 +127,24 @@ def loads(data: bytes | str, what: str = "response") -> Any:
         ) from exc
 
 
+def loads_exact(data: bytes | str, what: str = "response") -> Any:
+    """`loads` for JSON that carries tool arguments: integers of any size stay exact."""
+    long = _LONG_NUMBER.search(data) if isinstance(data, str) else _LONG_NUMBER_BYTES.search(data)
+    if long is None:
+        return loads(data, what)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise InvalidResponseError(f"the provider sent a {what} that is not JSON") from exc
+
+
 def parse_arguments(text: str) -> dict[str, Any]:
     """A tool call's JSON arguments; models sometimes send none or broken JSON."""
     if not text:
         return {}
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        value = loads_exact(text, "tool call")
+    except InvalidResponseError:
         return {"_raw": text}
     return value if isinstance(value, dict) else {"value": value}
 
@@ -114,7 +154,7 @@ def tool_result_text(call: ToolCall) -> str:
         return f"Error: {call.error}"
     if isinstance(call.result, str):
         return call.result
-    return orjson.dumps(call.result, default=str).decode()
+    return dumps(call.result, default=str).decode()
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

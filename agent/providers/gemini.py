@@ -16,6 +16,7 @@ from agent.providers.base import (
     error_message,
     error_object,
     loads,
+    loads_exact,
     retry_after,
 )
 from agent.types import (
@@ -92,7 +93,7 @@ class GeminiCodec:
         return WireRequest("POST", url, headers, dumps(body), request.stream)
 
     def parse(self, body: bytes) -> Parsed:
-        data = loads(body)
+        data = loads_exact(body)  # functionCall args are in it
         if not isinstance(data, dict) or ("candidates" not in data and "error" in data):
             if isinstance(data, dict):
                 raise _error_from_payload(data)
@@ -192,7 +193,12 @@ class GeminiStreamDecoder:
         self._acc = _Accumulator()
 
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
-        data = loads(event.data, "stream chunk")
+        text = event.data  # functionCall args come whole, in a chunk's JSON
+        data = (
+            loads_exact(text, "stream chunk")
+            if "functionCall" in text
+            else loads(text, "stream chunk")
+        )
         if "error" in data and "candidates" not in data:
             raise _error_from_payload(data)
         return self._acc.add(data)

@@ -170,25 +170,30 @@ class OpenAIStreamDecoder:
         chunk = loads(event.data, "stream chunk")
         if "error" in chunk:
             raise _in_band_error(chunk)
-        self._id = self._id or chunk.get("id")
-        self._model = self._model or chunk.get("model")
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
+        if not self._id:
+            self._id = chunk.get("id")
+        if not self._model:
+            self._model = chunk.get("model")
+        if usage := chunk.get("usage"):
+            self._usage = usage
         out: list[StreamEvent] = []
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if text := delta.get("content"):
-                self._text.append(text)
-                out.append(TextDelta(text))
-            for call in delta.get("tool_calls") or ():
-                fn = call.get("function") or {}
-                piece = ToolCallDelta(
-                    call.get("index", 0), call.get("id"), fn.get("name"), fn.get("arguments") or ""
-                )
-                self._tools.add(piece)
-                out.append(piece)
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
+            if delta := choice.get("delta"):
+                if text := delta.get("content"):
+                    self._text.append(text)
+                    out.append(TextDelta(text))
+                for call in delta.get("tool_calls") or ():
+                    fn = call.get("function") or {}
+                    piece = ToolCallDelta(
+                        call.get("index", 0),
+                        call.get("id"),
+                        fn.get("name"),
+                        fn.get("arguments") or "",
+                    )
+                    self._tools.add(piece)
+                    out.append(piece)
+            if finish := choice.get("finish_reason"):
+                self._finish = finish
         return out
 
     def finish(self) -> Parsed:

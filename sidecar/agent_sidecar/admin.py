@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from agent_sidecar.metrics import CONTENT_TYPE, Metrics
-from agent_sidecar.state import ConfigStore, DocumentError, parse_document, redacted
+from agent_sidecar.state import ConfigStore, DocumentError, parse_document
 
 log = logging.getLogger("agent_sidecar.admin")
 
@@ -102,7 +102,7 @@ class AdminHandlers:
                 "source": loaded.source,
                 "loaded_at": loaded.loaded_at,
                 "routes": loaded.names,
-                "config": redacted(loaded.config),
+                "config": loaded.config.redacted(),
             }
         )
 

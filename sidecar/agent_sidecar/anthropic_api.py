@@ -5,16 +5,14 @@ whichever providers are behind the route."""
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-import pydantic
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from agent.tools import to_tool_specs
+from agent.providers.base import dumps
 from agent.types import (
     ContentPart,
     ImagePart,
@@ -30,11 +28,11 @@ from agent_sidecar.wire import (
     Call,
     Failure,
     Kind,
-    Winner,
     arguments_text,
-    from_validation,
-    invalid,
     name_tool_results,
+    new_id,
+    offered_tools,
+    read_body,
 )
 
 # ---- the request body, as far as the sidecar reads it ------------------------------------
@@ -149,28 +147,16 @@ _TYPES: dict[Kind, str] = {
 }
 
 
-def _new_id() -> str:
-    return "msg_" + os.urandom(12).hex()
-
-
 class AnthropicApi:
     name = "anthropic"
 
     def parse(self, body: Any) -> Call:
-        if not isinstance(body, dict):
-            raise invalid("the body must be a JSON object")
-        try:
-            data = _BODY.validate_python(body)
-        except pydantic.ValidationError as exc:
-            raise from_validation(exc) from None
+        data, extra = read_body(body, _BODY, _MODELED)
         messages = _messages(data["messages"])
         name_tool_results(messages)
-        extra = {k: v for k, v in body.items() if k not in _MODELED}
-        tools = to_tool_specs(data.get("tools") or ())  # type: ignore[arg-type]
         choice = extra.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") == "none":
-            tools = []
-            del extra["tool_choice"]
+        none = isinstance(choice, dict) and choice.get("type") == "none"
+        tools = offered_tools(data.get("tools"), extra, none)
         system = data.get("system")
         if isinstance(system, list):
             system = "\n\n".join(b["text"] for b in system)
@@ -194,9 +180,9 @@ class AnthropicApi:
             {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
             for c in response.tool_calls
         ]
-        return orjson.dumps(
+        return dumps(  # tool_use inputs may hold integers beyond 64 bits
             {
-                "id": response.id if (response.id or "").startswith("msg_") else _new_id(),
+                "id": response.id if (response.id or "").startswith("msg_") else new_id("msg_"),
                 "type": "message",
                 "role": "assistant",
                 "model": response.model,
@@ -210,8 +196,8 @@ class AnthropicApi:
             }
         )
 
-    def encoder(self, call: Call, winner: Winner) -> AnthropicStream:
-        return AnthropicStream(winner.model or call.model)
+    def encoder(self, call: Call, model: str) -> AnthropicStream:
+        return AnthropicStream(model)
 
     def status(self, failure: Failure) -> int:
         return 529 if failure.kind == "overloaded" else failure.status
@@ -307,7 +293,7 @@ class AnthropicStream:
     __slots__ = ("_blocks", "_id", "_model", "_text_open")
 
     def __init__(self, model: str) -> None:
-        self._id = _new_id()
+        self._id = new_id("msg_")
         self._model = model
         self._blocks = 0  # content blocks started so far
         self._text_open = False

@@ -15,21 +15,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agent.errors import AgentError, RoutingError
-from agent.types import Attempt, Done, Response, StreamEvent
+from agent.errors import AgentError, InvalidResponseError, RoutingError
+from agent.providers.base import loads_exact
+from agent.types import Attempt, Done, Response, Started, StreamEvent
 from agent_sidecar import eager
 from agent_sidecar.anthropic_api import AnthropicApi
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
-from agent_sidecar.routes import Loaded, Route, watching
+from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
 from agent_sidecar.wire import (
@@ -38,7 +39,6 @@ from agent_sidecar.wire import (
     CallerError,
     Failure,
     StreamEncoder,
-    Winner,
     describe_failure,
     header_value,
     invalid,
@@ -139,7 +139,7 @@ class AppHandlers:
     async def _measured(self, request: web.Request, api: Api) -> web.StreamResponse:
         started = time.perf_counter()
         outcome = _Outcome()
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         try:
             response = await self._route(request, api, outcome)
             outcome.code = response.status
@@ -148,7 +148,7 @@ class AppHandlers:
             outcome.code = 499  # the client went away (aiohttp cancels the handler)
             raise
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             seconds = time.perf_counter() - started
             self.metrics.request(outcome.route, api.name, outcome.stream, outcome.code, seconds)
 
@@ -198,79 +198,73 @@ class AppHandlers:
     async def _stream(
         self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
     ) -> web.StreamResponse:
-        with watching() as watch:
-            events = route.router.stream_request(call.request)
+        events = route.router.stream_request(call.request)
+        try:
+            # The router announces its agent just before the first content: until then a
+            # fallback is invisible (but in the headers), and a failure is an HTTP error.
             try:
-                # Nothing is sent before the first event: a fallback before it is invisible
-                # except in the headers, and a failure before it is a proper HTTP error.
-                try:
-                    async with asyncio.timeout(self.settings.request_timeout):
-                        first = await anext(events)
-                except AgentError as exc:
-                    return self._routing_failed(api, route, exc, headers)
-                except TimeoutError:
-                    return self._failure(api, self._timed_out(), headers)
-                winner = watch.winner(route)
-                return await self._relay(request, api, call, route, headers, winner, first, events)
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                async with asyncio.timeout(self.settings.request_timeout):
+                    started = await anext(events)
+            except AgentError as exc:
+                return self._routing_failed(api, route, exc, headers)
+            except TimeoutError:
+                return self._failure(api, self._timed_out(), headers)
+            assert isinstance(started, Started), "a router's stream starts with Started"
+            _announce(headers, started)
+            encoder = api.encoder(call, started.model)
+            return await self._relay(request, encoder, route, headers, events)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     async def _relay(
         self,
         request: web.Request,
-        api: Api,
-        call: Call,
+        encoder: StreamEncoder,
         route: Route,
         headers: dict[str, str],
-        winner: Winner,
-        first: StreamEvent,
         events: AsyncIterator[StreamEvent],
     ) -> web.StreamResponse:
-        headers.update(_SSE_HEADERS)
-        headers["x-agent-attempts"] = str(winner.attempts)
-        headers["x-agent-route-reason"] = header_value(winner.reason)
-        if winner.provider is not None and winner.model is not None:
-            headers["x-agent-provider"] = winner.provider
-            headers["x-agent-model"] = header_value(winner.model)
-        response = web.StreamResponse(headers=headers)
-        await response.prepare(request)
-        encoder = api.encoder(call, winner)
-        event = first
-        # Frames not written yet: events that arrive together leave in one write, which
-        # is written just before the relay would wait for the next event.
-        pending = [encoder.start(), self._frame(encoder, route, event)]
+        # Frames not written yet: events that arrive together leave in one write, made
+        # just before the relay would wait for the next event. An answer that arrives
+        # whole before any wait (short answers usually do) is one response with a length.
+        pending = [encoder.start()]
+        response: web.StreamResponse | None = None
         try:
-            while not isinstance(event, Done):
+            while True:
                 # anext's awaitable steps like a coroutine (send/throw)
-                ready, rest = eager.now(cast(Coroutine[Any, Any, StreamEvent], anext(events)))
-                if rest is None:
-                    event = ready  # type: ignore[assignment]
-                else:
+                event, rest = eager.now(anext(events))  # type: ignore[arg-type]
+                if rest is not None:
+                    if response is None:
+                        response = web.StreamResponse(headers=headers)
+                        await response.prepare(request)
                     await response.write(b"".join(pending))
                     pending.clear()
                     event = await rest
-                pending.append(self._frame(encoder, route, event))
+                if isinstance(event, Done):
+                    pending.append(self._done(encoder, route, event))
+                    break
+                pending.append(encoder.event(event))
         except AgentError as exc:  # after content: the stream ends with the error, in band
             self.metrics.stream_errors.labels(route.name).inc()
             pending.append(encoder.error(describe_failure(exc)))
         except StopAsyncIteration:  # the engine always ends with Done; be safe anyway
             pass
         except ConnectionError:  # the client went away between two writes
+            assert response is not None
             return response
-        except Exception:  # the headers are out: report in band, like an engine error
+        except Exception:  # the status is decided: report in band, like an engine error
             log.exception("internal error streaming %s", route.name)
             pending.append(encoder.error(Failure("internal", "internal error in the sidecar")))
+        if response is None:
+            return web.Response(body=b"".join(pending), headers=headers)
         with contextlib.suppress(ConnectionError):
-            await response.write(b"".join(pending))
-            await response.write_eof()
+            await response.write_eof(b"".join(pending))  # the last frames and the end, at once
         return response
 
-    def _frame(self, encoder: StreamEncoder, route: Route, event: StreamEvent) -> bytes:
-        if isinstance(event, Done):
-            done = event.response
-            self.metrics.routed(route.name, done.route.attempts if done.route else [], done)
-            return encoder.done(done)
-        return encoder.event(event)
+    def _done(self, encoder: StreamEncoder, route: Route, event: Done) -> bytes:
+        done = event.response
+        self.metrics.routed(route.name, done.route.attempts if done.route else [], done)
+        return encoder.done(done)
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -293,16 +287,20 @@ class AppHandlers:
         if not raw:
             raise invalid("the body is empty: send a JSON object")
         try:
+            if b'"tool_use"' in raw:  # Anthropic tool inputs are objects: keep their integers
+                return loads_exact(raw, "body")
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise invalid(f"the body is not valid JSON: {exc}") from None
+        except InvalidResponseError:
+            raise invalid("the body is not valid JSON") from None
 
     def _routing_failed(
         self, api: Api, route: Route, error: AgentError, headers: dict[str, str]
     ) -> web.Response:
         if isinstance(error, RoutingError):
             self.metrics.routed(route.name, error.attempts, None)
-            headers["x-agent-attempts"] = _tried(error.attempts)
+            headers["x-agent-attempts"] = str(_tried(error.attempts))
         return self._failure(api, describe_failure(error), headers)
 
     def _timed_out(self) -> Failure:
@@ -326,12 +324,21 @@ def _describe(headers: dict[str, str], response: Response[Any]) -> None:
     headers["x-agent-cost-usd"] = _usd(response)
     if info is not None:
         headers["x-agent-route-reason"] = header_value(info.reason)
-        headers["x-agent-attempts"] = _tried(info.attempts)
+        headers["x-agent-attempts"] = str(_tried(info.attempts))
 
 
-def _tried(attempts: Sequence[Attempt]) -> str:
+def _announce(headers: dict[str, str], started: Started) -> None:
+    """A stream's headers: who answers, known before its first content."""
+    headers.update(_SSE_HEADERS)
+    headers["x-agent-provider"] = started.provider
+    headers["x-agent-model"] = header_value(started.model)
+    headers["x-agent-route-reason"] = header_value(started.route.reason)
+    headers["x-agent-attempts"] = str(_tried(started.route.attempts) + 1)  # and this one
+
+
+def _tried(attempts: Sequence[Attempt]) -> int:
     """Attempts made: retries count, agents skipped by an open circuit do not."""
-    return str(sum(1 for a in attempts if a.outcome != "skipped"))
+    return sum(1 for a in attempts if a.outcome != "skipped")
 
 
 def _usd(response: Response[Any]) -> str:

@@ -18,12 +18,20 @@ in tests, never collide).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from agent.types import Attempt, Response
 from agent_sidecar.state import ConfigStore
@@ -37,73 +45,62 @@ _STATES = ("closed", "half_open", "open")
 class Metrics:
     def __init__(self, store: ConfigStore) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "agent_sidecar_requests",
-            "Requests answered",
-            ["route", "api", "stream", "code"],
-            registry=r,
+        # What every request updates is kept as plain numbers and turned into metrics when
+        # scraped: prometheus_client's Counter and Histogram take a lock and several calls
+        # per update (about 3 us a request here), and one event loop needs no lock.
+        self.requests = _Counter(
+            "agent_sidecar_requests", "Requests answered", ("route", "api", "stream", "code")
         )
-        self.duration = Histogram(
+        self.duration = _Histogram(
             "agent_sidecar_request_duration_seconds",
             "Time to answer a request (a whole stream)",
-            ["route", "api", "stream"],
-            buckets=_LATENCY,
-            registry=r,
+            ("route", "api", "stream"),
         )
-        self.ttft = Histogram(
+        self.ttft = _Histogram(
             "agent_sidecar_time_to_first_token_seconds",
             "Time to the first streamed content",
-            ["route", "agent"],
-            buckets=_LATENCY,
-            registry=r,
+            ("route", "agent"),
         )
-        self.attempts = Counter(
-            "agent_sidecar_attempts",
-            "Attempts of agents",
-            ["route", "agent", "outcome"],
-            registry=r,
+        self.attempts = _Counter(
+            "agent_sidecar_attempts", "Attempts of agents", ("route", "agent", "outcome")
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _Counter(
             "agent_sidecar_fallbacks",
             "Requests that fell back past at least one agent",
-            ["route"],
-            registry=r,
+            ("route",),
         )
+        self.tokens = _Counter("agent_sidecar_tokens", "Tokens used", ("route", "agent", "type"))
+        self.cost = _Counter("agent_sidecar_cost_usd", "Estimated cost in USD", ("route", "agent"))
+        self.in_flight = 0
+        r.register(
+            _Families(
+                self.requests,
+                self.duration,
+                self.ttft,
+                self.attempts,
+                self.fallbacks,
+                self.tokens,
+                self.cost,
+            )
+        )
+        Gauge(
+            "agent_sidecar_in_flight_requests", "Requests being answered", registry=r
+        ).set_function(lambda: self.in_flight)
         self.stream_errors = Counter(
             "agent_sidecar_stream_errors",
             "Streams that failed after content was sent",
             ["route"],
             registry=r,
         )
-        self.tokens = Counter(
-            "agent_sidecar_tokens", "Tokens used", ["route", "agent", "type"], registry=r
-        )
-        self.cost = Counter(
-            "agent_sidecar_cost_usd", "Estimated cost in USD", ["route", "agent"], registry=r
-        )
-        self.in_flight = Gauge(
-            "agent_sidecar_in_flight_requests", "Requests being answered", registry=r
-        )
         self.pushes = Counter(
             "agent_sidecar_config_pushes", "Config pushes by result", ["result"], registry=r
         )
         r.register(_ConfigCollector(store))
-        # Label lookups cost microseconds each; every request does several.
-        self._answered: dict[tuple[str, str, bool, int], tuple[Any, Any]] = {}
-        self._attempts: dict[tuple[str, str, str], Any] = {}
-        self._answers: dict[tuple[str, str], _Answer] = {}
 
     def request(self, route: str, api: str, stream: bool, code: int, seconds: float) -> None:
-        key = (route, api, stream, code)
-        children = self._answered.get(key)
-        if children is None:
-            kind = "true" if stream else "false"
-            children = self._answered[key] = (
-                self.requests.labels(route, api, kind, str(code)),
-                self.duration.labels(route, api, kind),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        kind = "true" if stream else "false"
+        self.requests.add((route, api, kind, str(code)))
+        self.duration.observe((route, api, kind), seconds)
 
     def routed(
         self, route: str, attempts: Sequence[Attempt], response: Response[Any] | None
@@ -112,46 +109,82 @@ class Metrics:
         winner = None
         fell_back = False
         for attempt in attempts:
-            key = (route, attempt.agent, attempt.outcome)
-            child = self._attempts.get(key)
-            if child is None:
-                child = self._attempts[key] = self.attempts.labels(*key)
-            child.inc()
+            self.attempts.add((route, attempt.agent, attempt.outcome))
             if attempt.outcome == "ok":
                 winner = attempt.agent
             elif attempt.outcome in ("error", "skipped"):
                 fell_back = True
         if fell_back:
-            self.fallbacks.labels(route).inc()
+            self.fallbacks.add((route,))
         if response is None or winner is None:
             return
-        answer = self._answers.get((route, winner))
-        if answer is None:
-            answer = self._answers[(route, winner)] = _Answer(self, route, winner)
         usage = response.usage
         if usage.input_tokens:
-            answer.input_tokens.inc(usage.input_tokens)
+            self.tokens.add((route, winner, "input"), usage.input_tokens)
         if usage.output_tokens:
-            answer.output_tokens.inc(usage.output_tokens)
+            self.tokens.add((route, winner, "output"), usage.output_tokens)
         if response.cost_estimate:
-            answer.cost.inc(response.cost_estimate)
+            self.cost.add((route, winner), response.cost_estimate)
         if response.time_to_first_token_ms is not None:
-            answer.ttft.observe(response.time_to_first_token_ms / 1000)
+            self.ttft.observe((route, winner), response.time_to_first_token_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _Answer:
-    """The metric children of one agent answering on one route."""
+class _Counter:
+    """A counter's values by label values."""
 
-    __slots__ = ("cost", "input_tokens", "output_tokens", "ttft")
+    __slots__ = ("help", "labels", "name", "values")
 
-    def __init__(self, metrics: Metrics, route: str, agent: str) -> None:
-        self.input_tokens = metrics.tokens.labels(route, agent, "input")
-        self.output_tokens = metrics.tokens.labels(route, agent, "output")
-        self.cost = metrics.cost.labels(route, agent)
-        self.ttft = metrics.ttft.labels(route, agent)
+    def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        return family
+
+
+class _Histogram:
+    """A histogram's bucket counts and sums by label values (buckets: `_LATENCY`)."""
+
+    __slots__ = ("help", "labels", "name", "series")
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        # label values -> [count per bucket (the last one: above every bound), sum]
+        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = ([0] * (len(_LATENCY) + 1), [0.0])
+        series[0][bisect.bisect_left(_LATENCY, value)] += 1  # `le` bounds are inclusive
+        series[1][0] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        for key, (counts, total) in self.series.items():
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [(floatToGoString(b), n) for b, n in zip(_LATENCY, cumulative, strict=False)]
+            buckets.append(("+Inf", cumulative[-1]))
+            family.add_metric(key, buckets, total[0])
+        return family
+
+
+class _Families(Collector):
+    def __init__(self, *metrics: _Counter | _Histogram) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.metrics:
+            yield metric.family()
 
 
 class _ConfigCollector(Collector):

@@ -3,17 +3,16 @@ expect back (JSON, `data:` SSE chunks ending in `[DONE]`, `{"error": {...}}`).""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-import pydantic
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from agent.tools import to_tool_specs
+from agent.errors import InvalidResponseError
+from agent.providers.base import dumps, loads_exact
 from agent.types import (
     OutputSchema,
     Request,
@@ -27,11 +26,12 @@ from agent_sidecar.wire import (
     Call,
     Failure,
     Kind,
-    Winner,
     arguments_text,
-    from_validation,
     invalid,
     name_tool_results,
+    new_id,
+    offered_tools,
+    read_body,
 )
 
 # ---- the request body, as far as the sidecar reads it ------------------------------------
@@ -157,30 +157,17 @@ _TYPES: dict[Kind, str] = {
 }
 
 
-def _new_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
-
-
 class OpenAIApi:
     name = "openai"
 
     def parse(self, body: Any) -> Call:
-        if not isinstance(body, dict):
-            raise invalid("the body must be a JSON object")
-        try:
-            data = _BODY.validate_python(body)
-        except pydantic.ValidationError as exc:
-            raise from_validation(exc) from None
+        data, extra = read_body(body, _BODY, _MODELED)
         if data.get("n") not in (None, 1):
             raise invalid("n > 1 is not supported by the sidecar: ask once per choice", "n")
         system, history = _split_system(data["messages"])
         messages = as_messages(history)
         name_tool_results(messages)
-        extra = {k: v for k, v in body.items() if k not in _MODELED}
-        tools = to_tool_specs(data.get("tools") or ())  # type: ignore[arg-type]
-        if extra.get("tool_choice") == "none":  # the same everywhere: offer no tools
-            tools = []
-            del extra["tool_choice"]
+        tools = offered_tools(data.get("tools"), extra, extra.get("tool_choice") == "none")
         schema = None
         fmt = data.get("response_format")
         if fmt is not None and fmt["type"] != "json_object":
@@ -224,7 +211,7 @@ class OpenAIApi:
         usage = response.usage
         return orjson.dumps(
             {
-                "id": response.id or _new_id(),
+                "id": response.id or new_id("chatcmpl-"),
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": response.model,
@@ -244,8 +231,8 @@ class OpenAIApi:
             }
         )
 
-    def encoder(self, call: Call, winner: Winner) -> OpenAIStream:
-        return OpenAIStream(winner.model or call.model, call.include_usage)
+    def encoder(self, call: Call, model: str) -> OpenAIStream:
+        return OpenAIStream(model, call.include_usage)
 
     def status(self, failure: Failure) -> int:
         return failure.status
@@ -301,13 +288,12 @@ def _split_system(messages: list[_Message]) -> tuple[str | None, list[dict[str, 
 
 
 def _arguments(text: str | None) -> str:
-    """A tool call's arguments, checked and normalized by the JSON parser the engine
-    writes with (stdlib json would accept numbers the engine then cannot send)."""
+    """A tool call's arguments, checked and normalized (integers of any size stay exact)."""
     if not text:
         return "{}"
     try:
-        return orjson.dumps(orjson.loads(text)).decode()
-    except orjson.JSONDecodeError:
+        return dumps(loads_exact(text, "tool call")).decode()
+    except InvalidResponseError:
         raise invalid("a tool call's function.arguments is not valid JSON", "messages") from None
 
 
@@ -325,7 +311,7 @@ class OpenAIStream:
     _TAIL = b',"finish_reason":null}]}\n\n'
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        self._id = _new_id()
+        self._id = new_id("chatcmpl-")
         self._created = int(time.time())
         self._model = model
         self._include_usage = include_usage

@@ -15,13 +15,13 @@ import logging
 
 from aiohttp import web
 
-from agent_sidecar import transport
 from agent_sidecar.admin import AdminToken, create_admin_app
 from agent_sidecar.app import create_app
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
+from agent_sidecar.transport import AiohttpTransport
 
 log = logging.getLogger("agent_sidecar")
 
@@ -29,14 +29,16 @@ log = logging.getLogger("agent_sidecar")
 class Sidecar:
     def __init__(self, settings: Settings, *, tracing: bool = False) -> None:
         self.settings = settings
-        self.store = ConfigStore(settings.state_dir)
+        # The upstream HTTP client of every router this sidecar builds (None: the
+        # engine's httpx); see agent_sidecar.transport for why aiohttp.
+        self.transport = AiohttpTransport() if settings.transport == "aiohttp" else None
+        self.store = ConfigStore(settings.state_dir, self.transport)
         self.metrics = Metrics(self.store)
         self.token = AdminToken(settings.token, settings.token_file)
         self.tracing = tracing
         self.draining = False
         self._app: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
-        self._aiohttp = False  # holds the aiohttp transport (see agent_sidecar.transport)
 
     def load_config(self) -> Loaded | None:
         """The --config file or the persisted state, whichever is newer (see `state`)."""
@@ -47,9 +49,6 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
-        if s.transport == "aiohttp" and not self._aiohttp:
-            transport.acquire()
-            self._aiohttp = True
         access_log = logging.getLogger("agent_sidecar.access") if s.access_log else None
         app = create_app(self.store, self.metrics, s, tracing=self.tracing)
         # handler_cancellation: a client that disconnects cancels its handler at once,
@@ -96,9 +95,8 @@ class Sidecar:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        if self._aiohttp:
-            self._aiohttp = False
-            await transport.release()
+        if self.transport is not None:
+            await self.transport.aclose()
 
 
 def _connectable(host: str) -> str:

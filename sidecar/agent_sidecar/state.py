@@ -20,12 +20,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
 from agent.config import RouterConfig, load_config, parse_config
 from agent.errors import ConfigurationError
+from agent.transport import AsyncTransport
 from agent_sidecar.routes import Loaded
 
 log = logging.getLogger("agent_sidecar.state")
@@ -51,16 +52,6 @@ def parse_document(body: bytes) -> RouterConfig:
         raise DocumentError(exc.message) from None
 
 
-def redacted(config: RouterConfig) -> dict[str, Any]:
-    """The document for GET /config: keys and header values hidden (headers often
-    carry credentials too)."""
-    data = config.redacted()
-    for item in data["agents"]:
-        if item.get("headers"):
-            item["headers"] = dict.fromkeys(item["headers"], "***")
-    return data
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     result: Literal["applied", "unchanged", "stale", "conflict"]
@@ -70,8 +61,11 @@ class Outcome:
 
 
 class ConfigStore:
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, state_dir: Path | None = None, transport: AsyncTransport | None = None
+    ) -> None:
         self.state_dir = state_dir
+        self.transport = transport  # every loaded config's routers call upstream with it
         self.loaded: Loaded | None = None
         self._lock = asyncio.Lock()
 
@@ -88,9 +82,9 @@ class ConfigStore:
         if from_file is not None and (
             from_state is None or from_file.version >= from_state.version
         ):
-            self.loaded = Loaded.build(from_file, "file")
+            self.loaded = Loaded.build(from_file, "file", self.transport)
         elif from_state is not None:
-            self.loaded = Loaded.build(from_state, "state")
+            self.loaded = Loaded.build(from_state, "state", self.transport)
         return self.loaded
 
     async def push(self, config: RouterConfig) -> Outcome:
@@ -103,7 +97,7 @@ class ConfigStore:
                 if config.version == current.version:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
-            loaded = Loaded.build(config, "push")
+            loaded = Loaded.build(config, "push", self.transport)
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:

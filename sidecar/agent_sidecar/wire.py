@@ -6,11 +6,11 @@ HTTP status. Each format renders these in its own shape (`openai_api`, `anthropi
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-import orjson
 import pydantic
 
 from agent.errors import (
@@ -23,7 +23,11 @@ from agent.errors import (
     RateLimitError,
     RoutingError,
 )
-from agent.types import Message, Request, Response, StreamEvent, ToolCall
+from agent.providers.base import dumps
+from agent.tools import to_tool_specs
+from agent.types import Message, Request, Response, StreamEvent, ToolCall, ToolSpec
+
+B = TypeVar("B")  # a format's request body, as its typed dict
 
 # What went wrong, independent of the caller's format; each API names it its own way.
 Kind = Literal[
@@ -83,6 +87,29 @@ def invalid(message: str, param: str | None = None) -> CallerError:
     return CallerError(Failure("invalid_request", message, param))
 
 
+def read_body(
+    body: Any, schema: pydantic.TypeAdapter[B], modeled: frozenset[str]
+) -> tuple[B, dict[str, Any]]:
+    """A request body checked against its format's schema (else the caller's 400, naming
+    what is wrong), and the fields the engine does not model (a `Call`'s `extra`)."""
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    try:
+        data = schema.validate_python(body)
+    except pydantic.ValidationError as exc:
+        raise from_validation(exc) from None
+    return data, {k: v for k, v in body.items() if k not in modeled}
+
+
+def offered_tools(tools: Iterable[Any] | None, extra: dict[str, Any], none: bool) -> list[ToolSpec]:
+    """The tools the model may call. A tool choice of "none" means the same for every
+    provider: offer no tools, rather than pass the choice on as an extra."""
+    if none:
+        del extra["tool_choice"]
+        return []
+    return to_tool_specs(tools or ())  # type: ignore[arg-type]  # the formats' typed dicts
+
+
 def from_validation(exc: pydantic.ValidationError) -> CallerError:
     """A body that failed validation, as one readable message (never echoing values)."""
     problems = []
@@ -109,16 +136,6 @@ class Call:
     include_usage: bool = False  # OpenAI stream_options.include_usage
 
 
-@dataclass(slots=True)
-class Winner:
-    """Who is answering a stream, known when its first event arrives."""
-
-    provider: str | None
-    model: str | None
-    attempts: int
-    reason: str
-
-
 class StreamEncoder(Protocol):
     def start(self) -> bytes:
         """Bytes before the first event (Anthropic's message_start, OpenAI's role chunk)."""
@@ -140,7 +157,9 @@ class Api(Protocol):
 
     def render(self, response: Response[Any], call: Call) -> bytes: ...
 
-    def encoder(self, call: Call, winner: Winner) -> StreamEncoder: ...
+    def encoder(self, call: Call, model: str) -> StreamEncoder:
+        """Frames for a stream answered by `model` (as the router announced it)."""
+        ...
 
     def status(self, failure: Failure) -> int: ...
 
@@ -235,13 +254,18 @@ def name_tool_results(messages: list[Message]) -> None:
             m.name = names.get(m.tool_call_id)
 
 
+def new_id(prefix: str) -> str:
+    """A response id: unique, not secret (so no system call for random bytes each time)."""
+    return f"{prefix}{random.getrandbits(96):024x}"
+
+
 def arguments_text(call: ToolCall) -> str:
     """A tool call's arguments as the JSON text the caller expects back."""
     args = call.arguments
     # The engine keeps unparseable arguments as {"_raw": text}: give the text back as is.
     if len(args) == 1 and isinstance(args.get("_raw"), str):
         return str(args["_raw"])
-    return orjson.dumps(args).decode()
+    return dumps(args).decode()  # integers of any size, exactly
 
 
 def header_value(text: str, limit: int = 512) -> str:

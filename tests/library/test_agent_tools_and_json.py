@@ -171,3 +171,59 @@ def test_json_that_does_not_validate_shows_what_came_back(fake_openai_sync, use_
     assert "keywords" in err.message and "Analysis" in err.message
     assert '{"sentiment": 3}' in str(err)
     assert err.provider == "openai"
+
+
+BIG = 2**70  # beyond the 64 bits orjson keeps exact
+
+
+def count_grains(n: int) -> str:
+    """Count grains of sand."""
+    return f"{n} grains, {type(n).__name__}; next: {n + 1}"
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_integers_beyond_64_bits_in_tool_arguments_stay_exact(
+    fake_factory, use_fake, kind, stream
+) -> None:
+    fake = await fake_factory(kind)
+    use_fake(fake)
+    fake.script(
+        Reply(tool_calls=[{"name": "count_grains", "arguments": {"n": BIG}}]),
+        Reply(text="That is a lot of sand."),
+    )
+    model = {"openai": "gpt-4o", "anthropic": "claude-sonnet", "gemini": "gemini-flash"}[kind]
+    agent = Agent(provider=kind, model=model, tools=[count_grains])
+    if stream:
+        events = [e async for e in await agent.stream_async("How many grains?")]
+        response = events[-1].response
+    else:
+        response = await agent.run_async("How many grains?")
+    call = response.tool_calls[0]
+    assert call.arguments == {"n": BIG} and isinstance(call.arguments["n"], int)
+    assert call.result == f"{BIG} grains, int; next: {BIG + 1}"
+    # The next turn carried the model's call back, exactly, and the tool's result.
+    resent = fake.requests[1].raw.decode()
+    assert str(BIG) in resent and str(BIG + 1) in resent
+
+
+def test_messages_with_big_integers_are_sent_exactly(fake_openai_sync, use_fake) -> None:
+    use_fake(fake_openai_sync)
+    history = [
+        {"role": "user", "content": "How many?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "count_grains", "arguments": f'{{"n": {BIG}}}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "many"},
+    ]
+    Agent(provider="openai", model="gpt-4o").run(history)
+    sent = fake_openai_sync.requests[0].json["messages"][1]["tool_calls"][0]
+    assert sent["function"]["arguments"] == f'{{"n":{BIG}}}'

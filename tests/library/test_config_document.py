@@ -44,6 +44,21 @@ def test_a_good_document_builds_one_router_per_route(tmp_path: Path, monkeypatch
     assert "sk-ant-very-secret" not in repr(config) and "sk-ant-very-secret" not in str(redacted)
 
 
+def test_redacted_hides_header_values_too() -> None:
+    config = parse_config(
+        GOOD.replace(
+            "api_key: sk-ant-very-secret}",
+            "api_key: sk-ant-very-secret,"
+            " headers: {x-api-key: gw-secret-1, Authorization: Bearer gw-secret-2}}",
+        )
+    )
+    assert config.agents[0].headers["x-api-key"] == "gw-secret-1"
+    redacted = config.redacted()
+    assert redacted["agents"][0]["headers"] == {"x-api-key": "***", "Authorization": "***"}
+    assert "gw-secret" not in str(redacted) and "gw-secret" not in repr(config)
+    assert config.document()["agents"][0]["headers"]["x-api-key"] == "gw-secret-1"
+
+
 
 
 BAD = [

@@ -23,6 +23,22 @@ WEATHER: Any = {
 }
 
 
+async def answer_tool_use(
+    client: anthropic.AsyncAnthropic, first: Any, *blocks: dict[str, Any]
+) -> Any:
+    """The next turn after `first` asked for a tool: its content back, then `blocks`."""
+    return await client.messages.create(
+        model="gpt",
+        max_tokens=64,
+        tools=[WEATHER],
+        messages=[
+            *USER,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": list(blocks)},
+        ],
+    )
+
+
 async def test_plain_message_from_an_openai_upstream(
     anthropic_client: anthropic.AsyncAnthropic, fake_openai: FakeProvider
 ) -> None:
@@ -87,21 +103,11 @@ async def test_tool_use_round_trip_through_an_openai_upstream(
     assert use.type == "tool_use"
     assert (use.id, use.name, use.input) == ("call_9", "get_weather", {"city": "Lima"})
 
-    second = await anthropic_client.messages.create(
-        model="gpt",
-        max_tokens=64,
-        tools=[WEATHER],
-        messages=[
-            *USER,
-            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": "call_9", "content": "cloudy, 18C"},
-                    {"type": "text", "text": "and tomorrow?"},
-                ],
-            },
-        ],
+    second = await answer_tool_use(
+        anthropic_client,
+        first,
+        {"type": "tool_result", "tool_use_id": "call_9", "content": "cloudy, 18C"},
+        {"type": "text", "text": "and tomorrow?"},
     )
     assert second.content[0].text == "Cloudy in Lima"  # type: ignore[union-attr]
     sent = fake_openai.requests[1].json["messages"]
@@ -201,3 +207,25 @@ async def test_images_reach_the_provider(
         "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
     }
     assert parts[1] == {"type": "text", "text": "What?"}
+
+
+async def test_integers_beyond_64_bits_in_tool_inputs_round_trip_exactly(
+    anthropic_client: anthropic.AsyncAnthropic, fake_openai: FakeProvider
+) -> None:
+    big = 2**70
+    fake_openai.script(
+        Reply(tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": {"n": big}}]),
+        Reply(text="done"),
+    )
+    first = await anthropic_client.messages.create(
+        model="gpt", max_tokens=64, messages=USER, tools=[WEATHER]
+    )
+    use = first.content[-1]
+    assert use.type == "tool_use" and use.input == {"n": big}
+    await answer_tool_use(
+        anthropic_client,
+        first,
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "ok"},
+    )
+    resent = fake_openai.requests[1].json["messages"][1]["tool_calls"][0]["function"]
+    assert resent["arguments"] == f'{{"n":{big}}}'

@@ -75,6 +75,25 @@ async def test_stream_relays_chunks_and_usage(
     assert fake_openai.last_request.json["stream"] is True
 
 
+@pytest.mark.parametrize("chunk_delay", [0, 0.02], ids=["arrives-whole", "trickles"])
+async def test_a_stream_is_the_same_whether_it_arrives_whole_or_trickles(
+    openai_client: openai.AsyncOpenAI, fake_openai: FakeProvider, chunk_delay: float
+) -> None:
+    # Whole: one response with a length. Trickling: chunked, written as it comes.
+    fake_openai.script(Reply(text="one two three", usage=(7, 3), chunk_delay=chunk_delay))
+    raw = await openai_client.chat.completions.with_raw_response.create(
+        model="gpt", messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    chunked = raw.headers.get("transfer-encoding") == "chunked"
+    assert chunked == bool(chunk_delay)
+    assert raw.headers["x-agent-provider"] == "openai"
+    chunks = [chunk async for chunk in raw.parse()]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "one two three"
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
 async def test_stream_without_include_usage_sends_no_usage_chunk(
     openai_client: openai.AsyncOpenAI,
 ) -> None:
@@ -363,3 +382,20 @@ async def test_an_empty_config_serves_no_routes(sidecar_factory: SidecarFactory)
         with pytest.raises(openai.NotFoundError, match="it serves no routes"):
             await client.chat.completions.create(model="default", messages=USER)
         assert [m.id async for m in client.models.list()] == []
+
+
+async def test_integers_beyond_64_bits_in_tool_arguments_reach_the_app_exactly(
+    openai_client: openai.AsyncOpenAI, fake_anthropic: FakeProvider
+) -> None:
+    big = 2**70
+    call = {"id": "toolu_1", "name": "get_weather", "arguments": {"city": "Oslo", "n": big}}
+    fake_anthropic.script(Reply(tool_calls=[call]), Reply(tool_calls=[call]))
+    plain = await openai_client.chat.completions.create(
+        model="claude", messages=USER, tools=[WEATHER]
+    )
+    assert json.loads(plain.choices[0].message.tool_calls[0].function.arguments)["n"] == big
+    async with openai_client.beta.chat.completions.stream(
+        model="claude", messages=USER, tools=[WEATHER]
+    ) as stream:
+        final = await stream.get_final_completion()
+    assert json.loads(final.choices[0].message.tool_calls[0].function.arguments)["n"] == big

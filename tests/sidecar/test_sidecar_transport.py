@@ -1,0 +1,82 @@
+"""The sidecar's aiohttp transport, through the engine's public seam: the same typed
+errors and stream behaviour as the engine's httpx transport, and no global change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from agent_sidecar.transport import AiohttpTransport
+from fakes import CutStream, Fail, Hang, Reply, Reset
+
+from agent import Agent
+from agent.errors import APIConnectionError, APITimeoutError, ConfigurationError, RateLimitError
+from agent.transport import HttpxTransport, default_transport
+
+
+@pytest_asyncio.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    t = AiohttpTransport()
+    try:
+        yield t
+    finally:
+        await t.aclose()
+
+
+def agent(fake, transport: AiohttpTransport, **kw) -> Agent:  # type: ignore[no-untyped-def]
+    return Agent(
+        provider=fake.kind,
+        model="claude-haiku" if fake.kind == "anthropic" else "gpt-4o",
+        base_url=fake.base_url,
+        api_key="test-key",
+        transport=transport,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+async def test_plain_and_streamed_calls(fake_factory, transport: AiohttpTransport, kind) -> None:
+    fake = await fake_factory(kind)
+    fake.script(Reply(text="one two three"), Reply(text="one two three"))
+    a = agent(fake, transport)
+    assert (await a.run_async("x")).text == "one two three"
+    events = [e async for e in await a.stream_async("x")]
+    assert "".join(e.text for e in events if e.type == "text_delta") == "one two three"
+    assert events[-1].response.text == "one two three"
+
+
+async def test_failures_are_the_engines_typed_errors(fake_openai, transport) -> None:
+    fake_openai.script(Fail(429, retry_after=2), Reset(), Hang(), CutStream(after=1))
+    a = agent(fake_openai, transport, timeout=0.3)
+    with pytest.raises(RateLimitError) as limited:
+        await a.run_async("x")
+    assert limited.value.retry_after == 2
+    with pytest.raises(APIConnectionError):
+        await a.run_async("x")
+    with pytest.raises(APITimeoutError):
+        await a.run_async("x")
+    with pytest.raises(APIConnectionError):
+        [e async for e in await a.stream_async("x")]
+
+
+async def test_a_bad_base_url_is_a_configuration_error(transport) -> None:
+    a = Agent("openai", "gpt-4o", base_url="ftp://nowhere", api_key="k", transport=transport)
+    with pytest.raises(ConfigurationError):
+        await a.run_async("x")
+
+
+async def test_a_stream_closed_early_disconnects_the_upstream(fake_openai, transport) -> None:
+    fake_openai.script(Reply(text="one two three four five", chunk_delay=0.05))
+    events = await agent(fake_openai, transport).stream_async("x")
+    async for _ in events:
+        break
+    await events.aclose()  # type: ignore[attr-defined]
+    assert await fake_openai.wait_disconnect() == 1
+
+
+async def test_a_running_sidecar_leaves_the_engines_default_alone(sidecar) -> None:
+    assert isinstance(default_transport(), HttpxTransport)
+    route = sidecar.store.loaded.routes["default"]
+    assert route.router.transport is sidecar.transport
+    assert isinstance(sidecar.transport, AiohttpTransport)
