@@ -25,3 +25,19 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# Debian packages the checks use (wrk: the sidecar benchmark's load, run briefly by
+# tests/bench so it cannot rot). Installed only when a command is missing.
+ensure_debian() {
+  local missing=()
+  for pair in "$@"; do  # command:package
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "installing Debian packages: ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}

@@ -1,0 +1,46 @@
+"""Each benchmark runs briefly, so that none of them rots between the runs by hand that
+docs/benchmarks.md reports. Their numbers are printed, never asserted: timing belongs to
+the benchmarks, not to the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    print(out)
+    return proc.stdout
+
+
+def test_library_bench() -> None:
+    out = run("bench/library_bench.py", "--calls", "20", "--races", "3")
+    for line in ("| Agent.run ", "| AgentRouter.run_async capability", "p50 over 3 races"):
+        assert line in out
+
+
+def test_sidecar_bench() -> None:
+    out = run("bench/sidecar_bench.py", "--seconds", "1", "--rounds", "1")
+    for target in ("direct", "thin", "sidecar (uvloop)", "sidecar (asyncio)"):
+        assert f"plain  {target}" in out and f"stream {target}" in out
+    assert "sidecar start-up to ready" in out
+
+
+@pytest.mark.controlplane
+def test_propagation_bench() -> None:
+    from support.controlplane import find_assets  # fails, never skips, without binaries
+
+    env = {**os.environ, "AGENT_ROUTER_ASSETS": str(find_assets())}
+    out = run("bench/propagation_bench.py", "--pods", "1", "--rounds", "1", env=env)
+    assert "| pods | p50 apply-to-all-serving (s) |" in out
+    assert out.splitlines()[-1].startswith("|    1 |")
