@@ -185,6 +185,9 @@ class AgentRouter:
         failed = sum(1 for a in attempts if a.outcome in ("error", "skipped"))
         if self.strategy.races:
             reason += f"; {winner} answered first" + (f", {failed} failed" if failed else "")
+        elif failed and all(a.agent == winner for a in attempts if a.outcome != "ok"):
+            # Only the answering agent's own tries failed: a retry, not a fallback.
+            reason += f"; {winner} answered after {failed} failed attempt(s)"
         elif failed:
             reason += f"; fell back to {winner} after {failed} failed attempt(s)"
         return RouteInfo(

@@ -47,6 +47,16 @@ async def test_fallback_goes_in_order_until_one_succeeds(fake_factory) -> None:
     assert (len(first.requests), len(second.requests), len(third.requests)) == (1, 1, 1)
 
 
+
+async def test_a_retry_of_the_same_agent_is_not_called_a_fallback(fake_factory) -> None:
+    only = await fake_factory("openai")
+    only.script(Fail(503), Reply(text="second try"))
+    router = AgentRouter([agent_for(only, name="a")], strategy="fallback", backoff=0)
+    response = await router.run_async("Hi")
+    assert response.text == "second try"
+    assert response.route.reason == "in the given order; a answered after 1 failed attempt(s)"
+
+
 def test_round_robin_rotates_like_the_docs(fake_openai_sync, fake_anthropic_sync) -> None:
     router = AgentRouter(
         [
