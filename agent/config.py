@@ -22,11 +22,19 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from agent.agent import Agent
 from agent.catalog import PROVIDERS
@@ -104,6 +112,19 @@ class AgentConfig(_Model):
         )
 
 
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+# A regular expression, checked when the document is read (and by the operator, on the
+# RoutingPolicy, where the apiserver cannot check it).
+Regex = Annotated[str, AfterValidator(_compiles)]
+
+
 class Rule(_Model):
     """For the custom strategy: the first rule whose conditions all hold picks the agent."""
 
@@ -112,21 +133,12 @@ class Rule(_Model):
     input_contains: list[str] | None = Field(
         default=None, description="Any of these words (case-insensitive)"
     )
-    input_matches: str | None = Field(default=None, description="A regular expression")
+    input_matches: Regex | None = Field(default=None, description="A regular expression")
     min_input_chars: int | None = Field(default=None, ge=0)
     max_input_chars: int | None = Field(default=None, ge=0)
     tools: bool | None = Field(default=None, description="The request asks for tools")
     metadata: dict[str, str] | None = None
 
-    @field_validator("input_matches")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from exc
-        return value
 
     def matches(self, request: Request) -> bool:
         text = request.input
