@@ -18,19 +18,24 @@ class SSEParser:
     stream) are kept in `stray` rather than silently dropped.
     """
 
-    __slots__ = ("_buf", "stray")
+    __slots__ = ("_after_cr", "_buf", "stray")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = b""  # line endings already normalized to LF
+        self._after_cr = False  # the last chunk ended in CR: a leading LF completes it
         self.stray: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._after_cr:
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]  # the second half of a CRLF split across chunks
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            # Keep a trailing CR: it may be the first half of a CRLF split across chunks.
-            tail = b"\r" if buf.endswith(b"\r") else b""
-            body = buf[:-1] if tail else buf
-            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        if b"\r" in chunk:
+            # A CR ends a line at once (an event is not held back waiting for a possible
+            # LF); a following LF, even in the next chunk, belongs to it.
+            self._after_cr = chunk.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         frames = buf.split(b"\n\n")
         self._buf = frames.pop()  # the frame still arriving (b"" when none is)
         events: list[SSEEvent] = []
