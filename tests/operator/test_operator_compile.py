@@ -129,6 +129,29 @@ def test_pool_agent_fields_cover_the_engine_agent_config() -> None:
             assert target in pool_fields, f"AgentConfig.{field} has no AgentPool field"
 
 
+
+def test_route_and_rule_fields_cover_the_engine_config() -> None:
+    """Every engine RouteConfig and Rule field has a home in the RoutingPolicy API (or a
+    reason not to), and every RoutingPolicy field reaches the engine: the two cannot
+    drift apart silently."""
+    from agent_operator.resources import CircuitBreakerSpec, RuleSpec, StrategySpec
+
+    from agent.config import CircuitBreakerConfig, RouteConfig, Rule
+
+    strategy = {"name": None, "agents": None,  # from `routes` and the pools
+                "strategy": "type", "backoff": "backoff_seconds",
+                "max_retry_after": "max_retry_after_seconds", "deadline": "deadline_seconds",
+                "hedge_delay": "hedge_delay_seconds", "rules": None}  # rules: the spec's own
+    for field in RouteConfig.model_fields:
+        target = strategy.get(field, field)
+        if target is not None:
+            assert target in StrategySpec.model_fields, f"RouteConfig.{field} has no home"
+    reached = {strategy.get(f, f) for f in RouteConfig.model_fields}
+    assert set(StrategySpec.model_fields) <= reached, "a StrategySpec field reaches nothing"
+    assert set(Rule.model_fields) == set(RuleSpec.model_fields)
+    assert {"cooldown" if f == "cooldown_seconds" else f
+            for f in CircuitBreakerSpec.model_fields} == set(CircuitBreakerConfig.model_fields)
+
 def test_only_the_highest_priority_live_peer_leads() -> None:
     import datetime
 
