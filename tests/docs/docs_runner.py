@@ -331,22 +331,21 @@ def shell_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def shell(code: str, env: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """How every shell block runs: strict bash in the repository, output merged."""
+    return ["bash", "-euo", "pipefail", "-c", code], {
+        "cwd": ROOT, "env": env, "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT,
+    }  # fmt: skip
+
+
 def run_shell(
     block: Block, env: dict[str, str], timeout: float = 120.0, code: str | None = None
 ) -> str:
     """Run one shell block (or `code` for it); it must exit with `block.exit_code`."""
     code = block.code if code is None else code
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", code],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    args, options = shell(code, env)
+    proc = subprocess.run(args, **options, text=True, timeout=timeout, check=False)
     if proc.returncode != block.exit_code:
         wanted = f" (it must exit {block.exit_code})" if block.exit_code else ""
         raise DocsError(
@@ -362,15 +361,9 @@ class Background:
     def __init__(self, block: Block, code: str, env: dict[str, str]) -> None:
         self.block = block
         self._chunks: list[str] = []
-        self.proc = subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", code],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as a whole
-        )
+        args, options = shell(code, env)
+        # its own process group: stopped as a whole
+        self.proc = subprocess.Popen(args, **options, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
