@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -51,6 +50,10 @@ from support.controlplane import (
     start_control_plane,
 )
 from support.waiting import wait_for
+
+if str(ROOT / "tests" / "operator") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "operator"))
+from operator_support import OperatorProcess
 
 
 def _pages_run_by(run: str) -> list[str]:
@@ -165,68 +168,24 @@ def test_page_on_its_own_control_plane(
 # ---- the operator page, played with the operator running ------------------------------------
 
 
-class Operator:
-    """agent-operator as a process, watching one namespace, webhook included."""
-
-    def __init__(self, control_plane: Any, namespace: str) -> None:
-        from support.controlplane import free_port
-
-        self.cp = control_plane
-        self.webhook = f"docs-{uuid.uuid4().hex[:6]}.agentrouter.io"
-        self.log = Path(tempfile.mkdtemp(prefix="docs-operator-")) / "operator.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(
-            {
-                "KUBECONFIG": str(control_plane.kubeconfig),
-                "AGENT_OPERATOR_RESYNC_SECONDS": "2",
-                "AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:docs",
-            }
-        )
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_operator", "--namespace", namespace,
-                 "--standalone", "--webhook-addr", "127.0.0.1",
-                 "--webhook-port", str(free_port()), "--webhook-name", self.webhook],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            )  # fmt: skip
-        wait_for(
-            lambda: self._alive()
-            and self.cp.kubectl(
-                "get", "mutatingwebhookconfiguration", self.webhook, check=False
-            ).returncode == 0,
-            60, "the operator's webhook configuration",
-        )  # fmt: skip
-
-    def _alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{self.output()[-3000:]}")
-        return True
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        # failurePolicy Fail: never leave it behind for other tests' labelled pods.
-        self.cp.kubectl(
-            "delete", "mutatingwebhookconfiguration", self.webhook, "--ignore-not-found",
-            check=False,
-        )  # fmt: skip
-
-
 @pytest.fixture
-def operator(crds: None, control_plane: Any, namespace: str) -> Iterator[Operator]:
-    running = Operator(control_plane, namespace)
+def operator(crds: None, control_plane: Any, namespace: str) -> Iterator[OperatorProcess]:
+    """agent-operator as a process, watching one namespace, webhook included."""
+    from support.controlplane import free_port
+
+    webhook = f"docs-{uuid.uuid4().hex[:6]}.agentrouter.io"
+    running = OperatorProcess(
+        control_plane, control_plane.kubeconfig, webhook, free_port(),
+        args=("--namespace", namespace, "--standalone"),
+        env={"AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:docs"},
+    ).start()  # fmt: skip
     try:
         yield running
     finally:
         running.stop()
+        # failurePolicy Fail: never leave it behind for other tests' labelled pods.
+        control_plane.kubectl("delete", "mutatingwebhookconfiguration", webhook,
+                              "--ignore-not-found", check=False)  # fmt: skip
         if os.environ.get("AGENT_ROUTER_SHOW_OPERATOR_LOG"):
             print(running.output())
 
@@ -244,7 +203,7 @@ def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
 
 @pytest.mark.controlplane
 def test_operator_page_status_injection_and_events(
-    operator: Operator, control_plane: Any, namespace: str, kube_env: dict[str, str]
+    operator: OperatorProcess, control_plane: Any, namespace: str, kube_env: dict[str, str]
 ) -> None:
     cp = control_plane
     page = parse("operator.md")
