@@ -231,12 +231,8 @@ class LocalOperator:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        # What the endpoint controllers would own and collect with the Service.
-        service = self.service["metadata"]["name"]
-        self.release.cp.kubectl("delete", "endpoints", service, "--namespace",
-                                self.release.namespace, "--ignore-not-found", check=False)
-        self.release.cp.kubectl("delete", "endpointslice", f"{service}-local", "--namespace",
-                                self.release.namespace, "--ignore-not-found", check=False)
+        self.release.cp.unpublish_endpoints(self.release.namespace,
+                                            self.service["metadata"]["name"])
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)

@@ -677,6 +677,15 @@ class ControlPlane:
             namespace,
         )  # fmt: skip
 
+    def unpublish_endpoints(self, namespace: str, service: str) -> None:
+        """Remove what ``publish_endpoints`` made (the endpoint controllers would collect
+        it with the Service)."""
+        for kind, name in (("endpoints", service), ("endpointslice", f"{service}-local")):
+            self.kubectl(
+                "delete", kind, name, "--namespace", namespace, "--ignore-not-found",
+                check=False,
+            )  # fmt: skip
+
     def stop(self) -> None:
         # Stop the API server before etcd (reverse start order).
         for proc in reversed(self.processes):

@@ -828,11 +828,8 @@ class Story:
         if self.operator is not None:
             self.operator.stop(20)
         if cp is not None and not self._owned:
-            if self._service:  # what the endpoint controllers would collect
-                cp.kubectl("delete", "endpoints", self._service, "-n", self.system_namespace,
-                           "--ignore-not-found", check=False)
-                cp.kubectl("delete", "endpointslice", f"{self._service}-local", "-n",
-                           self.system_namespace, "--ignore-not-found", check=False)
+            if self._service:
+                cp.unpublish_endpoints(self.system_namespace, self._service)
             cp.helm("uninstall", self.release, "--namespace", self.system_namespace, "--wait",
                     "--timeout", "60s", check=False)
             cp.kubectl("delete", "namespace", self.namespace, self.system_namespace,
