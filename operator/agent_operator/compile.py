@@ -136,16 +136,20 @@ def first_error(exc: Exception) -> str:
 
 def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
                 pools: Mapping[str, AgentPoolSpec],
-                secrets: Mapping[str, Mapping[str, str]], namespace: str = "") -> Compiled:
-    """The config document for a pod with these labels."""
+                secrets: Mapping[str, Mapping[str, str]], namespace: str = "",
+                problems: Mapping[str, list[Problem]] | None = None) -> Compiled:
+    """The config document for a pod with these labels. `problems`: `policy_problems` of
+    each policy when the caller has them already (one reconcile compiles many pods)."""
     chosen = sorted((p for p in policies if selects(p.spec.selector, labels)),
                     key=lambda p: p.name)
     result = Compiled(None, [p.name for p in chosen])
     if not chosen:
         return result
     for policy in chosen:
-        if problems := policy_problems(policy, pools, secrets):
-            result.problems[policy.name] = problems
+        found = (problems[policy.name] if problems is not None
+                 else policy_problems(policy, pools, secrets))
+        if found:
+            result.problems[policy.name] = list(found)
     if result.problems:
         return result  # the pod keeps its last good config
     agents: dict[str, AgentConfig] = {}

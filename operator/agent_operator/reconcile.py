@@ -154,16 +154,17 @@ class Reconciler:
         pods = await self._pods(namespace)
         token = await kube.sidecar_token(namespace) if pods else ""
 
+        # Problems are judged once per policy, not per targeted pod: a policy that selects
+        # no ready pod yet still says that its pool or Secret is missing.
+        own = {p.name: policy_problems(p, pools, secrets) for p in policies}
         compiled: dict[str, Compiled] = {}
         for pod in pods:
-            compiled[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace)
+            compiled[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace,
+                                             problems=own)
         results = await asyncio.gather(*(
             self._push(pod, token, compiled[pod.name]) for pod in pods))
         by_pod = {r.pod: r for r in results if r is not None}
 
-        # Problems are judged per policy, not only per targeted pod: a policy that selects
-        # no ready pod yet still says that its pool or Secret is missing.
-        own = {p.name: policy_problems(p, pools, secrets) for p in policies}
         for name, reason in invalid.items():
             own[name] = [Problem("Invalid", reason)]
         for obj in policies_raw:
