@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers.options.webhook_cert_dir = args.webhook_cert_dir
     if args.webhook_service:
         try:  # a typo fails at start, not at the first admission
-            handlers.parse_service(args.webhook_service)
+            handlers.options.webhook_service = handlers.parse_service(args.webhook_service)
         except ValueError as exc:
             p.error(str(exc))
-    handlers.options.webhook_service = args.webhook_service
     handlers.options.webhook_name = args.webhook_name
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

@@ -36,9 +36,9 @@ class Options:
     webhook_port: int = 9443
     webhook_host: str | None = None  # what the apiserver dials; default: webhook_addr
     webhook_cert_dir: Path | None = None  # tls.crt, tls.key, ca.crt; default: self-signed
-    # In a cluster the apiserver reaches the webhook through its Service, "<ns>/<name>:<port>";
-    # unset, it dials https://<webhook_host>:<port> (an operator run from a laptop).
-    webhook_service: str | None = None
+    # In a cluster the apiserver reaches the webhook through its Service (parse_service of
+    # "<ns>/<name>:<port>"); None: it dials https://<webhook_host>:<port> (from a laptop).
+    webhook_service: dict[str, Any] | None = None
     webhook_name: str = "sidecar-injector.agentrouter.io"
     sidecar: SidecarSettings = field(default_factory=SidecarSettings.from_env)
 
@@ -72,13 +72,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     else:
         ca, cert, key = self_signed(Path(tempfile.mkdtemp(prefix="agent-operator-")),
                                     [host, options.webhook_addr])
-    server = ServiceWebhookServer if options.webhook_service else kopf.WebhookServer
-    settings.admission.server = server(
-        addr=options.webhook_addr, port=options.webhook_port, host=host,
-        certfile=str(cert), pkeyfile=str(key), cafile=str(ca),
-    )
-    if options.webhook_service:
-        settings.admission.server.service = parse_service(options.webhook_service)
+    tls = {"addr": options.webhook_addr, "port": options.webhook_port, "host": host,
+           "certfile": str(cert), "pkeyfile": str(key), "cafile": str(ca)}
+    settings.admission.server = (
+        ServiceWebhookServer(options.webhook_service, **tls) if options.webhook_service
+        else kopf.WebhookServer(**tls))
     settings.admission.managed = options.webhook_name
 
 
@@ -100,7 +98,9 @@ class ServiceWebhookServer(kopf.WebhookServer):
     kopf appends each handler's id to `service.path`, as it does to the URL.
     """
 
-    service: dict[str, Any]
+    def __init__(self, service: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async for config in super().__call__(fn):
