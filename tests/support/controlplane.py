@@ -9,7 +9,8 @@ What it starts (session scope, on first use only):
   ``kubectl`` and ``helm``. There is no controller-manager, scheduler or kubelet: nothing
   runs pods, garbage-collects or finalizes namespaces, so each test gets a fresh
   namespace (``namespace`` fixture) and sets pod status itself (``mark_pod_ready``).
-* ``jaeger``: Jaeger v2 all-in-one with in-memory storage on free ports.
+* ``jaeger``: Jaeger v2 all-in-one with in-memory storage on free ports, serving the
+  real Jaeger UI when ``hack/jaeger-ui`` has built it (``AGENT_ROUTER_JAEGER_UI``).
 
 Binaries come from the directory in ``AGENT_ROUTER_ASSETS`` (``hack/test-binaries``
 builds them and prints that line); if it is unset the pinned cache is used when
@@ -54,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ASSETS_ENV = "AGENT_ROUTER_ASSETS"
+JAEGER_UI_ENV = "AGENT_ROUTER_JAEGER_UI"
 SKIP_ENV = "AGENT_ROUTER_SKIP_CONTROLPLANE"
 EXTERNAL_KUBECONFIG_ENV = "AGENT_ROUTER_KUBECONFIG"
 KEEP_ENV = "AGENT_ROUTER_KEEP_CONTROLPLANE_DIR"
@@ -61,6 +63,7 @@ MARKER = "controlplane"
 BINARIES = ("kube-apiserver", "etcd", "kubectl", "helm", "jaeger")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_BINARIES_SCRIPT = REPO_ROOT / "hack" / "test-binaries"
+JAEGER_UI_SCRIPT = REPO_ROOT / "hack" / "jaeger-ui"
 # Fixtures that need the binaries; tests using them are marked `controlplane` implicitly.
 CONTROLPLANE_FIXTURES = frozenset({"control_plane", "namespace", "jaeger"})
 
@@ -113,21 +116,40 @@ def find_assets(names: Sequence[str] = BINARIES) -> Path:
         if missing:
             pytest.fail(f"{ASSETS_ENV}={given} lacks {', '.join(missing)}: {hint}", pytrace=False)
         return directory
-    if TEST_BINARIES_SCRIPT.exists():
-        proc = subprocess.run(
-            ["bash", str(TEST_BINARIES_SCRIPT), "--check"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        match = re.search(rf"^{ASSETS_ENV}=(.+)$", proc.stdout, re.MULTILINE)
-        if proc.returncode == 0 and match:
-            directory = Path(match.group(1).strip())
-            if not _missing(directory, names):
-                return directory
+    built = _script_line(TEST_BINARIES_SCRIPT, ASSETS_ENV)
+    if built and not _missing(Path(built), names):
+        return Path(built)
     pytest.fail(
         f"the control-plane test binaries are not built ({ASSETS_ENV} unset): {hint}", pytrace=False
     )
+
+
+def _script_line(script: Path, env_name: str) -> str | None:
+    """What ``script --check`` prints as ``<env_name>=<value>`` (it builds nothing)."""
+    if not script.exists():
+        return None
+    proc = subprocess.run(
+        ["bash", str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    match = re.search(rf"^{env_name}=(.+)$", proc.stdout, re.MULTILINE)
+    return match.group(1).strip() if proc.returncode == 0 and match else None
+
+
+def find_jaeger_ui() -> Path | None:
+    """The built Jaeger UI (a directory with ``index.html``), or None when it is not built.
+
+    ``AGENT_ROUTER_JAEGER_UI`` wins (an error if it holds no UI); otherwise
+    ``hack/jaeger-ui --check`` reports the cached build. Without it Jaeger serves the
+    placeholder page its Go module embeds; the query API works the same.
+    """
+    given = os.environ.get(JAEGER_UI_ENV)
+    if given:
+        if not (Path(given) / "index.html").is_file():
+            raise ControlPlaneError(f"{JAEGER_UI_ENV}={given} holds no index.html: run "
+                                    f"`{JAEGER_UI_SCRIPT.relative_to(REPO_ROOT)}`")
+        return Path(given)
+    built = _script_line(JAEGER_UI_SCRIPT, JAEGER_UI_ENV)
+    return Path(built) if built else None
 
 
 # --------------------------------------------------------------------------------------
@@ -830,12 +852,14 @@ def external_control_plane(workdir: Path, assets: Path, kubeconfig: Path) -> Con
 
 @dataclass
 class Jaeger:
-    """A running Jaeger v2 all-in-one (in-memory storage)."""
+    """A running Jaeger v2 all-in-one (in-memory storage); ``ui`` is the directory of the
+    Jaeger UI it serves at ``query_url``, None when it serves the placeholder page."""
 
     process: ManagedProcess
     otlp_grpc_port: int
     otlp_http_port: int
     query_port: int
+    ui: Path | None = None
 
     @property
     def otlp_http_endpoint(self) -> str:
@@ -849,6 +873,10 @@ class Jaeger:
     @property
     def query_url(self) -> str:
         return f"http://127.0.0.1:{self.query_port}"
+
+    def trace_url(self, trace_id: str) -> str:
+        """The UI's page of one trace (its timeline and every span's attributes)."""
+        return f"{self.query_url}/trace/{trace_id}"
 
     def traces(self, service: str, limit: int = 100) -> list[dict[str, Any]]:
         """Traces of ``service`` from the query API (``[]`` if none yet)."""
@@ -895,9 +923,18 @@ class Jaeger:
 
 
 def jaeger_config(
-    otlp_grpc: int, otlp_http: int, query_http: int, query_grpc: int
+    otlp_grpc: int, otlp_http: int, query_http: int, query_grpc: int, ui: Path | None = None
 ) -> dict[str, Any]:
-    """A minimal all-in-one config: OTLP in, memory storage, query API; all on loopback."""
+    """A minimal all-in-one config: OTLP in, memory storage, query API and UI (the assets
+    in ``ui``, else the placeholder page); all on loopback."""
+    query: dict[str, Any] = {
+        "storage": {"traces": "memstore"},
+        "enable_tracing": False,
+        "http": {"endpoint": f"127.0.0.1:{query_http}"},
+        "grpc": {"endpoint": f"127.0.0.1:{query_grpc}"},
+    }
+    if ui is not None:
+        query["ui"] = {"assets_path": str(ui)}
     return {
         "service": {
             "extensions": ["jaeger_storage", "jaeger_query"],
@@ -912,12 +949,7 @@ def jaeger_config(
             "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "info"}},
         },
         "extensions": {
-            "jaeger_query": {
-                "storage": {"traces": "memstore"},
-                "enable_tracing": False,
-                "http": {"endpoint": f"127.0.0.1:{query_http}"},
-                "grpc": {"endpoint": f"127.0.0.1:{query_grpc}"},
-            },
+            "jaeger_query": query,
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
         },
         "receivers": {
@@ -933,14 +965,18 @@ def jaeger_config(
 
 
 def start_jaeger(workdir: Path, assets: Path) -> Jaeger:
+    """Start Jaeger from ``assets``, serving the Jaeger UI when it is built."""
+    ui = find_jaeger_ui()
     otlp_grpc, otlp_http, query_http, query_grpc = free_ports(4)
     config = workdir / "jaeger.yaml"
     workdir.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump(jaeger_config(otlp_grpc, otlp_http, query_http, query_grpc)))
+    config.write_text(
+        yaml.safe_dump(jaeger_config(otlp_grpc, otlp_http, query_http, query_grpc, ui))
+    )
     proc = ManagedProcess(
         "jaeger", [str(assets / "jaeger"), f"--config={config}"], workdir / "logs" / "jaeger.log"
     )
-    jaeger = Jaeger(proc, otlp_grpc, otlp_http, query_http)
+    jaeger = Jaeger(proc, otlp_grpc, otlp_http, query_http, ui)
     proc.start()
     try:
         with httpx.Client(timeout=2.0) as http:
