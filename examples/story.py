@@ -161,8 +161,6 @@ def tell(story: Story, ns: str) -> None:
     say("no prompt text and no key in it: attributes only")
     command(f"curl -s {trace.api_url}")
     say(f"Jaeger UI: {trace.ui_url}")
-    say(dim("(a Jaeger built from Go modules has a placeholder UI: its web assets are built "
-            "with npm; the query API above serves the same data)"))
 
     title(11, "kubectl switches the policy to round_robin")
     switched = story.switch_strategy("round_robin", requests=4)
