@@ -42,8 +42,9 @@ ROWS_JS = """[...document.querySelectorAll('.span-row')].map(row => ({
 OPEN_JS = """((operations) => {
     for (const row of document.querySelectorAll('.span-row')) {
         const operation = row.querySelector('.endpoint-name').innerText.trim();
-        if (operations.includes(operation) && !row.classList.contains('is-expanded')) {
-            row.querySelector('.span-name').click();
+        const name = row.querySelector('.span-name');  // a switch: opens the span's detail
+        if (operations.includes(operation) && name.getAttribute('aria-checked') !== 'true') {
+            name.click();
         }
     }
     return document.querySelectorAll('.detail-row').length;
@@ -51,7 +52,7 @@ OPEN_JS = """((operations) => {
 # The first accordion of a span's detail is its tags; opened, it is a key/value table.
 OPEN_TAGS_JS = """[...document.querySelectorAll('.detail-row')].map(detail => {
     const tags = detail.querySelector('.AccordianKeyValues--header');
-    if (!tags.classList.contains('is-open')) tags.click();
+    if (tags.getAttribute('aria-checked') !== 'true') tags.click();
     return detail.querySelectorAll('.KeyValueTable--row').length;
 }).every(rows => rows > 0)"""
 DETAILS_JS = """[...document.querySelectorAll('.detail-row')].map(detail => ({
@@ -143,10 +144,11 @@ def test_the_fallback_trace_in_the_jaeger_ui(
     assert failed.name == "chat claude-sonnet-4-5"
     assert details[failed.name]["error.type"] == "OverloadedError"
     assert details[failed.name]["agent_router.attempt.outcome"] == "error"
+    assert details[failed.name]["agent_router.agent"] == "main.claude"
     assert details[failed.name]["gen_ai.provider.name"] == "anthropic"
     assert details[failed.name]["http.response.status_code"] == "529"
     assert details[answered.name]["agent_router.attempt.outcome"] == "ok"
-    assert details[answered.name]["agent_router.agent"] == "gpt"
+    assert details[answered.name]["agent_router.agent"] == "main.gpt"  # pool "main", agent "gpt"
     assert details[answered.name]["gen_ai.provider.name"] == "openai"
     # The page shows what the query API stores, key for key.
     for span in (route, failed, answered):
@@ -161,4 +163,5 @@ def test_the_fallback_trace_in_the_jaeger_ui(
     assert width == 1400 and height >= 900, (width, height)
     (tmp_path / SCREENSHOT).write_bytes(view["png"])
     if directory := os.environ.get(SCREENSHOTS_ENV):
+        Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / SCREENSHOT).write_bytes(view["png"])
