@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.browser import Page, chromium
+from support.browser import chromium
 from support.controlplane import JAEGER_UI_ENV, ControlPlane, Jaeger
 from support.story import KEYS, PROMPT, TraceSeen, story
 
@@ -73,21 +73,17 @@ async def read_trace_view(url: str, spans: int, open_spans: list[str]) -> dict[s
             f"document.querySelectorAll('.span-row').length === {spans}",
             f"timeline of {spans} spans (Jaeger UI at {url})",
         )
-        await opened(page, open_spans)
+        await page.wait_for(
+            OPEN_JS % json.dumps(open_spans) + f" === {len(open_spans)}",
+            f"the details of {open_spans}",
+        )
+        await page.wait_for(OPEN_TAGS_JS, "the tags of the opened spans")
         return {
             "rows": await page.evaluate(ROWS_JS),
             "details": await page.evaluate(DETAILS_JS),
             "text": await page.evaluate("document.body.innerText"),
             "png": await page.screenshot(),
         }
-
-
-async def opened(page: Page, operations: list[str]) -> None:
-    await page.wait_for(
-        OPEN_JS % json.dumps(operations) + f" === {len(operations)}",
-        f"the details of {operations}",
-    )
-    await page.wait_for(OPEN_TAGS_JS, "the tags of the opened spans")
 
 
 def png_size(png: bytes) -> tuple[int, int]:
