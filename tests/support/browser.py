@@ -105,7 +105,7 @@ class Page:
             raise BrowserError(f"page script failed: {message}\n{expression}")
         return result.get("result", {}).get("value")
 
-    async def wait_for(self, expression: str, what: str, timeout: float = 30.0) -> Any:
+    async def wait_for(self, expression: str, what: str, timeout: float = 60.0) -> Any:
         """Poll a JavaScript expression until it is truthy; return its value."""
         deadline = time.monotonic() + timeout
         while True:
