@@ -64,13 +64,17 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> 
             assert "Pausing the watch-stream for routingpolicies" in follower_log
             assert "Handler 'changed' is invoked" not in follower_log
             assert "now serves config version" not in follower_log
-            assert "now serves config version" in leader.output()
+            # The operator logs the push once the sidecar has answered it: a moment after
+            # the sidecar serves it.
+            wait_for(lambda: "now serves config version" in leader.output(), 20,
+                     "the leader's log of its push")
 
             leader.kill()  # no goodbye: the follower acts once the leader's keep-alive expires
             cp.apply(policy("round_robin"), namespace)
             wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"]
                      == "round_robin", 30, "the follower's push")
-            assert "now serves config version" in follower.output()
+            wait_for(lambda: "now serves config version" in follower.output(), 20,
+                     "the follower's log of its push")
             assert "Resuming operations after the pause" in follower.output()
         finally:
             if sidecar is not None:
