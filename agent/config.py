@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -46,18 +46,10 @@ from agent.types import Request, RouteResult
 
 __all__ = ["AgentConfig", "RouteConfig", "RouterConfig", "Rule", "load_config", "parse_config"]
 
-Strategy = Literal[
-    "fallback",
-    "round_robin",
-    "cheapest",
-    "capability",
-    "latency",
-    "weighted",
-    "fastest",
-    "hedged",
-    "custom",
-]
-assert set(Strategy.__args__) == set(STRATEGY_NAMES)  # type: ignore[attr-defined]
+# The strategy registry's names (`agent.strategies.STRATEGIES`), as a type pydantic checks.
+Strategy: Any = Literal[STRATEGY_NAMES]
+
+M = TypeVar("M", bound=BaseModel)
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
@@ -92,7 +84,8 @@ class AgentConfig(_Model):
             raise ValueError(f"unknown provider {value!r}; known: {', '.join(sorted(PROVIDERS))}")
         return value
 
-    def build(self) -> Agent:
+    def build(self, **options: Any) -> Agent:
+        """The agent; `options` add what a document cannot carry (transport=, tools=...)."""
         key = self.api_key.get_secret_value() if self.api_key else None
         if key is None and self.api_key_env:
             key = os.environ.get(self.api_key_env)
@@ -109,6 +102,7 @@ class AgentConfig(_Model):
             headers=self.headers,
             name=self.name,
             extra=self.extra,
+            **options,
         )
 
 
@@ -162,6 +156,11 @@ class CircuitBreakerConfig(_Model):
         default=5, ge=0, description="Consecutive failures that open it (0: never)"
     )
     cooldown: float = Field(default=30.0, ge=0, description="Seconds before a probe")
+    probe: bool = Field(
+        default=True,
+        description="Probe an open agent in the background (one small request) instead "
+        "of letting a user request through",
+    )
 
 
 class RouteConfig(_Model):
@@ -248,13 +247,34 @@ class RouterConfig(_Model):
                 item["api_key"] = agent.api_key.get_secret_value()
         return data
 
-    def build(self) -> dict[str, AgentRouter]:
-        """One router per route; routes sharing an agent share its connection pools."""
+    def build(self, **options: Any) -> dict[str, AgentRouter]:
+        """One router per route. `options` go to every router (transport=, middleware=,
+        tracer_provider=); each router owns its pools unless a transport is given."""
         agents = {a.name: a.build() for a in self.agents}
-        return {r.name: build_route(r, agents) for r in self.routes}
+        return {r.name: build_route(r, agents, **options) for r in self.routes}
+
+    def router(self, route: str | None = None, **options: Any) -> AgentRouter:
+        """The router of one route (default: `default_route`, else the first)."""
+        name = route or self.default_route or (self.routes[0].name if self.routes else None)
+        spec = next((r for r in self.routes if r.name == name), None)
+        if spec is None:
+            known = ", ".join(r.name for r in self.routes) or "none"
+            raise ConfigurationError(f"no route {name!r} in the config (routes: {known})")
+        agents = {a.name: a.build() for a in self.agents if a.name in spec.agents}
+        return build_route(spec, agents, **options)
 
 
-def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
+def validated(model: type[M], value: M | dict[str, Any]) -> M:
+    """`value` as `model`, validated; a ConfigurationError says what is wrong."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(describe(exc)) from exc
+
+
+def build_route(route: RouteConfig, agents: dict[str, Agent], **options: Any) -> AgentRouter:
     members = [agents[n] for n in route.agents]
     custom = _rules_router(route.rules) if route.strategy == "custom" else None
     weights = (
@@ -273,6 +293,8 @@ def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
         hedge_delay=route.hedge_delay,
         weights=weights,
         name=route.name,
+        probe=route.circuit_breaker.probe,
+        **options,
     )
 
 

@@ -9,7 +9,6 @@ completions and keys are never recorded.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,44 +19,33 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from agent.catalog import PROVIDERS
 from agent.types import Attempt, Request, Response
 
-# The tracer of the installed provider, and that provider. OpenTelemetry installs a
-# global provider once per process; tests that swap it reset `_tracer`.
-_tracer: trace.Tracer | None = None
-_traced_by: object = None
 _NOT_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-_UNKNOWN = object()
+# One tracer per provider seen (a router's own, or the global one): a tracer is made
+# once, not per decision.
+_tracers: dict[int, tuple[trace.TracerProvider, trace.Tracer]] = {}
 
-if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:  # OpenTelemetry loads that one lazily
-    trace.get_tracer_provider()
 
-
-def _installed() -> object:
-    """The installed SDK provider, or None while there is none (the API's default is a
-    proxy). Read from the API's global directly: `get_tracer_provider()` looks the
-    environment up on every call while none is installed, which would cost an untraced
-    decision about a microsecond for nothing."""
-    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if provider is None:
-        return None
-    if provider is _UNKNOWN:  # an OpenTelemetry API without that global: the public way
-        provider = trace.get_tracer_provider()
+def provider_in_use(given: trace.TracerProvider | None = None) -> trace.TracerProvider | None:
+    """`given`, else OpenTelemetry's global provider; None while that is the API's
+    default (nothing installed: tracing is off and costs nothing more)."""
+    provider = given if given is not None else trace.get_tracer_provider()
     return None if isinstance(provider, _NOT_TRACING) else provider
 
 
-def enabled() -> bool:
-    return _installed() is not None
+def enabled(given: trace.TracerProvider | None = None) -> bool:
+    return provider_in_use(given) is not None
 
 
-def _active_tracer() -> trace.Tracer | None:
+def _active_tracer(given: trace.TracerProvider | None) -> trace.Tracer | None:
     """The tracer to record with, or None when tracing is off."""
-    global _tracer, _traced_by
-    provider = _installed()
+    provider = provider_in_use(given)
     if provider is None:
         return None
-    if _tracer is None or provider is not _traced_by:
-        _tracer = trace.get_tracer("agent-router")
-        _traced_by = provider
-    return _tracer
+    known = _tracers.get(id(provider))
+    if known is None or known[0] is not provider:
+        known = provider, provider.get_tracer("agent-router")
+        _tracers[id(provider)] = known
+    return known[1]
 
 
 def record_decision(
@@ -70,9 +58,10 @@ def record_decision(
     reason: str,
     response: Response[Any] | None = None,
     error: BaseException | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> None:
     """Write the decision span and its attempt spans (no-op when tracing is off)."""
-    tracer = _active_tracer()
+    tracer = _active_tracer(tracer_provider)
     if tracer is None:
         return
     ended_ns = time.time_ns()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from agent._base import BaseAgent
     from agent.errors import AgentError
 
 T = TypeVar("T")
@@ -158,6 +158,7 @@ class Attempt:
     error: AgentError | None = None
     retry: int = 0  # 0 for the first try of this agent, 1.. for retries
     started_ns: int = 0  # wall clock (time.time_ns) when the attempt began
+    route: RouteInfo | None = None  # when the agent is itself a router: how it routed
 
     def __str__(self) -> str:
         tail = f": {self.error}" if self.error else ""
@@ -176,6 +177,14 @@ class RouteInfo:
     @property
     def fallbacks(self) -> int:
         return sum(1 for a in self.attempts if a.outcome == "error")
+
+    @property
+    def path(self) -> list[str]:
+        """The agents that answered, from this router down through nested routers."""
+        winner = next((a for a in reversed(self.attempts) if a.outcome == "ok"), None)
+        if winner is None:
+            return []
+        return [winner.agent, *(winner.route.path if winner.route else [])]
 
 
 @dataclass(slots=True)
@@ -265,7 +274,7 @@ StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | Done
 class RouteResult:
     """What a custom router returns: the agent to use first, and why."""
 
-    agent: Agent
+    agent: BaseAgent
     reason: str = "custom"
 
 
