@@ -32,7 +32,7 @@ class Resources:
         self._pool: HttpxTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task[Any] | concurrent.futures.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
 
     def pool(self) -> HttpxTransport:
@@ -69,28 +69,42 @@ class Resources:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is not None and loop is not self._loop:
-            task: Any = loop.create_task(_settle(make()))
+        if loop is not None:
+            self._track(loop.create_task(_settle(make())))
         else:
-            task = self.submit(_settle(make()))
+            self.submit(self._start(make))
+
+    async def _start(self, make: Callable[[], Awaitable[Any]]) -> None:
+        self._track(asyncio.create_task(_settle(make())))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _cancel_here(self) -> None:
+        """Cancel the background tasks of the running loop and wait for them to end
+        (a cancelled probe closes its connection)."""
+        here = asyncio.get_running_loop()
+        mine = [t for t in list(self._tasks) if t.get_loop() is here]
+        for task in mine:
+            task.cancel()
+        await asyncio.gather(*mine, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        await self._cancel_here()
+        if self._pool is not None:  # its async clients on this loop close here
+            await self._pool.aclose()
+
     def close(self) -> None:
         """Cancel background work, stop the loop thread and close the pools."""
-        for task in list(self._tasks):
-            if isinstance(task, asyncio.Task):
+        for task in list(self._tasks):  # on callers' loops: cancelled there
+            if task.get_loop() is not self._loop:
                 task.get_loop().call_soon_threadsafe(task.cancel)
-            else:
-                task.cancel()
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None:
-            pool = self._pool
-            if pool is not None:  # its async clients on that loop close there
-                with contextlib.suppress(Exception):
-                    self.submit(pool.aclose()).result(timeout=5)
+            self.submit(self._shutdown()).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=5)
+            thread.join(timeout=10)
             loop.close()
             self._loop = self._thread = None
         if self._pool is not None:
@@ -98,15 +112,14 @@ class Resources:
             self._pool = None
 
     async def aclose(self) -> None:
-        """`close()`, and the running loop's pool and background tasks with it."""
-        mine = [t for t in self._tasks if isinstance(t, asyncio.Task)]
-        for task in mine:
-            task.cancel()
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
+        """`close()` from async code: the running loop's tasks and pool first."""
+        await self._cancel_here()
         if self._pool is not None:
             await self._pool.aclose()
-        await asyncio.to_thread(self.close) if self._thread is not None else self.close()
+        if self._thread is not None:
+            await asyncio.to_thread(self.close)
+        else:
+            self.close()
 
 
 async def _settle(awaitable: Awaitable[R]) -> R:

@@ -95,9 +95,12 @@ class CircuitBreaker:
 
     @property
     def state(self) -> Literal["closed", "open", "half_open"]:
+        """half_open: a probe is on its way (or, without background probes, is due)."""
         if self.opened_at is None:
             return "closed"
-        if self._probing or time.monotonic() - self.opened_at >= self.cooldown:
+        if self._probing:
+            return "half_open"
+        if not self.background and time.monotonic() - self.opened_at >= self.cooldown:
             return "half_open"
         return "open"
 
