@@ -27,6 +27,7 @@ from agent import _steps, tracing
 from agent._base import BaseAgent, build_request, with_middleware
 from agent._resources import Resources
 from agent.catalog import Capabilities
+from agent.config import CircuitBreakerConfig, RouteOptions, validated
 from agent.errors import (
     AgentError,
     APITimeoutError,
@@ -66,20 +67,31 @@ class AgentRouter(BaseAgent):
         retries: int = 1,
         backoff: float = 0.25,
         max_retry_after: float = 10.0,
-        breaker_failures: int = 5,
-        breaker_cooldown: float = 30.0,
-        probe: bool = True,
         deadline: float | None = None,
         hedge_delay: float | None = None,
         weights: Sequence[float] | dict[str, float] | None = None,
+        circuit_breaker: CircuitBreakerConfig | dict[str, Any] | None = None,
         middleware: Iterable[Middleware] | None = None,
         name: str = "router",
         transport: AnyTransport | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """The options after `custom_router` are a route's options in a config document
+        (`agent.config.RouteOptions`), validated by the same model."""
         if not agents:
             raise ConfigurationError("AgentRouter needs at least one agent")
         self.agents = list(agents)
+        options = validated(
+            RouteOptions,
+            {
+                "retries": retries,
+                "backoff": backoff,
+                "max_retry_after": max_retry_after,
+                "deadline": deadline,
+                "hedge_delay": hedge_delay,
+                "circuit_breaker": circuit_breaker or CircuitBreakerConfig(),
+            },
+        )
         if isinstance(weights, dict):
             weights = [weights.get(a.name, a.weight) for a in self.agents]
         self.strategy = make_strategy(strategy, custom_router, hedge_delay, weights)
@@ -89,10 +101,11 @@ class AgentRouter(BaseAgent):
         self.name = self.model = name
         self.transport = transport  # None: the outer router's, the process default, or its own
         self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
-        self.probe = probe
+        breaker = options.circuit_breaker
+        self.probe = breaker.probe
         self._resources = Resources(name)
         self._health = [
-            AgentHealth(CircuitBreaker(breaker_failures, breaker_cooldown, background=probe))
+            AgentHealth(CircuitBreaker(breaker.failures, breaker.cooldown, background=breaker.probe))
             for _ in self.agents
         ]
         names = [a.name for a in self.agents]

@@ -45,8 +45,7 @@ async def test_a_probe_runs_in_the_background_not_on_a_users_request(fake_factor
     router = AgentRouter(
         [agent_for(a, "a", timeout=30), agent_for(b, "b")],
         retries=0,
-        breaker_failures=1,
-        breaker_cooldown=0.1,
+        circuit_breaker={"failures": 1, "cooldown": 0.1},
     )
     await opened(router, "a")
     await asyncio.sleep(0.15)
@@ -71,7 +70,7 @@ async def test_a_successful_probe_closes_the_breaker(fake_factory) -> None:
     a.script(Fail(500))
     a.set_default(Reply(text="healed"))
     async with AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=1, breaker_cooldown=0.1
+        [agent_for(a, "a"), agent_for(b, "b")], retries=0, circuit_breaker={"failures": 1, "cooldown": 0.1}
     ) as router:
         await opened(router, "a")
         await asyncio.sleep(0.15)
@@ -84,7 +83,7 @@ async def test_a_failed_probe_opens_it_for_another_cooldown(fake_factory) -> Non
     a, b = await fake_factory("openai"), await fake_factory("openai")
     a.set_default(Fail(500))
     async with AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=1, breaker_cooldown=0.2
+        [agent_for(a, "a"), agent_for(b, "b")], retries=0, circuit_breaker={"failures": 1, "cooldown": 0.2}
     ) as router:
         await opened(router, "a")
         await asyncio.sleep(0.25)
@@ -102,9 +101,7 @@ async def test_without_probes_one_user_request_is_let_through(fake_factory) -> N
     router = AgentRouter(
         [agent_for(a, "a"), agent_for(b, "b")],
         retries=0,
-        breaker_failures=1,
-        breaker_cooldown=0.1,
-        probe=False,
+        circuit_breaker={"failures": 1, "cooldown": 0.1, "probe": False},
     )
     await opened(router, "a")
     await asyncio.sleep(0.15)
@@ -123,8 +120,7 @@ def test_a_sync_routers_probe_runs_on_its_thread_until_close(fake_openai_sync) -
     router = AgentRouter(
         [primary, agent_for(fake_openai_sync, "b")],
         retries=0,
-        breaker_failures=1,
-        breaker_cooldown=0.1,
+        circuit_breaker={"failures": 1, "cooldown": 0.1},
     )
     router.run("x")
     time.sleep(0.15)
@@ -148,7 +144,7 @@ async def test_every_circuit_open_still_tries_the_one_open_longest(fake_factory)
     a.script(Fail(500))
     b.script(Fail(500))
     router = AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=1, breaker_cooldown=30
+        [agent_for(a, "a"), agent_for(b, "b")], retries=0, circuit_breaker={"failures": 1, "cooldown": 30}
     )
     with pytest.raises(RoutingError):
         await router.run_async("x")
