@@ -171,6 +171,10 @@ def build_request(
     **extra: Any,
 ) -> Request:
     """A call's arguments as one normalized `Request` (built once for every agent)."""
+    if stop is not None and not isinstance(stop, str | list | tuple):
+        raise InvalidRequestError(f"stop= takes a string or a list of strings, not {stop!r}")
+    if system is not None and not isinstance(system, str):
+        raise InvalidRequestError(f"system= takes a string, not {type(system).__name__}")
     return Request(
         messages=as_messages(prompt),
         system=system,
