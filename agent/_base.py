@@ -72,9 +72,11 @@ class BaseAgent:
         *,
         timeout: float | None = None,
         transport: AnyTransport | None = None,
+        nested: bool = False,
     ) -> _steps.Steps[Response[Any]]:
         """This agent's whole call as steps. `timeout`: at most this many seconds per
-        wait; `transport`: the caller's, for what names none of its own."""
+        wait; `transport`: the caller's, for what names none of its own; `nested`: called
+        by a router, which traces this call inside its own decision."""
         raise NotImplementedError
 
     # ---- the public call surface --------------------------------------------------------

@@ -160,6 +160,7 @@ class Agent(BaseAgent):
         *,
         timeout: float | None = None,
         transport: AnyTransport | None = None,
+        nested: bool = False,
     ) -> _steps.Steps[Response[Any]]:
         """This agent's whole call as steps: middleware, exchange(s), tools, validation."""
         transport = self.transport or transport or default_transport() or self._resources.pool()

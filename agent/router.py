@@ -150,21 +150,26 @@ class AgentRouter(BaseAgent):
         *,
         timeout: float | None = None,
         transport: AnyTransport | None = None,
+        nested: bool = False,
     ) -> _steps.Steps[Response[Any]]:
         """The whole routed call as steps (router middleware around the routing).
         `timeout`: from an outer router, the time this router has (a deadline)."""
         transport = self.transport or transport
         if not self.middleware:
-            return self._route(request, timeout, transport)
+            return self._route(request, timeout, transport, nested)
         return with_middleware(
-            self.middleware, request, lambda r: self._route(r, timeout, transport)
+            self.middleware, request, lambda r: self._route(r, timeout, transport, nested)
         )
 
     def _route(
-        self, request: Request, timeout: float | None, transport: AnyTransport | None
+        self,
+        request: Request,
+        timeout: float | None,
+        transport: AnyTransport | None,
+        nested: bool,
     ) -> _steps.Steps[Response[Any]]:
         limit = min((s for s in (self.deadline, timeout) if s), default=None)
-        call = _Call(self, request, limit, transport)
+        call = _Call(self, request, limit, transport, nested)
         plan = self.strategy.plan(request, self.agents, self._health)
         if inspect.isawaitable(plan):  # a custom router's coroutine: the driver awaits it
             plan = yield _steps.Invoke(_settle, (plan,))
@@ -219,7 +224,9 @@ class AgentRouter(BaseAgent):
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
             try:
-                steps = member.steps(request, timeout=seconds, transport=call.transport)
+                steps = member.steps(
+                    request, timeout=seconds, transport=call.transport, nested=True
+                )
                 if progress is None:
                     response = yield from steps
                 else:
@@ -278,7 +285,7 @@ class AgentRouter(BaseAgent):
         request = build_request(PROBE_PROMPT, max_tokens=1, metadata={"agent_router.probe": True})
         t0 = time.perf_counter()
         try:
-            yield from member.steps(request, transport=transport)
+            yield from member.steps(request, transport=transport, nested=True)
         except AgentError as error:
             health.observe((time.perf_counter() - t0) * 1000, error)
         else:
@@ -340,6 +347,8 @@ class AgentRouter(BaseAgent):
         response: Response[Any] | None = None,
         error: BaseException | None = None,
     ) -> None:
+        if call.nested:  # the outer router writes this decision inside its own
+            return
         tracing.record_decision(
             self.name,
             self.strategy.name,
@@ -362,6 +371,7 @@ class _Call:
         "ends",
         "errors",
         "limit",
+        "nested",
         "order",
         "panic",
         "plan",
@@ -378,8 +388,10 @@ class _Call:
         request: Request,
         limit: float | None,
         transport: AnyTransport | None,
+        nested: bool = False,
     ) -> None:
         self.router = router
+        self.nested = nested
         self.request = request
         self.limit = limit
         self.started_ns = time.time_ns()

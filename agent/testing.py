@@ -111,6 +111,7 @@ class TestAgent(BaseAgent):
         *,
         timeout: float | None = None,
         transport: AnyTransport | None = None,
+        nested: bool = False,
     ) -> _steps.Steps[Response[Any]]:
         seconds = timeout or self.timeout
         return with_middleware(self.middleware, request, lambda r: self._answer(r, seconds))
