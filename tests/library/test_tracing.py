@@ -101,7 +101,7 @@ def own_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 async def test_a_routers_own_tracer_provider_gets_its_spans(fake_factory) -> None:
     """What was tried: a router given `tracer_provider=` while no global provider is
     installed: its decisions go to that provider, nothing global is needed or touched."""
-    a, b = await fake_factory("openai"), await fake_factory("openai")
+    a = await fake_factory("openai")
     provider, exporter = own_provider()
     router = AgentRouter(
         [Agent("openai", "gpt-4o", base_url=a.base_url, api_key="test-key", name="a")],
