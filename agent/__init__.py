@@ -3,7 +3,7 @@
 from agent import Agent, AgentRouter
 """
 
-from agent._base import BaseAgent
+from agent._base import BaseAgent, Caller
 from agent.agent import Agent
 from agent.errors import AgentError, RoutingError
 from agent.middleware import Middleware
@@ -30,6 +30,7 @@ __all__ = [
     "AgentError",
     "AgentRouter",
     "BaseAgent",
+    "Caller",
     "Done",
     "Message",
     "Middleware",

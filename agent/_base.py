@@ -9,6 +9,7 @@ the lifecycle (`close`, `aclose`, `with`, `async with`) closes what it owns.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pydantic
@@ -28,11 +29,23 @@ if TYPE_CHECKING:
     from agent.pricing import Price
     from agent.types import ToolSpec
 
-__all__ = ["BaseAgent", "Prompt"]
+__all__ = ["TOP", "BaseAgent", "Caller", "Prompt"]
 
 T = TypeVar("T")
 Prompt = str | Sequence[Message | dict[str, Any]]
 Self = TypeVar("Self", bound="BaseAgent")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What the caller of an agent's `steps()` hands it."""
+
+    timeout: float | None = None  # at most this many seconds per wait (a router's time left)
+    transport: AnyTransport | None = None  # for the requests of agents that name none
+    nested: bool = False  # called by a router, which traces the call inside its decision
+
+
+TOP = Caller()
 
 
 class BaseAgent:
@@ -69,14 +82,9 @@ class BaseAgent:
     def steps(
         self,
         request: Request,
-        *,
-        timeout: float | None = None,
-        transport: AnyTransport | None = None,
-        nested: bool = False,
+        caller: Caller = TOP,
     ) -> _steps.Steps[Response[Any]]:
-        """This agent's whole call as steps. `timeout`: at most this many seconds per
-        wait; `transport`: the caller's, for what names none of its own; `nested`: called
-        by a router, which traces this call inside its own decision."""
+        """This agent's whole call as steps, for `caller` (see `Caller`)."""
         raise NotImplementedError
 
     # ---- the public call surface --------------------------------------------------------
@@ -88,7 +96,7 @@ class BaseAgent:
     def _call(self, request: Request) -> _steps.Steps[Response[Any]]:
         """A call made on this object itself: it brings the transport of last resort."""
         transport = self.transport or default_transport() or self._resources.pool()
-        return self.steps(request, transport=transport)
+        return self.steps(request, Caller(transport=transport))
 
     def run(self, prompt: Prompt, **options: Any) -> Response[str]:
         return _steps.run(self._call(self.request(prompt, **options)), self._resources)

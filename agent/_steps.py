@@ -126,6 +126,16 @@ def _lacks(transport: object, how: str) -> ConfigurationError:
     )
 
 
+def _advance(gen: Steps[R], value: Any, error: BaseException | None, box: list[R]) -> Step | None:
+    """Resume `gen` with the last step's result (or its error): its next step, or None
+    when it returned (its value then goes into `box`)."""
+    try:
+        return gen.throw(error) if error is not None else gen.send(value)
+    except StopIteration as stop:
+        box.append(stop.value)
+        return None
+
+
 # ---- sync ------------------------------------------------------------------------------
 
 
@@ -189,12 +199,7 @@ def _drive(gen: Steps[R], owner: Resources, box: list[R]) -> Iterator[list[Strea
     value: Any = None
     error: BaseException | None = None
     try:
-        while True:
-            try:
-                step = gen.throw(error) if error is not None else gen.send(value)
-            except StopIteration as stop:
-                box.append(stop.value)
-                return
+        while (step := _advance(gen, value, error, box)) is not None:
             value, error = None, None
             if isinstance(step, Emit):
                 yield step.events
@@ -323,10 +328,8 @@ async def _drive_async(
     try:
         while True:
             if step is None:
-                try:
-                    step = gen.throw(error) if error is not None else gen.send(value)
-                except StopIteration as stop:
-                    box.append(stop.value)
+                step = _advance(gen, value, error, box)
+                if step is None:
                     return
                 value, error = None, None
             if isinstance(step, Emit | Commit):

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from agent import _steps
-from agent._base import BaseAgent, Prompt, build_request, output_schema, with_middleware
+from agent._base import (
+    TOP,
+    BaseAgent,
+    Caller,
+    Prompt,
+    build_request,
+    output_schema,
+    with_middleware,
+)
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError
@@ -157,14 +165,13 @@ class Agent(BaseAgent):
     def steps(
         self,
         request: Request,
-        *,
-        timeout: float | None = None,
-        transport: AnyTransport | None = None,
-        nested: bool = False,
+        caller: Caller = TOP,
     ) -> _steps.Steps[Response[Any]]:
         """This agent's whole call as steps: middleware, exchange(s), tools, validation."""
-        transport = self.transport or transport or default_transport() or self._resources.pool()
-        seconds = timeout or self.timeout
+        transport = (
+            self.transport or caller.transport or default_transport() or self._resources.pool()
+        )
+        seconds = caller.timeout or self.timeout
         if not self.middleware:
             return self._exchange(request, seconds, transport)
         return with_middleware(

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent import _steps, tracing
-from agent._base import BaseAgent, build_request, with_middleware
+from agent._base import TOP, BaseAgent, Caller, build_request, with_middleware
 from agent._resources import Resources
 from agent.catalog import Capabilities
 from agent.config import CircuitBreakerConfig, RouteOptions, validated
@@ -147,29 +147,19 @@ class AgentRouter(BaseAgent):
     def steps(
         self,
         request: Request,
-        *,
-        timeout: float | None = None,
-        transport: AnyTransport | None = None,
-        nested: bool = False,
+        caller: Caller = TOP,
     ) -> _steps.Steps[Response[Any]]:
-        """The whole routed call as steps (router middleware around the routing).
-        `timeout`: from an outer router, the time this router has (a deadline)."""
-        transport = self.transport or transport
+        """The whole routed call as steps (router middleware around the routing). A
+        caller's timeout (an outer router's time left) is a deadline here."""
+        if self.transport is not None:
+            caller = Caller(caller.timeout, self.transport, caller.nested)
         if not self.middleware:
-            return self._route(request, timeout, transport, nested)
-        return with_middleware(
-            self.middleware, request, lambda r: self._route(r, timeout, transport, nested)
-        )
+            return self._route(request, caller)
+        return with_middleware(self.middleware, request, lambda r: self._route(r, caller))
 
-    def _route(
-        self,
-        request: Request,
-        timeout: float | None,
-        transport: AnyTransport | None,
-        nested: bool,
-    ) -> _steps.Steps[Response[Any]]:
-        limit = min((s for s in (self.deadline, timeout) if s), default=None)
-        call = _Call(self, request, limit, transport, nested)
+    def _route(self, request: Request, caller: Caller) -> _steps.Steps[Response[Any]]:
+        limit = min((s for s in (self.deadline, caller.timeout) if s), default=None)
+        call = _Call(self, request, limit, caller.transport, caller.nested)
         plan = self.strategy.plan(request, self.agents, self._health)
         if inspect.isawaitable(plan):  # a custom router's coroutine: the driver awaits it
             plan = yield _steps.Invoke(_settle, (plan,))
@@ -187,7 +177,8 @@ class AgentRouter(BaseAgent):
                 continue
             self._skip(idx, call)
             if self.probe and self._health[idx].breaker.claim_probe():
-                yield _steps.Spawn(functools.partial(self._probe, idx, transport), self._resources)
+                probe = functools.partial(self._probe, idx, call.transport)
+                yield _steps.Spawn(probe, self._resources)
         call.order = order
         won: tuple[int, Response[Any]] | None = None
         if self.strategy.races:
@@ -224,9 +215,7 @@ class AgentRouter(BaseAgent):
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
             try:
-                steps = member.steps(
-                    request, timeout=seconds, transport=call.transport, nested=True
-                )
+                steps = member.steps(request, Caller(seconds, call.transport, nested=True))
                 if progress is None:
                     response = yield from steps
                 else:
@@ -285,7 +274,7 @@ class AgentRouter(BaseAgent):
         request = build_request(PROBE_PROMPT, max_tokens=1, metadata={"agent_router.probe": True})
         t0 = time.perf_counter()
         try:
-            yield from member.steps(request, transport=transport, nested=True)
+            yield from member.steps(request, Caller(transport=transport, nested=True))
         except AgentError as error:
             health.observe((time.perf_counter() - t0) * 1000, error)
         else:

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import _steps
-from agent._base import BaseAgent, with_middleware
+from agent._base import TOP, BaseAgent, Caller, with_middleware
 from agent._resources import Resources
 from agent.agent import validate_output
 from agent.catalog import Capabilities
 from agent.errors import AgentError, APIConnectionError, APITimeoutError
 from agent.middleware import Middleware
 from agent.providers.base import Reply, WireRequest
-from agent.transport import AnyTransport
 from agent.types import (
     FinishReason,
     Request,
@@ -108,12 +107,9 @@ class TestAgent(BaseAgent):
     def steps(
         self,
         request: Request,
-        *,
-        timeout: float | None = None,
-        transport: AnyTransport | None = None,
-        nested: bool = False,
+        caller: Caller = TOP,
     ) -> _steps.Steps[Response[Any]]:
-        seconds = timeout or self.timeout
+        seconds = caller.timeout or self.timeout
         return with_middleware(self.middleware, request, lambda r: self._answer(r, seconds))
 
     def _next(self, request: Request) -> str | Answer | AgentError:
