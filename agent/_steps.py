@@ -118,12 +118,25 @@ Step = Send | Open | Read | Close | Invoke | Sleep | Emit | Commit | Race | Spaw
 Steps = Generator[Step, Any, R]
 
 
-def _lacks(transport: object, how: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"the transport {transport!r} cannot serve {how} calls (it has no "
-        f"{'send/open_stream' if how == 'sync' else 'send_async/open_stream_async'}); "
-        f"give the agent or router a transport that does"
-    )
+def _method(step: Send | Open, name: str) -> Callable[..., Any]:
+    """The transport's method for this step, or a ConfigurationError naming what it lacks."""
+    try:
+        return getattr(step.transport, name)  # type: ignore[no-any-return]
+    except AttributeError:
+        how = "async" if name.endswith("_async") else "sync"
+        raise ConfigurationError(
+            f"the transport {step.transport!r} cannot serve {how} calls (it has no "
+            f"{name}); give the agent or router a transport that does"
+        ) from None
+
+
+def _kept(opened: Any, streams: list[Any], handle: Callable[[Any], Any]) -> Any:
+    """An opened stream, kept for the driver to close; an error Reply as it is."""
+    if isinstance(opened, Reply):
+        return opened
+    stream = handle(opened)
+    streams.append(stream)
+    return stream
 
 
 def _advance(gen: Steps[R], value: Any, error: BaseException | None, box: list[R]) -> Step | None:
@@ -157,22 +170,10 @@ def _perform(step: Step, streams: list[_SyncStream]) -> Any:
     if isinstance(step, Read):
         return step.stream.read()
     if isinstance(step, Send):
-        try:
-            send = step.transport.send  # type: ignore[union-attr]
-        except AttributeError:
-            raise _lacks(step.transport, "sync") from None
-        return send(step.wire, step.timeout)
+        return _method(step, "send")(step.wire, step.timeout)
     if isinstance(step, Open):
-        try:
-            open_stream = step.transport.open_stream  # type: ignore[union-attr]
-        except AttributeError:
-            raise _lacks(step.transport, "sync") from None
-        opened = open_stream(step.wire, step.timeout)
-        if isinstance(opened, Reply):
-            return opened
-        handle = _SyncStream(opened)
-        streams.append(handle)
-        return handle
+        opened = _method(step, "open_stream")(step.wire, step.timeout)
+        return _kept(opened, streams, _SyncStream)
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
@@ -284,22 +285,10 @@ async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
         return await step.stream.read()
     if isinstance(step, Send):
-        try:
-            send = step.transport.send_async  # type: ignore[union-attr]
-        except AttributeError:
-            raise _lacks(step.transport, "async") from None
-        return await send(step.wire, step.timeout)
+        return await _method(step, "send_async")(step.wire, step.timeout)
     if isinstance(step, Open):
-        try:
-            open_stream = step.transport.open_stream_async  # type: ignore[union-attr]
-        except AttributeError:
-            raise _lacks(step.transport, "async") from None
-        opened = await open_stream(step.wire, step.timeout)
-        if isinstance(opened, Reply):
-            return opened
-        handle = _AsyncStream(opened)
-        streams.append(handle)
-        return handle
+        opened = await _method(step, "open_stream_async")(step.wire, step.timeout)
+        return _kept(opened, streams, _AsyncStream)
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
