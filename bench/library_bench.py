@@ -140,28 +140,89 @@ def library_table(url: str, calls: int) -> list[str]:
     return lines
 
 
+def routers(agent: Agent, other: Agent) -> list[tuple[str, AgentRouter]]:
+    """The routers measured against a bare agent: each strategy, and a route inside a
+    route (the inner router is the outer one's first agent)."""
+    made = [(s, AgentRouter([agent, other], strategy=s))
+            for s in ("fallback", "round_robin", "cheapest", "capability")]
+    made.append(("nested route", AgentRouter([AgentRouter([agent, other]), other])))
+    return made
+
+
 def router_table(calls: int) -> list[str]:
     lines = [HEADER]
     agent = Agent(provider="openai", model="gpt-4o")
     other = Agent(provider="openai", model="gpt-4o-mini")
     base = measure(lambda: agent.run("Hello"), calls)
     lines.append(row("Agent.run (baseline)", base, None))
-    for strategy in ("fallback", "round_robin", "cheapest", "capability"):
-        router = AgentRouter([agent, other], strategy=strategy)
-        lines.append(row(f"AgentRouter.run {strategy}",
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run {name}",
                          measure(lambda r=router: r.run("Hello"), calls), base))
+    with AgentRouter([agent, other], strategy="fastest") as race:
+        lines.append(row("AgentRouter.run fastest (sync)",
+                         measure(lambda: race.run("Hello"), calls), base))
 
     async def async_rows() -> None:
         base_a = await measure_async(lambda: agent.run_async("Hello"), calls)
         lines.append(row("Agent.run_async (baseline)", base_a, None))
-        for strategy in ("fallback", "round_robin", "cheapest", "capability"):
-            router = AgentRouter([agent, other], strategy=strategy)
-            lines.append(row(f"AgentRouter.run_async {strategy}",
+        for name, router in routers(agent, other):
+            lines.append(row(f"AgentRouter.run_async {name}",
                              await measure_async(lambda r=router: r.run_async("Hello"), calls),
                              base_a))
 
     asyncio.run(async_rows())
     return lines
+
+
+def engine_table(calls: int) -> list[str]:
+    """The engine's own work per call, with no network at all: agents on a MockTransport
+    whose handler hands back a ready reply, against calling that handler directly."""
+    from agent.testing import MockTransport
+    from agent.transport import Reply
+
+    reply = Reply(200, {"content-type": "application/json"}, json.dumps({
+        "id": "c", "model": "gpt-4o", "usage": {"prompt_tokens": 5, "completion_tokens": 5},
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Hello"}}],
+    }).encode())
+
+    def handler(request: object) -> Reply:
+        return reply
+
+    mock = MockTransport(handler)
+    mock.requests = _Forgetful()
+    agent = Agent(provider="openai", model="gpt-4o", transport=mock)
+    other = Agent(provider="openai", model="gpt-4o-mini", transport=mock)
+    lines = [HEADER]
+    base = measure(lambda: handler(None), calls)
+    lines.append(row("handler alone", base, None))
+    lines.append(row("Agent.run", measure(lambda: agent.run("Hello"), calls), base))
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run {name}",
+                         measure(lambda r=router: r.run("Hello"), calls), base))
+
+    async def async_rows() -> None:
+        async def handler_async() -> Reply:
+            return reply
+
+        base_a = await measure_async(handler_async, calls)
+        lines.append(row("handler alone, async", base_a, None))
+        lines.append(row("Agent.run_async",
+                         await measure_async(lambda: agent.run_async("Hello"), calls), base_a))
+        for name, router in routers(agent, other):
+            lines.append(row(f"AgentRouter.run_async {name}",
+                             await measure_async(lambda r=router: r.run_async("Hello"), calls),
+                             base_a))
+
+    asyncio.run(async_rows())
+    return lines
+
+
+class _Forgetful(list):  # type: ignore[type-arg]
+    """A MockTransport's request log that keeps nothing (a benchmark makes thousands)."""
+
+    def append(self, item: object) -> None:
+        pass
 
 
 class _WinTime(Middleware):
@@ -223,6 +284,8 @@ def main() -> None:
         print("\n".join(library_table(url, args.calls)))
         print("\nRouter overhead over a bare Agent call")
         print("\n".join(router_table(args.calls)))
+        print("\nThe engine alone (MockTransport: no network), over the handler it calls")
+        print("\n".join(engine_table(args.calls)))
         print()
         print("\n".join(fastest_table(args.races)))
     finally:
