@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # The strategy registry's names (`agent.strategies.STRATEGIES`), as a type pydantic checks.
-Strategy: Any = Literal[STRATEGY_NAMES]
+StrategyName: Any = Literal[STRATEGY_NAMES]
 
 if TYPE_CHECKING:
     from agent.router import AgentRouter
@@ -242,7 +242,7 @@ class CircuitBreakerConfig(_Model):
 class RouteOptions(_Model):
     """How a route tries its agents: the `AgentRouter` constructor's own arguments."""
 
-    strategy: Annotated[Strategy, Kube("type")] = Field(
+    strategy: Annotated[StrategyName, Kube("type")] = Field(
         default="fallback", description="How candidates are ordered or raced"
     )
     retries: int = Field(default=1, ge=0, le=10, description="Per agent, for retryable errors")
