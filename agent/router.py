@@ -229,6 +229,7 @@ class AgentRouter(BaseAgent):
                 inner = error.route if isinstance(error, RoutingError) else None
                 call.attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns, inner))
                 if progress is not None and progress.emitted:
+                    self._trace(call, error=error)
                     raise  # content already reached the caller: no silent switch
                 delay = self._retry_delay(error, retry, idx, call)
                 if delay is None:

@@ -140,3 +140,26 @@ async def test_a_nested_route_is_one_trace(fake_factory) -> None:
     assert [s.attributes["agent_router.agent"] for s in inner_children] == ["b", "c"]
     assert inner_children[1].attributes["gen_ai.usage.output_tokens"] > 0
     provider.shutdown()
+
+
+async def test_a_stream_failing_after_content_is_traced_as_failed(fake_factory) -> None:
+    """What was tried: a streamed answer cut by an in-stream error after its first words
+    (no fallback is possible then). The decision must still be written, as failed."""
+    from fakes import Reply, StreamError
+
+    from agent.errors import OverloadedError
+
+    a = await fake_factory("openai")
+    a.script(StreamError(after=2, reply=Reply(text="one two three"), error_type="overloaded_error"))
+    provider, exporter = own_provider()
+    router = AgentRouter(
+        [Agent("openai", "gpt-4o", base_url=a.base_url, api_key="test-key", name="a")],
+        name="cut",
+        tracer_provider=provider,
+    )
+    with pytest.raises(OverloadedError):
+        [e async for e in await router.stream_async("x")]
+    decision = next(s for s in exporter.get_finished_spans() if s.name == "route cut")
+    assert decision.attributes["agent_router.outcome"] == "error"
+    assert decision.attributes["error.type"] == "OverloadedError"
+    provider.shutdown()
