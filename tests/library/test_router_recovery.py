@@ -83,13 +83,15 @@ async def test_a_failed_probe_opens_it_for_another_cooldown(fake_factory) -> Non
     a, b = await fake_factory("openai"), await fake_factory("openai")
     a.set_default(Fail(500))
     async with AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, circuit_breaker={"failures": 1, "cooldown": 0.2}
+        [agent_for(a, "a"), agent_for(b, "b")],
+        retries=0,
+        circuit_breaker={"failures": 1, "cooldown": 1.0},
     ) as router:
         await opened(router, "a")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.05)
         await router.run_async("x")  # starts the probe
         await until(lambda: len(a.requests) == 2 and router.health()["a"]["state"] == "open")
-        await router.run_async("x")  # within the new cooldown: no probe
+        await router.run_async("x")  # within the new cooldown (a second): no probe
         await asyncio.sleep(0.05)
         assert len(a.requests) == 2
 
@@ -103,8 +105,9 @@ async def test_without_probes_one_user_request_is_let_through(fake_factory) -> N
         retries=0,
         circuit_breaker={"failures": 1, "cooldown": 0.1, "probe": False},
     )
-    await opened(router, "a")
+    await router.run_async("x")  # a fails: its breaker opens
     await asyncio.sleep(0.15)
+    assert router.health()["a"]["state"] == "half_open"
     assert (await router.run_async("x")).text == "healed"
     assert router.health()["a"]["state"] == "closed"
 
@@ -164,13 +167,13 @@ async def test_every_circuit_open_still_tries_the_one_open_longest(fake_factory)
 async def test_a_retry_that_would_leave_no_time_for_the_next_agent_is_not_made(
     fake_factory,
 ) -> None:
-    """What was tried: a hung primary (1 s timeout), a healthy secondary, a 1.8 s
+    """What was tried: a hung primary (1 s timeout), a healthy secondary, a 1.9 s
     deadline and retries=2. Retrying the primary would time out again and leave the
     secondary nothing; the router falls back instead, and the secondary answers."""
     a, b = await fake_factory("openai"), await fake_factory("openai")
     a.set_default(Hang())
     router = AgentRouter(
-        [agent_for(a, "a", timeout=1.0), agent_for(b, "b")], retries=2, backoff=0.01, deadline=1.8
+        [agent_for(a, "a", timeout=1.0), agent_for(b, "b")], retries=2, backoff=0.01, deadline=1.9
     )
     response = await router.run_async("x")
     assert response.text == "Hello from openai"
