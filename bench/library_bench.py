@@ -165,13 +165,17 @@ def router_table(calls: int) -> list[str]:
     async def async_rows() -> None:
         base_a = await measure_async(lambda: agent.run_async("Hello"), calls)
         lines.append(row("Agent.run_async (baseline)", base_a, None))
-        for name, router in routers(agent, other):
-            lines.append(row(f"AgentRouter.run_async {name}",
-                             await measure_async(lambda r=router: r.run_async("Hello"), calls),
-                             base_a))
+        await router_rows_async(lines, agent, other, base_a, calls)
 
     asyncio.run(async_rows())
     return lines
+
+
+async def router_rows_async(lines: list[str], agent: Agent, other: Agent, base: list[float],
+                            calls: int) -> None:
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run_async {name}",
+                         await measure_async(lambda r=router: r.run_async("Hello"), calls), base))
 
 
 def engine_table(calls: int) -> list[str]:
@@ -209,10 +213,7 @@ def engine_table(calls: int) -> list[str]:
         lines.append(row("handler alone, async", base_a, None))
         lines.append(row("Agent.run_async",
                          await measure_async(lambda: agent.run_async("Hello"), calls), base_a))
-        for name, router in routers(agent, other):
-            lines.append(row(f"AgentRouter.run_async {name}",
-                             await measure_async(lambda r=router: r.run_async("Hello"), calls),
-                             base_a))
+        await router_rows_async(lines, agent, other, base_a, calls)
 
     asyncio.run(async_rows())
     return lines
