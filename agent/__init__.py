@@ -3,6 +3,7 @@
 from agent import Agent, AgentRouter
 """
 
+from agent._base import BaseAgent, Caller
 from agent.agent import Agent
 from agent.errors import AgentError, RoutingError
 from agent.middleware import Middleware
@@ -28,6 +29,8 @@ __all__ = [
     "Agent",
     "AgentError",
     "AgentRouter",
+    "BaseAgent",
+    "Caller",
     "Done",
     "Message",
     "Middleware",

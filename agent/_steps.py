@@ -1,50 +1,53 @@
 """One implementation of every call, driven two ways.
 
-The logic of a call (middleware, the tool loop, retries, fallback) is written once as
-a generator that *yields steps* (send this HTTP request, read a chunk, run this hook,
-sleep, hand this event to the caller) and receives their results. A sync driver and
-an async driver perform the steps. So sync and async behave identically by
-construction, and neither pays for the other (no event loop behind the sync API).
+The logic of a call (middleware, the tool loop, retries, fallback, races) is written
+once as a generator that *yields steps* (send this HTTP request, read a chunk, run this
+hook, sleep, hand these events to the caller, race these candidates) and receives their
+results. A sync driver and an async driver perform the steps, so sync and async behave
+identically by construction, and neither pays for the other: no event loop behind the
+sync API, except for the one step that needs concurrency (`Race`), which the sync driver
+hands, with the rest of the call, to the owner's loop thread.
+
+A step that fails raises into the generator, which decides (retry, fall back, give up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent import _transport
+from agent.errors import ConfigurationError
 from agent.providers.base import Reply, WireRequest
-from agent.transport import default_transport
 from agent.types import StreamEvent
 
 if TYPE_CHECKING:
-    from agent.transport import AsyncStreamResponse, AsyncTransport
+    from agent._resources import Resources
+    from agent.transport import AnyTransport
 
 R = TypeVar("R")
 
 
 @dataclass(slots=True)
 class Send:
-    """Send a request, return a `Reply`. `transport`: the agent's own, if it has one
-    (async drivers only; see `agent.transport`)."""
+    """Send a request through `transport`; returns a `Reply`."""
 
     wire: WireRequest
     timeout: float
-    transport: AsyncTransport | None = None
+    transport: AnyTransport
 
 
 @dataclass(slots=True)
 class Open:
-    """Open a streaming request: returns a stream handle, or a Reply for HTTP errors."""
+    """Open a streaming request: returns a stream to `Read`, or a Reply for HTTP errors."""
 
     wire: WireRequest
     timeout: float
-    transport: AsyncTransport | None = None
+    transport: AnyTransport
 
 
 @dataclass(slots=True)
@@ -60,8 +63,8 @@ class Close:
 
 
 @dataclass(slots=True)
-class Call:
-    """Call user code (a hook, a tool, a custom router) that may be sync or async."""
+class Invoke:
+    """Run user code (a hook, a tool, a custom router) that may be sync or async."""
 
     fn: Callable[..., Any]
     args: tuple[Any, ...]
@@ -80,98 +83,197 @@ class Emit:
     events: list[StreamEvent]
 
 
-Step = Send | Open | Read | Close | Call | Sleep | Emit
+@dataclass(slots=True)
+class Commit:
+    """A candidate is about to hand content to the caller: from here the call is
+    committed to it. In a race this is how a streaming candidate wins (the others are
+    cancelled before its first event leaves); elsewhere it is a no-op."""
+
+
+@dataclass(slots=True)
+class Race:
+    """Run candidates concurrently. `starts` make each candidate's steps, in order of
+    preference. With `hedge` seconds, the next candidate starts when none has won within
+    that delay (and at once when one gives up); without, all start at once.
+
+    A candidate wins by committing (a stream, see `Commit`) or by returning something
+    other than None (None: it gave up). The others are cancelled, the winner's stream is relayed to
+    the caller, and the step returns `(index of the winner, what it returned)`, or None
+    when every candidate gave up or `ends` (time.monotonic) passed."""
+
+    starts: Sequence[Callable[[], Steps[Any]]]
+    hedge: float | None
+    ends: float | None
+
+
+@dataclass(slots=True)
+class Spawn:
+    """Start `make()`'s steps in the background, owned (and closed) by `owner`."""
+
+    make: Callable[[], Steps[Any]]
+    owner: Resources
+
+
+Step = Send | Open | Read | Close | Invoke | Sleep | Emit | Commit | Race | Spawn
 Steps = Generator[Step, Any, R]
+
+
+def _method(step: Send | Open, name: str) -> Callable[..., Any]:
+    """The transport's method for this step, or a ConfigurationError naming what it lacks."""
+    try:
+        return getattr(step.transport, name)  # type: ignore[no-any-return]
+    except AttributeError:
+        how = "async" if name.endswith("_async") else "sync"
+        raise ConfigurationError(
+            f"the transport {step.transport!r} cannot serve {how} calls (it has no "
+            f"{name}); give the agent or router a transport that does"
+        ) from None
+
+
+def _kept(opened: Any, streams: list[Any], handle: Callable[[Any], Any]) -> Any:
+    """An opened stream, kept for the driver to close; an error Reply as it is."""
+    if isinstance(opened, Reply):
+        return opened
+    stream = handle(opened)
+    streams.append(stream)
+    return stream
+
+
+def _advance(gen: Steps[R], value: Any, error: BaseException | None, box: list[R]) -> Step | None:
+    """Resume `gen` with the last step's result (or its error): its next step, or None
+    when it returned (its value then goes into `box`)."""
+    try:
+        return gen.throw(error) if error is not None else gen.send(value)
+    except StopIteration as stop:
+        box.append(stop.value)
+        return None
 
 
 # ---- sync ------------------------------------------------------------------------------
 
 
-def _perform(step: Step, streams: list[Any]) -> Any:
+class _SyncStream:
+    __slots__ = ("_chunks", "response")
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self._chunks = iter(response)
+
+    def read(self) -> bytes:
+        return next(self._chunks, b"")
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _perform(step: Step, streams: list[_SyncStream]) -> Any:
     if isinstance(step, Read):
         return step.stream.read()
     if isinstance(step, Send):
-        return _transport.send(step.wire, step.timeout)
+        return _method(step, "send")(step.wire, step.timeout)
     if isinstance(step, Open):
-        opened = _transport.open_stream(step.wire, step.timeout)
-        if isinstance(opened, _transport.SyncStream):
-            streams.append(opened)
-        return opened
+        opened = _method(step, "open_stream")(step.wire, step.timeout)
+        return _kept(opened, streams, _SyncStream)
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
         step.stream.close()
         return None
-    if isinstance(step, Call):
+    if isinstance(step, Invoke):
         result = step.fn(*step.args)
-        return run_sync(result) if inspect.isawaitable(result) else result
+        return _run_coroutine(result) if inspect.isawaitable(result) else result
     if isinstance(step, Sleep):
         time.sleep(step.seconds)
+        return None
+    if isinstance(step, Spawn):
+        _spawn(step)
+        return None
+    if isinstance(step, Commit):
         return None
     raise TypeError(f"unexpected step {step!r}")
 
 
-def _drive(gen: Steps[R], streams: list[Any]) -> Iterator[StreamEvent]:
-    """Perform `gen`'s steps; yield what it emits; its return value ends the iteration."""
+def _drive(gen: Steps[R], owner: Resources, box: list[R]) -> Iterator[list[StreamEvent]]:
+    """Perform `gen`'s steps; yield what it emits; its return value goes into `box`.
+    At a `Race` the rest of the call moves to `owner`'s loop thread."""
+    streams: list[_SyncStream] = []
     value: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            step = gen.throw(error) if error is not None else gen.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        if isinstance(step, Emit):
-            yield from step.events
-            continue
-        try:
-            value = _perform(step, streams)
-        except Exception as exc:  # thrown back in: the generator decides (retry, fallback)
-            error = exc
+    try:
+        while (step := _advance(gen, value, error, box)) is not None:
+            value, error = None, None
+            if isinstance(step, Emit):
+                yield step.events
+            elif isinstance(step, Race):
+                yield from _on_loop(owner, _drive_async(gen, owner, box, step))
+                return
+            else:
+                try:
+                    value = _perform(step, streams)
+                except Exception as exc:  # thrown back in: the generator decides
+                    error = exc
+    finally:
+        gen.close()
+        for s in streams:
+            s.close()
 
 
-def run_steps(gen: Steps[R]) -> R:
-    """Run a non-streaming step generator to completion and return its value."""
-    streams: list[Any] = []
-    it = _drive(gen, streams)
+def _on_loop(owner: Resources, events: AsyncIterator[list[StreamEvent]]) -> Iterator[list[StreamEvent]]:
+    """Iterate an async iterator on `owner`'s loop thread, one batch at a time (so the
+    work never runs ahead of the caller, and closing stops it at once)."""
     try:
         while True:
-            next(it)
-    except StopIteration as stop:
-        return cast(R, stop.value)
+            batch = owner.submit(_next(events)).result()
+            if batch is None:
+                return
+            yield batch
     finally:
-        gen.close()
-        for s in streams:
-            s.close()
+        future = owner.submit(events.aclose())  # type: ignore[attr-defined]
+        concurrent.futures.wait([future])
 
 
-def iterate_steps(gen: Steps[Any]) -> Iterator[StreamEvent]:
+async def _next(events: AsyncIterator[list[StreamEvent]]) -> list[StreamEvent] | None:
+    return await anext(events, None)
+
+
+def run(gen: Steps[R], owner: Resources) -> R:
+    """Run a non-streaming step generator to completion and return its value."""
+    box: list[R] = []
+    for _ in _drive(gen, owner, box):
+        pass
+    return box[0]
+
+
+def iterate(gen: Steps[Any], owner: Resources) -> Iterator[StreamEvent]:
     """A sync stream: the events `gen` emits. Closing the iterator closes the HTTP stream."""
-    streams: list[Any] = []
+    for batch in _drive(gen, owner, []):
+        yield from batch
+
+
+def _run_coroutine(awaitable: Any) -> Any:
+    """An async hook, tool or custom router called from sync code. Inside a running
+    event loop (a notebook) it runs to its end on a short-lived thread of its own."""
     try:
-        yield from _drive(gen, streams)
-    finally:
-        gen.close()
-        for s in streams:
-            s.close()
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_settle(awaitable))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _settle(awaitable)).result()
 
 
 # ---- async -----------------------------------------------------------------------------
 
 
-class _Opened:
-    """An open async stream as step generators read it (b"" at its end), whatever the
-    transport behind it."""
-
+class _AsyncStream:
     __slots__ = ("_chunks", "response")
 
-    def __init__(self, response: AsyncStreamResponse) -> None:
+    def __init__(self, response: Any) -> None:
         self.response = response
         self._chunks = response.__aiter__()
 
     async def read(self) -> bytes:
         try:
-            return await self._chunks.__anext__()
+            return await self._chunks.__anext__()  # type: ignore[no-any-return]
         except StopAsyncIteration:
             return b""
 
@@ -179,56 +281,62 @@ class _Opened:
         await self.response.aclose()
 
 
-async def _perform_async(step: Step, streams: list[Any], transport: AsyncTransport) -> Any:
+async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
         return await step.stream.read()
     if isinstance(step, Send):
-        return await (step.transport or transport).send(step.wire, step.timeout)
+        return await _method(step, "send_async")(step.wire, step.timeout)
     if isinstance(step, Open):
-        opened = await (step.transport or transport).open_stream(step.wire, step.timeout)
-        if isinstance(opened, Reply):
-            return opened
-        handle = _Opened(opened)
-        streams.append(handle)
-        return handle
+        opened = await _method(step, "open_stream_async")(step.wire, step.timeout)
+        return _kept(opened, streams, _AsyncStream)
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
         await step.stream.close()
         return None
-    if isinstance(step, Call):
+    if isinstance(step, Invoke):
         result = step.fn(*step.args)
         return await result if inspect.isawaitable(result) else result
     if isinstance(step, Sleep):
         await asyncio.sleep(step.seconds)
         return None
+    if isinstance(step, Spawn):
+        _spawn(step)
+        return None
     raise TypeError(f"unexpected step {step!r}")
 
 
-async def iterate_steps_async(
-    gen: Steps[Any], transport: AsyncTransport | None = None
-) -> AsyncIterator[StreamEvent]:
-    """An async stream of the events `gen` emits; closing it closes the HTTP stream.
-    `transport`: for steps whose agent names none (default: the process default)."""
-    transport = transport or default_transport()
-    streams: list[Any] = []
+async def _drive_async(
+    gen: Steps[R], owner: Resources, box: list[R], step: Step | None = None
+) -> AsyncIterator[list[StreamEvent]]:
+    """The async driver: as `_drive`, performing `step` first when given (a call that
+    moved here from the sync driver)."""
+    streams: list[_AsyncStream] = []
     value: Any = None
     error: BaseException | None = None
     try:
         while True:
-            try:
-                step = gen.throw(error) if error is not None else gen.send(value)
-            except StopIteration:
-                return
-            value, error = None, None
-            if isinstance(step, Emit):
-                for event in step.events:
-                    yield event
+            if step is None:
+                step = _advance(gen, value, error, box)
+                if step is None:
+                    return
+                value, error = None, None
+            if isinstance(step, Emit | Commit):
+                # A commit travels up as an empty batch: a race takes it as a win.
+                events, step = step.events if isinstance(step, Emit) else [], None
+                yield events
                 continue
             try:
-                value = await _perform_async(step, streams, transport)
+                if isinstance(step, Race):
+                    won: list[Any] = []
+                    async for batch in _race(step, owner, won):
+                        yield batch
+                    value = won[0]
+                else:
+                    value = await _perform_async(step, streams)
             except Exception as exc:
                 error = exc
+            step = None
     finally:
         gen.close()
         for s in streams:
@@ -236,92 +344,102 @@ async def iterate_steps_async(
             await asyncio.shield(s.close())
 
 
-async def run_steps_async(gen: Steps[R], transport: AsyncTransport | None = None) -> R:
-    transport = transport or default_transport()
-    streams: list[Any] = []
-    value: Any = None
-    error: BaseException | None = None
+async def run_async(gen: Steps[R], owner: Resources) -> R:
+    box: list[R] = []
+    async for _ in _drive_async(gen, owner, box):
+        pass
+    return box[0]
+
+
+async def iterate_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[StreamEvent]:
+    """An async stream of the events `gen` emits; closing it closes the HTTP stream."""
+    events = _drive_async(gen, owner, [])
     try:
-        while True:
-            try:
-                step = gen.throw(error) if error is not None else gen.send(value)
-            except StopIteration as stop:
-                return cast(R, stop.value)
-            value, error = None, None
-            try:
-                value = await _perform_async(step, streams, transport)
-            except Exception as exc:
-                error = exc
+        async for batch in events:
+            for event in batch:
+                yield event
     finally:
-        gen.close()
-        for s in streams:
-            await asyncio.shield(s.close())
+        await events.aclose()  # type: ignore[attr-defined]
 
 
-# ---- helpers ---------------------------------------------------------------------------
+# ---- races -----------------------------------------------------------------------------
 
 
-def run_sync(awaitable: Awaitable[R]) -> R:
-    """Run a coroutine from sync code, also when this thread already runs a loop."""
+class _Runner:
+    """One candidate of a race: its driver, what it returned, and its first events."""
+
+    __slots__ = ("box", "events", "index")
+
+    def __init__(self, index: int, start: Callable[[], Steps[Any]], owner: Resources) -> None:
+        self.index = index
+        self.box: list[Any] = []
+        self.events = _drive_async(start(), owner, self.box)
+
+    def won(self, first: list[StreamEvent] | None) -> bool:
+        return first is not None or (bool(self.box) and self.box[0] is not None)
+
+
+async def _race(race: Race, owner: Resources, won: list[Any]) -> AsyncIterator[list[StreamEvent]]:
+    starts = list(enumerate(race.starts))
+    running: dict[asyncio.Task[list[StreamEvent] | None], _Runner] = {}
+    next_hedge: float | None = None
+    winner: tuple[_Runner, list[StreamEvent] | None] | None = None
+
+    def launch() -> None:
+        nonlocal next_hedge
+        index, start = starts.pop(0)
+        runner = _Runner(index, start, owner)
+        running[asyncio.ensure_future(_next(runner.events))] = runner
+        next_hedge = None if race.hedge is None or not starts else time.monotonic() + race.hedge
+
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(awaitable))
-    box: dict[str, Any] = {}
+        launch()
+        while race.hedge is None and starts:
+            launch()
+        while running and winner is None:
+            now = time.monotonic()
+            if race.ends is not None and now >= race.ends:
+                break
+            if next_hedge is not None and now >= next_hedge:
+                launch()  # no answer within the hedge delay: add the next candidate
+                continue
+            waits = [t - now for t in (race.ends, next_hedge) if t is not None]
+            done, _ = await asyncio.wait(
+                running, timeout=min(waits) if waits else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in sorted(done, key=lambda t: running[t].index):
+                runner = running.pop(task)
+                first = task.result()  # a candidate raises only what ends the whole call
+                if winner is None and runner.won(first):
+                    winner = runner, first
+                else:
+                    await runner.events.aclose()  # type: ignore[attr-defined]
+                    if starts and winner is None:  # one gave up: the next starts at once
+                        launch()
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for runner in running.values():
+            await runner.events.aclose()  # type: ignore[attr-defined]
+    if winner is None:
+        won.append(None)
+        return
+    runner, first = winner
+    try:
+        if first is not None:
+            yield first
+            async for batch in runner.events:
+                yield batch
+        won.append((runner.index, runner.box[0]))
+    finally:
+        await runner.events.aclose()  # type: ignore[attr-defined]
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(_await(awaitable))
-        except BaseException as exc:
-            box["error"] = exc
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return cast(R, box["value"])
+def _spawn(step: Spawn) -> None:
+    owner, make = step.owner, step.make
+    owner.spawn(lambda: run_async(make(), owner))
 
 
-async def _await(awaitable: Awaitable[R]) -> R:
+async def _settle(awaitable: Any) -> Any:
     return await awaitable
-
-
-def iterate_async_in_thread(factory: Callable[[], AsyncIterator[R]]) -> Iterator[R]:
-    """Consume an async iterator from sync code through a private loop in a thread.
-    Used where the logic is inherently concurrent (racing agents)."""
-    import queue
-
-    q: queue.Queue[tuple[str, Any]] = queue.Queue()
-    stop = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    async def pump() -> None:
-        agen = factory()
-        try:
-            async for item in agen:
-                q.put(("item", item))
-                if stop.is_set():
-                    break
-        except BaseException as exc:
-            q.put(("error", exc))
-        else:
-            q.put(("end", None))
-        finally:
-            await agen.aclose()  # type: ignore[attr-defined]
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(pump(),), daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "item":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        loop.close()

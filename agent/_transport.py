@@ -1,8 +1,11 @@
-"""HTTP I/O with httpx: pooled clients shared by every agent, and the one place where
-httpx exceptions become `agent.errors` (nothing from httpx escapes).
+"""HTTP I/O with httpx: the engine's own transport, and the one place where httpx
+exceptions become `agent.errors` (nothing from httpx escapes).
 
-The sync functions serve the sync API; `HttpxTransport` is the default
-`agent.transport.AsyncTransport` of the async one."""
+An `HttpxTransport` serves both protocols of `agent.transport`: one pooled sync client,
+and one pooled async client per event loop (httpx's async pools belong to the loop that
+made them). Every agent and router that is given no transport makes one when first
+called, and closes it in `close()` / `aclose()`.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def timeout_for(seconds: float) -> httpx.Timeout:
 
 
 def map_error(exc: Exception) -> AgentError:
-    """The single mapping from transport exceptions to the library's error tree."""
+    """The single mapping from httpx's exceptions to the library's error tree."""
     if isinstance(exc, AgentError):
         return exc
     if isinstance(exc, httpx.TimeoutException):
@@ -48,7 +51,7 @@ def map_error(exc: Exception) -> AgentError:
 
 
 class SyncStream:
-    """An open streaming response (sync)."""
+    """An open streaming response (sync): an `agent.transport.StreamResponse`."""
 
     __slots__ = ("_chunks", "headers", "response", "status")
 
@@ -58,9 +61,14 @@ class SyncStream:
         self.headers = response.headers
         self._chunks: Iterator[bytes] = response.iter_raw()
 
-    def read(self) -> bytes:
+    def __iter__(self) -> SyncStream:
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            return next(self._chunks, b"")
+            return next(self._chunks)
+        except StopIteration:
+            raise
         except Exception as exc:
             raise map_error(exc) from exc
 
@@ -94,82 +102,86 @@ class AsyncStream:
         await self.response.aclose()
 
 
-_sync_client: httpx.Client | None = None
-_sync_lock = threading.Lock()
-# One async client per event loop: httpx's pools belong to the loop that made them.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def sync_client() -> httpx.Client:
-    global _sync_client
-    if _sync_client is None:
-        with _sync_lock:
-            if _sync_client is None:
-                _sync_client = httpx.Client(verify=_ssl_context(), limits=_LIMITS)
-    return _sync_client
-
-
-def async_client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = httpx.AsyncClient(verify=_ssl_context(), limits=_LIMITS)
-        _async_clients[loop] = client
-    return client
-
-
 def _request(
     client: httpx.Client | httpx.AsyncClient, wire: WireRequest, timeout: float
 ) -> httpx.Request:
     return client.build_request(
-        wire.method,
-        wire.url,
-        headers=wire.headers,
-        content=wire.body,
-        timeout=timeout_for(timeout),
+        wire.method, wire.url, headers=wire.headers, content=wire.body, timeout=timeout_for(timeout)
     )
 
 
-def send(wire: WireRequest, timeout: float) -> Reply:
-    client = sync_client()
-    try:
-        r = client.send(_request(client, wire, timeout))
-    except Exception as exc:
-        raise map_error(exc) from exc
-    return Reply(r.status_code, r.headers, r.content)
-
-
-def open_stream(wire: WireRequest, timeout: float) -> SyncStream | Reply:
-    """A stream to read from, or (for an HTTP error) the whole error reply."""
-    client = sync_client()
-    try:
-        r = client.send(_request(client, wire, timeout), stream=True)
-        if r.status_code >= 400:
-            try:
-                return Reply(r.status_code, r.headers, r.read())
-            finally:
-                r.close()
-    except Exception as exc:
-        raise map_error(exc) from exc
-    return SyncStream(r)
-
-
 class HttpxTransport:
-    """The engine's default async transport: one pooled httpx client per event loop
-    (httpx's pools belong to the loop that made them), shared by every instance."""
+    """The engine's transport: `agent.transport.Transport` and `AsyncTransport` on httpx.
 
-    async def send(self, request: WireRequest, timeout: float) -> Reply:
-        client = async_client()
+    Its pools are made when first used and closed by `close()` (the sync pool, and async
+    pools whose loop has ended) and `aclose()` (the running loop's pool too)."""
+
+    def __init__(self) -> None:
+        self._sync: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return "HttpxTransport()"
+
+    # ---- sync ----------------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = httpx.Client(verify=_ssl_context(), limits=_LIMITS)
+        return self._sync
+
+    def send(self, request: WireRequest, timeout: float) -> Reply:
+        client = self._client()
+        try:
+            r = client.send(_request(client, request, timeout))
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return Reply(r.status_code, r.headers, r.content)
+
+    def open_stream(self, request: WireRequest, timeout: float) -> SyncStream | Reply:
+        client = self._client()
+        try:
+            r = client.send(_request(client, request, timeout), stream=True)
+            if r.status_code >= 400:
+                try:
+                    return Reply(r.status_code, r.headers, r.read())
+                finally:
+                    r.close()
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return SyncStream(r)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    # ---- async ---------------------------------------------------------------------------
+
+    def _async_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = httpx.AsyncClient(verify=_ssl_context(), limits=_LIMITS)
+            self._async[loop] = client
+        return client
+
+    async def send_async(self, request: WireRequest, timeout: float) -> Reply:
+        client = self._async_client()
         try:
             r = await client.send(_request(client, request, timeout))
         except Exception as exc:
             raise map_error(exc) from exc
         return Reply(r.status_code, r.headers, r.content)
 
-    async def open_stream(self, request: WireRequest, timeout: float) -> AsyncStream | Reply:
-        client = async_client()
+    async def open_stream_async(self, request: WireRequest, timeout: float) -> AsyncStream | Reply:
+        client = self._async_client()
         try:
             r = await client.send(_request(client, request, timeout), stream=True)
             if r.status_code >= 400:
@@ -181,10 +193,12 @@ class HttpxTransport:
             raise map_error(exc) from exc
         return AsyncStream(r)
 
+    async def aclose(self) -> None:
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+        self.close()
 
-def close_all() -> None:
-    """Close the shared sync client (tests and short scripts; not needed otherwise)."""
-    global _sync_client
-    if _sync_client is not None:
-        _sync_client.close()
-        _sync_client = None
+    def pools(self) -> int:
+        """How many connection pools are open (one sync, one per event loop in use)."""
+        return (self._sync is not None) + len(self._async)

@@ -4,45 +4,50 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from agent import _steps
+from agent._base import (
+    TOP,
+    BaseAgent,
+    Caller,
+    Prompt,
+    build_request,
+    output_schema,
+    with_middleware,
+)
+from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError
-from agent.middleware import Middleware, overrides
+from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
 from agent.providers.base import Codec, Parsed, Reply, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
+from agent.transport import AnyTransport, default_transport
 from agent.types import (
-    Done,
     Message,
     OutputSchema,
     Request,
     Response,
-    StreamEvent,
     ToolCall,
     ToolResult,
     ToolSpec,
     Usage,
-    as_messages,
 )
 
 if TYPE_CHECKING:
-    from agent.transport import AsyncTransport
+    from agent.config import AgentConfig
 
-__all__ = ["Agent"]
-
-T = TypeVar("T")
-Prompt = str | Sequence[Message | dict[str, Any]]
+__all__ = ["Agent", "Prompt", "build_request", "output_schema"]
 
 DEFAULT_TIMEOUT = 60.0
 
 
-class Agent:
+class Agent(BaseAgent):
     """One model at one provider.
 
     Constructing an Agent does no I/O and never fails for an unknown provider or a
@@ -67,7 +72,7 @@ class Agent:
         name: str | None = None,
         weight: float = 1.0,
         extra: dict[str, Any] | None = None,
-        transport: AsyncTransport | None = None,
+        transport: AnyTransport | None = None,
     ) -> None:
         self.provider = provider
         self.model = resolve_model(model)
@@ -80,7 +85,8 @@ class Agent:
         self.weight = weight
         self.extra = dict(extra or {})
         self.middleware = list(middleware or ())
-        self.transport = transport  # async calls only; None: the router's or the default
+        self.transport = transport  # None: the router's, the process default, or its own
+        self._resources = Resources(self.name)
         self._api_key = api_key
         self._tool_input = list(tools or ())
         self._price_override = Price(*price) if isinstance(price, tuple) else price
@@ -90,6 +96,14 @@ class Agent:
         return f"Agent(provider={self.provider!r}, model={self.model!r})"
 
     # ---- what routers ask ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: AgentConfig | dict[str, Any], **options: Any) -> Agent:
+        """The agent a config document's `agents:` entry describes (validated here);
+        `options`: what a document cannot carry (`transport=`, `middleware=`, `tools=`)."""
+        from agent.config import AgentConfig, validated
+
+        return validated(AgentConfig, config).build(**options)
 
     @functools.cached_property
     def tools(self) -> list[ToolSpec]:
@@ -148,53 +162,34 @@ class Agent:
 
     # ---- requests -----------------------------------------------------------------------
 
-    def request(
+    def steps(
         self,
-        prompt: Prompt,
-        *,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        tools: Iterable[ToolLike] | None = None,
-        schema: Any = None,
-        stream: bool = False,
-        metadata: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> Request:
-        """Normalize the call's arguments (routers build the request once for all agents)."""
-        return Request(
-            messages=as_messages(prompt),
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            stop=[stop] if isinstance(stop, str) else list(stop) if stop else None,
-            tools=to_tool_specs(tools),
-            output_schema=output_schema(schema) if schema is not None else None,
-            stream=stream,
-            extra=extra,
-            metadata=metadata or {},
+        request: Request,
+        caller: Caller = TOP,
+    ) -> _steps.Steps[Response[Any]]:
+        """This agent's whole call as steps: middleware, exchange(s), tools, validation."""
+        transport = (
+            self.transport or caller.transport or default_transport() or self._resources.pool()
+        )
+        seconds = caller.timeout or self.timeout
+        if not self.middleware:
+            return self._exchange(request, seconds, transport)
+        return with_middleware(
+            self.middleware, request, lambda r: self._exchange(r, seconds, transport)
         )
 
-    def steps(self, request: Request, timeout: float | None = None) -> _steps.Steps[Response[Any]]:
-        """This agent's whole call as steps: middleware, exchange(s), tools, validation."""
-        for mw in self.middleware:
-            if overrides(mw, "before"):
-                request = (yield _steps.Call(mw.before, (request,))) or request
+    def _exchange(
+        self, request: Request, timeout: float, transport: AnyTransport
+    ) -> _steps.Steps[Response[Any]]:
         try:
-            response = yield from self._exchange(request, timeout or self.timeout)
+            return (yield from self._rounds(request, timeout, transport))
         except AgentError as error:
             error.at(self.provider, self.model).redact(*self._secrets())
-            for mw in self.middleware:
-                if overrides(mw, "on_error"):
-                    yield _steps.Call(mw.on_error, (request, error))
             raise
-        for mw in self.middleware:
-            if overrides(mw, "after"):
-                response = (yield _steps.Call(mw.after, (request, response))) or response
-        return response
 
-    def _exchange(self, request: Request, timeout: float) -> _steps.Steps[Response[Any]]:
+    def _rounds(
+        self, request: Request, timeout: float, transport: AnyTransport
+    ) -> _steps.Steps[Response[Any]]:
         target = self.target()
         codec = codec_for(self.provider)
         tools = {t.name: t for t in (*self.tools, *request.tools)}
@@ -213,10 +208,10 @@ class Agent:
             wire = codec.build(request, target)
             if request.stream:
                 parsed = yield from _stream_once(
-                    codec, _steps.Open(wire, timeout, self.transport), start, first
+                    codec, _steps.Open(wire, timeout, transport), start, first
                 )
             else:
-                reply: Reply = yield _steps.Send(wire, timeout, self.transport)
+                reply: Reply = yield _steps.Send(wire, timeout, transport)
                 if reply.status >= 400:
                     raise codec.error(reply.status, reply.headers, reply.body)
                 parsed = codec.parse(reply.body)
@@ -231,7 +226,7 @@ class Agent:
             for call, spec in zip(parsed.tool_calls, runnable, strict=True):
                 assert spec is not None and spec.function is not None
                 try:
-                    result = yield _steps.Call(
+                    result = yield _steps.Invoke(
                         functools.partial(spec.function, **call.arguments), ()
                     )
                     record_result(call, result)
@@ -259,7 +254,7 @@ class Agent:
         price = self.price
         output: Any = parsed.text
         if schema is not None and schema.parse is not None:
-            output = _validate(schema, parsed.text, self.provider, self.model)
+            output = validate_output(schema, parsed.text, self.provider, self.model)
         return Response(
             output=output,
             text=parsed.text,
@@ -276,40 +271,6 @@ class Agent:
             time_to_first_token_ms=round((first[0] - start) * 1000, 3) if first else None,
             messages=messages,
         )
-
-    # ---- the public call surface --------------------------------------------------------
-
-    def run(self, prompt: Prompt, **options: Any) -> Response[str]:
-        return _steps.run_steps(self.steps(self.request(prompt, **options)))
-
-    async def run_async(self, prompt: Prompt, **options: Any) -> Response[str]:
-        return await _steps.run_steps_async(self.steps(self.request(prompt, **options)))
-
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
-        request = self.request(prompt, stream=True, **options)
-        return _steps.iterate_steps(with_done(self.steps(request)))
-
-    async def stream_async(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamEvent]:
-        request = self.request(prompt, stream=True, **options)
-        return _steps.iterate_steps_async(with_done(self.steps(request)))
-
-    @overload
-    def json(self, prompt: Prompt, schema: type[T], **options: Any) -> Response[T]: ...
-    @overload
-    def json(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]: ...
-    def json(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
-        return _steps.run_steps(self.steps(self.request(prompt, schema=schema, **options)))
-
-    async def json_async(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
-        request = self.request(prompt, schema=schema, **options)
-        return await _steps.run_steps_async(self.steps(request))
-
-
-def with_done(steps: _steps.Steps[Response[Any]]) -> _steps.Steps[Response[Any]]:
-    """End a stream with the assembled response."""
-    response = yield from steps
-    yield _steps.Emit([Done(response)])
-    return response
 
 
 def _stream_once(
@@ -340,14 +301,7 @@ def _stream_once(
     return parsed
 
 
-def output_schema(schema: Any) -> OutputSchema:
-    """The JSON schema and validator for `json(schema=...)`: a pydantic model or any type."""
-    adapter = pydantic.TypeAdapter(schema)
-    name = getattr(schema, "__name__", "output")
-    return OutputSchema(name, adapter.json_schema(), adapter.validate_json)
-
-
-def _validate(schema: OutputSchema, text: str, provider: str, model: str) -> Any:
+def validate_output(schema: OutputSchema, text: str, provider: str, model: str) -> Any:
     body = text.strip()
     if body.startswith("```"):  # some models fence JSON even when asked not to
         body = body.strip("`").removeprefix("json").strip()

@@ -9,7 +9,8 @@ the host only).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 Wire = Literal["openai", "anthropic", "gemini"]
@@ -121,7 +122,27 @@ class Capabilities:
     context_window: int = 128_000
 
     def with_overrides(self, overrides: dict[str, object] | None) -> Capabilities:
-        return replace(self, **overrides) if overrides else self  # type: ignore[arg-type]
+        if not overrides:
+            return self
+        if unknown := sorted(set(overrides) - set(CAPABILITY_NAMES)):
+            from agent.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"unknown capability {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(CAPABILITY_NAMES)}"
+            )
+        return replace(self, **overrides)  # type: ignore[arg-type]
+
+    @staticmethod
+    def any_of(each: Sequence[Capabilities]) -> Capabilities:
+        """What a router offers: whatever one of its agents offers."""
+        return Capabilities(
+            tools=any(c.tools for c in each),
+            vision=any(c.vision for c in each),
+            structured_output=any(c.structured_output for c in each),
+            streaming=any(c.streaming for c in each),
+            context_window=max((c.context_window for c in each), default=0),
+        )
 
     def missing_for(
         self, *, tools: bool, images: bool, structured: bool, stream: bool, input_tokens: int
@@ -157,6 +178,7 @@ _CAPABILITIES: list[tuple[str, Capabilities]] = [
     ("llama-3.3-70b", Capabilities(context_window=131_072)),
     ("llama-3.1-8b", Capabilities(context_window=131_072)),
 ]
+CAPABILITY_NAMES = tuple(f.name for f in fields(Capabilities))
 DEFAULT_CAPABILITIES = Capabilities(tools=False, structured_output=False, context_window=8_192)
 
 

@@ -32,22 +32,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.redacted(), indent=2))
             return 0
         config = load_config(args.config)
-        routers = config.build()
-        name = args.route or config.default_route or config.routes[0].name
-        if name not in routers:
-            print(f"no route {name!r}; routes: {', '.join(routers)}", file=sys.stderr)
+        names = [r.name for r in config.routes]
+        if args.route and args.route not in names:
+            print(f"no route {args.route!r}; routes: {', '.join(names)}", file=sys.stderr)
             return 2
-        router = routers[name]
-        if args.stream:
-            for event in router.stream(args.prompt, system=args.system):
-                if event.type == "text_delta":
-                    print(event.text, end="", flush=True)
-                elif event.type == "done":
-                    response = event.response
-            print()
-        else:
-            response = router.run(args.prompt, system=args.system)
-            print(response.text)
+        with config.router(args.route) as router:
+            if args.stream:
+                for event in router.stream(args.prompt, system=args.system):
+                    if event.type == "text_delta":
+                        print(event.text, end="", flush=True)
+                    elif event.type == "done":
+                        response = event.response
+                print()
+            else:
+                response = router.run(args.prompt, system=args.system)
+                print(response.text)
         route = response.route
         print(
             f"-- {response.provider}/{response.model} in {response.latency_ms:.0f} ms, "

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -37,27 +38,32 @@ from pydantic import (
 )
 
 from agent.agent import Agent
-from agent.catalog import PROVIDERS
+from agent.catalog import CAPABILITY_NAMES, PROVIDERS
 from agent.errors import ConfigurationError
 from agent.pricing import Price
-from agent.router import AgentRouter
 from agent.strategies import STRATEGY_NAMES
 from agent.types import Request, RouteResult
 
-__all__ = ["AgentConfig", "RouteConfig", "RouterConfig", "Rule", "load_config", "parse_config"]
-
-Strategy = Literal[
-    "fallback",
-    "round_robin",
-    "cheapest",
-    "capability",
-    "latency",
-    "weighted",
-    "fastest",
-    "hedged",
-    "custom",
+__all__ = [
+    "AgentConfig",
+    "CapabilitiesConfig",
+    "CircuitBreakerConfig",
+    "PriceConfig",
+    "RouteConfig",
+    "RouteOptions",
+    "RouterConfig",
+    "Rule",
+    "load_config",
+    "parse_config",
 ]
-assert set(Strategy.__args__) == set(STRATEGY_NAMES)  # type: ignore[attr-defined]
+
+# The strategy registry's names (`agent.strategies.STRATEGIES`), as a type pydantic checks.
+StrategyName: Any = Literal[STRATEGY_NAMES]
+
+if TYPE_CHECKING:
+    from agent.router import AgentRouter
+
+M = TypeVar("M", bound=BaseModel)
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
@@ -66,23 +72,69 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Kube:
+    """How a field is spelled in the Kubernetes resources, where camelCase of its name
+    is not the whole story: a unit suffix (`timeout` -> `timeoutSeconds`), or a name of
+    its own. The CRD models (`agent_operator.resources`) are derived from these models
+    with these spellings; no field is renamed anywhere else."""
+
+    name: str | None = None
+    suffix: str = ""
+
+
+SECONDS = Kube(suffix="Seconds")
+
+
 class PriceConfig(_Model):
-    input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
-    output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
+    input_per_mtok: Annotated[float, Kube("inputPerMTok")] = Field(
+        ge=0, description="USD per million input tokens"
+    )
+    output_per_mtok: Annotated[float, Kube("outputPerMTok")] = Field(
+        ge=0, description="USD per million output tokens"
+    )
+
+
+class CapabilitiesConfig(_Model):
+    """Overrides of the capability table (`agent.catalog.Capabilities`)."""
+
+    tools: bool | None = Field(default=None, description="Accepts tool definitions")
+    vision: bool | None = Field(default=None, description="Accepts images")
+    structured_output: bool | None = Field(default=None, description="Follows a JSON schema")
+    streaming: bool | None = Field(default=None, description="Streams answers")
+    context_window: int | None = Field(default=None, ge=1, description="Tokens of context")
+
+
+assert tuple(CapabilitiesConfig.model_fields) == CAPABILITY_NAMES
 
 
 class AgentConfig(_Model):
-    name: str = Field(pattern=NAME, description="Unique name that routes refer to")
-    provider: str = Field(description="openai, anthropic, gemini, deepseek, groq, ...")
-    model: str = Field(min_length=1, description="Model id or short name (claude-sonnet, ...)")
-    base_url: str | None = Field(default=None, description="Overrides the provider's URL")
+    """One model at one provider."""
+
+    name: str = Field(
+        pattern=NAME, max_length=63, description="Unique name; routes and rules refer to it"
+    )
+    provider: str = Field(
+        description="The API it speaks; openai_compatible with a base URL for any "
+        "OpenAI-compatible server"
+    )
+    model: str = Field(
+        min_length=1, max_length=253, description="Model id, or a short name such as claude-sonnet"
+    )
+    base_url: str | None = Field(
+        default=None, max_length=2048, description="Overrides the provider's default URL"
+    )
     api_key: SecretStr | None = Field(default=None, description="The key itself (pushed)")
     api_key_env: str | None = Field(default=None, description="Environment variable holding it")
-    timeout: float = Field(default=60.0, gt=0, description="Seconds per attempt")
-    weight: float = Field(default=1.0, ge=0, description="For the weighted strategy")
-    price: PriceConfig | None = None
-    capabilities: dict[str, bool | int] | None = None
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # may carry keys
+    timeout: Annotated[float, SECONDS] = Field(default=60.0, gt=0, description="Per attempt")
+    weight: float = Field(default=1.0, ge=0, description="Share of traffic for `weighted`")
+    price: PriceConfig | None = Field(default=None, description="Overrides the price data")
+    capabilities: CapabilitiesConfig | None = Field(
+        default=None, description="Overrides the capability table"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="Extra HTTP headers sent to the provider"
+    )  # may carry keys
     extra: dict[str, Any] = Field(default_factory=dict, description="Extra body fields")
 
     @field_validator("provider")
@@ -92,11 +144,13 @@ class AgentConfig(_Model):
             raise ValueError(f"unknown provider {value!r}; known: {', '.join(sorted(PROVIDERS))}")
         return value
 
-    def build(self) -> Agent:
+    def build(self, **options: Any) -> Agent:
+        """The agent; `options` add what a document cannot carry (transport=, tools=...)."""
         key = self.api_key.get_secret_value() if self.api_key else None
         if key is None and self.api_key_env:
             key = os.environ.get(self.api_key_env)
         price = Price(self.price.input_per_mtok, self.price.output_per_mtok) if self.price else None
+        caps = self.capabilities.model_dump(exclude_none=True) if self.capabilities else None
         return Agent(
             self.provider,
             self.model,
@@ -105,10 +159,11 @@ class AgentConfig(_Model):
             timeout=self.timeout,
             weight=self.weight,
             price=price,
-            capabilities=self.capabilities,
+            capabilities=caps or None,
             headers=self.headers,
             name=self.name,
             extra=self.extra,
+            **options,
         )
 
 
@@ -123,22 +178,33 @@ def _compiles(value: str) -> str:
 # A regular expression, checked when the document is read (and by the operator, on the
 # RoutingPolicy, where the apiserver cannot check it).
 Regex = Annotated[str, AfterValidator(_compiles)]
+# Names of agents and routes: bounded, so the apiserver's CEL cost estimates stay small.
+ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
 
 
 class Rule(_Model):
-    """For the custom strategy: the first rule whose conditions all hold picks the agent."""
+    """custom: the first rule whose conditions all hold picks the first agent."""
 
-    prefer: list[str] = Field(min_length=1, description="Agents to try first, in order")
-    reason: str = Field(min_length=1)
-    input_contains: list[str] | None = Field(
-        default=None, description="Any of these words (case-insensitive)"
+    prefer: list[ObjectName] = Field(
+        min_length=1, max_length=64, description="Agents to try first, in order"
     )
-    input_matches: Regex | None = Field(default=None, description="A regular expression")
-    min_input_chars: int | None = Field(default=None, ge=0)
-    max_input_chars: int | None = Field(default=None, ge=0)
-    tools: bool | None = Field(default=None, description="The request asks for tools")
-    metadata: dict[str, str] | None = None
-
+    reason: str = Field(min_length=1, max_length=256, description="Reported on the response")
+    input_contains: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, max_length=64, description="Any of these words, case-insensitive"
+    )
+    input_matches: Regex | None = Field(
+        default=None, max_length=1024, description="A regular expression on the input"
+    )
+    min_input_chars: int | None = Field(
+        default=None, ge=0, description="The input is at least this long"
+    )
+    max_input_chars: int | None = Field(
+        default=None, ge=0, description="The input is at most this long"
+    )
+    tools: bool | None = Field(default=None, description="Whether the request asks for tools")
+    metadata: dict[str, str] | None = Field(
+        default=None, description="The request's metadata has all of these values"
+    )
 
     def matches(self, request: Request) -> bool:
         text = request.input
@@ -158,34 +224,94 @@ class Rule(_Model):
 
 
 class CircuitBreakerConfig(_Model):
+    """Per agent: stop trying it after consecutive failures."""
+
     failures: int = Field(
         default=5, ge=0, description="Consecutive failures that open it (0: never)"
     )
-    cooldown: float = Field(default=30.0, ge=0, description="Seconds before a probe")
+    cooldown: Annotated[float, SECONDS] = Field(
+        default=30.0, ge=0, description="Before the agent is probed again"
+    )
+    probe: bool = Field(
+        default=True,
+        description="Probe an open agent in the background (one small request) instead "
+        "of letting a user request through",
+    )
 
 
-class RouteConfig(_Model):
-    name: str = Field(min_length=1, description="What apps send as `model`")
-    agents: list[str] = Field(min_length=1, description="Agent names, in order of preference")
-    strategy: Strategy = "fallback"
-    retries: int = Field(default=1, ge=0, le=10)
-    backoff: float = Field(default=0.25, ge=0)
-    max_retry_after: float = Field(default=10.0, ge=0)
-    deadline: float | None = Field(default=None, gt=0, description="Seconds for the whole call")
-    hedge_delay: float | None = Field(default=None, ge=0)
+class RouteOptions(_Model):
+    """How a route tries its agents: the `AgentRouter` constructor's own arguments."""
+
+    strategy: Annotated[StrategyName, Kube("type")] = Field(
+        default="fallback", description="How candidates are ordered or raced"
+    )
+    retries: int = Field(default=1, ge=0, le=10, description="Per agent, for retryable errors")
+    backoff: Annotated[float, SECONDS] = Field(default=0.25, ge=0, description="First retry delay")
+    max_retry_after: Annotated[float, SECONDS] = Field(
+        default=10.0, ge=0, description="Longer retry-after hints fall back at once"
+    )
+    deadline: Annotated[float | None, SECONDS] = Field(
+        default=None, gt=0, description="For the whole routed call"
+    )
+    hedge_delay: Annotated[float | None, SECONDS] = Field(
+        default=None, ge=0, description="hedged: start the next candidate after this"
+    )
     weights: dict[str, float] | None = Field(
         default=None, description="weighted: agent name to weight (else each agent's weight)"
     )
-    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
-    rules: list[Rule] = Field(default_factory=list)
+    circuit_breaker: CircuitBreakerConfig = Field(
+        default_factory=CircuitBreakerConfig,
+        description="Per agent: stop trying it after consecutive failures",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyRule:
+    """A field that only some strategies use (`only`), or that they need (`needed`).
+    Checked here on config documents, and rendered as the RoutingPolicy's CEL rules by
+    `agent_operator.crdgen`: one list, two checkers. `message` names the field as
+    `{field}`, spelled as the document being checked spells it."""
+
+    field: str
+    strategies: tuple[str, ...]
+    kind: Literal["only", "needed"]
+    message: str
+
+    def broken(self, strategy: str, value: Any) -> bool:
+        present = value is not None and value != [] and value != {}
+        if self.kind == "only":
+            return present and strategy not in self.strategies
+        return strategy in self.strategies and not present
+
+
+STRATEGY_RULES = (
+    StrategyRule("rules", ("custom",), "needed", "the custom strategy needs at least one rule"),
+    StrategyRule("rules", ("custom",), "only", "{field} apply only to the custom strategy"),
+    StrategyRule("weights", ("weighted",), "only", "{field} apply only to the weighted strategy"),
+    StrategyRule(
+        "hedge_delay",
+        ("hedged", "fastest"),
+        "only",
+        "{field} applies only to the hedged and fastest strategies",
+    ),
+)
+
+
+class RouteConfig(RouteOptions):
+    name: str = Field(min_length=1, description="What apps send as `model`")
+    agents: list[str] = Field(min_length=1, description="Agent names, in order of preference")
+    rules: list[Rule] = Field(default_factory=list, description="For the custom strategy")
 
     @model_validator(mode="after")
-    def _rules_for_custom(self) -> RouteConfig:
-        if self.strategy == "custom" and not self.rules:
-            raise ValueError("the custom strategy needs at least one rule")
-        if self.rules and self.strategy != "custom":
-            raise ValueError("rules apply only to the custom strategy")
+    def _strategy_rules(self) -> RouteConfig:
+        for rule in STRATEGY_RULES:
+            if rule.broken(self.strategy, getattr(self, rule.field)):
+                raise ValueError(rule.message.format(field=rule.field))
         return self
+
+    def options(self) -> dict[str, Any]:
+        """The constructor arguments of this route's router."""
+        return {name: getattr(self, name) for name in RouteOptions.model_fields}
 
 
 class RouterConfig(_Model):
@@ -248,31 +374,43 @@ class RouterConfig(_Model):
                 item["api_key"] = agent.api_key.get_secret_value()
         return data
 
-    def build(self) -> dict[str, AgentRouter]:
-        """One router per route; routes sharing an agent share its connection pools."""
+    def build(self, **options: Any) -> dict[str, AgentRouter]:
+        """One router per route. `options` go to every router (transport=, middleware=,
+        tracer_provider=); each router owns its pools unless a transport is given."""
         agents = {a.name: a.build() for a in self.agents}
-        return {r.name: build_route(r, agents) for r in self.routes}
+        return {r.name: build_route(r, agents, **options) for r in self.routes}
+
+    def router(self, route: str | None = None, **options: Any) -> AgentRouter:
+        """The router of one route (default: `default_route`, else the first)."""
+        name = route or self.default_route or (self.routes[0].name if self.routes else None)
+        spec = next((r for r in self.routes if r.name == name), None)
+        if spec is None:
+            known = ", ".join(r.name for r in self.routes) or "none"
+            raise ConfigurationError(f"no route {name!r} in the config (routes: {known})")
+        agents = {a.name: a.build() for a in self.agents if a.name in spec.agents}
+        return build_route(spec, agents, **options)
 
 
-def build_route(route: RouteConfig, agents: dict[str, Agent]) -> AgentRouter:
-    members = [agents[n] for n in route.agents]
+def validated(model: type[M], value: M | dict[str, Any]) -> M:
+    """`value` as `model`, validated; a ConfigurationError says what is wrong."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(describe(exc)) from exc
+
+
+def build_route(route: RouteConfig, agents: dict[str, Agent], **options: Any) -> AgentRouter:
+    from agent.router import AgentRouter
+
     custom = _rules_router(route.rules) if route.strategy == "custom" else None
-    weights = (
-        [route.weights.get(n, agents[n].weight) for n in route.agents] if route.weights else None
-    )
     return AgentRouter(
-        members,
-        route.strategy,
-        custom,
-        retries=route.retries,
-        backoff=route.backoff,
-        max_retry_after=route.max_retry_after,
-        breaker_failures=route.circuit_breaker.failures,
-        breaker_cooldown=route.circuit_breaker.cooldown,
-        deadline=route.deadline,
-        hedge_delay=route.hedge_delay,
-        weights=weights,
+        [agents[n] for n in route.agents],
+        custom_router=custom,
         name=route.name,
+        **route.options(),
+        **options,
     )
 
 

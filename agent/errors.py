@@ -2,6 +2,7 @@
 
     AgentError                      base: .message, .provider, .model, .status
     ├── ConfigurationError          unknown provider, missing API key, bad arguments
+    ├── InvalidRequestError         the call's own input is unusable (a malformed message)
     ├── ProviderError               a provider call failed
     │   ├── AuthenticationError     401
     │   ├── PermissionDeniedError   403
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.types import Attempt
+    from agent.types import Attempt, RouteInfo
 
 __all__ = [
     "APIConnectionError",
@@ -41,6 +42,7 @@ __all__ = [
     "BadRequestError",
     "CircuitOpenError",
     "ConfigurationError",
+    "InvalidRequestError",
     "InvalidResponseError",
     "NoCapableAgentError",
     "NotFoundError",
@@ -131,6 +133,11 @@ class ConfigurationError(AgentError):
     """The agent cannot be called as configured: unknown provider, missing key, ..."""
 
 
+class InvalidRequestError(AgentError):
+    """The call's own input cannot be sent: a malformed message, a schema pydantic cannot
+    use, a tool whose arguments are not JSON. No agent was asked."""
+
+
 class ProviderError(AgentError):
     """A call to a provider failed."""
 
@@ -210,8 +217,11 @@ class RoutingError(AgentError):
         super().__init__(message, **kw)
         self.errors: list[AgentError] = list(errors)
         self.attempts: list[Attempt] = list(attempts)
+        self.route: RouteInfo | None = None  # set by the router that raised it
 
     def __str__(self) -> str:
+        # One line per agent tried (or skipped), each naming its agent; an agent that
+        # was never tried (the deadline came first) has none.
         lines = [self.message]
         lines += [f"  agent {i}: {err}" for i, err in enumerate(self.errors)]
         return "\n".join(lines)

@@ -68,14 +68,26 @@ def counts_against_agent(error: AgentError) -> bool:
 
 
 class CircuitBreaker:
-    """Open after `failures` consecutive failures; after `cooldown` seconds let one
-    probe through (half-open); close again on its success."""
+    """Open after `failures` consecutive failures. After `cooldown` seconds it is due a
+    probe: with `probe=True` (the router's default) the router sends one small request
+    in the background, so no user request waits on an agent that may still hang; with
+    `probe=False` the next user request is let through as the probe (half-open). A
+    successful probe closes it; a failed one opens it for another cooldown."""
 
-    __slots__ = ("_lock", "_probing", "consecutive", "cooldown", "failures", "opened_at")
+    __slots__ = (
+        "_lock",
+        "_probing",
+        "background",
+        "consecutive",
+        "cooldown",
+        "failures",
+        "opened_at",
+    )
 
-    def __init__(self, failures: int = 5, cooldown: float = 30.0) -> None:
+    def __init__(self, failures: int = 5, cooldown: float = 30.0, background: bool = False) -> None:
         self.failures = failures
         self.cooldown = cooldown
+        self.background = background
         self.consecutive = 0
         self.opened_at: float | None = None
         self._probing = False
@@ -83,26 +95,33 @@ class CircuitBreaker:
 
     @property
     def state(self) -> Literal["closed", "open", "half_open"]:
+        """half_open: a probe is on its way (or, without background probes, is due)."""
         if self.opened_at is None:
             return "closed"
-        if self._probing or time.monotonic() - self.opened_at >= self.cooldown:
+        if self._probing:
+            return "half_open"
+        if not self.background and time.monotonic() - self.opened_at >= self.cooldown:
             return "half_open"
         return "open"
 
     def allow(self) -> bool:
+        """Whether a user request may try the agent now."""
         if self.opened_at is None:  # fast path, no lock
             return True
-        with self._lock:
-            return self._admit()
-
-    def _admit(self) -> bool:
-        # Re-checked under the lock: another thread may have closed or probed it.
-        if self.opened_at is None:
-            return True
-        if self._probing or time.monotonic() - self.opened_at < self.cooldown:
+        if self.background:
             return False
-        self._probing = True  # exactly one probe while half-open
-        return True
+        return self.claim_probe()
+
+    def claim_probe(self) -> bool:
+        """True (once per cooldown) when the probe is due: the caller sends it."""
+        with self._lock:
+            # Re-checked under the lock: another thread may have closed or probed it.
+            if self.opened_at is None:
+                return not self.background
+            if self._probing or time.monotonic() - self.opened_at < self.cooldown:
+                return False
+            self._probing = True  # exactly one probe while half-open
+            return True
 
     def success(self) -> None:
         if self.consecutive or self.opened_at is not None:

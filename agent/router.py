@@ -1,9 +1,14 @@
-"""`AgentRouter`: many agents behind the call surface of one.
+"""`AgentRouter`: many agents behind the call surface of one, and itself an agent.
 
-Every strategy only orders (or races) the candidates; this module is the one
-machinery around all of them: retries with backoff honoring retry-after, per-agent
-circuit breakers, an overall deadline, fallback, route info on the response, and
-`RoutingError` when nothing worked. See `agent.health` for which errors do what.
+Every strategy only orders the candidates, or says that they race; this module is the
+one machinery around all of them: retries with backoff honoring retry-after (and the
+deadline), per-agent circuit breakers with background probes, an overall deadline,
+fallback, route info on the response, and `RoutingError` when nothing worked. See
+`agent.health` for which errors do what.
+
+A router is an agent (`agent.BaseAgent`): a route can fall back to another route by
+listing that router among its agents; the inner router's routing is on the outer
+attempt (`Attempt.route`).
 
 Streams fall back exactly like plain calls until the first content event has been
 handed to the caller. After that a failure cannot be hidden without duplicating or
@@ -12,69 +17,113 @@ losing text, so the stream ends by raising that agent's typed error.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import time
-from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent import _steps, tracing
-from agent.agent import Agent, Prompt, with_done
-from agent.errors import AgentError, APITimeoutError, CircuitOpenError, RoutingError
+from agent._base import TOP, BaseAgent, Caller, build_request, with_middleware
+from agent._resources import Resources
+from agent.catalog import Capabilities
+from agent.config import CircuitBreakerConfig, RouteOptions, validated
+from agent.errors import (
+    AgentError,
+    APITimeoutError,
+    CircuitOpenError,
+    ConfigurationError,
+    RoutingError,
+)
 from agent.health import AgentHealth, CircuitBreaker, RetryPolicy
-from agent.middleware import Middleware, overrides
+from agent.middleware import Middleware
 from agent.strategies import CustomRouter, Plan, Strategy, make_strategy
-from agent.types import Attempt, Done, Request, Response, RouteInfo, Started, StreamEvent
+from agent.transport import AnyTransport
+from agent.types import Attempt, Request, Response, RouteInfo, Started, StreamEvent
 
 if TYPE_CHECKING:
-    from agent.transport import AsyncTransport
+    from opentelemetry.trace import TracerProvider
 
-__all__ = ["AgentRouter"]
+    from agent.config import RouterConfig
 
-T = TypeVar("T")
-R = TypeVar("R")
+__all__ = ["PROBE_PROMPT", "AgentRouter"]
+
+# What a background probe asks: the cheapest real call (one output token).
+PROBE_PROMPT = "ping"
 
 
-class AgentRouter:
-    """Route each call over `agents` by `strategy` (see `agent.strategies`)."""
+class AgentRouter(BaseAgent):
+    """Route each call over `agents` (agents or routers) by `strategy`
+    (see `agent.strategies`)."""
+
+    provider = "router"
 
     def __init__(
         self,
-        agents: Sequence[Agent],
+        agents: Sequence[BaseAgent],
         strategy: str | Strategy = "fallback",
         custom_router: CustomRouter | None = None,
         *,
         retries: int = 1,
         backoff: float = 0.25,
         max_retry_after: float = 10.0,
-        breaker_failures: int = 5,
-        breaker_cooldown: float = 30.0,
         deadline: float | None = None,
         hedge_delay: float | None = None,
-        weights: Sequence[float] | None = None,
+        weights: Sequence[float] | dict[str, float] | None = None,
+        circuit_breaker: CircuitBreakerConfig | dict[str, Any] | None = None,
         middleware: Iterable[Middleware] | None = None,
         name: str = "router",
-        transport: AsyncTransport | None = None,
+        transport: AnyTransport | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """The options after `custom_router` are a route's options in a config document
+        (`agent.config.RouteOptions`), validated by the same model."""
         if not agents:
-            from agent.errors import ConfigurationError
-
             raise ConfigurationError("AgentRouter needs at least one agent")
         self.agents = list(agents)
+        options = validated(
+            RouteOptions,
+            {
+                "retries": retries,
+                "backoff": backoff,
+                "max_retry_after": max_retry_after,
+                "deadline": deadline,
+                "hedge_delay": hedge_delay,
+                "circuit_breaker": circuit_breaker or CircuitBreakerConfig(),
+            },
+        )
+        if isinstance(weights, dict):
+            weights = [weights.get(a.name, a.weight) for a in self.agents]
         self.strategy = make_strategy(strategy, custom_router, hedge_delay, weights)
         self.retry = RetryPolicy(retries, backoff, max_retry_after=max_retry_after)
         self.deadline = deadline
         self.middleware = list(middleware or ())
-        self.name = name
-        # For async calls of agents that name no transport (see agent.transport).
-        self.transport = transport
+        self.name = self.model = name
+        self.transport = transport  # None: the outer router's, the process default, or its own
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        breaker = options.circuit_breaker
+        self.probe = breaker.probe
+        self._resources = Resources(name)
         self._health = [
-            AgentHealth(CircuitBreaker(breaker_failures, breaker_cooldown)) for _ in self.agents
+            AgentHealth(CircuitBreaker(breaker.failures, breaker.cooldown, background=breaker.probe))
+            for _ in self.agents
         ]
         names = [a.name for a in self.agents]
         self.labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        self.timeout = deadline or max(a.timeout for a in self.agents)
+
+    @classmethod
+    def from_config(
+        cls, config: RouterConfig | dict[str, Any] | str, route: str | None = None, **options: Any
+    ) -> AgentRouter:
+        """The router for `route` (default: the document's default route, else its first)
+        of a config document (a `RouterConfig`, its dict, or YAML text; validated here).
+        `options`: what a document cannot carry (`transport=`, `middleware=`,
+        `tracer_provider=`)."""
+        from agent.config import RouterConfig, parse_config
+
+        document = config if isinstance(config, RouterConfig) else parse_config(config)
+        return document.router(route, **options)
 
     def __repr__(self) -> str:
         return f"AgentRouter(strategy={self.strategy.name!r}, agents={self.labels!r})"
@@ -83,105 +132,177 @@ class AgentRouter:
         """Each agent's breaker state, moving-average latency and counts."""
         return {label: h.snapshot() for label, h in zip(self.labels, self._health, strict=True)}
 
-    # ---- the sequential strategies --------------------------------------------------------
+    # ---- what an outer router asks (a router is an agent) ---------------------------------
 
-    def steps(self, request: Request) -> _steps.Steps[Response[Any]]:
-        """The whole routed call as steps (router middleware around the routing)."""
-        for mw in self.middleware:
-            if overrides(mw, "before"):
-                request = (yield _steps.Call(mw.before, (request,))) or request
-        try:
-            if self.strategy.races:
-                response = cast(Response[Any], (yield _steps.Call(self._race, (request,))))
-            else:
-                response = yield from self._route(request)
-        except AgentError as error:
-            for mw in self.middleware:
-                if overrides(mw, "on_error"):
-                    yield _steps.Call(mw.on_error, (request, error))
-            raise
-        for mw in self.middleware:
-            if overrides(mw, "after"):
-                response = (yield _steps.Call(mw.after, (request, response))) or response
-        return response
+    @functools.cached_property
+    def capabilities(self) -> Capabilities:
+        return Capabilities.any_of([a.capabilities for a in self.agents])
 
-    def _route(self, request: Request) -> _steps.Steps[Response[Any]]:
-        started_ns = time.time_ns()
-        ends = time.monotonic() + self.deadline if self.deadline else None
+    def estimate_cost(self, request: Request) -> float | None:
+        known = [c for a in self.agents if (c := a.estimate_cost(request)) is not None]
+        return min(known, default=None)
+
+    # ---- the routed call, as steps ------------------------------------------------------
+
+    def steps(
+        self,
+        request: Request,
+        caller: Caller = TOP,
+    ) -> _steps.Steps[Response[Any]]:
+        """The whole routed call as steps (router middleware around the routing). A
+        caller's timeout (an outer router's time left) is a deadline here."""
+        if self.transport is not None:
+            caller = Caller(caller.timeout, self.transport, caller.nested)
+        if not self.middleware:
+            return self._route(request, caller)
+        return with_middleware(self.middleware, request, lambda r: self._route(r, caller))
+
+    def _route(self, request: Request, caller: Caller) -> _steps.Steps[Response[Any]]:
+        limit = min((s for s in (self.deadline, caller.timeout) if s), default=None)
+        call = _Call(self, request, limit, caller.transport, caller.nested)
         plan = self.strategy.plan(request, self.agents, self._health)
         if inspect.isawaitable(plan):  # a custom router's coroutine: the driver awaits it
-            plan = yield _steps.Call(_settle, (plan,))
+            plan = yield _steps.Invoke(_settle, (plan,))
         assert isinstance(plan, Plan)
-        trail = _Trail(request, plan, started_ns)
-        attempts: list[Attempt] = []
-        errors: list[AgentError] = []
+        call.plan = plan
+        order = [idx for idx in plan.order if self._health[idx].breaker.allow()]
+        if not order and plan.order:
+            # Every circuit is open: rather than fail for the whole cooldown, try the one
+            # open longest, the likeliest to have recovered (Envoy's panic threshold).
+            idx = min(plan.order, key=lambda i: self._health[i].breaker.opened_at or 0.0)
+            call.panic = self.labels[idx]
+            order = [idx]
         for idx in plan.order:
-            agent, health, label = self.agents[idx], self._health[idx], self.labels[idx]
-            if not health.breaker.allow():
-                self._skip(idx, attempts, errors)
+            if idx in order:
                 continue
-            retry = 0
-            while True:
-                remaining = None if ends is None else ends - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    errors.append(APITimeoutError(f"router deadline of {self.deadline}s passed"))
-                    raise self._failed(errors, attempts, trail)
-                timeout = agent.timeout if remaining is None else min(agent.timeout, remaining)
-                progress = _Progress(self, idx, attempts, trail)
-                t0, t0_ns = time.perf_counter(), time.time_ns()
-                try:
-                    steps = agent.steps(request, timeout)
-                    response = yield from (_watch(steps, progress) if request.stream else steps)
-                    if request.stream and not progress.emitted:  # an answer without content
-                        yield _steps.Emit([progress.started()])
-                except AgentError as error:
-                    ms = (time.perf_counter() - t0) * 1000
-                    health.observe(ms, error)
-                    attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns))
-                    if progress.emitted:
-                        self._trace(trail, attempts, error=error)
-                        raise  # content already reached the caller: no silent switch
-                    decision, delay = self.retry.decide(error, retry)
-                    if decision == "retry" and (ends is None or time.monotonic() + delay < ends):
-                        retry += 1
-                        if delay:
-                            yield _steps.Sleep(delay)
-                        continue
-                    errors.append(error)
+            self._skip(idx, call)
+            if self.probe and self._health[idx].breaker.claim_probe():
+                probe = functools.partial(self._probe, idx, call.transport)
+                yield _steps.Spawn(probe, self._resources)
+        call.order = order
+        won: tuple[int, Response[Any]] | None = None
+        if self.strategy.races:
+            starts = [functools.partial(self._candidate, idx, call) for idx in order]
+            race = yield _steps.Race(starts, self.strategy.hedge_delay, call.ends)
+            if race is not None:
+                won = order[race[0]], race[1]
+            elif call.ends is not None and time.monotonic() >= call.ends:
+                call.timed_out_in_race()
+        else:
+            for idx in order:
+                response = yield from self._candidate(idx, call)
+                if response is not None:
+                    won = idx, response
                     break
-                ms = (time.perf_counter() - t0) * 1000
-                health.observe(ms, None)
-                attempts.append(Attempt(label, idx, "ok", ms, None, retry, t0_ns))
-                return self._answered(response, attempts, trail)
-        raise self._failed(errors, attempts, trail)
+        if won is None:
+            raise self._failed(call)
+        return self._answered(won[1], call, won[0])
 
-    def _skip(self, idx: int, attempts: list[Attempt], errors: list[AgentError]) -> None:
-        agent, health = self.agents[idx], self._health[idx]
+    def _candidate(self, idx: int, call: _Call) -> _steps.Steps[Response[Any] | None]:
+        """One agent's tries (retried as the RetryPolicy and the deadline allow), each
+        recorded. Returns its response, or None when it gave up (its error recorded);
+        raises only what must end the whole call (a failure after content reached the
+        caller, or an error that is not an AgentError)."""
+        member, health, label = self.agents[idx], self._health[idx], self.labels[idx]
+        request = call.request
+        call.started.add(idx)
+        retry = 0
+        while True:
+            remaining = call.remaining()
+            if remaining is not None and remaining <= 0:
+                return None
+            seconds = member.timeout if remaining is None else min(member.timeout, remaining)
+            progress = _Progress(self, idx, call) if request.stream else None
+            t0, t0_ns = time.perf_counter(), time.time_ns()
+            try:
+                steps = member.steps(request, Caller(seconds, call.transport, nested=True))
+                if progress is None:
+                    response = yield from steps
+                else:
+                    response = yield from _watch(steps, progress)
+                    if not progress.emitted:  # an answer without content
+                        yield _steps.Commit()
+                        yield _steps.Emit([progress.started(None)])
+            except AgentError as error:
+                ms = (time.perf_counter() - t0) * 1000
+                health.observe(ms, error)
+                inner = error.route if isinstance(error, RoutingError) else None
+                call.attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns, inner))
+                if progress is not None and progress.emitted:
+                    self._trace(call, error=error)
+                    raise  # content already reached the caller: no silent switch
+                delay = self._retry_delay(error, retry, idx, call)
+                if delay is None:
+                    call.errors.append(error)
+                    return None
+                retry += 1
+                try:
+                    if delay:
+                        yield _steps.Sleep(delay)
+                except GeneratorExit:  # cancelled while waiting to retry: its last error
+                    call.errors.append(error)
+                    raise
+                continue
+            except GeneratorExit:  # a race went to another agent (or the caller left)
+                ms = (time.perf_counter() - t0) * 1000
+                call.attempts.append(Attempt(label, idx, "cancelled", ms, None, retry, t0_ns))
+                raise
+            ms = (time.perf_counter() - t0) * 1000
+            health.observe(ms, None)
+            call.attempts.append(Attempt(label, idx, "ok", ms, None, retry, t0_ns, response.route))
+            return response
+
+    def _retry_delay(self, error: AgentError, retry: int, idx: int, call: _Call) -> float | None:
+        """Seconds to wait before retrying this agent, or None to give up on it. With a
+        deadline, a retry that could use up the time an agent not yet tried needs is
+        not made: a hung agent's retry would time out just the same."""
+        decision, delay = self.retry.decide(error, retry)
+        if decision != "retry":
+            return None
+        if call.ends is None:
+            return delay
+        left = call.ends - time.monotonic() - delay
+        if left <= 0:
+            return None
+        if call.untried() and left < self.agents[idx].timeout:
+            return None
+        return delay
+
+    def _probe(self, idx: int, transport: AnyTransport | None) -> _steps.Steps[None]:
+        """The background probe of an open agent: one small real request. Its result
+        closes the breaker, or opens it for another cooldown."""
+        member, health = self.agents[idx], self._health[idx]
+        request = build_request(PROBE_PROMPT, max_tokens=1, metadata={"agent_router.probe": True})
+        t0 = time.perf_counter()
+        try:
+            yield from member.steps(request, Caller(transport=transport, nested=True))
+        except AgentError as error:
+            health.observe((time.perf_counter() - t0) * 1000, error)
+        else:
+            health.observe((time.perf_counter() - t0) * 1000, None)
+
+    def _skip(self, idx: int, call: _Call) -> None:
+        health = self._health[idx]
         error = CircuitOpenError(
             f"skipped: circuit open after {health.breaker.consecutive} consecutive failures",
-            provider=agent.provider,
-            model=agent.model,
+            provider=self.agents[idx].provider,
+            model=self.agents[idx].model,
         )
-        attempts.append(Attempt(self.labels[idx], idx, "skipped", 0.0, error))
-        errors.append(error)
+        call.attempts.append(Attempt(self.labels[idx], idx, "skipped", 0.0, error))
+        call.errors.append(error)
 
-    def _answered(
-        self, response: Response[Any], attempts: list[Attempt], trail: _Trail
-    ) -> Response[Any]:
-        winner = next((a.agent for a in attempts if a.outcome == "ok"), "?")
-        response.route = self._route_info(trail, winner, attempts)
-        self._trace(trail, attempts, response=response, reason=response.route.reason)
+    # ---- the outcome --------------------------------------------------------------------
+
+    def _answered(self, response: Response[Any], call: _Call, idx: int) -> Response[Any]:
+        response.route = self._route_info(call, self.labels[idx], call.attempts)
+        self._trace(call, response=response, reason=response.route.reason)
         return response
 
-    def _started(self, idx: int, attempts: list[Attempt], trail: _Trail) -> Started:
-        """A stream's announcement of the agent answering it (attempts: those before)."""
-        agent, label = self.agents[idx], self.labels[idx]
-        route = self._route_info(trail, label, list(attempts))
-        return Started(label, agent.provider, agent.model, route)
-
-    def _route_info(self, trail: _Trail, winner: str, attempts: list[Attempt]) -> RouteInfo:
+    def _route_info(self, call: _Call, winner: str, attempts: list[Attempt]) -> RouteInfo:
         """The plan's reason, completed with how `winner` came to answer."""
-        reason = trail.plan.reason
+        reason = call.plan.reason
+        if call.panic:
+            reason += f"; every circuit open: tried {call.panic}, open longest"
         failed = sum(1 for a in attempts if a.outcome in ("error", "skipped"))
         if self.strategy.races:
             reason += f"; {winner} answered first" + (f", {failed} failed" if failed else "")
@@ -191,347 +312,134 @@ class AgentRouter:
         elif failed:
             reason += f"; fell back to {winner} after {failed} failed attempt(s)"
         return RouteInfo(
-            self.strategy.name, reason, attempts, [self.labels[i] for i in trail.plan.order]
+            self.strategy.name, reason, attempts, [self.labels[i] for i in call.plan.order]
         )
 
-    def _failed(
-        self,
-        errors: list[AgentError],
-        attempts: list[Attempt],
-        trail: _Trail,
-        why: str | None = None,
-    ) -> RoutingError:
-        tried = len({a.index for a in attempts})
-        why = why or f"all {tried} agent(s) failed"
-        error = RoutingError(f"{why} ({self.strategy.name})", errors, attempts)
-        self._trace(trail, attempts, error=error)
+    def _failed(self, call: _Call) -> RoutingError:
+        tried = sorted({a.index for a in call.attempts if a.outcome != "skipped"})
+        if call.deadline_passed():
+            untried = [self.labels[i] for i in call.order if i not in tried]
+            why = f"router deadline of {call.limit:g}s passed"
+            if untried:
+                why += f" (not tried: {', '.join(untried)})"
+        else:
+            why = f"all {len(tried)} agent(s) failed" if tried else "no agent was tried"
+        error = RoutingError(f"{why} ({self.strategy.name})", call.errors, call.attempts)
+        error.route = RouteInfo(self.strategy.name, why, call.attempts, [])
+        self._trace(call, error=error)
         return error
 
     def _trace(
         self,
-        trail: _Trail,
-        attempts: list[Attempt],
+        call: _Call,
         *,
         reason: str | None = None,
         response: Response[Any] | None = None,
         error: BaseException | None = None,
     ) -> None:
+        if call.nested:  # the outer router writes this decision inside its own
+            return
         tracing.record_decision(
             self.name,
             self.strategy.name,
-            trail.request,
-            attempts,
+            call.request,
+            call.attempts,
             self.agents,
-            trail.started_ns,
-            reason or trail.plan.reason,
+            call.started_ns,
+            reason or call.plan.reason,
             response,
             error,
+            self.tracer_provider,
         )
 
-    # ---- racing (fastest, hedged) ---------------------------------------------------------
 
-    def _racers(
-        self, request: Request
-    ) -> tuple[_Trail, list[int], list[Attempt], list[AgentError]]:
-        trail = _Trail(request, None, time.time_ns())  # type: ignore[arg-type]
-        plan = self.strategy.plan(request, self.agents, self._health)
-        assert isinstance(plan, Plan)
-        trail.plan = plan
-        attempts: list[Attempt] = []
-        errors: list[AgentError] = []
-        order = []
-        for idx in plan.order:
-            if self._health[idx].breaker.allow():
-                order.append(idx)
-            else:
-                self._skip(idx, attempts, errors)
-        return trail, order, attempts, errors
+class _Call:
+    """One routed call: its plan, deadline, and every attempt and error so far."""
 
-    async def _race(self, request: Request) -> Response[Any]:
-        """First success wins; the losers are cancelled, closing their connections."""
-        trail, order, attempts, errors = self._racers(request)
+    __slots__ = (
+        "attempts",
+        "ends",
+        "errors",
+        "limit",
+        "nested",
+        "order",
+        "panic",
+        "plan",
+        "request",
+        "router",
+        "started",
+        "started_ns",
+        "transport",
+    )
 
-        async def call(idx: int) -> Response[Any]:
-            return await _steps.run_steps_async(self.agents[idx].steps(request), self.transport)
-
-        racer, response = await self._first(call, trail, order, attempts, errors)
-        self._ended(racer, attempts, None)
-        return self._answered(response, attempts, trail)
-
-    async def _race_stream(self, request: Request) -> AsyncIterator[StreamEvent]:
-        """The first racer to produce an event wins the stream; the rest are closed."""
-        request = await self._hook_before(request)
-        trail, order, attempts, errors = self._racers(request)
-
-        async def first_event(idx: int) -> _Opened:
-            steps = with_done(self.agents[idx].steps(request))
-            events = _steps.iterate_steps_async(steps, self.transport)
-            try:
-                return events, await anext(events)
-            except BaseException:
-                await events.aclose()  # type: ignore[attr-defined]
-                raise
-
-        async def close(opened: _Opened) -> None:
-            await opened[0].aclose()  # type: ignore[attr-defined]
-
-        try:
-            racer, (events, event) = await self._first(
-                first_event, trail, order, attempts, errors, close
-            )
-        except RoutingError as error:
-            await self._hook_error(request, error)
-            raise
-        try:
-            yield self._started(racer.idx, attempts, trail)
-            while not isinstance(event, Done):
-                yield event
-                event = await anext(events)
-            self._ended(racer, attempts, None)
-            response = self._answered(event.response, attempts, trail)
-            yield Done(await self._hook_after(request, response))
-        except AgentError as error:  # after content: the stream ends with this agent's error
-            self._ended(racer, attempts, error)
-            self._trace(trail, attempts, error=error)
-            await self._hook_error(request, error)
-            raise
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-
-    async def _first(
+    def __init__(
         self,
-        call: Callable[[int], Awaitable[R]],
-        trail: _Trail,
-        order: list[int],
-        attempts: list[Attempt],
-        errors: list[AgentError],
-        discard: Callable[[R], Awaitable[None]] | None = None,
-    ) -> tuple[_Racer, R]:
-        """Race `call(agent index)` over `order`: all at once, or (hedged) one more each
-        `hedge_delay` and one more at once for each that fails. Each racer is retried by
-        the router's RetryPolicy, like any attempt. The first success wins and the others
-        are cancelled (`discard` frees what a cancelled success holds). When all failed or
-        the deadline passed: RoutingError, with every attempt and every agent's error."""
-        hedge = self.strategy.hedge_delay
-        ends = None if self.deadline is None else time.monotonic() + self.deadline
-        running: dict[asyncio.Task[R], _Racer] = {}
-        next_hedge: float | None = None
-
-        def launch() -> None:
-            nonlocal next_hedge
-            racer = _Racer(order.pop(0))
-            running[asyncio.create_task(self._tries(racer, call, attempts, ends))] = racer
-            next_hedge = None if hedge is None or not order else time.monotonic() + hedge
-
-        timed_out = False
-        try:
-            while order and (hedge is None or not running):
-                launch()
-            while running:
-                now = time.monotonic()
-                if ends is not None and now >= ends:
-                    timed_out = True
-                    break
-                if next_hedge is not None and now >= next_hedge:
-                    launch()  # no answer within the hedge delay: add the next candidate
-                    continue
-                waits = [t - now for t in (ends, next_hedge) if t is not None]
-                done, _ = await asyncio.wait(
-                    running, timeout=min(waits) if waits else None, return_when=FIRST_COMPLETED
-                )
-                winner: tuple[_Racer, R] | None = None
-                for task in done:
-                    racer = running.pop(task)
-                    error = task.exception()
-                    if error is None and winner is None:
-                        winner = racer, task.result()
-                    elif error is None:  # a second success in the same instant: a loser
-                        running[task] = racer
-                    elif not isinstance(error, AgentError):
-                        raise error
-                    else:  # its tries are in `attempts` already
-                        errors.append(error)
-                        if order:  # a failure frees a slot at once, hedged or not
-                            launch()
-                if winner is not None:
-                    return winner
-        finally:
-            await self._stop(running, attempts, errors, discard, timed_out)
-        why = f"router deadline of {self.deadline}s passed" if timed_out else None
-        raise self._failed(errors, attempts, trail, why)
-
-    async def _tries(
-        self,
-        racer: _Racer,
-        call: Callable[[int], Awaitable[R]],
-        attempts: list[Attempt],
-        ends: float | None,
-    ) -> R:
-        """One racer: its agent, retried as the RetryPolicy says while the deadline allows.
-        Failed tries are recorded here; the last error is raised."""
-        while True:
-            racer.begin()
-            try:
-                return await call(racer.idx)
-            except AgentError as error:
-                self._ended(racer, attempts, error)
-                decision, delay = self.retry.decide(error, racer.retry)
-                if decision != "retry" or (ends is not None and time.monotonic() + delay >= ends):
-                    raise
-                racer.retry += 1
-                await asyncio.sleep(delay)
-
-    def _ended(self, racer: _Racer, attempts: list[Attempt], error: AgentError | None) -> None:
-        """Record a racer's try that ended (the winner's, or a failed one)."""
-        ms = racer.ms()
-        self._health[racer.idx].observe(ms, error)
-        outcome: Literal["ok", "error"] = "ok" if error is None else "error"
-        attempts.append(
-            Attempt(self.labels[racer.idx], racer.idx, outcome, ms, error, racer.retry, racer.t0_ns)
-        )
-        racer.last_error, racer.t0 = error, None
-
-    async def _stop(
-        self,
-        running: dict[asyncio.Task[R], _Racer],
-        attempts: list[Attempt],
-        errors: list[AgentError],
-        discard: Callable[[R], Awaitable[None]] | None,
-        timed_out: bool,
+        router: AgentRouter,
+        request: Request,
+        limit: float | None,
+        transport: AnyTransport | None,
+        nested: bool = False,
     ) -> None:
-        """Cancel the racers still running. Their tries in flight are recorded as
-        cancelled, or (at the deadline) as failed with a timeout, which is then their
-        agent's error; a racer waiting to retry keeps its last error."""
-        for task in running:
-            task.cancel()
-        results = await asyncio.gather(*running, return_exceptions=True)
-        for racer, result in zip(running.values(), results, strict=True):
-            if discard is not None and not isinstance(result, BaseException):
-                await discard(result)
-            if racer.t0 is None:  # between two tries
-                if timed_out and racer.last_error is not None:
-                    errors.append(racer.last_error)
-                continue
-            ms, agent = racer.ms(), self.agents[racer.idx]
-            label = self.labels[racer.idx]
-            if not timed_out:
-                attempts.append(
-                    Attempt(label, racer.idx, "cancelled", ms, None, racer.retry, racer.t0_ns)
-                )
-                continue
-            error = APITimeoutError(f"router deadline of {self.deadline}s passed")
-            error.at(agent.provider, agent.model)
-            attempts.append(Attempt(label, racer.idx, "error", ms, error, racer.retry, racer.t0_ns))
-            errors.append(error)
-        running.clear()
+        self.router = router
+        self.nested = nested
+        self.request = request
+        self.limit = limit
+        self.started_ns = time.time_ns()
+        self.ends = None if limit is None else time.monotonic() + limit
+        self.transport = transport
+        self.plan = Plan([], "")
+        self.order: list[int] = []
+        self.started: set[int] = set()
+        self.attempts: list[Attempt] = []
+        self.errors: list[AgentError] = []
+        self.panic: str | None = None
 
-    async def _hook_before(self, request: Request) -> Request:
-        for mw in self.middleware:
-            if overrides(mw, "before"):
-                request = (await _settle(mw.before(request))) or request
-        return request
+    def remaining(self) -> float | None:
+        return None if self.ends is None else self.ends - time.monotonic()
 
-    async def _hook_after(self, request: Request, response: Response[Any]) -> Response[Any]:
-        for mw in self.middleware:
-            if overrides(mw, "after"):
-                response = (await _settle(mw.after(request, response))) or response
-        return response
+    def deadline_passed(self) -> bool:
+        return self.ends is not None and time.monotonic() >= self.ends
 
-    async def _hook_error(self, request: Request, error: AgentError) -> None:
-        for mw in self.middleware:
-            if overrides(mw, "on_error"):
-                await _settle(mw.on_error(request, error))
+    def untried(self) -> bool:
+        return any(i not in self.started for i in self.order)
 
-    # ---- the public call surface (as Agent's) -------------------------------------------
-
-    def request(self, prompt: Prompt, **options: Any) -> Request:
-        return self.agents[0].request(prompt, **options)
-
-    def run(self, prompt: Prompt, **options: Any) -> Response[str]:
-        return _steps.run_steps(self.steps(self.request(prompt, **options)))
-
-    async def run_async(self, prompt: Prompt, **options: Any) -> Response[str]:
-        request = self.request(prompt, **options)
-        return await _steps.run_steps_async(self.steps(request), self.transport)
-
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
-        request = self.request(prompt, stream=True, **options)
-        if self.strategy.races:
-            return _steps.iterate_async_in_thread(lambda: self._race_stream(request))
-        return _steps.iterate_steps(with_done(self.steps(request)))
-
-    async def stream_async(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamEvent]:
-        request = self.request(prompt, stream=True, **options)
-        return self.stream_request(request)
-
-    async def run_request_async(self, request: Request) -> Response[Any]:
-        """Route an already normalized request (the sidecar's entry point)."""
-        return await _steps.run_steps_async(self.steps(request), self.transport)
-
-    def stream_request(self, request: Request) -> AsyncIterator[StreamEvent]:
-        """Stream an already normalized request (the sidecar's entry point)."""
-        if self.strategy.races:
-            return self._race_stream(request)
-        return _steps.iterate_steps_async(with_done(self.steps(request)), self.transport)
-
-    def json(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
-        return _steps.run_steps(self.steps(self.request(prompt, schema=schema, **options)))
-
-    async def json_async(self, prompt: Prompt, schema: Any, **options: Any) -> Response[Any]:
-        request = self.request(prompt, schema=schema, **options)
-        return await _steps.run_steps_async(self.steps(request), self.transport)
-
-
-@dataclass(slots=True)
-class _Trail:
-    """What a decision's trace and route info need besides its attempts."""
-
-    request: Request
-    plan: Plan
-    started_ns: int
+    def timed_out_in_race(self) -> None:
+        """At a race's deadline the tries in flight were cancelled: they failed with a
+        timeout, which is then their agent's error."""
+        for attempt in self.attempts:
+            if attempt.outcome == "cancelled":
+                agent = self.router.agents[attempt.index]
+                error = APITimeoutError(f"router deadline of {self.limit:g}s passed")
+                error.at(agent.provider, agent.model)
+                attempt.outcome, attempt.error = "error", error
+                self.errors.append(error)
 
 
 class _Progress:
     """One streamed attempt: whether content reached the caller, and how to announce
     the agent when it does."""
 
-    __slots__ = ("_attempts", "_idx", "_router", "_trail", "emitted")
+    __slots__ = ("_call", "_idx", "_router", "emitted")
 
-    def __init__(
-        self, router: AgentRouter, idx: int, attempts: list[Attempt], trail: _Trail
-    ) -> None:
+    def __init__(self, router: AgentRouter, idx: int, call: _Call) -> None:
         self.emitted = False
-        self._router, self._idx, self._attempts, self._trail = router, idx, attempts, trail
+        self._router, self._idx, self._call = router, idx, call
 
-    def started(self) -> Started:
+    def started(self, inner: Started | None) -> Started:
+        """This router's announcement; an inner router's (`inner`) gives the agent that
+        really answers."""
         self.emitted = True
-        return self._router._started(self._idx, self._attempts, self._trail)
+        router, idx = self._router, self._idx
+        agent, label = router.agents[idx], router.labels[idx]
+        route = router._route_info(self._call, label, list(self._call.attempts))
+        if inner is not None:
+            return Started(label, inner.provider, inner.model, route)
+        return Started(label, agent.provider, agent.model, route)
 
 
-class _Racer:
-    """One agent in a race: its index, and its try in flight (`t0` is None between tries)."""
-
-    __slots__ = ("idx", "last_error", "retry", "t0", "t0_ns")
-
-    def __init__(self, idx: int) -> None:
-        self.idx = idx
-        self.retry = 0
-        self.t0: float | None = None
-        self.t0_ns = 0
-        self.last_error: AgentError | None = None
-
-    def begin(self) -> None:
-        self.t0, self.t0_ns = time.perf_counter(), time.time_ns()
-
-    def ms(self) -> float:
-        return (time.perf_counter() - (self.t0 or time.perf_counter())) * 1000
-
-
-# A racing stream: its events, and the first of them.
-_Opened = tuple[AsyncIterator[StreamEvent], StreamEvent]
-
-
-def _watch(steps: _steps.Steps[T], progress: _Progress) -> _steps.Steps[T]:
+def _watch(
+    steps: _steps.Steps[Response[Any]], progress: _Progress
+) -> _steps.Steps[Response[Any]]:
     """Pass steps through until the first content event; emit `Started` before it, and
     hand the rest of the attempt over whole (nothing is left to watch)."""
     value: Any = None
@@ -543,8 +451,15 @@ def _watch(steps: _steps.Steps[T], progress: _Progress) -> _steps.Steps[T]:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(step, _steps.Emit):
-                # Emitting returns nothing and throws nothing in: no value to pass on.
-                yield _steps.Emit([progress.started(), *step.events])
+                events: list[StreamEvent] = list(step.events)
+                head = events[0]
+                inner = head if isinstance(head, Started) else None
+                if inner is not None:
+                    events.pop(0)
+                # Committing and emitting return nothing and throw nothing in (a race's
+                # losers are cancelled in between): no value to pass on.
+                yield _steps.Commit()
+                yield _steps.Emit([progress.started(inner), *events])
                 break
             value, error = (yield step), None
         except GeneratorExit:
@@ -557,3 +472,4 @@ def _watch(steps: _steps.Steps[T], progress: _Progress) -> _steps.Steps[T]:
 
 async def _settle(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+

@@ -17,7 +17,7 @@ from agent.health import AgentHealth
 from agent.types import Request, RouteResult
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from agent._base import BaseAgent as Agent
 
 __all__ = [
     "Capability",
@@ -204,6 +204,21 @@ class Custom(Strategy):
         return Plan([first, *(i for i in range(len(agents)) if i != first)], result.reason)
 
 
+# The one list of strategies: the config document's `strategy` values and the
+# RoutingPolicy's enum are made from it. Each maker takes (hedge_delay, weights).
+STRATEGIES: dict[str, Callable[[float | None, Sequence[float] | None], Strategy]] = {
+    "fallback": lambda hedge, weights: Fallback(),
+    "round_robin": lambda hedge, weights: RoundRobin(),
+    "cheapest": lambda hedge, weights: Cheapest(),
+    "capability": lambda hedge, weights: Capability(),
+    "latency": lambda hedge, weights: Latency(),
+    "weighted": lambda hedge, weights: Weighted(weights),
+    "fastest": lambda hedge, weights: Fastest(hedge),
+    "hedged": lambda hedge, weights: Fastest(0.5 if hedge is None else hedge),
+}
+STRATEGY_NAMES = (*STRATEGIES, "custom")
+
+
 def make_strategy(
     strategy: str | Strategy,
     custom_router: CustomRouter | None = None,
@@ -218,31 +233,8 @@ def make_strategy(
         return Custom(custom_router)
     if custom_router is not None:
         raise ConfigurationError('custom_router= needs strategy="custom"')
-    makers: dict[str, Callable[[], Strategy]] = {
-        "fallback": Fallback,
-        "round_robin": RoundRobin,
-        "cheapest": Cheapest,
-        "capability": Capability,
-        "latency": Latency,
-        "weighted": lambda: Weighted(weights),
-        "fastest": lambda: Fastest(hedge_delay),
-        "hedged": lambda: Fastest(0.5 if hedge_delay is None else hedge_delay),
-    }
-    if strategy not in makers:
+    if strategy not in STRATEGIES:
         raise ConfigurationError(
-            f"unknown strategy {strategy!r}; choose one of {', '.join(makers)} or custom"
+            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
         )
-    return makers[strategy]()
-
-
-STRATEGY_NAMES = (
-    "fallback",
-    "round_robin",
-    "cheapest",
-    "capability",
-    "latency",
-    "weighted",
-    "fastest",
-    "hedged",
-    "custom",
-)
+    return STRATEGIES[strategy](hedge_delay, weights)

@@ -1,23 +1,30 @@
-"""How async calls reach the network: the `AsyncTransport` seam.
+"""How calls reach the network: the `Transport` and `AsyncTransport` protocols.
 
 The engine's codecs turn a request into a `WireRequest` (method, URL, headers, body)
-and read back bytes; a transport moves those bytes. The default is httpx (one pooled
-`AsyncClient` per event loop). Another client plugs in by implementing two methods:
+and read back bytes; a transport moves those bytes. As in httpx, there are two
+protocols, one for sync calls and one for async calls; a transport may implement
+either or both (the engine's `HttpxTransport` and `agent.testing.MockTransport` do both):
 
-    class MyTransport:
-        async def send(self, request: WireRequest, timeout: float) -> Reply: ...
+    class MyTransport:                                   # Transport (sync calls)
+        def send(self, request: WireRequest, timeout: float) -> Reply: ...
+        def open_stream(self, request, timeout) -> StreamResponse | Reply: ...
+        def close(self) -> None: ...
 
-        async def open_stream(
-            self, request: WireRequest, timeout: float
-        ) -> AsyncStreamResponse | Reply: ...
+        async def send_async(self, request, timeout) -> Reply: ...          # AsyncTransport
+        async def open_stream_async(self, request, timeout) -> AsyncStreamResponse | Reply: ...
+        async def aclose(self) -> None: ...
 
-and is chosen per agent (`Agent(transport=...)`), per router (`AgentRouter(transport=...)`,
-for every agent that names none) or for the process (`set_default_transport`). The agent's
-wins over the router's, the router's over the process default.
+Which transport a call uses: the agent's own (`Agent(transport=...)`), else the nearest
+router's (`AgentRouter(transport=...)`, for every agent inside it, nested routers
+included), else the process default (`set_default_transport`), else the connection
+pools of the agent or router you called, which it makes when first needed and closes in
+`close()` / `aclose()` (or `with` / `async with`). Transports you pass in are yours: a
+router never closes them.
 
-The transport is used by the async calls (`run_async`, `stream_async`, `json_async`) and
-by the racing strategies, which run on an event loop even when called synchronously.
-Sync calls use the engine's httpx client directly: no event loop behind the sync API.
+Racing strategies (`fastest`, `hedged`) and background probes run on an event loop even
+when called synchronously (the router's own loop thread, see `AgentRouter.close`), so
+they need the async protocol. A call that reaches a transport without the protocol it
+needs fails with a `ConfigurationError` naming it (and a router falls back past it).
 
 Contract:
 
@@ -33,8 +40,8 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Protocol, runtime_checkable
 
 from agent._transport import HttpxTransport
 from agent.providers.base import Reply, WireRequest
@@ -44,13 +51,15 @@ __all__ = [
     "AsyncTransport",
     "HttpxTransport",
     "Reply",
+    "StreamResponse",
+    "Transport",
     "WireRequest",
     "default_transport",
     "set_default_transport",
 ]
 
 
-class AsyncStreamResponse(Protocol):
+class StreamResponse(Protocol):
     """An open streaming answer with a success status: its body arrives by iterating."""
 
     @property
@@ -61,40 +70,70 @@ class AsyncStreamResponse(Protocol):
         """Looked up with lower-case names, as `Reply.headers`."""
         ...
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __iter__(self) -> Iterator[bytes]:
         """The body's bytes as they arrive (chunk boundaries do not matter)."""
         ...
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Release the connection: back to the pool when the body was read to its end,
         else closed, so that the provider sees the caller go. Called exactly once."""
         ...
 
 
-class AsyncTransport(Protocol):
-    async def send(self, request: WireRequest, timeout: float) -> Reply:
+class AsyncStreamResponse(Protocol):
+    """`StreamResponse` for async calls."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    def send(self, request: WireRequest, timeout: float) -> Reply:
         """Send a request and read the whole answer."""
         ...
 
-    async def open_stream(
-        self, request: WireRequest, timeout: float
-    ) -> AsyncStreamResponse | Reply:
+    def open_stream(self, request: WireRequest, timeout: float) -> StreamResponse | Reply:
         """Send a streaming request: the open answer, or (status >= 400) the whole error."""
         ...
 
+    def close(self) -> None: ...
 
-_default: AsyncTransport = HttpxTransport()
+
+@runtime_checkable
+class AsyncTransport(Protocol):
+    async def send_async(self, request: WireRequest, timeout: float) -> Reply: ...
+
+    async def open_stream_async(
+        self, request: WireRequest, timeout: float
+    ) -> AsyncStreamResponse | Reply: ...
+
+    async def aclose(self) -> None: ...
 
 
-def default_transport() -> AsyncTransport:
-    """The transport of async calls whose agent and router name none."""
+AnyTransport = Transport | AsyncTransport
+
+_default: AnyTransport | None = None
+
+
+def default_transport() -> AnyTransport | None:
+    """The process-wide transport, if one was set (None: each agent and router uses
+    its own pools)."""
     return _default
 
 
-def set_default_transport(transport: AsyncTransport | None) -> AsyncTransport:
-    """Make `transport` the process-wide default (None: back to httpx); returns the one
-    it replaces, so that a caller can put it back."""
+def set_default_transport(transport: AnyTransport | None) -> AnyTransport | None:
+    """Make `transport` the process-wide default (None: back to each agent's and
+    router's own pools); returns the one it replaces, so that a caller can put it back.
+    The process default is never closed by the library."""
     global _default
     previous = _default
-    _default = transport if transport is not None else HttpxTransport()
+    _default = transport
     return previous

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from agent._base import BaseAgent
     from agent.errors import AgentError
 
 T = TypeVar("T")
@@ -158,6 +158,7 @@ class Attempt:
     error: AgentError | None = None
     retry: int = 0  # 0 for the first try of this agent, 1.. for retries
     started_ns: int = 0  # wall clock (time.time_ns) when the attempt began
+    route: RouteInfo | None = None  # when the agent is itself a router: how it routed
 
     def __str__(self) -> str:
         tail = f": {self.error}" if self.error else ""
@@ -176,6 +177,14 @@ class RouteInfo:
     @property
     def fallbacks(self) -> int:
         return sum(1 for a in self.attempts if a.outcome == "error")
+
+    @property
+    def path(self) -> list[str]:
+        """The agents that answered, from this router down through nested routers."""
+        winner = next((a for a in reversed(self.attempts) if a.outcome == "ok"), None)
+        if winner is None:
+            return []
+        return [winner.agent, *(winner.route.path if winner.route else [])]
 
 
 @dataclass(slots=True)
@@ -265,20 +274,48 @@ StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | Done
 class RouteResult:
     """What a custom router returns: the agent to use first, and why."""
 
-    agent: Agent
+    agent: BaseAgent
     reason: str = "custom"
 
 
 def as_messages(value: str | Sequence[Message | dict[str, Any]]) -> list[Message]:
-    """Accept a prompt string or a list of messages (Message or OpenAI-style dicts)."""
+    """Accept a prompt string or a list of messages (Message or OpenAI-style dicts).
+    Anything else, or a malformed message, is an `InvalidRequestError` saying which."""
+    from agent.errors import InvalidRequestError
+
     if isinstance(value, str):
         return [Message("user", value)]
-    return [m if isinstance(m, Message) else _message_from_dict(m) for m in value]
+    if not isinstance(value, Sequence):
+        raise InvalidRequestError(
+            f"the prompt must be a string or a list of messages, not {type(value).__name__}"
+        )
+    messages = []
+    for i, m in enumerate(value):
+        if isinstance(m, Message):
+            messages.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise InvalidRequestError(f"message {i} is a {type(m).__name__}, not a dict")
+        try:
+            messages.append(_message_from_dict(m))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # The reason, never the content: messages may carry anything.
+            raise InvalidRequestError(
+                f"message {i} is malformed: {type(exc).__name__}: {exc}"
+            ) from exc
+    return messages
+
+
+_ROLES = ("system", "user", "assistant", "tool")
 
 
 def _message_from_dict(d: dict[str, Any]) -> Message:
     role = d.get("role", "user")
+    if role not in _ROLES:
+        raise ValueError(f"role must be one of {', '.join(_ROLES)}")
     content = d.get("content") or ""
+    if not isinstance(content, str | list):
+        raise TypeError(f"content must be text or a list of parts, not {type(content).__name__}")
     if isinstance(content, list):
         parts: list[ContentPart] = []
         for p in content:
@@ -309,10 +346,15 @@ def _image_from_url(url: str) -> ImagePart:
     return ImagePart(url=url)
 
 
-def _loads(text: str | None) -> dict[str, Any]:
+def _loads(text: str | dict[str, Any] | None) -> dict[str, Any]:
     import json
 
     if not text:
         return {}
-    value = json.loads(text)
+    if isinstance(text, dict):  # arguments already decoded
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"tool call arguments are not JSON ({exc.msg} at {exc.pos})") from None
     return value if isinstance(value, dict) else {"value": value}

@@ -140,28 +140,90 @@ def library_table(url: str, calls: int) -> list[str]:
     return lines
 
 
+def routers(agent: Agent, other: Agent) -> list[tuple[str, AgentRouter]]:
+    """The routers measured against a bare agent: each strategy, and a route inside a
+    route (the inner router is the outer one's first agent)."""
+    made = [(s, AgentRouter([agent, other], strategy=s))
+            for s in ("fallback", "round_robin", "cheapest", "capability")]
+    made.append(("nested route", AgentRouter([AgentRouter([agent, other]), other])))
+    return made
+
+
 def router_table(calls: int) -> list[str]:
     lines = [HEADER]
     agent = Agent(provider="openai", model="gpt-4o")
     other = Agent(provider="openai", model="gpt-4o-mini")
     base = measure(lambda: agent.run("Hello"), calls)
     lines.append(row("Agent.run (baseline)", base, None))
-    for strategy in ("fallback", "round_robin", "cheapest", "capability"):
-        router = AgentRouter([agent, other], strategy=strategy)
-        lines.append(row(f"AgentRouter.run {strategy}",
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run {name}",
                          measure(lambda r=router: r.run("Hello"), calls), base))
+    with AgentRouter([agent, other], strategy="fastest") as race:
+        lines.append(row("AgentRouter.run fastest (sync)",
+                         measure(lambda: race.run("Hello"), calls), base))
 
     async def async_rows() -> None:
         base_a = await measure_async(lambda: agent.run_async("Hello"), calls)
         lines.append(row("Agent.run_async (baseline)", base_a, None))
-        for strategy in ("fallback", "round_robin", "cheapest", "capability"):
-            router = AgentRouter([agent, other], strategy=strategy)
-            lines.append(row(f"AgentRouter.run_async {strategy}",
-                             await measure_async(lambda r=router: r.run_async("Hello"), calls),
-                             base_a))
+        await router_rows_async(lines, agent, other, base_a, calls)
 
     asyncio.run(async_rows())
     return lines
+
+
+async def router_rows_async(lines: list[str], agent: Agent, other: Agent, base: list[float],
+                            calls: int) -> None:
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run_async {name}",
+                         await measure_async(lambda r=router: r.run_async("Hello"), calls), base))
+
+
+def engine_table(calls: int) -> list[str]:
+    """The engine's own work per call, with no network at all: agents on a MockTransport
+    whose handler hands back a ready reply, against calling that handler directly."""
+    from agent.testing import MockTransport
+    from agent.transport import Reply
+
+    reply = Reply(200, {"content-type": "application/json"}, json.dumps({
+        "id": "c", "model": "gpt-4o", "usage": {"prompt_tokens": 5, "completion_tokens": 5},
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Hello"}}],
+    }).encode())
+
+    def handler(request: object) -> Reply:
+        return reply
+
+    mock = MockTransport(handler)
+    mock.requests = _Forgetful()
+    agent = Agent(provider="openai", model="gpt-4o", transport=mock)
+    other = Agent(provider="openai", model="gpt-4o-mini", transport=mock)
+    lines = [HEADER]
+    base = measure(lambda: handler(None), calls)
+    lines.append(row("handler alone", base, None))
+    lines.append(row("Agent.run", measure(lambda: agent.run("Hello"), calls), base))
+    for name, router in routers(agent, other):
+        lines.append(row(f"AgentRouter.run {name}",
+                         measure(lambda r=router: r.run("Hello"), calls), base))
+
+    async def async_rows() -> None:
+        async def handler_async() -> Reply:
+            return reply
+
+        base_a = await measure_async(handler_async, calls)
+        lines.append(row("handler alone, async", base_a, None))
+        lines.append(row("Agent.run_async",
+                         await measure_async(lambda: agent.run_async("Hello"), calls), base_a))
+        await router_rows_async(lines, agent, other, base_a, calls)
+
+    asyncio.run(async_rows())
+    return lines
+
+
+class _Forgetful(list):  # type: ignore[type-arg]
+    """A MockTransport's request log that keeps nothing (a benchmark makes thousands)."""
+
+    def append(self, item: object) -> None:
+        pass
 
 
 class _WinTime(Middleware):
@@ -211,6 +273,67 @@ def fastest_table(rounds: int) -> list[str]:
     ]
 
 
+def recovery_table() -> list[str]:
+    """The three failures that motivated background probes, the every-circuit-open rule
+    and deadline-aware retries, replayed against fake providers (sync calls, one every
+    20 ms): what a caller sees."""
+    from fakes import Fail, FakeProvider, Hang, Reply
+
+    def agent(fake: FakeProvider, name: str, timeout: float = 60) -> Agent:
+        return Agent(provider="openai", model="gpt-4o", base_url=fake.base_url,
+                     api_key="test-key", name=name, timeout=timeout)
+
+    def drive(router: AgentRouter, seconds: float) -> list[tuple[float, float, bool]]:
+        """(when, latency, ok) of each call, for `seconds`."""
+        out, start = [], time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            try:
+                router.run("Hello")
+                ok = True
+            except Exception:
+                ok = False
+            out.append((now - start, time.monotonic() - now, ok))
+            time.sleep(0.02)
+        return out
+
+    lines = ["| scenario                                          | result                           |",
+             "|---------------------------------------------------|----------------------------------|"]
+    with FakeProvider("openai").running() as a, FakeProvider("openai").running() as b:
+        # 1. Both agents down for 1 s (30 s cooldowns): errors after they are back?
+        back = time.monotonic() + 1.0
+        for fake in (a, b):
+            fake.set_default(lambda rec, back=back: Fail(500) if time.monotonic() < back
+                             else Reply(text="ok"))
+        with AgentRouter([agent(a, "a"), agent(b, "b")], retries=0,
+                         circuit_breaker={"failures": 2, "cooldown": 30}) as router:
+            calls = drive(router, 2.0)
+        failed_after = sum(1 for t, _, ok in calls if not ok and t > 1.05)
+        first_ok = min((t for t, _, ok in calls if ok), default=float("nan")) - 1.0
+        lines.append(f"| {'1 s outage of every agent, 30 s cooldown':49} | "
+                     f"{f'ok {first_ok:.2f} s after; {failed_after} errors after':32} |")
+        # 2. A primary that fails, then hangs (2 s timeout), probed every 0.3 s.
+        a.reset()
+        b.reset()
+        a.script(Fail(500), Fail(500))
+        a.set_default(Hang())
+        with AgentRouter([agent(a, "a", timeout=2), agent(b, "b")], retries=0,
+                         circuit_breaker={"failures": 2, "cooldown": 0.3}) as router:
+            calls = drive(router, 2.0)
+            probes = len(a.requests) - 2
+        slowest = max(latency for _, latency, _ in calls[2:])
+        lines.append(f"| {'hung primary, probes every 0.3 s (2 s timeout)':49} | "
+                     f"{f'slowest call {slowest * 1000:.0f} ms; {probes} probe(s)':32} |")
+        # 3. A hung primary (1 s timeout), 1.8 s deadline, retries=2, healthy secondary.
+        a.reset()
+        a.set_default(Hang())
+        with AgentRouter([agent(a, "a", timeout=1), agent(b, "b")], retries=2,
+                         deadline=1.8, circuit_breaker={"failures": 0}) as router:
+            results = [router.run("Hello").route.path == ["b"] for _ in range(3)]  # type: ignore[union-attr]
+        lines.append(f"| {'hung primary, 1.8 s deadline, retries=2':49} | "
+                     f"{f'{sum(results)}/3 answered by the secondary':32} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -223,8 +346,12 @@ def main() -> None:
         print("\n".join(library_table(url, args.calls)))
         print("\nRouter overhead over a bare Agent call")
         print("\n".join(router_table(args.calls)))
+        print("\nThe engine alone (MockTransport: no network), over the handler it calls")
+        print("\n".join(engine_table(args.calls)))
         print()
         print("\n".join(fastest_table(args.races)))
+        print("\nRecovery (what a caller sees)")
+        print("\n".join(recovery_table()))
     finally:
         proc.terminate()
         proc.wait(5)

@@ -17,14 +17,7 @@ from typing import Any
 import orjson
 import pydantic
 
-from agent.config import (
-    AgentConfig,
-    CircuitBreakerConfig,
-    PriceConfig,
-    RouteConfig,
-    RouterConfig,
-    Rule,
-)
+from agent.config import AgentConfig, RouteConfig, RouterConfig
 from agent_operator.resources import AgentPoolSpec, PodSelector, RoutingPolicySpec
 
 
@@ -181,21 +174,11 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
 
 
 def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]]) -> AgentConfig:
+    # The pool's agent is the engine's AgentConfig spelled for Kubernetes: copy its fields.
     ref = agent.api_key_secret_ref
-    caps = agent.capabilities.model_dump(exclude_none=True) if agent.capabilities else None
-    return AgentConfig(
-        name=name,
-        provider=agent.provider,
-        model=agent.model,
-        base_url=agent.base_url,
-        api_key=secrets[ref.name][ref.key] if ref else None,
-        timeout=agent.timeout_seconds,
-        weight=agent.weight,
-        price=PriceConfig(input_per_mtok=agent.price.input_per_m_tok,
-                          output_per_mtok=agent.price.output_per_m_tok) if agent.price else None,
-        capabilities=caps or None,
-        headers=dict(agent.headers),
-    )
+    fields = agent.model_dump(exclude={"api_key_secret_ref"}, exclude_none=True)
+    key = secrets[ref.name][ref.key] if ref else None
+    return AgentConfig.model_validate({**fields, "name": name, "api_key": key})
 
 
 def _resolve(wanted: str, members: Sequence[str]) -> str:
@@ -206,26 +189,13 @@ def _resolve(wanted: str, members: Sequence[str]) -> str:
 
 
 def _route(name: str, spec: RoutingPolicySpec, members: list[str]) -> RouteConfig:
-    s = spec.strategy
-    breaker = s.circuit_breaker
-    return RouteConfig(
-        name=name,
-        agents=members,
-        strategy=s.type,
-        retries=s.retries,
-        backoff=s.backoff_seconds,
-        max_retry_after=s.max_retry_after_seconds,
-        deadline=s.deadline_seconds,
-        hedge_delay=s.hedge_delay_seconds,
-        weights={_resolve(k, members): v for k, v in s.weights.items()} if s.weights else None,
-        circuit_breaker=CircuitBreakerConfig(failures=breaker.failures,
-                                             cooldown=breaker.cooldown_seconds)
-        if breaker else CircuitBreakerConfig(),
-        rules=[
-            Rule(prefer=[_resolve(p, members) for p in r.prefer], reason=r.reason,
-                 input_contains=r.input_contains, input_matches=r.input_matches,
-                 min_input_chars=r.min_input_chars, max_input_chars=r.max_input_chars,
-                 tools=r.tools, metadata=r.metadata)
-            for r in spec.rules
-        ],
-    )
+    # The policy's strategy and rules are the engine's RouteOptions and Rules spelled for
+    # Kubernetes: copy them, naming agents as the document does (`pool.agent`).
+    options = spec.strategy.model_dump()
+    if options["weights"]:
+        options["weights"] = {_resolve(k, members): v for k, v in options["weights"].items()}
+    rules = [
+        {**rule.model_dump(), "prefer": [_resolve(p, members) for p in rule.prefer]}
+        for rule in spec.rules
+    ]
+    return RouteConfig.model_validate({**options, "name": name, "agents": members, "rules": rules})

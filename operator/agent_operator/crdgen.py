@@ -17,7 +17,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from agent_operator.resources import GROUP, VERSION, AgentPoolSpec, RoutingPolicySpec
+from agent.config import STRATEGY_RULES, StrategyRule
+from agent_operator.resources import (
+    GROUP,
+    VERSION,
+    AgentPoolSpec,
+    RoutingPolicySpec,
+    StrategySpec,
+)
 
 _DROP = {"title", "$defs"}
 
@@ -34,10 +41,10 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         nullable = len(options) != len(schema["anyOf"])
         rest = {k: v for k, v in schema.items() if k != "anyOf"}
         if len(options) == 1:
-            out = structural({**options[0], **rest}, defs)
+            single = structural({**options[0], **rest}, defs)
             if nullable:
-                out["nullable"] = True
-            return out
+                single["nullable"] = True
+            return single
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _DROP:
@@ -117,29 +124,49 @@ UNIQUE_AGENTS = {
     "message": "agent names must be unique within the pool",
 }
 
-POLICY_RULES = [
-    {
-        "rule": "!has(self.strategy) || self.strategy.type != 'custom' || "
-        "(has(self.rules) && size(self.rules) > 0)",
-        "message": "the custom strategy needs at least one rule",
-    },
-    {
-        "rule": "!has(self.rules) || size(self.rules) == 0 || "
-        "(has(self.strategy) && self.strategy.type == 'custom')",
-        "message": "rules apply only to the custom strategy",
-    },
-    {
-        "rule": "!has(self.strategy) || !has(self.strategy.weights) || "
-        "self.strategy.type == 'weighted'",
-        "message": "weights apply only to the weighted strategy",
-    },
-    {
-        "rule": "!has(self.strategy) || !has(self.strategy.hedgeDelaySeconds) || "
-        "self.strategy.type in ['hedged', 'fastest']",
-        "message": "hedgeDelaySeconds applies only to the hedged and fastest strategies",
-    },
-    # Unique pools and routes need no rule: they are list-type sets.
-]
+def _path(field: str) -> tuple[str, str]:
+    """Where a route field lives in a RoutingPolicy's spec (CEL path, Kubernetes name)."""
+    for owner, prefix in ((StrategySpec, "self.strategy."), (RoutingPolicySpec, "self.")):
+        info = owner.model_fields.get(field)
+        if info is not None:
+            name = info.alias or field
+            return prefix + name, name
+    raise KeyError(f"{field} is not a RoutingPolicy field")
+
+
+def _present(path: str, field: str) -> str:
+    guards = []
+    parts = path.split(".")
+    for end in range(2, len(parts) + 1):
+        guards.append(f"has({'.'.join(parts[:end])})")
+    info = RoutingPolicySpec.model_fields.get(field) or StrategySpec.model_fields[field]
+    if "list" in str(info.annotation) or "dict" in str(info.annotation):
+        guards.append(f"size({path}) > 0")
+    return " && ".join(guards)
+
+
+def _strategy_in(strategies: tuple[str, ...]) -> str:
+    type_path, _ = _path("strategy")
+    default = StrategySpec.model_fields["strategy"].default  # what an absent type means
+    chosen = f"(has(self.strategy) && has({type_path}) ? {type_path} : '{default}')"
+    if len(strategies) == 1:
+        return f"{chosen} == '{strategies[0]}'"
+    return f"{chosen} in [{', '.join(repr(s) for s in strategies)}]"
+
+
+def cel(rule: StrategyRule) -> dict[str, str]:
+    """One of the engine's strategy rules (`agent.config.STRATEGY_RULES`) as CEL."""
+    path, name = _path(rule.field)
+    present, chosen = _present(path, rule.field), _strategy_in(rule.strategies)
+    if rule.kind == "only":
+        expression = f"!({present}) || {chosen}"
+    else:
+        expression = f"!({chosen}) || ({present})"
+    return {"rule": expression, "message": rule.message.format(field=name)}
+
+
+# Unique pools and routes need no rule: they are list-type sets.
+POLICY_RULES = [cel(rule) for rule in STRATEGY_RULES]
 
 
 def _crd(kind: str, plural: str, short: list[str], spec: dict[str, Any],

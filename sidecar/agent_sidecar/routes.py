@@ -59,8 +59,7 @@ class Loaded:
         agents = {a.name: a.build() for a in config.agents}
         routes: dict[str, Route] = {}
         for spec in config.routes:
-            router = build_route(spec, agents)
-            router.transport = transport
+            router = build_route(spec, agents, transport=transport)
             wires = frozenset(PROVIDERS[a.provider].wire for a in router.agents)
             headers = {
                 "x-agent-route": header_value(spec.name),

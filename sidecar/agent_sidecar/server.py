@@ -15,6 +15,7 @@ import logging
 
 from aiohttp import web
 
+from agent.transport import HttpxTransport
 from agent_sidecar.admin import AdminToken, create_admin_app
 from agent_sidecar.app import create_app
 from agent_sidecar.metrics import Metrics
@@ -29,9 +30,12 @@ log = logging.getLogger("agent_sidecar")
 class Sidecar:
     def __init__(self, settings: Settings, *, tracing: bool = False) -> None:
         self.settings = settings
-        # The upstream HTTP client of every router this sidecar builds (None: the
-        # engine's httpx); see agent_sidecar.transport for why aiohttp.
-        self.transport = AiohttpTransport() if settings.transport == "aiohttp" else None
+        # The upstream HTTP client of every router this sidecar builds, shared by all
+        # the configs it serves and closed at stop; see agent_sidecar.transport for why
+        # aiohttp (the engine's httpx on request).
+        self.transport: AiohttpTransport | HttpxTransport = (
+            AiohttpTransport() if settings.transport == "aiohttp" else HttpxTransport()
+        )
         self.store = ConfigStore(settings.state_dir, self.transport)
         self.metrics = Metrics(self.store)
         self.token = AdminToken(settings.token, settings.token_file)
@@ -95,8 +99,7 @@ class Sidecar:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        if self.transport is not None:
-            await self.transport.aclose()
+        await self.transport.aclose()
 
 
 def _connectable(host: str) -> str:

@@ -1,4 +1,5 @@
-"""An aiohttp transport for the engine's async calls (`agent.transport.AsyncTransport`).
+"""An aiohttp transport for the engine's async calls (`agent.transport.AsyncTransport`;
+it has no sync protocol: the sidecar makes only async calls).
 
 The engine does its HTTP with httpx by default. In a sidecar that multiplexes a pod's
 traffic that costs most of the budget: httpcore's pool walks every pooled connection,
@@ -72,14 +73,14 @@ class AiohttpTransport:
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
 
-    async def send(self, request: WireRequest, timeout: float) -> Reply:
+    async def send_async(self, request: WireRequest, timeout: float) -> Reply:
         try:
             async with self._request(request, timeout) as response:
                 return Reply(response.status, response.headers, await response.read())
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise _mapped(exc) from exc
 
-    async def open_stream(self, request: WireRequest, timeout: float) -> Stream | Reply:
+    async def open_stream_async(self, request: WireRequest, timeout: float) -> Stream | Reply:
         try:
             response = await self._request(request, timeout)
             if response.status >= 400:
@@ -90,6 +91,9 @@ class AiohttpTransport:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise _mapped(exc) from exc
         return Stream(response)
+
+    def __repr__(self) -> str:
+        return "AiohttpTransport()"
 
     async def aclose(self) -> None:
         """Close this loop's session (its pooled connections)."""

@@ -25,7 +25,9 @@ def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> 
 
 def test_library_bench() -> None:
     out = run("bench/library_bench.py", "--calls", "20", "--races", "3")
-    for line in ("| Agent.run ", "| AgentRouter.run_async capability", "p50 over 3 races"):
+    for line in ("| Agent.run ", "| AgentRouter.run_async capability", "p50 over 3 races",
+                 "| AgentRouter.run nested route", "| AgentRouter.run fastest (sync)",
+                 "| handler alone, async", "| hung primary, 1.8 s deadline, retries=2"):
         assert line in out
 
 

@@ -94,3 +94,21 @@ def test_unreadable_and_malformed_sources() -> None:
 
 def test_a_document_without_routes_is_valid_and_serves_nothing() -> None:
     assert RouterConfig.model_validate({"agents": [], "routes": []}).build() == {}
+
+
+def test_from_config_builds_one_agent_or_one_route(monkeypatch) -> None:
+    from agent import Agent, AgentRouter
+
+    monkeypatch.setenv("MY_OPENAI_KEY", "sk-from-env")
+    agent = Agent.from_config(
+        {"name": "gpt", "provider": "openai", "model": "gpt-4o", "timeout": 5,
+         "capabilities": {"vision": False}}
+    )
+    assert (agent.name, agent.timeout, agent.capabilities.vision) == ("gpt", 5, False)
+    router = AgentRouter.from_config(GOOD.replace("cooldown: 10", "cooldown: 10, probe: false"))
+    assert router.name == "default" and router.labels == ["primary", "backup"]
+    assert router._health[0].breaker.failures == 3 and not router._health[0].breaker.background
+    with pytest.raises(ConfigurationError, match="no route 'nope'"):
+        AgentRouter.from_config(GOOD, "nope")
+    with pytest.raises(ConfigurationError, match="provider"):
+        Agent.from_config({"name": "x", "provider": "nosuch", "model": "m"})

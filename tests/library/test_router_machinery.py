@@ -3,7 +3,6 @@ deadlines, streaming fallback, middleware, route info."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -13,7 +12,6 @@ from agent import Agent, AgentRouter, Middleware, TextDelta
 from agent.errors import (
     APIConnectionError,
     APITimeoutError,
-    CircuitOpenError,
     OverloadedError,
     RoutingError,
 )
@@ -73,41 +71,6 @@ async def test_server_errors_are_retried_with_backoff(fake_factory) -> None:
     response = await router.run_async("x")
     assert response.text == "third time"
     assert [x.retry for x in response.route.attempts] == [0, 1, 2]
-
-
-async def test_breaker_opens_skips_and_recovers(fake_factory) -> None:
-    a, b = await fake_factory("openai"), await fake_factory("openai")
-    a.set_default(Fail(500))
-    router = AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=2, breaker_cooldown=0.3
-    )
-    for _ in range(2):
-        await router.run_async("x")
-    assert router.health()["a"]["state"] == "open"
-    assert len(a.requests) == 2
-    response = await router.run_async("x")  # a is skipped: no request reaches it
-    assert len(a.requests) == 2
-    assert response.route.attempts[0].outcome == "skipped"
-    assert isinstance(response.route.attempts[0].error, CircuitOpenError)
-    await asyncio.sleep(0.35)
-    assert router.health()["a"]["state"] == "half_open"
-    a.set_default(Reply(text="healed"))
-    response = await router.run_async("x")  # the probe goes through and succeeds
-    assert response.text == "healed"
-    assert router.health()["a"]["state"] == "closed"
-
-
-async def test_a_failed_probe_reopens_the_breaker(fake_factory) -> None:
-    a, b = await fake_factory("openai"), await fake_factory("openai")
-    a.set_default(Fail(500))
-    router = AgentRouter(
-        [agent_for(a, "a"), agent_for(b, "b")], retries=0, breaker_failures=1, breaker_cooldown=0.2
-    )
-    await router.run_async("x")
-    await asyncio.sleep(0.25)
-    await router.run_async("x")  # probe fails
-    assert router.health()["a"]["state"] == "open"
-    assert len(a.requests) == 2
 
 
 async def test_deadline_bounds_the_whole_call(fake_factory) -> None:

@@ -127,3 +127,23 @@ async def test_a_retry_that_would_pass_the_deadline_is_not_made(fake_factory) ->
         await router.run_async("x")
     assert [type(e) for e in caught.value.errors] == [ServerError]
     assert len(a.requests) == 1
+
+
+def test_a_sync_racing_stream_closed_early_disconnects_every_racer(fake_openai_sync) -> None:
+    """What was tried: a sync `fastest` stream (run on the router's loop thread) that the
+    caller leaves after its first text. Closing the iterator must close the winner's
+    upstream connection at once, and the router's thread must stay usable."""
+    fake_openai_sync.set_default(Reply(text="one two three four five six", chunk_delay=0.05))
+    with AgentRouter(
+        [agent_for(fake_openai_sync, "a"), agent_for(fake_openai_sync, "b")], strategy="fastest"
+    ) as router:
+        events = router.stream("x")
+        for event in events:
+            if event.type == "text_delta":
+                break
+        events.close()  # type: ignore[attr-defined]
+        # The winner's stream, cut by the caller (the loser may have been cancelled before
+        # the fake read its request: then it saw no request to count as a disconnect).
+        assert fake_openai_sync.wait_disconnect_sync(5, count=1) >= 1
+        fake_openai_sync.set_default(Reply(text="again"))
+        assert router.run("x").text == "again"

@@ -126,7 +126,7 @@ async def test_round_robin_falls_back_over_the_rest(fake_factory) -> None:
         [agent_for(a, name="a"), agent_for(b, name="b")],
         strategy="round_robin",
         retries=0,
-        breaker_failures=0,
+        circuit_breaker={"failures": 0},
     )
     providers = [(await router.run_async("x")).route.attempts[-1].agent for _ in range(4)]
     assert providers == ["b", "b", "b", "b"]

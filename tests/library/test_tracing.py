@@ -89,3 +89,77 @@ async def test_nothing_is_recorded_once_the_provider_is_gone(fake_factory, insta
     assert not tracing.enabled()
     await router.run_async("x")
     assert len(exporter.get_finished_spans()) == 2, "only the first call's spans"
+
+
+def own_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def test_a_routers_own_tracer_provider_gets_its_spans(fake_factory) -> None:
+    """What was tried: a router given `tracer_provider=` while no global provider is
+    installed: its decisions go to that provider, nothing global is needed or touched."""
+    a = await fake_factory("openai")
+    provider, exporter = own_provider()
+    router = AgentRouter(
+        [Agent("openai", "gpt-4o", base_url=a.base_url, api_key="test-key", name="a")],
+        name="mine",
+        tracer_provider=provider,
+    )
+    await router.run_async("x")
+    assert not tracing.enabled()  # no global provider
+    assert [s.name for s in exporter.get_finished_spans()] == ["chat gpt-4o", "route mine"]
+    provider.shutdown()
+
+
+async def test_a_nested_route_is_one_trace(fake_factory) -> None:
+    """What was tried: an outer route falling back to an inner route, which falls back
+    too. One trace: the outer decision, its failed attempt, then the inner decision as
+    the outer's second attempt with the inner attempts inside it."""
+    a, b, c = [await fake_factory("openai") for _ in range(3)]
+    a.script(Fail(500))
+    b.script(Fail(500))
+    provider, exporter = own_provider()
+
+    def agent(fake, name):  # type: ignore[no-untyped-def]
+        return Agent("openai", "gpt-4o", base_url=fake.base_url, api_key="test-key", name=name)
+
+    inner = AgentRouter([agent(b, "b"), agent(c, "c")], retries=0, name="inner",
+                        tracer_provider=provider)
+    outer = AgentRouter([agent(a, "a"), inner], retries=0, name="outer", tracer_provider=provider)
+    await outer.run_async("x")
+
+    spans = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1
+    by_name = {s.name: s for s in spans}
+    outer_span, inner_span = by_name["route outer"], by_name["route inner"]
+    assert inner_span.parent.span_id == outer_span.context.span_id
+    inner_children = [s for s in spans if s.parent and s.parent.span_id == inner_span.context.span_id]
+    assert [s.attributes["agent_router.agent"] for s in inner_children] == ["b", "c"]
+    assert inner_children[1].attributes["gen_ai.usage.output_tokens"] > 0
+    provider.shutdown()
+
+
+async def test_a_stream_failing_after_content_is_traced_as_failed(fake_factory) -> None:
+    """What was tried: a streamed answer cut by an in-stream error after its first words
+    (no fallback is possible then). The decision must still be written, as failed."""
+    from fakes import Reply, StreamError
+
+    from agent.errors import OverloadedError
+
+    a = await fake_factory("openai")
+    a.script(StreamError(after=2, reply=Reply(text="one two three"), error_type="overloaded_error"))
+    provider, exporter = own_provider()
+    router = AgentRouter(
+        [Agent("openai", "gpt-4o", base_url=a.base_url, api_key="test-key", name="a")],
+        name="cut",
+        tracer_provider=provider,
+    )
+    with pytest.raises(OverloadedError):
+        [e async for e in await router.stream_async("x")]
+    decision = next(s for s in exporter.get_finished_spans() if s.name == "route cut")
+    assert decision.attributes["agent_router.outcome"] == "error"
+    assert decision.attributes["error.type"] == "OverloadedError"
+    provider.shutdown()

@@ -1,5 +1,6 @@
-"""The async transport seam (`agent.transport`): which transport a call uses, and what a
-transport hands back reaching the codecs and the router unchanged."""
+"""Transports (`agent.transport`): which transport a call uses, sync and async alike,
+who owns and closes the connection pools, and what a transport hands back reaching the
+codecs and the router unchanged."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 from fakes import Fail, Reply
 
 from agent import Agent, AgentRouter
-from agent.errors import RateLimitError, RoutingError
+from agent.errors import ConfigurationError, RateLimitError, RoutingError
 from agent.transport import (
     AsyncStreamResponse,
     HttpxTransport,
+    StreamResponse,
     WireRequest,
     default_transport,
     set_default_transport,
@@ -20,23 +22,58 @@ from agent.transport import (
 from agent.transport import Reply as WireReply
 
 
-class Counting:
+class Counting(HttpxTransport):
     """A transport of our own: the engine's httpx one, noting every request it moves."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.urls: list[str] = []
-        self.inner = HttpxTransport()
+        self.clients: set[int] = set()  # the async connection pools requests went through
 
-    async def send(self, request: WireRequest, timeout: float) -> WireReply:
+    def __repr__(self) -> str:
+        return f"Counting({self.name})"
+
+    def send(self, request: WireRequest, timeout: float) -> WireReply:
         self.urls.append(request.url)
-        return await self.inner.send(request, timeout)
+        return super().send(request, timeout)
 
-    async def open_stream(
+    def open_stream(self, request: WireRequest, timeout: float) -> StreamResponse | WireReply:
+        self.urls.append(request.url)
+        return super().open_stream(request, timeout)
+
+    async def send_async(self, request: WireRequest, timeout: float) -> WireReply:
+        self.urls.append(request.url)
+        self.clients.add(id(self._async_client()))
+        return await super().send_async(request, timeout)
+
+    async def open_stream_async(
         self, request: WireRequest, timeout: float
     ) -> AsyncStreamResponse | WireReply:
         self.urls.append(request.url)
-        return await self.inner.open_stream(request, timeout)
+        self.clients.add(id(self._async_client()))
+        return await super().open_stream_async(request, timeout)
+
+
+class AsyncOnly:
+    """A transport with only the async protocol (as the sidecar's aiohttp one)."""
+
+    def __init__(self) -> None:
+        self.inner = HttpxTransport()
+
+    def __repr__(self) -> str:
+        return "AsyncOnly()"
+
+    async def send_async(self, request: WireRequest, timeout: float) -> WireReply:
+        return await self.inner.send_async(request, timeout)
+
+    async def open_stream_async(
+        self, request: WireRequest, timeout: float
+    ) -> AsyncStreamResponse | WireReply:
+        return await self.inner.open_stream_async(request, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @pytest.fixture
@@ -47,6 +84,7 @@ def process_default() -> Iterator[Counting]:
         yield counting
     finally:
         set_default_transport(previous)
+        counting.close()
 
 
 def openai_agent(fake, **kw) -> Agent:  # type: ignore[no-untyped-def]
@@ -73,6 +111,29 @@ async def test_the_agents_transport_wins_over_the_routers_and_the_process_defaul
     assert all(u.endswith("/chat/completions") for u in own.urls + routers.urls)
 
 
+def test_sync_calls_use_the_agents_transport_too(fake_openai_sync) -> None:
+    """What was tried: a sync run, stream and json through an agent given a transport,
+    and through a router given one; each request must go through them, none around."""
+    own, routers = Counting("agent"), Counting("router")
+    agent = openai_agent(fake_openai_sync, transport=own)
+    agent.run("x")
+    list(agent.stream("x"))
+    router = AgentRouter([openai_agent(fake_openai_sync)], transport=routers)
+    router.run("x")
+    list(router.stream("x"))
+    assert len(own.urls) == 2 and len(routers.urls) == 2
+    assert len(fake_openai_sync.requests) == 4
+
+
+def test_a_transport_without_the_sync_protocol_is_a_configuration_error(fake_openai_sync) -> None:
+    """What was tried: a sync call through an async-only transport. It must fail with a
+    typed error naming the transport, not reach the network some other way."""
+    agent = openai_agent(fake_openai_sync, transport=AsyncOnly())
+    with pytest.raises(ConfigurationError, match=r"AsyncOnly\(\) cannot serve sync calls"):
+        agent.run("x")
+    assert fake_openai_sync.requests == []
+
+
 async def test_racing_strategies_use_the_routers_transport(fake_factory) -> None:
     a, b = await fake_factory("openai"), await fake_factory("openai")
     routers = Counting("router")
@@ -85,6 +146,52 @@ async def test_racing_strategies_use_the_routers_transport(fake_factory) -> None
     events = [e async for e in await router.stream_async("x")]
     assert response.text and events[-1].type == "done"
     assert len(routers.urls) == 4  # both racers, twice
+
+
+def test_a_sync_race_reuses_one_pool_and_close_ends_it(fake_openai_sync) -> None:
+    """What was tried: five sync `fastest` calls and a sync racing stream over two
+    agents. Every request must go through one connection pool (the router's loop thread
+    keeps it) instead of one per call, and `close()` must stop that thread."""
+    counting = Counting("race")
+    with AgentRouter(
+        [openai_agent(fake_openai_sync, name="a"), openai_agent(fake_openai_sync, name="b")],
+        strategy="fastest",
+        transport=counting,
+    ) as router:
+        for _ in range(5):
+            assert router.run("x").text
+        assert list(router.stream("x"))[-1].type == "done"
+        thread = router._resources._thread
+        assert thread is not None and thread.is_alive()
+    assert len(counting.urls) == 12
+    assert len(counting.clients) == 1
+    assert not thread.is_alive()
+    counting.close()
+
+
+def test_a_router_closes_the_pools_it_made_sync(fake_openai_sync) -> None:
+    with AgentRouter([openai_agent(fake_openai_sync)], strategy="fastest") as router:
+        router.run("x")
+        router.run("x")
+        pool = router._resources.pool()
+        assert pool.pools() == 1  # the loop thread's; the sync pool was never needed
+    assert pool.pools() == 0
+
+
+async def test_a_router_closes_the_pools_it_made(fake_openai) -> None:
+    async with AgentRouter([openai_agent(fake_openai)]) as router:
+        await router.run_async("x")
+        pool = router._resources.pool()
+        assert pool.pools() == 1
+    assert pool.pools() == 0
+
+
+async def test_a_router_leaves_a_given_transport_open(fake_openai) -> None:
+    given = Counting("given")
+    async with AgentRouter([openai_agent(fake_openai)], transport=given) as router:
+        await router.run_async("x")
+    assert given.pools() == 1, "the transport is its owner's to close"
+    await given.aclose()
 
 
 async def test_an_http_error_from_the_transport_becomes_the_providers_typed_error(
@@ -114,11 +221,11 @@ async def test_a_stream_closed_early_closes_the_transports_connection(fake_opena
     assert await fake_openai.wait_disconnect() == 1
 
 
-def test_set_default_transport_returns_the_previous_one_and_none_restores_httpx() -> None:
+def test_set_default_transport_returns_the_previous_one_and_none_restores_own_pools() -> None:
     original = default_transport()
     mine = Counting("mine")
     assert set_default_transport(mine) is original
     assert default_transport() is mine
     assert set_default_transport(None) is mine
-    assert isinstance(default_transport(), HttpxTransport)
+    assert default_transport() is None
     set_default_transport(original)
