@@ -3,6 +3,7 @@ sidecar-injection webhook. Settings come from `agent_operator.__main__`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -43,16 +44,18 @@ class Options:
     sidecar: SidecarSettings = field(default_factory=SidecarSettings.from_env)
 
 
-# Fixed when the handlers are registered (decorator arguments), hence from the environment.
 RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "30"))
 options = Options()
 reconciler = Reconciler()
 _pod_state: dict[str, tuple[Any, ...]] = {}
+_resync: asyncio.Task[None] | None = None
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Events for problems, not for every handler
+    # No handler needs a finalizer (deletions are optional, the resync is not per object);
+    # naming the one earlier versions added lets kopf remove it from existing objects.
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = 300
     # How long a silent peer counts as alive: the takeover delay when a replica is killed.
@@ -60,6 +63,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # A missing peering object is an install error, not a reason to run unguarded.
     settings.peering.mandatory = options.peering
     reconciler.admin_port = options.sidecar.admin_port
+    global _resync
+    _resync = asyncio.create_task(resync_forever(RESYNC_SECONDS), name="resync")
     if options.peering:
         reconciler.peering = (settings.peering.name, settings.peering.clusterwide,
                               settings.peering.priority)
@@ -111,7 +116,23 @@ class ServiceWebhookServer(kopf.WebhookServer):
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
+    if _resync is not None:
+        _resync.cancel()
     await reconciler.close()
+
+
+async def resync_forever(seconds: float) -> None:
+    """Catches what no watch reports: a rotated Secret, a sidecar that lost its state.
+
+    One loop for the whole operator, not a kopf timer per object: a timer makes kopf put
+    a finalizer on every object, and a namespace being deleted while the operator is down
+    would then wait for it forever.
+    """
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.gather(*(reconciler.reconcile(namespace)
+                               for namespace in reconciler.namespaces()
+                               if not reconciler.ran_within(namespace, seconds / 2)))
 
 
 # ---- pools and policies: any change reconciles their namespace ----------------------------
@@ -126,13 +147,6 @@ async def close(**_: Any) -> None:
 @kopf.on.delete(GROUP, "routingpolicies", optional=True)
 async def changed(namespace: str, **_: Any) -> None:
     await reconciler.reconcile(namespace)
-
-
-@kopf.timer(GROUP, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(namespace: str, **_: Any) -> None:
-    """Catches what no watch reports: a rotated Secret, a sidecar that lost its state."""
-    if not reconciler.ran_within(namespace, RESYNC_SECONDS / 2):
-        await reconciler.reconcile(namespace)
 
 
 # ---- pods: a sidecar that became reachable, or went away ----------------------------------

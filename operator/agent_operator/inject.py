@@ -24,6 +24,7 @@ ADMIN_PORT_ANNOTATION = "agentrouter.io/admin-port"
 CONTAINER = "agent-sidecar"
 TOKEN_DIR = "/var/run/agent-router/token"
 STATE_DIR = "/var/lib/agent-sidecar"
+SIDECAR_UID = 65532  # the image's user (Dockerfile.sidecar), and its group
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,17 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
             "limits": {"memory": settings.memory_limit},
         },
+        # Everything Pod Security "restricted" asks of a container, set on the container
+        # itself: it then holds whatever the app's pod-level securityContext says.
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 65532,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_UID,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
+            "privileged": False,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},

@@ -112,9 +112,12 @@ class Reconciler:
                 if not space.pending:
                     break
 
+    def namespaces(self) -> list[str]:
+        """Every namespace an event has named so far: what the periodic resync covers."""
+        return list(self._spaces)
+
     def ran_within(self, namespace: str, seconds: float) -> bool:
-        """Whether the namespace was reconciled that recently: every policy has a resync
-        timer, and one run covers them all."""
+        """Whether the namespace was reconciled that recently (an event beat the resync)."""
         space = self._spaces.get(namespace)
         return space is not None and time.monotonic() - space.finished < seconds
 
