@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pydantic
+from pydantic import SecretStr
 
 from agent.config import (
     AgentConfig,
@@ -188,7 +189,7 @@ def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]]) -> A
         provider=agent.provider,
         model=agent.model,
         base_url=agent.base_url,
-        api_key=secrets[ref.name][ref.key] if ref else None,
+        api_key=SecretStr(secrets[ref.name][ref.key]) if ref else None,
         timeout=agent.timeout_seconds,
         weight=agent.weight,
         price=PriceConfig(input_per_mtok=agent.price.input_per_m_tok,
