@@ -32,6 +32,9 @@ from agent_operator.metrics import Metrics
 
 CA_KEY, CERT_KEY, KEY_KEY = "ca.crt", "tls.crt", "tls.key"  # kubernetes.io/tls, plus the CA
 RENEW_FRACTION = 3  # renew when less than a third of the lifetime is left
+# Valid from a little before it is issued: an apiserver whose clock is behind still
+# accepts it. Not part of the lifetime renewal counts with.
+BACKDATE = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def issue(hosts: list[str], validity: datetime.timedelta, previous: ServingCert 
     """A new CA and a serving certificate for `hosts` (DNS names or IPs, v4 or v6); the
     bundle keeps the previous CA while it is valid."""
     now = now or datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + validity
+    start, end = now - BACKDATE, now + validity
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
@@ -131,7 +134,7 @@ def renewal_due(cert: ServingCert, hosts: list[str],
         return True
     if set(sans) != {_san(h) for h in hosts}:
         return True
-    lifetime = parsed.not_valid_after_utc - parsed.not_valid_before_utc
+    lifetime = parsed.not_valid_after_utc - parsed.not_valid_before_utc - BACKDATE
     return parsed.not_valid_after_utc - now < lifetime / RENEW_FRACTION
 
 

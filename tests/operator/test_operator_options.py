@@ -38,6 +38,9 @@ def test_renewal_is_due_with_a_third_of_the_lifetime_left_or_other_hosts() -> No
     assert not renewal_due(cert, HOSTS, now + 59 * DAY)
     assert renewal_due(cert, HOSTS, now + 61 * DAY)
     assert renewal_due(cert, HOSTS[:1], now)  # the cluster domain or the Service changed
+    # The few minutes it is valid before it was issued do not count: a 45 s certificate
+    # is not due at once.
+    assert not renewal_due(issue(HOSTS, datetime.timedelta(seconds=45)), HOSTS)
 
 
 def test_a_renewed_bundle_keeps_the_previous_ca_while_it_is_valid() -> None:
