@@ -133,16 +133,17 @@ async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
 
 async def write_secret(namespace: str, name: str, data: dict[str, str],
                        resource_version: str | None) -> None:
-    """Create the Secret (no version) or replace the version that was read; `Conflict`
-    when someone else wrote it first."""
-    body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name, labels=MANAGED_BY,
-                                     resource_version=resource_version),
-        string_data=data, type="Opaque")
+    """Create the Secret (no version), or set its data if it is still at the version that
+    was read (`Conflict` when someone else wrote it first). A patch, not a replace: the
+    labels and annotations of whoever created it (Helm) stay."""
     if resource_version is None:
+        body = client.V1Secret(metadata=client.V1ObjectMeta(name=name, labels=MANAGED_BY),
+                               string_data=data, type="Opaque")
         await call(_core().create_namespaced_secret, namespace, body)
-    else:
-        await call(_core().replace_namespaced_secret, name, namespace, body)
+        return
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    await call(_core().patch_namespaced_secret, name, namespace,
+               {"metadata": {"resourceVersion": resource_version}, "data": encoded})
 
 
 async def sidecar_token(namespace: str) -> str:
@@ -179,13 +180,6 @@ def _leases() -> client.CoordinationV1Api:
     return client.CoordinationV1Api(api())
 
 
-def _lease_body(name: str, spec: dict[str, Any], resource_version: str | None = None
-                ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": MANAGED_BY}
-    if resource_version is not None:
-        meta["resourceVersion"] = resource_version
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-            "spec": spec}
 
 
 async def read_lease(namespace: str, name: str) -> dict[str, Any] | None:
@@ -197,10 +191,14 @@ async def read_lease(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 async def create_lease(namespace: str, name: str, spec: dict[str, Any]) -> None:
-    await call(_leases().create_namespaced_lease, namespace, _lease_body(name, spec))
+    await call(_leases().create_namespaced_lease, namespace, {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "labels": MANAGED_BY}, "spec": spec})
 
 
-async def replace_lease(namespace: str, name: str, resource_version: str,
-                        spec: dict[str, Any]) -> None:
-    await call(_leases().replace_namespaced_lease, name, namespace,
-               _lease_body(name, spec, resource_version))
+async def update_lease(namespace: str, name: str, resource_version: str,
+                       spec: dict[str, Any]) -> None:
+    """Set the Lease's spec fields (None removes one) if it is still at the version that
+    was read; `Conflict` otherwise."""
+    await call(_leases().patch_namespaced_lease, name, namespace,
+               {"metadata": {"resourceVersion": resource_version}, "spec": spec})

@@ -90,8 +90,8 @@ class Lease:
             spec.update(acquireTime=spec["renewTime"],
                         leaseTransitions=int(old.get("leaseTransitions") or 0) + 1)
         try:
-            await kube.replace_lease(self.namespace, self.name,
-                                     lease["metadata"]["resourceVersion"], {**old, **spec})
+            await kube.update_lease(self.namespace, self.name,
+                                    lease["metadata"]["resourceVersion"], spec)
         except kube.Conflict:
             return False  # someone else renewed or took it meanwhile
         return True
@@ -104,8 +104,8 @@ class Lease:
         try:
             lease = await kube.read_lease(self.namespace, self.name)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.me:
-                spec = {**lease["spec"], "holderIdentity": None}
-                await kube.replace_lease(self.namespace, self.name,
-                                         lease["metadata"]["resourceVersion"], spec)
+                await kube.update_lease(self.namespace, self.name,
+                                        lease["metadata"]["resourceVersion"],
+                                        {"holderIdentity": None})
         except kube.KubeError as exc:
             log.warning("could not hand the lease back: %s", exc)

@@ -84,6 +84,11 @@ def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": binding["name"], "namespace": OPERATOR_NS},
          "roleRef": {**binding, "kind": "Role"}, "subjects": subjects},
+        # Created empty, as the chart does (the operator may only read and patch them).
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+         "metadata": {"name": LEASE, "namespace": OPERATOR_NS}, "spec": {}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}},
     ])
     return cp.kubeconfig_for_service_account(OPERATOR_NS, OPERATOR_SA)
 

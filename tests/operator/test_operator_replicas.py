@@ -118,8 +118,8 @@ def test_every_replica_serves_one_certificate_renewed_without_a_refused_pod(
     cp = control_plane
     install_crds(cp)
     name = f"ha-{uuid.uuid4().hex[:6]}.agentrouter.io"
-    kubeconfig = operator_kubeconfig(cp, name)
     cp.kubectl("delete", "secret", CERT_SECRET, "-n", OPERATOR_NS, "--ignore-not-found")
+    kubeconfig = operator_kubeconfig(cp, name)  # an empty Secret again, as the chart makes
     ports = free_port(), free_port()
     webhook_configuration(cp, name, f"https://127.0.0.1:{ports[0]}")
     replicas = [OperatorProcess(cp, kubeconfig, name, port, env={
