@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import secrets as pysecrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,3 +203,23 @@ async def update_lease(namespace: str, name: str, resource_version: str,
     was read; `Conflict` otherwise."""
     await call(_leases().patch_namespaced_lease, name, namespace,
                {"metadata": {"resourceVersion": resource_version}, "spec": spec})
+
+
+async def warn(obj: dict[str, Any], reason: str, message: str) -> None:
+    """A Warning Event about `obj` (what `kubectl describe` and `kubectl get events` show).
+    Posted here rather than through kopf, whose Events work only inside its handlers: the
+    periodic resync finds problems too."""
+    meta = obj["metadata"]
+    now = datetime.datetime.now(datetime.UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
+                                     namespace=meta["namespace"], labels=MANAGED_BY),
+        involved_object=client.V1ObjectReference(
+            api_version=obj.get("apiVersion"), kind=obj.get("kind"), name=meta["name"],
+            namespace=meta["namespace"], uid=meta.get("uid"),
+            resource_version=meta.get("resourceVersion")),
+        reason=reason, message=message[:1024], type="Warning", count=1,
+        first_timestamp=now, last_timestamp=now,
+        source=client.V1EventSource(component="agent-operator"),
+        reporting_component="agent-operator")
+    await call(_core().create_namespaced_event, meta["namespace"], event)

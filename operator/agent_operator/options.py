@@ -73,9 +73,12 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     scope.add_argument("-n", "--namespace", action="append", default=[],
                        help="watch this namespace (repeatable; globs allowed)")
     scope.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("--lease", type=_object_ref, default=e("LEASE") or None,
-                   help="<namespace>/<name> of the coordination.k8s.io Lease: replicas that "
-                   "share it never act at once (default: act alone)")
+    alone = p.add_mutually_exclusive_group()
+    alone.add_argument("--lease", type=_object_ref, default=e("LEASE") or None,
+                       help="<namespace>/<name> of the coordination.k8s.io Lease: replicas "
+                       "that share it never act at once (default: act alone)")
+    alone.add_argument("--standalone", action="store_true",
+                       help="act alone, whatever AGENT_OPERATOR_LEASE says (one replica only)")
     p.add_argument("--lease-seconds", type=int, default=int(e("PEERING_LIFETIME", "30")),
                    help="how long a silent leader keeps the Lease: the takeover delay")
     p.add_argument("--resync-seconds", type=float, default=float(e("RESYNC_SECONDS", "30")))
@@ -115,7 +118,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
                 "or --webhook-cert-dir (someone else does), or --no-webhook")
     hosts = a.webhook_host or [h.strip() for h in e("WEBHOOK_HOSTS").split(",") if h.strip()]
     return Options(
-        namespaces=a.namespace, lease=a.lease, lease_seconds=a.lease_seconds,
+        namespaces=a.namespace, lease=None if a.standalone else a.lease, lease_seconds=a.lease_seconds,
         resync_seconds=a.resync_seconds, metrics_addr=a.metrics_addr,
         metrics_port=a.metrics_port, liveness=a.liveness, webhook=webhook,
         webhook_addr=a.webhook_addr, webhook_port=a.webhook_port,

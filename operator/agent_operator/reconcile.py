@@ -14,10 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-import kopf
 import pydantic
 
 from agent.config import RouterConfig
@@ -240,7 +239,10 @@ class Reconciler:
             space.reported.pop(key, None)
         elif space.reported.get(key) != (news.reason, news.message):
             space.reported[key] = (news.reason, news.message)
-            kopf.warn(kopf.Body(cast(kopf.RawBody, obj)), reason=news.reason, message=news.message)
+            try:
+                await kube.warn(obj, news.reason, news.message)
+            except kube.KubeError as exc:  # the status says it too
+                log.warning("could not post the %s Event: %s", news.reason, exc)
 
     async def _pool_status(self, obj: dict[str, Any], spec: AgentPoolSpec | None,
                            problem: str | None, users: int) -> None:

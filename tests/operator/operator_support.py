@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from agent_operator.inject import url_host
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,11 @@ def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
 
 def webhook_configuration(cp: Any, name: str, url: str) -> None:
     """The chart's MutatingWebhookConfiguration, as `helm template` renders it, pointed at
-    `url` instead of the chart's Service (the operator runs on this machine)."""
+    `url` instead of the chart's Service (the operator runs on this machine), and the
+    empty certificate Secret the chart creates beside it."""
+    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+              {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}}])
     rendered = cp.helm("template", "agent-router", str(CHART), "--namespace", OPERATOR_NS,
                        "--show-only", "templates/webhookconfigurations.yaml",
                        "--set", f"webhook.name={name}").stdout
@@ -124,6 +129,9 @@ class OperatorProcess:
                     "--webhook-host", self.host, "--webhook-name", self.webhook_name,
                     "--webhook-cert-secret", f"{OPERATOR_NS}/{CERT_SECRET}"]
                    if self.webhook_name else ["--no-webhook"])
+        if self.webhook_name:
+            webhook_configuration(self.cp, self.webhook_name,
+                                  f"https://{url_host(self.host)}:{self.port}")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent_operator", *self.args, *webhook, "--verbose"],
@@ -213,9 +221,7 @@ def operator(control_plane: Any) -> Iterator[OperatorProcess]:
 
     name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
     kubeconfig = operator_kubeconfig(control_plane, name)
-    port = free_port()
-    webhook_configuration(control_plane, name, f"https://127.0.0.1:{port}")
-    proc = OperatorProcess(control_plane, kubeconfig, name, port).start()
+    proc = OperatorProcess(control_plane, kubeconfig, name, free_port()).start()
     try:
         yield proc
     finally:

@@ -18,7 +18,6 @@ from operator_support import (
     pod_manifest,
     sidecar_token,
     wait_for,
-    webhook_configuration,
 )
 from sidecar_support import SidecarProcess
 from support.controlplane import free_port
@@ -32,7 +31,6 @@ def test_webhook_and_push_over_ipv6(control_plane, namespace) -> None:
     install_crds(cp)
     name = f"v6-{uuid.uuid4().hex[:6]}.agentrouter.io"
     port, admin_port = free_port(), free_port()
-    webhook_configuration(cp, name, f"https://[::1]:{port}")
     operator = OperatorProcess(cp, operator_kubeconfig(cp, name), name, port,
                                host="::1").start()
     sidecar = None

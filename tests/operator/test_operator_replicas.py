@@ -26,7 +26,6 @@ from operator_support import (
     served,
     start_sidecar,
     wait_for,
-    webhook_configuration,
 )
 from support.controlplane import free_port
 from test_operator_e2e import KEYS, policy, pool
@@ -121,7 +120,6 @@ def test_every_replica_serves_one_certificate_renewed_without_a_refused_pod(
     cp.kubectl("delete", "secret", CERT_SECRET, "-n", OPERATOR_NS, "--ignore-not-found")
     kubeconfig = operator_kubeconfig(cp, name)  # an empty Secret again, as the chart makes
     ports = free_port(), free_port()
-    webhook_configuration(cp, name, f"https://127.0.0.1:{ports[0]}")
     replicas = [OperatorProcess(cp, kubeconfig, name, port, env={
         "AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS": "45",
         "AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS": "1",
