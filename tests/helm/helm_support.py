@@ -20,9 +20,12 @@ NAMESPACE_RULES_FILE = CHART / "files" / "operator-namespace-rules.yaml"
 # Every object the chart renders with its defaults (kind, name) for release "ar".
 DEFAULT_KINDS = {
     "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
-    "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod",
+    "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
+    "Secret", "CustomResourceDefinition",
 }
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                  "CustomResourceDefinition"}
+CRD_DIR = CHART / "files" / "crds"  # copies of crds/, rendered by templates/crds.yaml
 
 # Values that change nearly everything (and pass the schema).
 NON_DEFAULT: dict[str, Any] = {

@@ -14,6 +14,7 @@ import yaml
 from helm_support import (
     CHART,
     CLUSTER_SCOPED,
+    CRD_DIR,
     DEFAULT_KINDS,
     NAMESPACE_RULES_FILE,
     NON_DEFAULT,
@@ -46,12 +47,14 @@ def offline_helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineHe
 
 def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
     source = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
-    chart = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    chart = {p.name: p.read_bytes() for p in sorted(CRD_DIR.glob("*.yaml"))}
     assert source, "no CRDs in crds/"
     assert sorted(chart) == sorted(source), "run hack/sync-chart-crds"
     for name, data in source.items():
-        assert chart[name] == data, f"helm/agent-router/crds/{name} differs: run hack/sync-chart-crds"
-    assert not any(p.is_symlink() for p in (CHART / "crds").iterdir())
+        assert chart[name] == data, f"{CRD_DIR}/{name} differs: run hack/sync-chart-crds"
+    assert not any(p.is_symlink() for p in CRD_DIR.iterdir())
+    # Not in the chart's crds/, which Helm installs once and never upgrades.
+    assert not (CHART / "crds").exists()
 
 
 def test_sync_script_check_mode_agrees() -> None:
@@ -233,11 +236,11 @@ def test_package_carries_the_crds_and_the_rules(offline_helm: OfflineHelm, tmp_p
     import tarfile
 
     offline_helm.run("package", str(CHART), "--destination", str(tmp_path))
-    (archive,) = tmp_path.glob("agent-router-0.1.0.tgz")
+    (archive,) = tmp_path.glob("agent-router-0.2.0.tgz")
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
         for crd in (ROOT / "crds").glob("*.yaml"):
-            member = tar.extractfile(f"agent-router/crds/{crd.name}")
+            member = tar.extractfile(f"agent-router/files/crds/{crd.name}")
             assert member is not None and member.read() == crd.read_bytes(), crd.name
     assert "agent-router/files/operator-rules.yaml" in names
     assert "agent-router/files/operator-namespace-rules.yaml" in names
@@ -261,9 +264,19 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
         assert labels["app.kubernetes.io/instance"] == "ar"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["app.kubernetes.io/part-of"] == "agent-router"
-        assert labels["helm.sh/chart"] == "agent-router-0.1.0"
+        assert labels["helm.sh/chart"] == "agent-router-0.2.0"
         if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == "ar-system", obj["kind"]
+
+    # The CRDs are templates (so `helm upgrade` upgrades them), kept on uninstall, and the
+    # same as crds/ but for their labels and that annotation.
+    crds = {c["metadata"]["name"]: c for c in by_kind(objects, "CustomResourceDefinition")}
+    for path in CRD_DIR.glob("*.yaml"):
+        source = yaml.safe_load(path.read_text())
+        rendered = crds.pop(source["metadata"]["name"])
+        assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert rendered["spec"] == source["spec"]
+    assert not crds
 
     deploy = one(objects, "Deployment")
     selector = deploy["spec"]["selector"]["matchLabels"]
@@ -398,7 +411,8 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
     assert kinds.count("ClusterRole") == 1  # no aggregated roles
     for obj in objects:
         name = obj["metadata"]["name"]
-        assert name.startswith(("router", "inject.router")), name
+        assert name.startswith(("router", "inject.router")) or \
+            obj["kind"] == "CustomResourceDefinition", name
 
     deploy = one(objects, "Deployment")
     assert deploy["spec"]["replicas"] == 3
@@ -537,6 +551,12 @@ def test_template_variants(offline_helm: OfflineHelm) -> None:
     assert "ar-agent-router-operator" not in [
         o["metadata"]["name"] for o in by_kind(objects, "ClusterRole")]
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+    # CRDs managed apart (e.g. by a GitOps tool), or dropped with the release
+    assert not by_kind(offline_helm.render({"crds": {"install": False}}),
+                       "CustomResourceDefinition")
+    unkept = by_kind(offline_helm.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert unkept and not [c for c in unkept if c["metadata"].get("annotations")]
 
     # a release name containing the chart name is the full name
     objects = offline_helm.render(release="agent-router")

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helm_support import CHART, CLUSTER_SCOPED, NON_DEFAULT, values_file
+from helm_support import CHART, CLUSTER_SCOPED, CRD_DIR, NON_DEFAULT, values_file
 from support.controlplane import (
     ControlPlane,
     find_assets,
@@ -40,8 +40,8 @@ from support.waiting import wait_for
 
 pytestmark = pytest.mark.controlplane
 
-# The chart's crds/: what Helm installs first and never deletes.
-CRD_DOCS = [d for f in sorted((CHART / "crds").glob("*.yaml"))
+# The chart's CRDs: templates it installs and upgrades, and never deletes (keep).
+CRD_DOCS = [d for f in sorted(CRD_DIR.glob("*.yaml"))
             for d in yaml.safe_load_all(f.read_text()) if d]
 CRDS = {d["metadata"]["name"] for d in CRD_DOCS}
 # The apiserver registers each served group/version of a CRD as an APIService; they go
@@ -142,7 +142,9 @@ def release_a(control_plane: ControlPlane) -> Iterator[Release]:
 def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> None:
     cp = release_a.cp
     objects = assert_all_accepted(release_a)
-    assert {o["kind"] for o in objects} == {
+    # The CRDs are the release's unless earlier tests applied them with kubectl (then the
+    # chart leaves them alone: see the CRD upgrade test).
+    assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
         "Deployment", "PodDisruptionBudget", "Lease", "Secret", "MutatingWebhookConfiguration"}
     assert CRDS <= crds_established(cp)
@@ -500,6 +502,58 @@ def test_upgrade_with_changed_values_changes_the_objects(plane_b: PlaneB) -> Non
     assert b.deployment()["spec"]["replicas"] == 4
 
 
+def crd_help(cp: ControlPlane, name: str) -> str:
+    crd = cp.get_json("crd", name)
+    return str(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get("description"))
+
+
+def owned_crds(release: Release) -> set[str]:
+    return {o["metadata"]["name"] for o in release.manifest()
+            if o["kind"] == "CustomResourceDefinition"}
+
+
+def test_crds_upgrade_with_the_chart_and_unowned_ones_are_handed_over(plane_b: PlaneB,
+                                                                      tmp_path: Path) -> None:
+    """A changed CRD in a new chart version reaches the cluster with `helm upgrade`; a CRD
+    applied with kubectl (as the 0.1 chart's crds/ left them) is left alone until it is
+    handed to the release as docs/helm.md says, and upgraded from then on."""
+    import shutil
+
+    cp, b = plane_b.cp, installed(plane_b)
+    assert owned_crds(b) == CRDS
+    chart = tmp_path / "agent-router"
+    shutil.copytree(CHART, chart)
+    for path in (chart / "files" / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        schema["description"] = f"{crd['spec']['names']['kind']}, as of the next chart."
+        path.write_text(yaml.safe_dump(crd, sort_keys=False))
+
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert crd_help(cp, "agentpools.agentrouter.io") == "AgentPool, as of the next chart."
+
+    # As if applied with kubectl: no Helm ownership. The upgrade leaves it as it is.
+    name = "routingpolicies.agentrouter.io"
+    cp.kubectl("annotate", "crd", name, "meta.helm.sh/release-name-",
+               "meta.helm.sh/release-namespace-")
+    cp.kubectl("label", "crd", name, "app.kubernetes.io/managed-by-")
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / "routingpolicies.yaml"))
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert name not in owned_crds(b)
+    assert crd_help(cp, name) != "RoutingPolicy, as of the next chart."
+    # Handed over (docs/helm.md, "Upgrade"): the next upgrade manages it.
+    cp.kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm")
+    cp.kubectl("annotate", "crd", name, f"meta.helm.sh/release-name={b.name}",
+               f"meta.helm.sh/release-namespace={b.namespace}")
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert owned_crds(b) == CRDS
+    assert crd_help(cp, name) == "RoutingPolicy, as of the next chart."
+    crd = cp.get_json("crd", name)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # back to this chart version for the tests after this one
+    b.upgrade("--reuse-values")
+
+
 def test_uninstall_leaves_only_the_crds(plane_b: PlaneB) -> None:
     b = installed(plane_b)
     b.helm("uninstall", b.name, "--wait")
@@ -523,6 +577,8 @@ def test_uninstall_after_the_operator_ran_leaves_no_cluster_objects(release_a: R
     objects = release_a.manifest()
     release_a.helm("uninstall", release_a.name, "--wait")
     for obj in objects:
+        if obj["kind"] == "CustomResourceDefinition":
+            continue  # kept (helm.sh/resource-policy), checked below
         kind = obj["kind"].lower()
         ns = [] if obj["kind"] in CLUSTER_SCOPED else ["--namespace", release_a.namespace]
         gone = cp.kubectl("get", kind + ("." + obj["apiVersion"].split("/")[0]

@@ -164,3 +164,15 @@ A rules file with its placeholders replaced: include "agent-router.rules" (list 
 {{- end }}
 {{- $text }}
 {{- end }}
+
+{{/* Labels and annotations of the CRDs (their metadata's, unindented). */}}
+{{- define "agent-router.crdMetadata" -}}
+labels:
+  {{- include "agent-router.labels" (list . "crds") | nindent 2 }}
+{{- if .Values.crds.keep }}
+annotations:
+  # helm uninstall (or a values change that drops them) leaves the CRDs, and with them
+  # every AgentPool and RoutingPolicy in the cluster.
+  helm.sh/resource-policy: keep
+{{- end }}
+{{- end }}
