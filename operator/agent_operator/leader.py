@@ -97,10 +97,9 @@ class Lease:
         return True
 
     async def release(self) -> None:
-        """Hand the Lease back (on shutdown): the next replica acts without waiting."""
-        if not self.leading:
-            return
-        self._renewed = float("-inf")
+        """Hand the Lease back (on shutdown), if it is still ours by the Lease itself (our
+        own clock may already count it as lapsed): the next replica acts without waiting."""
+        self._renewed = float("-inf")  # whether or not the Lease says so: stop acting
         try:
             lease = await kube.read_lease(self.namespace, self.name)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.me:
