@@ -21,10 +21,12 @@ NAMESPACE_RULES_FILE = CHART / "files" / "operator-namespace-rules.yaml"
 DEFAULT_KINDS = {
     "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
     "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
-    "Secret", "CustomResourceDefinition",
+    "Secret", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
-                  "CustomResourceDefinition"}
+                  "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding"}
 CRD_DIR = CHART / "files" / "crds"  # copies of crds/, rendered by templates/crds.yaml
 
 # Values that change nearly everything (and pass the schema).

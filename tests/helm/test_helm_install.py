@@ -146,7 +146,8 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     # chart leaves them alone: see the CRD upgrade test).
     assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
-        "Deployment", "PodDisruptionBudget", "Lease", "Secret", "MutatingWebhookConfiguration"}
+        "Deployment", "PodDisruptionBudget", "Lease", "Secret", "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     assert CRDS <= crds_established(cp)
     status = release_a.helm("status", release_a.name, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
@@ -180,6 +181,23 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     assert not can(operator, "patch", "secrets", release_a.namespace)  # only its own, by name
     assert not can(operator, "update", "leases.coordination.k8s.io", release_a.namespace)
     cp.kubectl("delete", "rolebinding", "dev-edit", "auditor-view", "-n", app)
+
+    # RBAC lets the operator create Secrets (the sidecar token, in each app namespace);
+    # the chart's admission policy refuses every other one, as the apiserver enforces it.
+    def create_secret(name: str, type_: str) -> subprocess.CompletedProcess[str]:
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": type_,
+                  "metadata": {"name": name, "annotations": {
+                      "kubernetes.io/service-account.name": "default"}}}
+        return cp.kubectl("create", "--dry-run=server", "-n", app, "--as", operator, "-f", "-",
+                          input=json.dumps(secret), check=False)
+
+    allowed = create_secret("agent-router-sidecar", "Opaque")
+    assert allowed.returncode == 0, allowed.stderr
+    for name, type_ in (("agent-router-sidecar", "kubernetes.io/service-account-token"),
+                        ("anything-else", "Opaque")):
+        refused = create_secret(name, type_)
+        assert refused.returncode != 0, (name, type_)
+        assert "the operator may create only the sidecar token Secret" in refused.stderr
 
     # The stored Deployment keeps the hardening (nothing was dropped as unknown).
     deploy = release_a.deployment()
