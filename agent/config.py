@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 import pydantic
 import yaml
 from pydantic import (
@@ -38,7 +39,7 @@ from pydantic import (
 
 from agent.agent import Agent
 from agent.catalog import PROVIDERS
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, scrub
 from agent.pricing import Price
 from agent.router import AgentRouter
 from agent.strategies import STRATEGY_NAMES
@@ -61,6 +62,11 @@ assert set(Strategy.__args__) == set(STRATEGY_NAMES)  # type: ignore[attr-define
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
+# The environment variables `api_key_env` may name: the providers' standard ones, and
+# any starting with this prefix (for keys the person running the process set up).
+KEY_ENV_PREFIX = "AGENT_KEY_"
+KEY_ENV_ALLOWED = frozenset(name for p in PROVIDERS.values() for name in p.key_env)
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,7 +83,11 @@ class AgentConfig(_Model):
     model: str = Field(min_length=1, description="Model id or short name (claude-sonnet, ...)")
     base_url: str | None = Field(default=None, description="Overrides the provider's URL")
     api_key: SecretStr | None = Field(default=None, description="The key itself (pushed)")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding it")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding it: a provider's standard variable "
+        f"(OPENAI_API_KEY, ...) or one starting with {KEY_ENV_PREFIX}",
+    )
     timeout: float = Field(default=60.0, gt=0, description="Seconds per attempt")
     weight: float = Field(default=1.0, ge=0, description="For the weighted strategy")
     price: PriceConfig | None = None
@@ -89,7 +99,25 @@ class AgentConfig(_Model):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         if value not in PROVIDERS:
-            raise ValueError(f"unknown provider {value!r}; known: {', '.join(sorted(PROVIDERS))}")
+            # Named only when it looks like a provider name: a misplaced key must not echo.
+            named = f" {value!r}" if re.fullmatch(r"[a-z0-9_-]{1,32}", value) else ""
+            raise ValueError(f"unknown provider{named}; known: {', '.join(sorted(PROVIDERS))}")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _allowed_variable(cls, value: str | None) -> str | None:
+        # A pushed document must not be able to read any secret of the process's
+        # environment (a cloud credential, the admin token) by naming it as a key.
+        if (
+            value is not None
+            and value not in KEY_ENV_ALLOWED
+            and not (value.startswith(KEY_ENV_PREFIX) and len(value) > len(KEY_ENV_PREFIX))
+        ):
+            raise ValueError(
+                "not an allowed variable: use a provider's standard one "
+                f"({', '.join(sorted(KEY_ENV_ALLOWED))}) or a name starting with {KEY_ENV_PREFIX}"
+            )
         return value
 
     def build(self) -> Agent:
@@ -138,7 +166,6 @@ class Rule(_Model):
     max_input_chars: int | None = Field(default=None, ge=0)
     tools: bool | None = Field(default=None, description="The request asks for tools")
     metadata: dict[str, str] | None = None
-
 
     def matches(self, request: Request) -> bool:
         text = request.input
@@ -229,15 +256,18 @@ class RouterConfig(_Model):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The document as JSON with keys and header values replaced by '***' (for GET
-        /config, logs, status): extra headers carry credentials too (`x-api-key`,
-        `Authorization`, a gateway's token), and a header's name never says which."""
+        """The document as JSON with keys, header values and URL credentials replaced by
+        '***' (for GET /config, logs, status): extra headers carry credentials too
+        (`x-api-key`, `Authorization`, a gateway's token), and a header's name never says
+        which."""
         data = self.model_dump(mode="json", exclude_none=True)
         for agent in data["agents"]:
             if "api_key" in agent:
                 agent["api_key"] = "***"
             if agent.get("headers"):
                 agent["headers"] = dict.fromkeys(agent["headers"], "***")
+            if "base_url" in agent:
+                agent["base_url"] = scrub(agent["base_url"])
         return data
 
     def document(self) -> dict[str, Any]:
@@ -300,17 +330,38 @@ def load_config(source: str | Path | dict[str, Any]) -> RouterConfig:
 
 def parse_config(source: str | dict[str, Any]) -> RouterConfig:
     """Validate a config document given as YAML/JSON text or as a dict."""
-    if isinstance(source, dict):
-        data = source
-    else:
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            raise ConfigurationError(f"config is not valid YAML: {exc}") from exc
+    data = source if isinstance(source, dict) else _load_text(source)
     try:
         return RouterConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigurationError(describe(exc)) from exc
+        raise ConfigurationError(describe(exc)) from None
+    except RecursionError:  # nesting deeper than any config needs
+        raise ConfigurationError("invalid config: nested too deeply") from None
+
+
+# libyaml when PyYAML was built with it: about 10 times faster than the pure-Python
+# loader, and it refuses nesting deeper than 1,000 levels instead of recursing.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_text(text: str) -> Any:
+    """A document's data. JSON (what the operator pushes) takes the fast path; anything
+    else is YAML. Errors say where, never what: the line may hold a key."""
+    if text.lstrip().startswith("{"):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # YAML's flow style also starts with "{": let YAML judge it
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigurationError(
+            f"config is not valid YAML{where}: {scrub(str(exc.problem))}"
+        ) from None
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigurationError("config is not valid YAML") from None
 
 
 def describe(exc: pydantic.ValidationError) -> str:
