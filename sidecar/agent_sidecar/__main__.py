@@ -1,7 +1,8 @@
 """`agent-sidecar`: run the sidecar until SIGTERM/SIGINT, then drain and exit.
 
 Prints `READY app=<url> admin=<url>` on stdout once both ports listen.
-Exit codes: 0 after a drain, 2 for a bad --config file, 1 when it cannot start.
+Exit codes: 0 after a drain, 2 for a bad --config file or admin token, 1 when it cannot
+start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, scrub
 from agent_sidecar import telemetry
 from agent_sidecar.server import Sidecar
 from agent_sidecar.settings import Settings, parse_args
@@ -24,10 +25,9 @@ log = logging.getLogger("agent_sidecar")
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=settings.log_level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     with asyncio.Runner(loop_factory=_loop_factory(settings.loop)) as runner:
         return runner.run(serve(settings))
 
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: Settings) -> int:
     provider = telemetry.install(os.environ)
     sidecar = Sidecar(settings, tracing=provider is not None)
+    if problem := sidecar.token.problem():
+        print(f"agent-sidecar: {problem}", file=sys.stderr)
+        return 2
     try:
         loaded = sidecar.load_config()
     except (ConfigurationError, OSError) as exc:
@@ -67,6 +70,14 @@ async def serve(settings: Settings) -> int:
         await asyncio.to_thread(provider.shutdown)  # type: ignore[attr-defined]  # flush spans
     log.info("stopped")
     return 0
+
+
+class _Scrubbed(logging.Formatter):
+    """Every log line, tracebacks included, through the one scrubber: keys, header
+    values, URL credentials and the admin token never reach a log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

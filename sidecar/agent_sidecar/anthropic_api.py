@@ -134,6 +134,7 @@ _STOP = {
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
+    "forbidden": "permission_error",
     "not_found": "not_found_error",
     "method_not_allowed": "invalid_request_error",
     "request_timeout": "invalid_request_error",

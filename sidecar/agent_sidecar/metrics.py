@@ -12,6 +12,8 @@ in tests, never collide).
     agent_sidecar_cost_usd_total{route,agent}                estimated
     agent_sidecar_in_flight_requests
     agent_sidecar_config_pushes_total{result}                applied, unchanged, stale, ...
+    agent_sidecar_admin_auth_failures_total{result}          refused (401), limited (429)
+    agent_sidecar_bodies_refused_total                       large bodies over the budget
     agent_sidecar_config_version, agent_sidecar_config_loaded
     agent_sidecar_circuit_state{route,agent,state}           1 for the breaker's state
 """
@@ -94,6 +96,17 @@ class Metrics:
         )
         self.pushes = Counter(
             "agent_sidecar_config_pushes", "Config pushes by result", ["result"], registry=r
+        )
+        self.auth_failures = Counter(
+            "agent_sidecar_admin_auth_failures",
+            "Admin requests without a valid token: refused (401) or limited (429)",
+            ["result"],
+            registry=r,
+        )
+        self.bodies_refused = Counter(
+            "agent_sidecar_bodies_refused",
+            "Large request bodies refused because the body memory budget was spent",
+            registry=r,
         )
         r.register(_ConfigCollector(store))
 

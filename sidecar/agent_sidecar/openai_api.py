@@ -144,6 +144,7 @@ _FINISH = {
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
+    "forbidden": "permission_error",
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "request_timeout": "invalid_request_error",

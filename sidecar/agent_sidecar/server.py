@@ -17,6 +17,7 @@ from aiohttp import web
 
 from agent_sidecar.admin import AdminToken, create_admin_app
 from agent_sidecar.app import create_app
+from agent_sidecar.connections import cap_connections
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -50,22 +51,35 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         access_log = logging.getLogger("agent_sidecar.access") if s.access_log else None
-        app = create_app(self.store, self.metrics, s, tracing=self.tracing)
+        draining = self._is_draining
+        app = create_app(self.store, self.metrics, s, tracing=self.tracing, draining=draining)
         # handler_cancellation: a client that disconnects cancels its handler at once,
         # which closes the upstream request instead of streaming into the void.
+        # keepalive_timeout: aiohttp closes a connection that has no complete request
+        # this long after it opened or after its last answer: idle keep-alive and
+        # slowloris headers alike (its default is about an hour).
         self._app = web.AppRunner(
-            app, handler_cancellation=True, access_log=access_log, shutdown_timeout=s.drain_timeout
+            app,
+            handler_cancellation=True,
+            access_log=access_log,
+            shutdown_timeout=s.drain_timeout,
+            keepalive_timeout=s.idle_timeout,
         )
         await self._app.setup()
+        assert self._app.server is not None
+        cap_connections(self._app.server, s.max_connections)
         await web.TCPSite(self._app, s.host, s.port, reuse_address=True).start()
-        admin = create_admin_app(
-            self.store, self.metrics, self.token, lambda: self.draining, s.max_config_bytes
+        admin = create_admin_app(self.store, self.metrics, self.token, draining, s.max_config_bytes)
+        self._admin = web.AppRunner(
+            admin, access_log=None, shutdown_timeout=1.0, keepalive_timeout=s.idle_timeout
         )
-        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
         await self._admin.setup()
         await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
         if self.token.current() is None:
-            log.warning("no admin token configured: config pushes will be refused")
+            log.warning("no usable admin token: /config is refused")
+
+    def _is_draining(self) -> bool:
+        return self.draining
 
     @property
     def app_port(self) -> int:

@@ -115,7 +115,7 @@ async def test_a_body_that_never_arrives_is_408(
     sidecar = await sidecar_factory(two_provider_config, read_timeout=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.app_port)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b'Content-Length: 100\r\n\r\n{"model":'
     )
     await writer.drain()
