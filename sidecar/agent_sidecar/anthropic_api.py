@@ -111,6 +111,8 @@ class _Body(TypedDict, total=False):
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
+# Every member the sidecar reads (validated, or looked at among the extras).
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
 _MODELED = frozenset(
     {
@@ -149,6 +151,7 @@ _TYPES: dict[Kind, str] = {
 
 
 class AnthropicApi:
+    fields = _FIELDS
     name = "anthropic"
 
     def parse(self, body: Any) -> Call:

@@ -8,7 +8,9 @@ about 80 MB of objects), so the sidecar decides what it can afford before it rea
   spent the caller gets a 503 with `retry-after` in its own format (its SDK retries),
   instead of the process growing until it is killed;
 * the bytes are read once, into one buffer (no second copy), and dropped as soon as
-  they are parsed; large ones are parsed in a worker thread, off the event loop.
+  they are parsed; large ones are parsed in a worker thread, off the event loop, member
+  by member: members the caller's format does not read (a 1e6-element array in an extra
+  field) are passed on as their bytes, never built (see `members`).
 
 Small bodies never touch the budget: a flood of large ones cannot refuse them.
 """
@@ -24,9 +26,11 @@ from aiohttp import web
 
 from agent.errors import InvalidResponseError
 from agent.providers.base import loads_exact
+from agent_sidecar.members import NotJSON, members
 from agent_sidecar.wire import Api, Call, CallerError, Failure, invalid
 
 LARGE = 1024 * 1024  # bytes: from here a body is charged to the budget and parsed off-loop
+PASS_ON = 64 * 1024  # bytes: a member of a large body the format does not read, kept unparsed
 
 
 class BodyBudget:
@@ -98,30 +102,56 @@ async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeou
 
 
 async def _fill(request: web.Request, body: Body, limit: int) -> None:
-    raw, content = body.raw, request.content
+    # One buffer of the declared size, filled in place: growing it chunk by chunk
+    # would copy it each time it is reallocated (twice its size for a moment).
+    content, declared = request.content, request.content_length
+    raw = body.raw = bytearray(declared or 0)
+    size = 0
     while chunk := await content.readany():
-        if len(raw) + len(chunk) > limit:
+        end = size + len(chunk)
+        if end > limit:
             raise too_large(limit)
-        raw += chunk
-        grown = len(raw) - body.charged
+        raw[size:end] = chunk  # within the declared size: in place; past it: grows
+        size = end
         # A body without a length (chunked) is charged as it grows past LARGE.
-        if len(raw) >= LARGE and grown > 0:
+        if size >= LARGE and (grown := size - body.charged) > 0:
             if not body.budget.take(grown):
                 raise _busy()
             body.charged += grown
+    del raw[size:]  # a body shorter than declared (aiohttp refuses longer ones)
 
 
-def decode(raw: bytes | bytearray) -> Any:
-    """A body's JSON. orjson refuses nesting deeper than 1,024 levels; the exact parser
-    (Anthropic tool inputs keep integers beyond 64 bits) recurses, so its depth is caught."""
+def decode(raw: bytes | bytearray, start: int = 0, end: int | None = None) -> Any:
+    """The JSON in `raw[start:end]`. orjson refuses nesting deeper than 1,024 levels; the
+    exact parser (Anthropic tool inputs keep integers beyond 64 bits) recurses, so its
+    depth is caught."""
+    end = len(raw) if end is None else end
     try:
-        if b'"tool_use"' in raw:
-            return loads_exact(raw, "body")
-        return orjson.loads(raw)
+        if raw.find(b'"tool_use"', start, end) >= 0:
+            return loads_exact(bytes(raw[start:end]), "body")
+        with memoryview(raw) as view:
+            return orjson.loads(view[start:end])
     except orjson.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
     except (InvalidResponseError, RecursionError):
         raise invalid("the body is not valid JSON, or nests too deeply") from None
+
+
+def decode_members(raw: bytearray, fields: frozenset[str]) -> dict[str, Any]:
+    """A large body's object, member by member: the `fields` the caller's format reads
+    are parsed, any other large array, object or string is kept as its bytes."""
+    try:
+        found = members(raw)
+    except NotJSON as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    data: dict[str, Any] = {}
+    for key_text, start, end in found:
+        key = decode(key_text)
+        if key not in fields and end - start >= PASS_ON and raw[start] in b'[{"':
+            data[key] = orjson.Fragment(bytes(raw[start:end]))
+        else:
+            data[key] = decode(raw, start, end)
+    return data
 
 
 def parse(api: Api, body: Body) -> Call:
@@ -130,7 +160,7 @@ def parse(api: Api, body: Body) -> Call:
     raw, body.raw = body.raw, bytearray()
     if not raw:
         raise invalid("the body is empty: send a JSON object")
-    data = decode(raw)
+    data = decode(raw) if len(raw) < LARGE else decode_members(raw, api.fields)
     del raw
     try:
         return api.parse(data)
@@ -139,7 +169,8 @@ def parse(api: Api, body: Body) -> Call:
 
 
 async def parse_off_loop(api: Api, body: Body) -> Call:
-    """`parse`, in a worker thread when the body is large."""
+    """`parse`, in a worker thread when the body is large: the scanner of `members`
+    gives the GIL back every few milliseconds, so the event loop keeps serving."""
     if len(body.raw) < LARGE:
         return parse(api, body)
     return await asyncio.to_thread(parse, api, body)

@@ -118,6 +118,8 @@ class _Body(TypedDict, total=False):
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
+# Every member the sidecar reads (validated, or looked at among the extras).
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
 # Fields the sidecar turns into the engine's request; everything else is `extra`.
 _MODELED = frozenset(
@@ -159,6 +161,7 @@ _TYPES: dict[Kind, str] = {
 
 
 class OpenAIApi:
+    fields = _FIELDS
     name = "openai"
 
     def parse(self, body: Any) -> Call:

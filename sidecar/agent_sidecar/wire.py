@@ -154,6 +154,7 @@ class Api(Protocol):
     """One inbound wire format."""
 
     name: str  # also the engine's wire name ("openai", "anthropic")
+    fields: frozenset[str]  # the body members it reads; a large body's others stay unparsed
 
     def parse(self, body: Any) -> Call: ...
 
