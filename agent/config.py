@@ -18,6 +18,7 @@ the operator compiles it from AgentPool and RoutingPolicy resources.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -99,9 +100,10 @@ class AgentConfig(_Model):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         if value not in PROVIDERS:
-            # Named only when it looks like a provider name: a misplaced key must not echo.
-            named = f" {value!r}" if re.fullmatch(r"[a-z0-9_-]{1,32}", value) else ""
-            raise ValueError(f"unknown provider{named}; known: {', '.join(sorted(PROVIDERS))}")
+            # Never quoted (a key pasted on the wrong line must not echo): a suggestion.
+            close = difflib.get_close_matches(value, PROVIDERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown provider{hint}; known: {', '.join(sorted(PROVIDERS))}")
         return value
 
     @field_validator("api_key_env")
@@ -368,6 +370,15 @@ def describe(exc: pydantic.ValidationError) -> str:
     """A validation error as lines a person can act on (no input values: they may be keys)."""
     lines = [f"invalid config ({exc.error_count()} problem(s)):"]
     for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(document)"
+        where = ".".join(_named(p) for p in e["loc"]) or "(document)"
         lines.append(f"  {where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _named(part: int | str) -> str:
+    """A step of an error's location. Field names are the document's own; a name that
+    came from the document (an unknown field, a header) is shown only when it cannot be
+    a key: letters, '-' and '_' without digits."""
+    if isinstance(part, int) or re.fullmatch(r"[A-Za-z][A-Za-z_-]{0,39}", part):
+        return str(part)
+    return "(a name not shown)"

@@ -62,7 +62,7 @@ def test_redacted_hides_header_values_too() -> None:
 
 
 BAD = [
-    ("provider: anthropic", "provider: nosuch", "unknown provider 'nosuch'"),
+    ("provider: anthropic", "provider: nosuch", "unknown provider; known: anthropic"),
     ("name: backup", "name: primary", "agent names must be unique: primary"),
     ("agents: [primary, backup]\n    strategy: fallback",
      "agents: [primary, ghost]\n    strategy: fallback", "names unknown agents: ghost"),

@@ -230,11 +230,17 @@ async def test_the_token_file_is_reread_when_it_changes(
     token_file.write_text("first-token-0123456789\n")
     sidecar = await sidecar_factory(token=None, token_file=token_file)
     doc = document([agent_spec(fake_openai, "gpt")])
-    assert (await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})).status_code == 200
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})
+    ).status_code == 200
     token_file.write_text("second-token-0123456789\n")
     os.utime(token_file, (1, 1))  # a distinct mtime even within the same clock tick
-    assert (await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})).status_code == 401
-    assert (await put(sidecar, doc, {"Authorization": "Bearer second-token-0123456789"})).status_code == 200
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})
+    ).status_code == 401
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer second-token-0123456789"})
+    ).status_code == 200
 
 
 async def test_metrics(sidecar: Sidecar, fake_openai: FakeProvider) -> None:
