@@ -81,6 +81,7 @@ class AppHandlers:
         self.tracer = trace.get_tracer("agent_sidecar") if tracing else None
         self.budget = BodyBudget(max(settings.body_budget_bytes, LARGE))
         self.draining = draining
+        self.streams: set[asyncio.Task[Any]] = set()  # relaying now (cut at the drain timeout)
 
     # ---- endpoints ------------------------------------------------------------------------
 
@@ -237,7 +238,13 @@ class AppHandlers:
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
             encoder = api.encoder(call, started.model)
-            return await self._relay(request, encoder, route, headers, events)
+            task = asyncio.current_task()
+            assert task is not None
+            self.streams.add(task)
+            try:
+                return await self._relay(request, encoder, route, headers, events)
+            finally:
+                self.streams.discard(task)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
@@ -309,6 +316,12 @@ class AppHandlers:
         with contextlib.suppress(ConnectionError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await response.write_eof(b"".join(pending))
+
+    def cut_streams(self) -> None:
+        """The drain timeout is up: end every stream still running, in band (their
+        handlers write the error while the connection is still open)."""
+        for task in self.streams:
+            task.cancel()
 
     def _done(self, encoder: StreamEncoder, route: Route, event: Done) -> bytes:
         done = event.response
@@ -393,6 +406,9 @@ def _unknown_route(model: str, loaded: Loaded) -> Failure:
     )
 
 
+HANDLERS = web.AppKey("handlers", AppHandlers)
+
+
 def _local_only(settings: Settings) -> Any:
     """Refuse what a web page could send: a `Host` that is not a loopback name (DNS
     rebinding: a page's own name resolving to 127.0.0.1) or any `Origin` (browsers send
@@ -423,6 +439,7 @@ def create_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[_local_only(settings)]
     )
+    app[HANDLERS] = handlers
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/messages", handlers.messages)

@@ -11,12 +11,13 @@ Embeddable in any event loop (as the tests do); `__main__` adds signals and the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
 from agent_sidecar.admin import AdminToken, create_admin_app
-from agent_sidecar.app import create_app
+from agent_sidecar.app import HANDLERS, AppHandlers, create_app
 from agent_sidecar.connections import cap_connections
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
@@ -25,6 +26,8 @@ from agent_sidecar.state import ConfigStore
 from agent_sidecar.transport import AiohttpTransport
 
 log = logging.getLogger("agent_sidecar")
+
+CUT_AHEAD = 0.2  # seconds before the drain timeout when streams still running are ended
 
 
 class Sidecar:
@@ -39,6 +42,7 @@ class Sidecar:
         self.tracing = tracing
         self.draining = False
         self._app: web.AppRunner | None = None
+        self._handlers: AppHandlers | None = None
         self._admin: web.AppRunner | None = None
 
     def load_config(self) -> Loaded | None:
@@ -65,6 +69,7 @@ class Sidecar:
             shutdown_timeout=s.drain_timeout,
             keepalive_timeout=s.idle_timeout,
         )
+        self._handlers = app[HANDLERS]
         await self._app.setup()
         assert self._app.server is not None
         cap_connections(self._app.server, s.max_connections)
@@ -103,8 +108,14 @@ class Sidecar:
         """Drain: readiness fails, the app port stops accepting, requests and streams in
         flight finish (up to the drain timeout), then both ports close."""
         self.draining = True
-        if self._app is not None:
+        if self._app is not None and self._handlers is not None:
+            # aiohttp closes what is still running at the drain timeout; just before
+            # that, the streams end themselves with an error event the app can read.
+            cut = asyncio.get_running_loop().call_later(
+                max(0.0, self.settings.drain_timeout - CUT_AHEAD), self._handlers.cut_streams
+            )
             await self._app.cleanup()
+            cut.cancel()
             self._app = None
         if self._admin is not None:
             await self._admin.cleanup()
