@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from aiohttp import web
 from opentelemetry import propagate, trace
@@ -264,14 +264,16 @@ class AppHandlers:
         try:
             while True:
                 # anext's awaitable steps like a coroutine (send/throw)
-                event, rest = eager.now(anext(events))  # type: ignore[arg-type]
+                step = cast("Coroutine[Any, Any, StreamEvent]", anext(events))
+                now, rest = eager.now(step)
                 if rest is not None:
                     if response is None:
                         response = web.StreamResponse(headers=headers)
                         await response.prepare(request)
                     await response.write(b"".join(pending))
                     pending.clear()
-                    event = await rest
+                    now = await rest
+                event = cast(StreamEvent, now)  # finished: the event itself, never None
                 if isinstance(event, Done):
                     pending.append(self._done(encoder, route, event))
                     break

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -33,12 +33,15 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_string
 
 from agent.types import Attempt, Response
 from agent_sidecar.state import ConfigStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Prometheus' own float formatting ("0.005", "+Inf"), which the library leaves untyped.
+go_string = cast(Callable[[float], str], _untyped_go_string)
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _STATES = ("closed", "half_open", "open")
@@ -185,7 +188,7 @@ class _Histogram:
         family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
         for key, (counts, total) in self.series.items():
             cumulative = list(itertools.accumulate(counts))
-            buckets = [(floatToGoString(b), n) for b, n in zip(_LATENCY, cumulative, strict=False)]
+            buckets = [(go_string(b), n) for b, n in zip(_LATENCY, cumulative, strict=False)]
             buckets.append(("+Inf", cumulative[-1]))
             family.add_metric(key, buckets, total[0])
         return family

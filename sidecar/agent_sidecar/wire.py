@@ -109,7 +109,7 @@ def offered_tools(tools: Iterable[Any] | None, extra: dict[str, Any], none: bool
     if none:
         del extra["tool_choice"]
         return []
-    return to_tool_specs(tools or ())  # type: ignore[arg-type]  # the formats' typed dicts
+    return to_tool_specs(tools or ())
 
 
 def from_validation(exc: pydantic.ValidationError) -> CallerError:
