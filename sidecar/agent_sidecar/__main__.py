@@ -15,8 +15,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.errors import ConfigurationError, scrub
-from agent_sidecar import telemetry
+from agent.errors import ConfigurationError
+from agent_sidecar import logs, telemetry
 from agent_sidecar.server import Sidecar
 from agent_sidecar.settings import Settings, parse_args
 
@@ -25,9 +25,7 @@ log = logging.getLogger("agent_sidecar")
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    logging.basicConfig(level=settings.log_level.upper())
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logs.install(settings.log_level)
     with asyncio.Runner(loop_factory=_loop_factory(settings.loop)) as runner:
         return runner.run(serve(settings))
 
@@ -70,14 +68,6 @@ async def serve(settings: Settings) -> int:
         await asyncio.to_thread(provider.shutdown)  # type: ignore[attr-defined]  # flush spans
     log.info("stopped")
     return 0
-
-
-class _Scrubbed(logging.Formatter):
-    """Every log line, tracebacks included, through the one scrubber: keys, header
-    values, URL credentials and the admin token never reach a log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -261,17 +261,19 @@ class AppHandlers:
         # whole before any wait (short answers usually do) is one response with a length.
         pending = [encoder.start()]
         response: web.StreamResponse | None = None
+        unawaited: eager.Rest[StreamEvent] | None = None  # a step begun, not yet awaited
         try:
             while True:
                 # anext's awaitable steps like a coroutine (send/throw)
                 step = cast("Coroutine[Any, Any, StreamEvent]", anext(events))
-                now, rest = eager.now(step)
-                if rest is not None:
+                now, unawaited = eager.now(step)
+                if unawaited is not None:
                     if response is None:
                         response = web.StreamResponse(headers=headers)
                         await response.prepare(request)
                     await response.write(b"".join(pending))
                     pending.clear()
+                    rest, unawaited = unawaited, None
                     now = await rest
                 event = cast(StreamEvent, now)  # finished: the event itself, never None
                 if isinstance(event, Done):
@@ -293,6 +295,10 @@ class AppHandlers:
         except Exception:  # the status is decided: report in band, like an engine error
             log.exception("internal error streaming %s", route.name)
             pending.append(encoder.error(Failure("internal", "internal error in the sidecar")))
+        finally:
+            if unawaited is not None:  # left while writing: unwind the step begun
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await unawaited.abandon()
         if response is None:
             return web.Response(body=b"".join(pending), headers=headers)
         with contextlib.suppress(ConnectionError):

@@ -3,8 +3,10 @@
 Every connection costs a little memory and a file descriptor, and a client that opens
 thousands and sends nothing would otherwise hold them until the idle timeout. Closing
 the oldest *idle* connection (one waiting for, or still receiving, its request's
-headers) makes room without touching a request in progress; keep-alive clients simply
-reconnect.
+headers) makes room without touching a request in progress. Connections that never sent
+a whole request go first: a good client's keep-alive connection is closed only when
+nothing else is left, since a request it sends at that moment fails (and is retried by
+the SDKs).
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ def cap_connections(server: web.Server, limit: int) -> None:
 
 
 def _close_idle(handlers: list[RequestHandler], count: int) -> int:
-    closed = 0
-    for handler in handlers:  # oldest first: the server keeps them in order of arrival
-        if closed == count:
-            break
-        # aiohttp's handler waits on `_waiter` exactly while it has no complete request
-        waiter = getattr(handler, "_waiter", None)
-        if waiter is not None and not waiter.done():
-            handler.force_close()
-            closed += 1
-    return closed
+    """Close `count` idle connections: first those that never sent a whole request (a
+    flood of empty connections), then keep-alive ones; the oldest first in each."""
+    idle = [h for h in handlers if _idle(h)]  # the server keeps them in order of arrival
+    idle.sort(key=lambda h: getattr(h, "_request_count", 0) > 0)  # stable: oldest first
+    for handler in idle[:count]:
+        handler.force_close()
+    return min(count, len(idle))
+
+
+def _idle(handler: RequestHandler) -> bool:
+    # aiohttp's handler waits on `_waiter` exactly while it has no complete request
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done()
