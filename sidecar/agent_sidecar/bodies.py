@@ -127,9 +127,9 @@ def decode(raw: bytes | bytearray, start: int = 0, end: int | None = None) -> An
     depth is caught."""
     end = len(raw) if end is None else end
     try:
-        if raw.find(b'"tool_use"', start, end) >= 0:
-            return loads_exact(bytes(raw[start:end]), "body")
-        with memoryview(raw) as view:
+        with memoryview(raw) as view:  # slices of a view copy nothing
+            if raw.find(b'"tool_use"', start, end) >= 0:
+                return loads_exact(bytes(view[start:end]), "body")
             return orjson.loads(view[start:end])
     except orjson.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
@@ -145,12 +145,13 @@ def decode_members(raw: bytearray, fields: frozenset[str]) -> dict[str, Any]:
     except NotJSON as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
     data: dict[str, Any] = {}
-    for key_text, start, end in found:
-        key = decode(key_text)
-        if key not in fields and end - start >= PASS_ON and raw[start] in b'[{"':
-            data[key] = orjson.Fragment(bytes(raw[start:end]))
-        else:
-            data[key] = decode(raw, start, end)
+    with memoryview(raw) as view:  # one copy of a member passed on (a bytearray slice is one more)
+        for key_text, start, end in found:
+            key = decode(key_text)
+            if key not in fields and end - start >= PASS_ON and raw[start] in b'[{"':
+                data[key] = orjson.Fragment(bytes(view[start:end]))
+            else:
+                data[key] = decode(raw, start, end)
     return data
 
 

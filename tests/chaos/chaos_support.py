@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -163,3 +164,23 @@ async def run_load(
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class FakeProcess:
+    """A fake provider in a process of its own (`tests/fakes/serve.py`): a test that
+    measures time or memory must not share its event loop with the upstream's work."""
+
+    def __init__(self, kind: str = "openai", *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "fakes" / "serve.py"), "--kind", kind, *args],
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().decode().split()[2]  # READY <kind> <url>
+        self.base_url = self.url + "/v1" if kind == "openai" else self.url
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
