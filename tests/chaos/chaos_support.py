@@ -20,9 +20,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "sidecar"))
 
-from sidecar_support import TOKEN, SidecarProcess  # noqa: E402
+from sidecar_support import TOKEN, SidecarProcess, first_line  # noqa: E402, F401  # for the tests
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FREE_PORTS = ("--port", "0", "--admin-port", "0", "--admin-host", "127.0.0.1")
 FIGURES: list[dict[str, str]] = []  # one row per test, printed at the end of the run
 
 
@@ -44,12 +45,7 @@ def start_sidecar(
 ) -> SidecarProcess:
     """`agent-sidecar` as a real process on free loopback ports, serving `config`."""
     flags = [
-        "--port",
-        "0",
-        "--admin-port",
-        "0",
-        "--admin-host",
-        "127.0.0.1",
+        *FREE_PORTS,
         "--state-dir",
         str(work / "state"),
         *args,

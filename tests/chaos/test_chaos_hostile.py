@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
-from chaos_support import Tally, chat, openai_call, report, run_load, start_sidecar
+from chaos_support import Tally, chat, first_line, openai_call, report, run_load, start_sidecar
 from fakes import FakeProvider, Reply
 
 TEXT = "Hello from openai"
@@ -34,19 +34,6 @@ def one_route(fake: FakeProvider) -> dict[str, Any]:
         ],
         "routes": [{"name": "default", "agents": ["gpt"]}],
     }
-
-
-async def raw_exchange(port: int, data: bytes, *, read: bool = True) -> bytes:
-    """Send bytes on a fresh connection; the first line of the answer (b"" if closed)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readline(), timeout=20) if read else b""
-    except ConnectionError:
-        return b""
-    finally:
-        writer.close()
 
 
 def status_of(first_line: bytes) -> int:
@@ -118,7 +105,7 @@ async def test_hostile_clients_beside_a_steady_load(fake_factory: Any, tmp_path:
             b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\n",
         ]
         for data in (huge + b"\r\n\r\n", many + b"\r\n", *broken):
-            status = status_of(await raw_exchange(port, data))
+            status = status_of(await first_line(port, data))
             assert status == 0 or 400 <= status < 500, (data[:60], status)
         tried["huge, many and broken headers"] = 2 + len(broken)
         # Browsers: an Origin, or a rebinding Host.

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import yaml
-from chaos_support import AUTH, ROOT, TOKEN, chat, report, start_sidecar
+from chaos_support import AUTH, FREE_PORTS, ROOT, TOKEN, chat, report, start_sidecar
 from fakes import Fail, FakeProvider, StreamError
 
 KEY = "sk-canary-key-1111aaaa"
@@ -120,20 +120,9 @@ async def test_no_canary_reaches_an_answer_or_the_log(fake_factory: Any, tmp_pat
 def run_sidecar(
     args: list[str], env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """A sidecar that is expected to stop at start (or at once on SIGTERM)."""
+    """A sidecar that is expected to stop at start."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent_sidecar",
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-host",
-            "127.0.0.1",
-            *args,
-        ],
+        [sys.executable, "-m", "agent_sidecar", *FREE_PORTS, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,30 +152,11 @@ def test_bad_files_at_start_never_echo_a_key(tmp_path: Path) -> None:
         }
     )
     (state / "config.json").write_text(document[: document.index(KEY) + 8])
-    truncated = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent_sidecar",
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-host",
-            "127.0.0.1",
-            "--state-dir",
-            str(state),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "AGENT_SIDECAR_TOKEN": TOKEN},
-    )
-    assert truncated.stdout is not None
-    assert truncated.stdout.readline().startswith("READY")  # it starts, waiting for a push
+    truncated = start_sidecar(None, tmp_path)  # it starts, and waits for a push
     truncated.terminate()
-    _, stderr = truncated.communicate(timeout=30)
+    truncated.wait()
+    stderr = truncated.stderr()
+    truncated.kill()
     assert "ignoring the persisted config" in stderr
     for output in (bad_file.stderr, bad_file.stdout, stderr):
         assert not leaked(output), output

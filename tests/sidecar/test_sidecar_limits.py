@@ -18,6 +18,7 @@ from conftest import SidecarFactory
 from fakes import FakeProvider
 from hypothesis import given
 from hypothesis import strategies as st
+from sidecar_support import first_line
 
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
 ANTHROPIC = {"anthropic-version": "2023-06-01"}
@@ -101,15 +102,13 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(
     sidecar_factory: SidecarFactory, two_provider_config: dict[str, object]
 ) -> None:
     sidecar = await sidecar_factory(two_provider_config, max_body_bytes=4096)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.app_port)
     # Headers announcing 1 GB, then nothing: the answer cannot wait for the body.
-    writer.write(
+    head = await first_line(
+        sidecar.app_port,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-        b"Content-Length: 1000000000\r\n\r\n"
+        b"Content-Length: 1000000000\r\n\r\n",
+        timeout=5,
     )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-    writer.close()
     assert head.startswith(b"HTTP/1.1 413")
 
 
