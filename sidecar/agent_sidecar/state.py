@@ -97,7 +97,8 @@ class ConfigStore:
                 if config.version == current.version:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
-            loaded = Loaded.build(config, "push", self.transport)
+            # Off the event loop: routers for thousands of agents take a while to build.
+            loaded = await asyncio.to_thread(Loaded.build, config, "push", self.transport)
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:

@@ -180,3 +180,44 @@ class FakeProcess:
         self.proc.wait(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+# ---- how long small requests wait while something large happens ---------------------------
+
+
+async def probe_while(
+    url: str, work: Any, model: str = "small"
+) -> tuple[list[tuple[float, float]], Any, float, float]:
+    """Small requests every 10 ms from 1 s before `work` until just after it; their
+    (start, latency), what `work` returned, and when it started and ended."""
+    probes: list[tuple[float, float]] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                answer = await client.post("/v1/chat/completions", json=chat(model))
+                probes.append((started, time.perf_counter() - started))
+                assert answer.status_code == 200, answer.text
+                await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(1.0)
+    began = time.perf_counter()
+    result = await work
+    ended = time.perf_counter()
+    await asyncio.sleep(0.2)
+    done.set()
+    await task
+    return probes, result, began, ended
+
+
+def delay_ms(probes: list[tuple[float, float]], began: float, ended: float) -> float:
+    """How much longer the slowest small request overlapping the large one took than
+    the slowest one in as long a window just before it (the machine's own hiccups,
+    which a shared 2-core machine has plenty of, count on both sides)."""
+    window = max(ended - began, 0.5)  # the baseline is the second before `began`
+    before = [lat for start, lat in probes if began - window <= start and start + lat < began]
+    during = [lat for start, lat in probes if start < ended and start + lat > began]
+    return max(0.0, max(during) - max(before)) * 1000
