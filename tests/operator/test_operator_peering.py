@@ -52,7 +52,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> 
             cp.apply(manifest, namespace)
             cp.apply({"apiVersion": "v1", "kind": "Secret",
                       "metadata": {"name": "agent-router-sidecar"},
-                      "stringData": {"token": "peering-token"}}, namespace)
+                      "stringData": {"token": "peering-admin-token-0123"}}, namespace)
             ip = next_ip()
             sidecar = start_sidecar(cp, namespace, ip)
             cp.mark_pod_ready(namespace, "chat-0", ip=ip)
