@@ -177,7 +177,7 @@ class AdminHandlers:
             self.metrics.pushes.labels("invalid").inc()
             log.info("refused a config push: %s", str(exc).splitlines()[0])
             return _json({"error": str(exc)}, 400)
-        outcome = await self.store.push(config)
+        outcome = await self.store.push(config, body)
         self.metrics.pushes.labels(outcome.result).inc()
         answer: dict[str, Any] = {
             "result": outcome.result,

@@ -186,10 +186,12 @@ class FakeProcess:
 
 
 async def probe_while(
-    url: str, work: Any, model: str = "small"
+    url: str, work: Any, model: str = "small", baseline: float = 1.0
 ) -> tuple[list[tuple[float, float]], Any, float, float]:
-    """Small requests every 10 ms from 1 s before `work` until just after it; their
-    (start, latency), what `work` returned, and when it started and ended."""
+    """Small requests every 10 ms from `baseline` seconds before `work` until just after
+    it; their (start, latency), what `work` returned, and when it started and ended.
+    The baseline should last about as long as the work: the slowest of many requests
+    is slower than the slowest of few on a noisy machine."""
     probes: list[tuple[float, float]] = []
     done = asyncio.Event()
 
@@ -203,7 +205,7 @@ async def probe_while(
                 await asyncio.sleep(0.01)
 
     task = asyncio.create_task(probe())
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(baseline)
     began = time.perf_counter()
     result = await work
     ended = time.perf_counter()
@@ -217,7 +219,7 @@ def delay_ms(probes: list[tuple[float, float]], began: float, ended: float) -> f
     """How much longer the slowest small request overlapping the large one took than
     the slowest one in as long a window just before it (the machine's own hiccups,
     which a shared 2-core machine has plenty of, count on both sides)."""
-    window = max(ended - began, 0.5)  # the baseline is the second before `began`
+    window = max(ended - began, 0.5)  # at most the baseline before `began`
     before = [lat for start, lat in probes if began - window <= start and start + lat < began]
     during = [lat for start, lat in probes if start < ended and start + lat > began]
     return max(0.0, max(during) - max(before)) * 1000

@@ -87,7 +87,7 @@ async def test_a_3_mb_config_push_does_not_hold_up_requests(
             body = dump(big_config(upstream.base_url, version))
             sizes[fmt] = len(body) / 2**20
             probes, answer, began, ended = await probe_while(
-                sidecar.app_url, push(sidecar.admin_url, body), model="small"
+                sidecar.app_url, push(sidecar.admin_url, body), model="small", baseline=4.0
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["result"] == "applied", answer.text
