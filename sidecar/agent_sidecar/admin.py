@@ -256,6 +256,9 @@ class FailedAttempts:
             self._buckets.popitem(last=False)
 
 
+ADMIN = web.AppKey("admin", AdminHandlers)
+
+
 def create_admin_app(
     store: ConfigStore,
     metrics: Metrics,
@@ -265,6 +268,7 @@ def create_admin_app(
 ) -> web.Application:
     handlers = AdminHandlers(store, metrics, token, draining)
     app = web.Application(client_max_size=max_config_bytes)
+    app[ADMIN] = handlers
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics_text)

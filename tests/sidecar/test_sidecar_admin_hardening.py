@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 from agent_sidecar import Settings, Sidecar
-from agent_sidecar.admin import MIN_TOKEN_LENGTH, AdminToken
+from agent_sidecar.admin import ADMIN, MIN_TOKEN_LENGTH, AdminToken, FailedAttempts
 from conftest import SidecarFactory
 from fakes import FakeProvider
 from hypothesis import given, settings
@@ -33,9 +33,21 @@ def test_a_short_token_is_refused_with_a_reason_that_does_not_quote_it() -> None
     assert AdminToken("y" * MIN_TOKEN_LENGTH).problem() is None
 
 
+def test_failed_attempts_refill_at_their_rate() -> None:
+    attempts = FailedAttempts(rate=2.0, burst=10)
+    for _ in range(10):
+        assert attempts.wait("guesser") == 0
+        attempts.failed("guesser")
+    assert 0 < attempts.wait("guesser") <= 0.5  # the next one in half a second
+    assert attempts.wait("operator") == 0  # another address is not slowed
+
+
 async def test_guessing_is_limited_per_address_and_the_right_address_goes_on(
     sidecar: Sidecar, fake_openai: FakeProvider
 ) -> None:
+    assert sidecar._admin is not None
+    # No refill while the test runs, however slow the machine: exactly 10 get through.
+    sidecar._admin.app[ADMIN].failures.rate = 1e-6
     guesser = httpx.AsyncClient(base_url=sidecar.admin_url)
     # The operator, from another loopback address: never slowed by the guesser.
     operator = httpx.AsyncClient(
