@@ -80,6 +80,7 @@ class AppHandlers:
         self.settings = settings
         self.tracer = trace.get_tracer("agent_sidecar") if tracing else None
         self.budget = BodyBudget(max(settings.body_budget_bytes, LARGE))
+        metrics.body_bytes.set_function(lambda: self.budget.used)
         self.draining = draining
         self.streams: set[asyncio.Task[Any]] = set()  # relaying now (cut at the drain timeout)
 

@@ -14,6 +14,7 @@ in tests, never collide).
     agent_sidecar_config_pushes_total{result}                applied, unchanged, stale, ...
     agent_sidecar_admin_auth_failures_total{result}          refused (401), limited (429)
     agent_sidecar_bodies_refused_total                       large bodies over the budget
+    agent_sidecar_body_bytes_in_flight                       large bodies held now
     agent_sidecar_config_version, agent_sidecar_config_loaded
     agent_sidecar_circuit_state{route,agent,state}           1 for the breaker's state
 """
@@ -104,6 +105,11 @@ class Metrics:
             "agent_sidecar_admin_auth_failures",
             "Admin requests without a valid token: refused (401) or limited (429)",
             ["result"],
+            registry=r,
+        )
+        self.body_bytes = Gauge(
+            "agent_sidecar_body_bytes_in_flight",
+            "Bytes of large request bodies held now (drawn on the body budget)",
             registry=r,
         )
         self.bodies_refused = Counter(
