@@ -267,7 +267,12 @@ async def test_sigterm_drains_streams_in_flight(fake_factory: Any, tmp_path: Pat
                 asyncio.create_task(openai_call(client, tally, chat(stream=True), [words]))
                 for _ in range(20)
             ]
-            await asyncio.sleep(0.5)
+            # SIGTERM once all 21 are in flight (however slow the machine is to start them).
+            for _ in range(300):
+                metrics = (await client.get(sidecar.admin_url + "/metrics")).text
+                if "agent_sidecar_in_flight_requests 21.0" in metrics:
+                    break
+                await asyncio.sleep(0.05)
             sidecar.terminate()
             await asyncio.gather(*streams)
             cut_text = await cut
