@@ -87,7 +87,10 @@ class ConfigStore:
             self.loaded = Loaded.build(from_state, "state", self.transport)
         return self.loaded
 
-    async def push(self, config: RouterConfig) -> Outcome:
+    async def push(self, config: RouterConfig, document: bytes | None = None) -> Outcome:
+        """Apply `config` if it is newer. `document`: the bytes it was validated from,
+        persisted as they are (re-serializing thousands of agents would hold the GIL,
+        and so the app's requests, for tens of milliseconds)."""
         async with self._lock:  # one push at a time: the version check and swap are one step
             current = self.loaded
             previous = current.version if current else None
@@ -97,12 +100,13 @@ class ConfigStore:
                 if config.version == current.version:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
-            loaded = Loaded.build(config, "push", self.transport)
+            # Off the event loop: routers for thousands of agents take a while to build.
+            loaded = await asyncio.to_thread(Loaded.build, config, "push", self.transport)
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:
                 try:
-                    await asyncio.to_thread(self._persist, config)
+                    await asyncio.to_thread(self._persist, config, document)
                 except OSError as exc:
                     # Serving the new config matters more than remembering it.
                     warning = f"applied but not persisted: {exc.strerror or exc}"
@@ -110,10 +114,11 @@ class ConfigStore:
             self.loaded = loaded  # the swap: requests already running keep their snapshot
             return Outcome("applied", config.version, previous, warning)
 
-    def _persist(self, config: RouterConfig) -> None:
+    def _persist(self, config: RouterConfig, document: bytes | None) -> None:
         assert self.state_dir is not None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.state_dir / STATE_FILE, orjson.dumps(config.document()))
+        data = document if document is not None else orjson.dumps(config.document())
+        write_private(self.state_dir / STATE_FILE, data)  # JSON, or the YAML pushed
 
     def _read_state(self) -> RouterConfig | None:
         path = self.state_file
