@@ -254,8 +254,9 @@ class AgentRouter(BaseAgent):
 
     def _retry_delay(self, error: AgentError, retry: int, idx: int, call: _Call) -> float | None:
         """Seconds to wait before retrying this agent, or None to give up on it. With a
-        deadline, a retry that could use up the time an agent not yet tried needs is
-        not made: a hung agent's retry would time out just the same."""
+        deadline and agents not yet tried, a retry is made only if, should it hang until
+        its timeout, at least half of the time left would remain for them: a hung
+        agent's retry would time out just the same, and the next agent needs its turn."""
         decision, delay = self.retry.decide(error, retry)
         if decision != "retry":
             return None
@@ -264,7 +265,7 @@ class AgentRouter(BaseAgent):
         left = call.ends - time.monotonic() - delay
         if left <= 0:
             return None
-        if call.untried() and left < self.agents[idx].timeout:
+        if call.untried() and self.agents[idx].timeout > left / 2:
             return None
         return delay
 
