@@ -501,12 +501,20 @@ def _load_text(text: str) -> Any:
         return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigurationError(
-            f"config is not valid YAML{where}: {scrub(str(exc.problem))}"
-        ) from None
+        line, column = (mark.line, mark.column) if mark else (None, None)
+        raise yaml_error(exc.problem, line, column) from None
     except (yaml.YAMLError, RecursionError):
-        raise ConfigurationError("config is not valid YAML") from None
+        raise yaml_error(None, None, None) from None
+
+
+def yaml_error(problem: str | None, line: int | None, column: int | None) -> ConfigurationError:
+    """Where a YAML document is broken (0-based line and column) and the parser's word
+    for what, never the line itself: it may hold a key."""
+    if line is None or column is None:
+        return ConfigurationError("config is not valid YAML")
+    return ConfigurationError(
+        f"config is not valid YAML at line {line + 1}, column {column + 1}: {scrub(str(problem))}"
+    )
 
 
 def describe(exc: pydantic.ValidationError) -> str:

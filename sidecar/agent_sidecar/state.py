@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import orjson
 
-from agent.config import RouterConfig, load_config, parse_config
+from agent.config import RouterConfig, load_config, parse_config, yaml_error
 from agent.errors import ConfigurationError
 from agent.transport import AsyncTransport
 from agent_sidecar.routes import Loaded
@@ -47,9 +49,36 @@ def parse_document(body: bytes) -> RouterConfig:
     except UnicodeDecodeError:
         raise DocumentError("the body is not UTF-8 text") from None
     try:
+        if len(body) > _OWN_PROCESS_YAML and not text.lstrip().startswith("{"):
+            data = _yaml_elsewhere(body)
+            if data is not None:
+                return parse_config(data)
         return parse_config(text)
     except ConfigurationError as exc:
         raise DocumentError(exc.message) from None
+
+
+_OWN_PROCESS_YAML = 256 * 1024  # larger YAML documents are parsed in a process of their own
+_YAML_TO_JSON = str(Path(__file__).with_name("yaml_to_json.py"))
+
+
+def _yaml_elsewhere(body: bytes) -> dict[str, object] | None:
+    """A large YAML document's data, parsed by a child process (see yaml_to_json.py):
+    waiting for it lets go of the interpreter lock, parsing it here would not. None when
+    the child could not say (a value JSON cannot carry): then it is parsed here."""
+    try:
+        child = subprocess.run(
+            [sys.executable, _YAML_TO_JSON], input=body, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if child.returncode == 3:
+        where = orjson.loads(child.stdout)
+        raise yaml_error(where["problem"], where.get("line"), where.get("column"))
+    if child.returncode != 0:
+        return None
+    data = orjson.loads(child.stdout)
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
