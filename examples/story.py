@@ -21,7 +21,6 @@ The steps are tests/support/story.py's, the same ones tests/e2e/test_story.py as
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time

@@ -7,8 +7,10 @@ route, iptables rule or cgroup, and the kernel tunables the kubelet wants as the
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ from support.node import (
     KERNEL_TUNABLES,
     NODE_IP,
     POD_CIDR,
+    find_images,
     node_inputs,
     start_node,
 )
@@ -107,3 +110,37 @@ def test_a_pod_runs_and_stopping_the_node_leaves_nothing(tmp_path: Path) -> None
     new = {key: sorted(after[key] - before[key]) for key in before}
     assert new == {key: [] for key in before}
     assert after["tunables"] == before["tunables"]
+
+
+def image_files(archive: Path) -> set[str]:
+    """Every path in a docker archive's image (its layers' union; no whiteouts here)."""
+    files: set[str] = set()
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for layer in manifest[0]["Layers"]:
+            with tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+                files.update(m.name.removeprefix("./") for m in inner.getmembers())
+    return files
+
+
+def test_the_images_are_slim() -> None:
+    """What hack/images built: no pip, no compiler or build headers anywhere; no kopf,
+    kubernetes client or cryptography in the sidecar (the operator has them)."""
+    images = find_images()
+    sizes = {}
+    for name in ("agent-operator", "agent-sidecar", "chat-app"):
+        files = image_files(images / f"{name}.tar")
+        sizes[name] = (images / f"{name}.tar").stat().st_size
+        packages = {f.split("/")[5] for f in files
+                    if f.startswith("opt/venv/lib/python3.11/site-packages/") and f.count("/") > 5}
+        assert "usr/bin/python3.11" in files
+        assert not {"pip", "setuptools", "wheel"} & packages, name
+        assert not [f for f in files if re.match(r"usr/(bin/(gcc|cc|make|pip)|include/)", f)]
+        assert not [f for f in files if "python-wheels" in f or "ensurepip/_bundled" in f]
+        if name == "agent-sidecar":
+            assert {"agent", "agent_sidecar", "aiohttp"} <= packages
+            assert not {"kopf", "kubernetes", "cryptography"} & packages
+        if name == "agent-operator":
+            assert {"agent_operator", "kopf", "kubernetes"} <= packages
+    print("image sizes (docker archive):",
+          ", ".join(f"{n} {size / 2**20:.0f} MiB" for n, size in sizes.items()))

@@ -799,10 +799,12 @@ def start_control_plane(
         # Bound to the node's address too (pods reach it through the `kubernetes`
         # Service), with the ServiceAccount admission that gives pods their tokens, and
         # the Node authorizer for the kubelet.
-        apiserver_args = [a for a in apiserver_args if "ServiceAccount" not in a] + [
-            "--bind-address=0.0.0.0", f"--advertise-address={node.ip}",
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-        ]  # fmt: skip
+        changed = {"--bind-address": "0.0.0.0", "--advertise-address": node.ip,
+                   "--authorization-mode": "Node,RBAC"}
+        apiserver_args = [
+            f"{flag}={changed[flag]}" if (flag := a.split("=")[0]) in changed else a
+            for a in apiserver_args if "ServiceAccount" not in a
+        ] + ["--enable-admission-plugins=NodeRestriction"]
     apiserver = ManagedProcess("kube-apiserver", inside(apiserver_args), logs / "kube-apiserver.log")
     plane = ControlPlane(
         workdir=workdir,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -531,7 +532,7 @@ def start_node(workdir: Path, assets: Path, images: Path) -> Node:
         ctrd = workdir / "containerd"
         (ctrd / "cni").mkdir(parents=True)
         (ctrd / "config.toml").write_text(_containerd_config(ctrd, refs["pause"]))
-        (ctrd / "cni" / "10-pods.conflist").write_text(yaml.safe_dump(_cni_config(ctrd)))
+        (ctrd / "cni" / "10-pods.conflist").write_text(json.dumps(_cni_config(ctrd)))
         containerd = run("containerd", ["containerd", f"--config={ctrd / 'config.toml'}"])
         sock = ctrd / "containerd.sock"
         wait_until(sock.exists, timeout=60, what="containerd's socket", procs=[containerd])
@@ -563,6 +564,8 @@ def start_node(workdir: Path, assets: Path, images: Path) -> Node:
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
                              "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
             "localStorageCapacityIsolation": False,
+            # Lowering its own score needs CAP_SYS_RESOURCE, which this machine withholds.
+            "oomScoreAdj": 0,
         })
         run("kubelet", [str(assets / "kubelet"), f"--config={config}",
                         f"--kubeconfig={kubelet_kubeconfig}", f"--root-dir={kubelet_dir / 'root'}",

@@ -517,9 +517,11 @@ class Story:
         return self._app_up(text, ready, time.monotonic() - started)
 
     def _wait_ready(self, name: str) -> dict[str, Any]:
-        return dict(self._wait(
-            lambda: (p := self._cp.get_json("pod", name, namespace=self.namespace))
-            if _ready(p) else None, f"pod {name} Ready"))
+        def ready() -> dict[str, Any] | None:
+            pod = self._cp.get_json("pod", name, namespace=self.namespace)
+            return dict(pod) if _ready(pod) else None
+
+        return dict(self._wait(ready, f"pod {name} Ready"))
 
     def _app_up(self, manifest: str, pod: dict[str, Any], seconds: float) -> AppUp:
         name = pod["metadata"]["name"]
