@@ -164,6 +164,8 @@ class Relay:
         self._node = os.open(netns, os.O_RDONLY)
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="node-relay",
                                         daemon=True)
         self._thread.start()
@@ -194,33 +196,43 @@ class Relay:
         lsock.bind((host, port))
 
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # asyncio's streams let go of this task when the client disconnects: hold it
+            # until the other direction is done too.
+            task = asyncio.current_task()
+            assert task is not None
+            self._tasks.add(task)
             sock = self._socket(target[0])
+            writers = [writer]
             try:
                 await self._loop.sock_connect(sock, target[1:])
                 their_reader, their_writer = await asyncio.open_connection(sock=sock)
+                writers.append(their_writer)
+                self._writers.update(writers)
+                await asyncio.gather(_pipe(reader, their_writer), _pipe(their_reader, writer))
             except OSError:
                 sock.close()
-                writer.close()
-                return
-            await asyncio.gather(_pipe(reader, their_writer), _pipe(their_reader, writer))
-            for w in (writer, their_writer):
-                w.close()
+            finally:
+                for w in writers:
+                    w.close()
+                    self._writers.discard(w)
+                self._tasks.discard(task)
 
         server = await asyncio.start_server(relay, sock=lsock, backlog=128)
         self._servers.append(server)
         return int(lsock.getsockname()[1])
 
     def close(self) -> None:
+        """Stop listening and close every connection (their tasks then end)."""
+
         async def shut() -> None:
             for server in self._servers:
                 server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in list(self._writers):
+                writer.close()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=5)
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
