@@ -805,7 +805,8 @@ def start_control_plane(
             f"{flag}={changed[flag]}" if (flag := a.split("=")[0]) in changed else a
             for a in apiserver_args if "ServiceAccount" not in a
         ] + ["--enable-admission-plugins=NodeRestriction",
-             "--kubelet-preferred-address-types=InternalIP"]  # no DNS for node names
+             "--kubelet-preferred-address-types=InternalIP",  # no DNS for node names
+             "--vmodule=httplog=3"]  # every request, its status and latency, in the log
     apiserver = ManagedProcess("kube-apiserver", inside(apiserver_args), logs / "kube-apiserver.log")
     plane = ControlPlane(
         workdir=workdir,

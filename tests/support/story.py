@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import yaml
 
-from support.controlplane import ControlPlane, Jaeger, find_assets, start_jaeger
+from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
 from support.node import NODE_BINARIES, Node, find_images, start_node
 from support.waiting import wait_for
 
@@ -365,8 +365,12 @@ class Story:
             "operator.peeringLifetimeSeconds": "10",
         }
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-        out = cp.helm("install", self.release, str(CHART), "--namespace", self.system_namespace,
-                      "--wait=false", *sets).stdout
+        try:
+            out = cp.helm("install", self.release, str(CHART), "--namespace",
+                          self.system_namespace, "--wait=false", *sets).stdout
+        except CommandError as exc:
+            raise StoryError(f"{exc}\n--- what the API server was asked for this release\n"
+                             f"{self._requests_about(self.release)}") from None
         manifest = [d for d in yaml.safe_load_all(
             cp.helm("get", "manifest", self.release, "--namespace", self.system_namespace).stdout)
             if d]
@@ -746,6 +750,14 @@ class Story:
             proc = self._cp.kubectl(*args, check=False)
             parts.append(f"--- kubectl {' '.join(args)}\n{(proc.stdout + proc.stderr)[-4000:]}")
         return "\n".join(parts)
+
+    def _requests_about(self, text: str) -> str:
+        """The API server's log lines about `text` (it logs every request on the node)."""
+        log = self._cp.processes[-1].log_path if self._cp.processes else None
+        if log is None or not log.exists():
+            return ""
+        return "\n".join(line for line in log.read_text(errors="replace").splitlines()
+                         if text in line and "FLAG" not in line)[-8000:]
 
     def operator_log(self) -> str:
         if self.node is None:
