@@ -3,6 +3,7 @@ sidecar-injection webhook. Settings come from `agent_operator.__main__`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -77,6 +78,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.admission.server = (
         ServiceWebhookServer(options.webhook_service, **tls) if options.webhook_service
         else kopf.WebhookServer(**tls))
+    if options.webhook_service is not None:
+        # Installed by the chart, which creates both configurations and owns them: kopf
+        # would create a missing one, and helm's own create, a moment later, would fail
+        # (the operator's pod can start before helm has created everything).
+        while not await kube.webhook_configurations_exist(options.webhook_name):
+            logging.getLogger(__name__).info("waiting for the chart's webhook configurations")
+            await asyncio.sleep(1)
     settings.admission.managed = options.webhook_name
 
 

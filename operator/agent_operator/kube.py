@@ -46,6 +46,21 @@ def _core() -> client.CoreV1Api:
     return client.CoreV1Api(api())
 
 
+async def webhook_configurations_exist(name: str) -> bool:
+    """Whether the Mutating- and ValidatingWebhookConfiguration `name` both exist. An empty
+    patch asks: patch is the verb the operator holds on them, and `{}` changes nothing."""
+    admission = client.AdmissionregistrationV1Api(api())
+    try:
+        for patch in (admission.patch_mutating_webhook_configuration,
+                      admission.patch_validating_webhook_configuration):
+            await call(patch, name, {})
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 async def list_custom(namespace: str, plural: str) -> list[dict[str, Any]]:
     result = await call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, plural)
     return list(result.get("items", []))
