@@ -393,20 +393,27 @@ class Story:
             "pods", "-l", f"app.kubernetes.io/instance={self.release}",
             namespace=self.system_namespace)["items"])
 
-    def wait_for_operator(self, not_pod: str = "") -> OperatorUp:
-        """The Deployment's pod Ready (its startup probe is kopf's /healthz) and the webhook
-        it registers in the chart's configuration. `not_pod`: a pod that must be gone."""
+    def _deployment(self) -> dict[str, Any]:
+        return dict(self._cp.get_json(
+            "deployment", "-l", f"app.kubernetes.io/instance={self.release}",
+            namespace=self.system_namespace)["items"][0])
 
-        def up() -> dict[str, Any] | None:
+    def wait_for_operator(self, not_pod: str = "") -> OperatorUp:
+        """Every pod of the operator's Deployment Ready (the startup probe is kopf's
+        /healthz) and the webhook it registers in the chart's configuration. `not_pod`: a
+        pod that must be gone. The story follows the first pod."""
+
+        def up() -> list[dict[str, Any]] | None:
             pods = self._operator_pods()
             live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-            if any(p["metadata"]["name"] == not_pod for p in pods) or len(live) != 1:
+            if any(p["metadata"]["name"] == not_pod for p in pods):
                 return None
-            return live[0] if _ready(live[0]) else None
+            ready = [p for p in live if _ready(p)]
+            wanted = self._deployment()["spec"]["replicas"]
+            return ready if len(ready) == len(live) == wanted else None
 
-        pod = self._wait(up, "the operator's pod Ready")
-        deploy = self._cp.get_json("deployment", "-l", f"app.kubernetes.io/instance={self.release}",
-                                   namespace=self.system_namespace)["items"][0]
+        pod = self._wait(up, "the operator's pods Ready")[0]
+        deploy = self._deployment()
         env = {e["name"]: e.get("value", "") for e in
                deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
         name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
