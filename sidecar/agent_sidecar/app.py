@@ -22,14 +22,16 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agent.catalog import PROVIDERS
 from agent.errors import AgentError, RoutingError
-from agent.types import Attempt, Done, Response, Started, StreamEvent
+from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
 from agent_sidecar import eager
 from agent_sidecar.anthropic_api import AnthropicApi
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, parse_off_loop, read_body
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
+from agent_sidecar.relay import Relayed, forwarded
 from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
@@ -192,11 +194,13 @@ class AppHandlers:
             return self._failure(api, exc.failure)
         outcome.route, outcome.stream = route.name, call.request.stream
         headers = dict(route.headers)
-        if call.extra:
-            if route.wires == {api.name}:
-                call.request.extra = call.extra
-            else:  # another wire format would refuse or misread them
-                headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+        if call.relay_only is not None and route.wires != {api.name}:
+            log.info("refused a request: %s", call.relay_only.message)
+            return self._failure(api, call.relay_only, headers)
+        if api.name in route.wires:  # its agents of the caller's format send the body as it is
+            call.request.relay = Relay(api.name, call.body, forwarded(request.headers))
+        if call.extra and route.wires == {api.name}:
+            call.request.extra = call.extra  # for an agent that must build its own body
         try:
             if call.request.stream:
                 return await self._stream(request, api, call, route, headers)
@@ -218,9 +222,9 @@ class AppHandlers:
         attempts = response.route.attempts if response.route else []
         self.metrics.routed(route.name, attempts, response)
         _describe(headers, response)
-        return web.Response(
-            body=api.render(response, call), headers=headers, content_type="application/json"
-        )
+        _name_ignored(headers, api, call, response.provider)
+        body = response.body if response.body is not None else api.render(response, call)
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     async def _stream(
         self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
@@ -238,7 +242,8 @@ class AppHandlers:
                 return self._failure(api, self._timed_out(), headers)
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
-            encoder = api.encoder(call, started.model)
+            _name_ignored(headers, api, call, started.provider)
+            encoder = Relayed(api.encoder(call, started.model))
             task = asyncio.current_task()
             assert task is not None
             self.streams.add(task)
@@ -378,6 +383,13 @@ def _announce(headers: dict[str, str], started: Started) -> None:
     headers["x-agent-model"] = header_value(started.model)
     headers["x-agent-route-reason"] = header_value(started.route.reason)
     headers["x-agent-attempts"] = str(_tried(started.route.attempts) + 1)  # and this one
+
+
+def _name_ignored(headers: dict[str, str], api: Api, call: Call, provider: str) -> None:
+    """The caller's fields the answering agent could not carry: it speaks another wire
+    format, so it got the engine's request, without them."""
+    if call.extra and PROVIDERS[provider].wire != api.name:
+        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
 
 
 def _tried(attempts: Sequence[Attempt]) -> int:
