@@ -101,6 +101,12 @@ class AnthropicCodec:
         body = relayed_body(relay, extra, target)
         return _wire(target, relay.headers, body, relay.body.get("stream") is True)
 
+    def count_tokens(self, relay: Relay, target: Target) -> WireRequest:
+        """A caller's `count_tokens` body, for the agent's model (none of the agent's
+        `extra`: the endpoint refuses what a message request may carry)."""
+        body = relayed_body(relay, {}, target)
+        return _wire(target, relay.headers, body, False, "/v1/messages/count_tokens")
+
     def parse(self, body: bytes) -> Parsed:
         data = loads_exact(body)  # tool_use inputs are in it
         if not isinstance(data, dict) or data.get("type") != "message":
@@ -319,7 +325,13 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
+def _wire(
+    target: Target,
+    forwarded: dict[str, str],
+    body: bytes,
+    stream: bool,
+    path: str = "/v1/messages",
+) -> WireRequest:
     """The request around a body: the caller's `forwarded` headers (its `anthropic-beta`,
     or an `anthropic-version` of its own) under the agent's key and headers."""
     headers = {
@@ -332,4 +344,4 @@ def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) 
         headers["x-api-key"] = target.api_key
     headers.update(target.headers)
     base = target.base_url.rstrip("/")
-    return WireRequest("POST", base + "/v1/messages", headers, body, stream)
+    return WireRequest("POST", base + path, headers, body, stream)

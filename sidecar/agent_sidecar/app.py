@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   OpenAI format, plain and streamed
     POST /v1/messages           Anthropic format, plain and streamed
+    POST /v1/messages/count_tokens  the route's Anthropic agent's count, else an estimate
     GET  /v1/models[/{id}]      the routes (Anthropic's shape when `anthropic-version` is sent)
 
 The request's `model` names a route. Each request takes the config snapshot current when
@@ -25,9 +26,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from agent.catalog import PROVIDERS
 from agent.errors import AgentError, RoutingError
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
-from agent_sidecar import eager
+from agent_sidecar import counting, eager
 from agent_sidecar.anthropic_api import AnthropicApi
-from agent_sidecar.bodies import LARGE, Body, BodyBudget, parse_off_loop, read_body
+from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
@@ -54,7 +55,12 @@ OPENAI = OpenAIApi()
 ANTHROPIC = AnthropicApi()
 
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
-_CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
+_CHAT_PATHS = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+)
 
 
 class _Outcome:
@@ -93,6 +99,34 @@ class AppHandlers:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, ANTHROPIC)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        s = self.settings
+        try:
+            body = await read_body(request, s.max_body_bytes, self.budget, s.read_timeout)
+        except CallerError as exc:
+            return self._failure(ANTHROPIC, exc.failure)
+        headers: dict[str, str] = {}
+        try:
+            size = len(body.raw)
+            data = decode(body.raw) if size < LARGE else await asyncio.to_thread(decode, body.raw)
+            model = counting.checked(data)
+            loaded = self.store.loaded
+            if loaded is None:
+                raise CallerError(_no_config())
+            route = loaded.resolve(model)
+            if route is None:
+                raise CallerError(_unknown_route(model, loaded))
+            headers.update(route.headers)
+            counted, how = await counting.count(
+                data, size, route, request.headers, self.store.transport
+            )
+        except CallerError as exc:
+            log.info("refused a count_tokens request: %s", exc.failure.message)
+            return self._failure(ANTHROPIC, exc.failure, headers)
+        finally:
+            body.release()
+        return web.json_response({"input_tokens": counted}, headers={**headers, **how})
 
     async def list_models(self, request: web.Request) -> web.Response:
         api = _api_for(request)
@@ -464,6 +498,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/messages", handlers.messages)
+    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_route("*", "/{tail:.*}", handlers.other)
