@@ -26,6 +26,15 @@ class SSEParser:
         self.stray: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        for frame in self.frames(chunk):
+            if (event := self.parse(frame)) is not None:
+                events.append(event)
+        return events
+
+    def frames(self, chunk: bytes) -> list[bytes]:
+        """The frames this chunk completes, unparsed, without their blank line (line
+        endings normalized to LF): to `parse` one by one, keeping each one's bytes."""
         if self._after_cr:
             self._after_cr = False
             if chunk.startswith(b"\n"):
@@ -38,20 +47,25 @@ class SSEParser:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         frames = buf.split(b"\n\n")
         self._buf = frames.pop()  # the frame still arriving (b"" when none is)
-        events: list[SSEEvent] = []
-        for frame in frames:
-            # The frame nearly every event is: one data line (the rules below agree).
-            if frame.startswith(b"data: ") and b"\n" not in frame:
-                events.append(SSEEvent("message", frame[6:].decode("utf-8", "replace")))
-            elif (event := _parse_frame(frame, self.stray)) is not None:
-                events.append(event)
-        return events
+        return frames
+
+    def parse(self, frame: bytes) -> SSEEvent | None:
+        """One frame's event (None for a frame of comments only)."""
+        # The frame nearly every event is: one data line (the rules below agree).
+        if frame.startswith(b"data: ") and b"\n" not in frame:
+            return SSEEvent("message", frame[6:].decode("utf-8", "replace"))
+        return _parse_frame(frame, self.stray)
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a last frame without its blank line still counts."""
-        rest, self._buf = self._buf.rstrip(b"\r\n"), b""
-        event = _parse_frame(rest.replace(b"\r\n", b"\n"), self.stray) if rest else None
+        rest = self.rest()
+        event = _parse_frame(rest, self.stray) if rest else None
         return [event] if event is not None else []
+
+    def rest(self) -> bytes:
+        """End of stream: the last frame, that came without its blank line (or b"")."""
+        rest, self._buf = self._buf.rstrip(b"\r\n"), b""
+        return rest.replace(b"\r\n", b"\n")
 
 
 _FIELDS = ("data", "event", "id", "retry")

@@ -25,18 +25,20 @@ from agent.errors import AgentError, ConfigurationError, OutputValidationError, 
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
-from agent.providers.base import Codec, Parsed, Reply, StreamReader, Target
+from agent.providers.base import Codec, Parsed, Relaying, Reply, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
 from agent.transport import AnyTransport, default_transport
 from agent.types import (
     Message,
     OutputSchema,
+    Relay,
     Request,
     Response,
     ToolCall,
     ToolResult,
     ToolSpec,
     Usage,
+    WireBytes,
 )
 
 if TYPE_CHECKING:
@@ -200,6 +202,7 @@ class Agent(BaseAgent):
     ) -> _steps.Steps[Response[Any]]:
         target = self.target()
         codec = codec_for(self.provider)
+        relay = self._relay(request, codec)
         tools = {t.name: t for t in (*self.tools, *request.tools)}
         if self.extra:
             request = request.copy(extra={**self.extra, **request.extra})
@@ -210,21 +213,29 @@ class Agent(BaseAgent):
         usage = Usage()
         start = time.perf_counter()
         first: list[float] = []  # time of the first content event, when streaming
+        body: bytes | None = None  # the answer's bytes, when relayed
         for round_ in range(self.max_tool_rounds + 1):
             if round_:
                 request = request.copy(messages=messages)
-            wire = codec.build(request, target)
+            if relay is not None:
+                assert isinstance(codec, Relaying)
+                wire = codec.relay(relay, self.extra, target)
+            else:
+                wire = codec.build(request, target)
             if request.stream:
                 parsed = yield from _stream_once(
-                    codec, _steps.Open(wire, timeout, transport), start, first
+                    codec, _steps.Open(wire, timeout, transport), start, first, relay is not None
                 )
             else:
                 reply: Reply = yield _steps.Send(wire, timeout, transport)
                 if reply.status >= 400:
                     raise codec.error(reply.status, reply.headers, reply.body)
                 parsed = codec.parse(reply.body)
+                body = reply.body if relay is not None else None
             usage = usage + parsed.usage
             calls += parsed.tool_calls
+            if relay is not None:
+                break  # the caller's own body: its tools are the caller's to run
             runnable = [tools.get(c.name) for c in parsed.tool_calls]
             if not parsed.tool_calls or any(s is None or s.function is None for s in runnable):
                 break  # nothing to run, or the caller runs these tools itself
@@ -244,9 +255,19 @@ class Agent(BaseAgent):
                 if request.stream:
                     yield _steps.Emit([ToolResult(call)])
         messages.append(Message("assistant", parsed.text, parsed.tool_calls))
-        return self._response(
+        response = self._response(
             target, parsed, usage, calls, start, first, messages, request.output_schema
         )
+        response.body = body
+        return response
+
+    def _relay(self, request: Request, codec: Codec) -> Relay | None:
+        """The caller's own body, when this agent speaks its format and runs no tools of
+        its own (a tool round would need a body of the agent's making)."""
+        relay = request.relay
+        if relay is None or relay.wire != codec.wire or self.tools:
+            return None
+        return relay if isinstance(codec, Relaying) else None
 
     def _response(
         self,
@@ -282,20 +303,35 @@ class Agent(BaseAgent):
 
 
 def _stream_once(
-    codec: Codec, open_: _steps.Open, start: float, first: list[float]
+    codec: Codec, open_: _steps.Open, start: float, first: list[float], relay: bool
 ) -> _steps.Steps[Parsed]:
+    """One streamed exchange. Relayed (`relay`), the provider's bytes go to the caller
+    too, each batch of events after the bytes they came in; bytes before the first
+    content event (message_start, pings) wait for it, so a stream that fails before any
+    content can still fall back to another agent unseen."""
     opened = yield open_
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
-    reader = StreamReader(codec)
+    reader = StreamReader(codec, relay)
+    held: list[bytes] = []  # relayed bytes not handed on yet
     try:
         while chunk := (yield _steps.Read(opened)):
-            if events := reader.feed(chunk):
+            events = reader.feed(chunk)
+            if relay:
+                held.append(reader.relayed())
+                if events or first:
+                    events = [WireBytes(b"".join(held)), *events]
+                    held.clear()
+            if events:
                 if not first:
                     first.append(time.perf_counter())
                 yield _steps.Emit(events)
             reader.check()
         last, parsed = reader.close()
+        if relay:
+            held.append(reader.relayed())
+            if any(held):
+                last = [WireBytes(b"".join(held)), *last]
         if last:
             if not first:
                 first.append(time.perf_counter())

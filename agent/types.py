@@ -91,6 +91,18 @@ class OutputSchema:
     parse: Callable[[str], Any] | None = None  # validates the model's JSON text
 
 
+@dataclass(slots=True, frozen=True)
+class Relay:
+    """A caller's own request body in its wire format ("openai", "anthropic"): an agent
+    that speaks that format sends it upstream as it came (its `model` and the agent's own
+    `extra` set), with `headers` (provider headers the caller sent), and hands the answer
+    back as the provider's own bytes (`Response.body`, `WireBytes` events)."""
+
+    wire: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Request:
     """One normalized request, the same for every provider.
@@ -108,6 +120,7 @@ class Request:
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
     metadata: dict[str, Any] = field(default_factory=dict)
+    relay: Relay | None = None  # the caller's own body, for agents that speak its format
 
     @property
     def input(self) -> str:
@@ -206,6 +219,7 @@ class Response(Generic[T]):
     time_to_first_token_ms: float | None = None  # streams only
     route: RouteInfo | None = None
     messages: list[Message] = field(default_factory=list)  # the full exchange
+    body: bytes | None = None  # the provider's answer as it sent it, when relayed
 
     def __str__(self) -> str:
         return self.text
@@ -264,7 +278,16 @@ class Done:
     type: Literal["done"] = "done"
 
 
-StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | Done
+@dataclass(slots=True, frozen=True)
+class WireBytes:
+    """The provider's own bytes of a relayed stream (see `Relay`), in the order they
+    came; the decoded events of the same bytes follow it."""
+
+    data: bytes
+    type: Literal["wire_bytes"] = "wire_bytes"
+
+
+StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | WireBytes | Done
 
 
 # ---- routing -------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from agent.providers.base import (
     error_object,
     loads,
     loads_exact,
+    relayed_body,
     retry_after,
 )
 from agent.types import (
     FinishReason,
     ImagePart,
     Message,
+    Relay,
     Request,
     StreamEvent,
     TextDelta,
@@ -93,16 +95,17 @@ class AnthropicCodec:
         if request.stream:
             body["stream"] = True
         body.update(request.extra)
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        if target.api_key:
-            headers["x-api-key"] = target.api_key
-        headers.update(target.headers)
-        base = target.base_url.rstrip("/")
-        return WireRequest("POST", base + "/v1/messages", headers, dumps(body), request.stream)
+        return _wire(target, {}, dumps(body), request.stream)
+
+    def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest:
+        body = relayed_body(relay, extra, target)
+        return _wire(target, relay.headers, body, relay.body.get("stream") is True)
+
+    def count_tokens(self, relay: Relay, target: Target) -> WireRequest:
+        """A caller's `count_tokens` body, for the agent's model (none of the agent's
+        `extra`: the endpoint refuses what a message request may carry)."""
+        body = relayed_body(relay, {}, target)
+        return _wire(target, relay.headers, body, False, "/v1/messages/count_tokens")
 
     def parse(self, body: bytes) -> Parsed:
         data = loads_exact(body)  # tool_use inputs are in it
@@ -320,3 +323,25 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
             ]
         out.append({"role": m.role, "content": content})
     return out
+
+
+def _wire(
+    target: Target,
+    forwarded: dict[str, str],
+    body: bytes,
+    stream: bool,
+    path: str = "/v1/messages",
+) -> WireRequest:
+    """The request around a body: the caller's `forwarded` headers (its `anthropic-beta`,
+    or an `anthropic-version` of its own) under the agent's key and headers."""
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json",
+        "anthropic-version": API_VERSION,
+        **forwarded,
+    }
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    headers.update(target.headers)
+    base = target.base_url.rstrip("/")
+    return WireRequest("POST", base + path, headers, body, stream)

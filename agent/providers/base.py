@@ -14,13 +14,21 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from agent._sse import SSEEvent
 from agent.errors import InvalidResponseError, ProviderError, scrub
-from agent.types import FinishReason, Request, StreamEvent, ToolCall, ToolCallDelta, Usage
+from agent.types import (
+    FinishReason,
+    Relay,
+    Request,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 
 @dataclass(slots=True)
@@ -94,6 +102,20 @@ class Codec(Protocol):
     def decoder(self) -> StreamDecoder: ...
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
+
+
+@runtime_checkable
+class Relaying(Protocol):
+    """A codec that can also send a caller's own body in its format (see `Relay`)."""
+
+    wire: str
+
+    def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest: ...
+
+
+def relayed_body(relay: Relay, extra: dict[str, Any], target: Target) -> bytes:
+    """The caller's body as it came, but for the agent's model and its own `extra`."""
+    return dumps({**relay.body, **extra, "model": target.model})
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -201,17 +223,30 @@ def error_object(parsed: Any) -> dict[str, Any]:
 class StreamReader:
     """Bytes of a streamed answer in, caller events out, the answer at the end: the
     SSE framing and the codec's decoder together, with what the network adds (a stream
-    cut inside a frame, a raw error object after the events). No I/O."""
+    cut inside a frame, a raw error object after the events). No I/O.
 
-    __slots__ = ("_codec", "_decoder", "_failed", "_sse")
+    With `relay`, the bytes of every frame decoded without error are kept for the caller
+    too (`relayed()`): an error frame never is (providers echo keys into errors), and the
+    caller hears of the error in band, scrubbed, from whoever relays the bytes."""
 
-    def __init__(self, codec: Codec) -> None:
+    __slots__ = ("_codec", "_decoder", "_failed", "_relayed", "_sse")
+
+    def __init__(self, codec: Codec, relay: bool = False) -> None:
         from agent._sse import SSEParser
 
         self._codec = codec
         self._sse = SSEParser()
         self._decoder = codec.decoder()
         self._failed: ProviderError | None = None
+        self._relayed: list[bytes] | None = [] if relay else None
+
+    def relayed(self) -> bytes:
+        """The relayed bytes decoded since the last call (b"" without `relay`)."""
+        if not self._relayed:
+            return b""
+        out = b"\n\n".join(self._relayed) + b"\n\n"
+        self._relayed.clear()
+        return out
 
     def check(self) -> None:
         """Raise the error that ended the last chunk (after its events were handed on)."""
@@ -223,7 +258,11 @@ class StreamReader:
         call, so the content that came before it in the same chunk reaches the caller."""
         self.check()
         out: list[StreamEvent] = []
-        for event in self._sse.feed(chunk):
+        sse, relayed = self._sse, self._relayed
+        for frame in sse.frames(chunk):
+            event = sse.parse(frame)
+            if event is None:
+                continue
             try:
                 out += self._decoder.feed(event)
             except ProviderError as exc:
@@ -231,17 +270,23 @@ class StreamReader:
                     raise
                 self._failed = exc
                 break
+            if relayed is not None:
+                relayed.append(frame)
         return out
 
     def close(self) -> tuple[list[StreamEvent], Parsed]:
         """The stream ended: the last events and the assembled answer."""
         self.check()
         out: list[StreamEvent] = []
-        for event in self._sse.close():
+        rest = self._sse.rest()
+        event = self._sse.parse(rest) if rest else None
+        if event is not None:
             try:
                 out += self._decoder.feed(event)
             except InvalidResponseError as exc:  # the connection ended inside this frame
                 raise _cut("the stream ended inside an event") from exc
+            if self._relayed is not None:
+                self._relayed.append(rest)
         if self._sse.stray:
             self._raise_stray("\n".join(self._sse.stray))
         return out, self._decoder.finish()

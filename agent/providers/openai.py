@@ -16,12 +16,14 @@ from agent.providers.base import (
     error_message,
     loads,
     parse_arguments,
+    relayed_body,
     retry_after,
 )
 from agent.types import (
     FinishReason,
     ImagePart,
     Message,
+    Relay,
     Request,
     StreamEvent,
     TextDelta,
@@ -110,12 +112,11 @@ class OpenAICodec:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         body.update(request.extra)
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if target.api_key:
-            headers["authorization"] = f"Bearer {target.api_key}"
-        headers.update(target.headers)
-        url = target.base_url.rstrip("/") + "/chat/completions"
-        return WireRequest("POST", url, headers, dumps(body), request.stream)
+        return _wire(target, {}, dumps(body), request.stream)
+
+    def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest:
+        body = relayed_body(relay, extra, target)
+        return _wire(target, relay.headers, body, relay.body.get("stream") is True)
 
     def parse(self, body: bytes) -> Parsed:
         data = loads(body)
@@ -261,3 +262,12 @@ def _message(m: Message) -> dict[str, Any]:
         if not m.text:
             item["content"] = None
     return item
+
+
+def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
+    headers = {"content-type": "application/json", "accept": "application/json", **forwarded}
+    if target.api_key:
+        headers["authorization"] = f"Bearer {target.api_key}"
+    headers.update(target.headers)
+    url = target.base_url.rstrip("/") + "/chat/completions"
+    return WireRequest("POST", url, headers, body, stream)

@@ -174,7 +174,7 @@ class AnthropicApi:
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
         )
-        return Call(data["model"], request, extra)
+        return Call(data["model"], request, extra, body)
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         content: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   OpenAI format, plain and streamed
     POST /v1/messages           Anthropic format, plain and streamed
+    POST /v1/messages/count_tokens  the route's Anthropic agent's count, else an estimate
     GET  /v1/models[/{id}]      the routes (Anthropic's shape when `anthropic-version` is sent)
 
 The request's `model` names a route. Each request takes the config snapshot current when
@@ -22,14 +23,16 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agent.catalog import PROVIDERS
 from agent.errors import AgentError, RoutingError
-from agent.types import Attempt, Done, Response, Started, StreamEvent
-from agent_sidecar import eager
+from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
+from agent_sidecar import counting, eager
 from agent_sidecar.anthropic_api import AnthropicApi
-from agent_sidecar.bodies import LARGE, Body, BodyBudget, parse_off_loop, read_body
+from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
+from agent_sidecar.relay import Relayed, forwarded
 from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
@@ -52,7 +55,12 @@ OPENAI = OpenAIApi()
 ANTHROPIC = AnthropicApi()
 
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
-_CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
+_CHAT_PATHS = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+)
 
 
 class _Outcome:
@@ -91,6 +99,34 @@ class AppHandlers:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, ANTHROPIC)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        s = self.settings
+        try:
+            body = await read_body(request, s.max_body_bytes, self.budget, s.read_timeout)
+        except CallerError as exc:
+            return self._failure(ANTHROPIC, exc.failure)
+        headers: dict[str, str] = {}
+        try:
+            size = len(body.raw)
+            data = decode(body.raw) if size < LARGE else await asyncio.to_thread(decode, body.raw)
+            model = counting.checked(data)
+            loaded = self.store.loaded
+            if loaded is None:
+                raise CallerError(_no_config())
+            route = loaded.resolve(model)
+            if route is None:
+                raise CallerError(_unknown_route(model, loaded))
+            headers.update(route.headers)
+            counted, how = await counting.count(
+                data, size, route, request.headers, self.store.transport
+            )
+        except CallerError as exc:
+            log.info("refused a count_tokens request: %s", exc.failure.message)
+            return self._failure(ANTHROPIC, exc.failure, headers)
+        finally:
+            body.release()
+        return web.json_response({"input_tokens": counted}, headers={**headers, **how})
 
     async def list_models(self, request: web.Request) -> web.Response:
         api = _api_for(request)
@@ -192,11 +228,13 @@ class AppHandlers:
             return self._failure(api, exc.failure)
         outcome.route, outcome.stream = route.name, call.request.stream
         headers = dict(route.headers)
-        if call.extra:
-            if route.wires == {api.name}:
-                call.request.extra = call.extra
-            else:  # another wire format would refuse or misread them
-                headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+        if call.relay_only is not None and route.wires != {api.name}:
+            log.info("refused a request: %s", call.relay_only.message)
+            return self._failure(api, call.relay_only, headers)
+        if api.name in route.wires:  # its agents of the caller's format send the body as it is
+            call.request.relay = Relay(api.name, call.body, forwarded(request.headers))
+        if call.extra and route.wires == {api.name}:
+            call.request.extra = call.extra  # for an agent that must build its own body
         try:
             if call.request.stream:
                 return await self._stream(request, api, call, route, headers)
@@ -218,9 +256,9 @@ class AppHandlers:
         attempts = response.route.attempts if response.route else []
         self.metrics.routed(route.name, attempts, response)
         _describe(headers, response)
-        return web.Response(
-            body=api.render(response, call), headers=headers, content_type="application/json"
-        )
+        _name_ignored(headers, api, call, response.provider)
+        body = response.body if response.body is not None else api.render(response, call)
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     async def _stream(
         self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
@@ -238,7 +276,8 @@ class AppHandlers:
                 return self._failure(api, self._timed_out(), headers)
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
-            encoder = api.encoder(call, started.model)
+            _name_ignored(headers, api, call, started.provider)
+            encoder = Relayed(api.encoder(call, started.model))
             task = asyncio.current_task()
             assert task is not None
             self.streams.add(task)
@@ -380,6 +419,13 @@ def _announce(headers: dict[str, str], started: Started) -> None:
     headers["x-agent-attempts"] = str(_tried(started.route.attempts) + 1)  # and this one
 
 
+def _name_ignored(headers: dict[str, str], api: Api, call: Call, provider: str) -> None:
+    """The caller's fields the answering agent could not carry: it speaks another wire
+    format, so it got the engine's request, without them."""
+    if call.extra and PROVIDERS[provider].wire != api.name:
+        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+
+
 def _tried(attempts: Sequence[Attempt]) -> int:
     """Attempts made: retries count, agents skipped by an open circuit do not."""
     return sum(1 for a in attempts if a.outcome != "skipped")
@@ -452,6 +498,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/messages", handlers.messages)
+    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_route("*", "/{tail:.*}", handlers.other)

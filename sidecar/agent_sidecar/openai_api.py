@@ -166,8 +166,6 @@ class OpenAIApi:
 
     def parse(self, body: Any) -> Call:
         data, extra = read_body(body, _BODY, _MODELED)
-        if data.get("n") not in (None, 1):
-            raise invalid("n > 1 is not supported by the sidecar: ask once per choice", "n")
         system, history = _split_system(data["messages"])
         messages = as_messages(history)
         name_tool_results(messages)
@@ -197,7 +195,14 @@ class OpenAIApi:
             stream=stream,
             metadata=dict(data.get("metadata") or {}),
         )
-        return Call(data["model"], request, extra, bool(options.get("include_usage")))
+        only = None
+        if data.get("n") not in (None, 1):
+            only = Failure(
+                "invalid_request",
+                "n > 1 needs a route whose agents all speak OpenAI's format: ask once per choice",
+                "n",
+            )
+        return Call(data["model"], request, extra, body, bool(options.get("include_usage")), only)
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}

@@ -127,15 +127,20 @@ def from_validation(exc: pydantic.ValidationError) -> CallerError:
 class Call:
     """One parsed inbound call: the route it names and the engine request.
 
-    `extra` holds the body fields the engine does not model (top_p, seed, tool_choice,
-    ...). They reach the provider verbatim only when every agent of the route speaks
-    the caller's wire format; otherwise they are dropped and named in a header.
+    `body` is the body as it came: an agent that speaks the caller's format sends it on
+    as it is (see `agent.types.Relay`). `extra` holds the body fields the engine does not
+    model (top_p, seed, tool_choice, ...): an agent of another format cannot carry them,
+    so they are dropped for it and named in a header. `relay_only` is set when the call
+    asks for what only its own format can give (OpenAI's n > 1): a route with an agent of
+    another format refuses it.
     """
 
     model: str
     request: Request
     extra: dict[str, Any]
+    body: dict[str, Any]
     include_usage: bool = False  # OpenAI stream_options.include_usage
+    relay_only: Failure | None = None
 
 
 class StreamEncoder(Protocol):

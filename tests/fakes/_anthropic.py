@@ -159,6 +159,8 @@ class AnthropicWire(Wire):
 
         if not call.stream:
             content: list[dict[str, Any]] = []
+            if reply.thinking is not None:
+                content.append({"type": "thinking", "thinking": reply.thinking, "signature": _SIGNATURE})
             if with_text:
                 content.append({"type": "text", "text": reply.text})
             for tid, name, obj in tools:
@@ -213,6 +215,20 @@ class AnthropicWire(Wire):
                 frames.append(b'event: ping\ndata: {"type": "ping"}\n\n')
                 pinged = True
 
+        if reply.thinking is not None:
+            frames.append(_event("content_block_start", compact(
+                {"type": "content_block_start", "index": index,
+                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}})))
+            ping()
+            for piece in split_text(reply.thinking, None):
+                frames.append(_event("content_block_delta", compact(
+                    {"type": "content_block_delta", "index": index,
+                     "delta": {"type": "thinking_delta", "thinking": piece}})))
+            frames.append(_event("content_block_delta", compact(
+                {"type": "content_block_delta", "index": index,
+                 "delta": {"type": "signature_delta", "signature": _SIGNATURE}})))
+            frames.append(_event("content_block_stop", compact({"type": "content_block_stop", "index": index})))
+            index += 1
         if with_text:
             frames.append(_event("content_block_start", compact(
                 {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})))
@@ -297,3 +313,7 @@ class AnthropicWire(Wire):
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# What Anthropic signs a thinking block with (opaque to clients; sent back unchanged).
+_SIGNATURE = "EqQBCkYIARgCIkB0ZXN0LXNpZ25hdHVyZQ=="

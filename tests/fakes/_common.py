@@ -34,6 +34,8 @@ class Call:
     include_obfuscation: bool = True  # OpenAI stream_options.include_obfuscation
     sse: bool = True  # Gemini streamGenerateContent: alt=sse (else a streamed JSON array)
     input_tokens: int = 1
+    choices: int = 1  # OpenAI n
+    logprobs: bool = False  # OpenAI logprobs
 
 
 @dataclass

@@ -189,6 +189,8 @@ class OpenAIWire(Wire):
             include_usage=bool(isinstance(so, dict) and so.get("include_usage")),
             include_obfuscation=not (isinstance(so, dict) and so.get("include_obfuscation") is False),
             input_tokens=max(1, count_words(body.get("messages"))),
+            choices=body["n"] if isinstance(body.get("n"), int) and body["n"] > 1 else 1,
+            logprobs=body.get("logprobs") is True,
         )
 
     # -- success --------------------------------------------------------------------------
@@ -230,13 +232,15 @@ class OpenAIWire(Wire):
                 ]
             message["refusal"] = None
             message["annotations"] = []
+            logprobs = _logprobs(split_text(reply.text, None)) if call.logprobs else None
             obj = {
                 "id": rid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                    {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
+                    for i in range(call.choices)
                 ],
                 "usage": usage,
                 "service_tier": "default",
@@ -256,8 +260,10 @@ class OpenAIWire(Wire):
         def chunk(delta: Any, finish_reason: str | None = None) -> bytes:
             nonlocal n
             n += 1
+            text = delta.get("content") if call.logprobs else None
+            logprobs = compact(_logprobs([text])) if text else "null"
             choice = (
-                f'[{{"index":0,"delta":{compact(delta)},"logprobs":null,'
+                f'[{{"index":0,"delta":{compact(delta)},"logprobs":{logprobs},'
                 f'"finish_reason":{compact(finish_reason)}}}]'
             )
             obf = f',"obfuscation":"{_OBF[: (n * 7) % 12 + 1]}"' if call.include_obfuscation else ""
@@ -346,3 +352,14 @@ class OpenAIWire(Wire):
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _logprobs(tokens: list[str]) -> dict[str, Any]:
+    """Log probabilities for `tokens` (one per piece of text), in OpenAI's shape."""
+    return {
+        "content": [
+            {"token": t, "logprob": -0.25, "bytes": list(t.encode()), "top_logprobs": []}
+            for t in tokens
+        ],
+        "refusal": None,
+    }

@@ -51,12 +51,12 @@ async def test_plain_call_answers_with_routing_headers(
     assert headers["x-agent-attempts"] == "1"
     assert headers["x-agent-route-reason"] == "in the given order"
     assert float(headers["x-agent-cost-usd"]) > 0
-    # Upstream: the config's key, not the app's; the system prompt and options forwarded.
+    # Upstream: the config's key, not the app's; the body as the app sent it (same format).
     sent = fake_openai.last_request
     assert sent.headers["authorization"] == "Bearer test-key"
     assert sent.json["messages"][0] == {"role": "system", "content": "Be brief"}
     assert sent.json["temperature"] == 0.2
-    assert sent.json["max_completion_tokens"] == 50
+    assert sent.json["max_tokens"] == 50 and "max_completion_tokens" not in sent.json
 
 
 async def test_stream_relays_chunks_and_usage(
@@ -351,8 +351,9 @@ async def test_bad_bodies_are_400_in_openai_format(openai_client: openai.AsyncOp
             messages=[{"role": "wizard", "content": "hi"}],  # type: ignore[list-item]
         )
     assert caught.value.body["param"] == "messages.0.role"  # type: ignore[index]
+    # n > 1 only where every agent speaks OpenAI's format (default has a Claude agent).
     with pytest.raises(openai.BadRequestError, match="n > 1"):
-        await openai_client.chat.completions.create(model="gpt", messages=USER, n=2)
+        await openai_client.chat.completions.create(model="default", messages=USER, n=2)
 
 
 async def test_a_raced_stream_names_the_racer_that_won(
