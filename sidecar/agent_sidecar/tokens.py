@@ -4,7 +4,8 @@ estimate with tiktoken's cl100k_base encoding.
 Claude's own tokenizer is not published; cl100k_base is a close, well-kept stand-in, and
 the answer says it is an estimate (`x-agent-token-count`). tiktoken downloads its
 encodings on first use, which a pod without egress cannot do, so the encoding's file
-ships with the sidecar (gzipped, checked against the hash tiktoken itself expects).
+ships with the sidecar (gzipped, checked against the hash tiktoken itself expects): it is
+the ranks file OpenAI publishes for tiktoken (MIT licence), byte for byte.
 """
 
 from __future__ import annotations
