@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,14 +208,21 @@ def operator_metrics(
             cp.mark_pod_ready(namespace, "chat-0", ip=ip)
             wait_for(lambda: served(sidecar), 30, "the operator's push")
             counted = (
-                'agent_operator_sidecars{state="in_sync"} 1.0',
+                'agent_operator_webhook_requests_total{result="injected"} 1.0',
                 'agent_operator_reconciles_total{result="ok"}',
+                'agent_operator_config_pushes_total{result="applied"}',
+                'agent_operator_sidecars{state="in_sync"} 1.0',
+                "agent_operator_leader 1.0",  # alone, without a Lease: it acts
             )
             text = wait_for(
                 lambda: all(c in (t := operator.metrics()) for c in counted) and t,
                 30,
-                "the push and its reconcile counted in the operator's metrics",
+                "the injection, the push and its reconcile counted in the operator's metrics",
             )
+        expiry = re.search(
+            r"^agent_operator_certificate_expiry_timestamp_seconds (\S+)$", text, re.M
+        )
+        assert expiry and float(expiry[1]) > time.time(), "no served certificate's expiry"
         yield scrape(text)
     finally:
         if sidecar is not None:
