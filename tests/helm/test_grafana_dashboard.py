@@ -3,9 +3,9 @@
 Every query in it must parse as PromQL and name only metrics and labels that the code
 really exports: those are read from a real ``agent-sidecar`` process's ``/metrics``
 after traffic that makes every family show samples (a fallback, a stream, a stream that
-fails after content, a config push), never from a list kept by hand. Metrics of another
-component (the operator's) join ``EXPORTERS`` the same way: a prefix and a fixture that
-scrapes a real one.
+fails after content, a refused admin request, a config push), and from a real operator's
+after it injected a pod, reconciled and pushed to a real sidecar; never from a list kept
+by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,18 @@ from helm_support import CHART, OfflineHelm, by_kind, one
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+from operator_support import (
+    OperatorProcess,
+    next_ip,
+    operator,  # noqa: F401  (the module-scoped operator fixture, with its metrics port)
+    pod_manifest,
+    served,
+    start_sidecar,
+    wait_for,
+)
 from sidecar_support import TOKEN, SidecarProcess, agent_spec, document, fast_route
+from test_operator_e2e import KEYS, policy, pool
 
 DASHBOARD = CHART / "files" / "dashboards" / "agent-router.json"
 # Labels Prometheus adds to every series it scrapes from a pod (PodMonitor target labels).
@@ -124,7 +136,8 @@ def scrape(text: str) -> Exported:
 @pytest.fixture(scope="module")
 def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     """A real sidecar's /metrics after a fallback, a stream, a stream that fails after its
-    first content, and a config push: every family it has shows samples, labels and all."""
+    first content, an admin request with a wrong token and a config push: every family it has
+    shows samples, labels and all."""
     claude = FakeProvider("anthropic", default=Reply(text="unused"))
     gpt = FakeProvider("openai", default=Reply(text="Hello there", usage=(3, 2)))
     with claude.running(), gpt.running():
@@ -160,6 +173,8 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
                 ) as failing:
                     assert "error" in failing.read().decode()
             with httpx.Client(base_url=sidecar.admin_url, timeout=30) as admin:
+                wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+                assert admin.get("/config", headers=wrong).status_code == 401
                 pushed = admin.put(
                     "/config",
                     json=document(agents, routes, version=2),
@@ -173,9 +188,52 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
             sidecar.kill()
 
 
-# The exporters, by metric name prefix. The operator's metrics join with a fixture that
-# scrapes a real operator, under "agent_operator_".
-EXPORTERS = {"agent_sidecar_": "sidecar_metrics"}
+@pytest.fixture(scope="module")
+def operator_metrics(
+    control_plane: Any,
+    operator: OperatorProcess,  # noqa: F811
+) -> Iterator[Exported]:
+    """A real operator's /metrics after its webhook injected a labelled pod and it
+    reconciled the namespace, pushing a policy's config to a real sidecar at the pod's IP:
+    every family it has shows samples (the certificate's, the webhook's, the leader's too)."""
+    cp = control_plane
+    namespace = cp.create_namespace()
+    sidecar = None
+    try:
+        with FakeProvider("openai").running() as gpt, FakeProvider("anthropic").running() as claude:
+            cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+            cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
+            ip = next_ip()
+            sidecar = start_sidecar(cp, namespace, ip)
+            cp.mark_pod_ready(namespace, "chat-0", ip=ip)
+            wait_for(lambda: served(sidecar), 30, "the operator's push")
+            counted = (
+                'agent_operator_webhook_requests_total{result="injected"} 1.0',
+                'agent_operator_reconciles_total{result="ok"}',
+                'agent_operator_config_pushes_total{result="applied"}',
+                'agent_operator_sidecars{state="in_sync"} 1.0',
+                "agent_operator_leader 1.0",  # alone, without a Lease: it acts
+            )
+            text = wait_for(
+                lambda: all(c in (t := operator.metrics()) for c in counted) and t,
+                30,
+                "the injection, the push and its reconcile counted in the operator's metrics",
+            )
+        expiry = re.search(
+            r"^agent_operator_certificate_expiry_timestamp_seconds (\S+)$", text, re.M
+        )
+        assert expiry and float(expiry[1]) > time.time(), "no served certificate's expiry"
+        yield scrape(text)
+    finally:
+        if sidecar is not None:
+            sidecar.terminate()
+            sidecar.wait(20)
+            sidecar.kill()
+        cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+# The exporters, by metric name prefix.
+EXPORTERS = {"agent_sidecar_": "sidecar_metrics", "agent_operator_": "operator_metrics"}
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +244,7 @@ def exported(request: pytest.FixtureRequest) -> dict[str, Exported]:
 # ---- the dashboard ------------------------------------------------------------------------------
 
 
+@pytest.mark.controlplane
 def test_every_query_names_metrics_and_labels_the_code_exports(
     exported: dict[str, Exported],
 ) -> None:
@@ -215,26 +274,47 @@ def test_every_query_names_metrics_and_labels_the_code_exports(
             used.add(name)
     # The subjects the dashboard is for, each read by some panel.
     for metric in (
-        "requests_total",
-        "fallbacks_total",
-        "attempts_total",
-        "request_duration_seconds_bucket",
-        "time_to_first_token_seconds_bucket",
-        "circuit_state",
-        "config_version",
-        "config_pushes_total",
+        "agent_sidecar_requests_total",
+        "agent_sidecar_fallbacks_total",
+        "agent_sidecar_attempts_total",
+        "agent_sidecar_request_duration_seconds_bucket",
+        "agent_sidecar_time_to_first_token_seconds_bucket",
+        "agent_sidecar_circuit_state",
+        "agent_sidecar_config_version",
+        "agent_sidecar_config_pushes_total",
+        "agent_operator_reconciles_total",
+        "agent_operator_reconcile_duration_seconds_bucket",
+        "agent_operator_config_pushes_total",
+        "agent_operator_sidecars",
+        "agent_operator_webhook_requests_total",
+        "agent_operator_certificate_expiry_timestamp_seconds",
+        "agent_operator_leader",
     ):
-        assert f"agent_sidecar_{metric}" in used, f"no panel shows agent_sidecar_{metric}"
+        assert metric in used, f"no panel shows {metric}"
+
+
+def unread_families(exported: Exported) -> list[str]:
+    """The families no panel reads (``_created`` and the parts of a histogram read through
+    its buckets aside)."""
+    text = DASHBOARD.read_text()
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in exported.names}
+    return sorted(f for f in families if f not in text)
 
 
 def test_every_metric_the_sidecar_exports_is_on_the_dashboard(
     sidecar_metrics: Exported,
 ) -> None:
-    """A metric added to the sidecar without a panel shows up here (``_created`` and the
-    parts of a histogram read through its buckets aside)."""
-    text = DASHBOARD.read_text()
-    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in sidecar_metrics.names}
-    missing = sorted(f for f in families if f not in text)
+    """A metric added to the sidecar without a panel shows up here."""
+    missing = unread_families(sidecar_metrics)
+    assert not missing, f"no panel reads {missing}"
+
+
+@pytest.mark.controlplane
+def test_every_metric_the_operator_exports_is_on_the_dashboard(
+    operator_metrics: Exported,
+) -> None:
+    """A metric added to the operator without a panel shows up here."""
+    missing = unread_families(operator_metrics)
     assert not missing, f"no panel reads {missing}"
 
 

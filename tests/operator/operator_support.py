@@ -113,9 +113,10 @@ def webhook_configuration(cp: Any, name: str, url: str) -> None:
 class OperatorProcess:
     def __init__(self, cp: Any, kubeconfig: Path, webhook_name: str | None, port: int = 0,
                  args: tuple[str, ...] = ("--all-namespaces",),
-                 env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
+                 env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 metrics_port: int | None = None) -> None:
         self.cp, self.kubeconfig, self.webhook_name, self.port = cp, kubeconfig, webhook_name, port
-        self.host = host
+        self.host, self.metrics_port = host, metrics_port
         self.args, self.extra_env = args, env or {}
         self.log = Path(tempfile.mkdtemp(prefix="operator-")) / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -129,12 +130,15 @@ class OperatorProcess:
                     "--webhook-host", self.host, "--webhook-name", self.webhook_name,
                     "--webhook-cert-secret", f"{OPERATOR_NS}/{CERT_SECRET}"]
                    if self.webhook_name else ["--no-webhook"])
+        metrics = (["--metrics-addr", self.host, "--metrics-port", str(self.metrics_port)]
+                   if self.metrics_port else [])
         if self.webhook_name:
             webhook_configuration(self.cp, self.webhook_name,
                                   f"https://{url_host(self.host)}:{self.port}")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_operator", *self.args, *webhook, "--verbose"],
+                [sys.executable, "-m", "agent_operator", *self.args, *webhook, *metrics,
+                 "--verbose"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
         if self.webhook_name:
@@ -146,6 +150,12 @@ class OperatorProcess:
         config = self.cp.get_json("mutatingwebhookconfiguration", self.webhook_name)
         return all(w["clientConfig"].get("caBundle") for w in config["webhooks"]) and \
             f"serving the injection webhook on port {self.port}" in self.output()
+
+    def metrics(self) -> str:
+        """What its `/metrics` serves now (it was started with a `metrics_port`)."""
+        assert self.metrics_port, "started without a metrics port"
+        return httpx.get(f"http://{url_host(self.host)}:{self.metrics_port}/metrics",
+                         timeout=5).text
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to the peers, as when a node dies."""
@@ -217,11 +227,13 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def operator(control_plane: Any) -> Iterator[OperatorProcess]:
     install_crds(control_plane)
-    from support.controlplane import free_port
+    from support.controlplane import free_ports
 
     name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
     kubeconfig = operator_kubeconfig(control_plane, name)
-    proc = OperatorProcess(control_plane, kubeconfig, name, free_port()).start()
+    webhook_port, metrics_port = free_ports(2)
+    proc = OperatorProcess(control_plane, kubeconfig, name, webhook_port,
+                           metrics_port=metrics_port).start()
     try:
         yield proc
     finally:
