@@ -22,6 +22,7 @@ from agent._base import (
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError
+from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
@@ -40,7 +41,7 @@ from agent.types import (
 )
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, AgentLimitsConfig
 
 __all__ = ["Agent", "Prompt", "build_request", "output_schema"]
 
@@ -73,7 +74,13 @@ class Agent(BaseAgent):
         weight: float = 1.0,
         extra: dict[str, Any] | None = None,
         transport: AnyTransport | None = None,
+        limits: AgentLimitsConfig | dict[str, Any] | None = None,
     ) -> None:
+        """`limits`: the provider account's rpm, tpm and concurrent requests, which a
+        router holds this agent to (see `agent.limits`)."""
+        from agent.config import AgentLimitsConfig, validated
+
+        self.limits = validated(AgentLimitsConfig, limits) if limits is not None else None
         self.provider = provider
         self.model = resolve_model(model)
         self.requested_model = model
@@ -202,19 +209,21 @@ class Agent(BaseAgent):
         usage = Usage()
         start = time.perf_counter()
         first: list[float] = []  # time of the first content event, when streaming
+        heard: list[ProviderLimits] = []  # the provider's rate-limit headers, last answer
         for round_ in range(self.max_tool_rounds + 1):
             if round_:
                 request = request.copy(messages=messages)
             wire = codec.build(request, target)
             if request.stream:
                 parsed = yield from _stream_once(
-                    codec, _steps.Open(wire, timeout, transport), start, first
+                    codec, _steps.Open(wire, timeout, transport), start, first, heard
                 )
             else:
                 reply: Reply = yield _steps.Send(wire, timeout, transport)
                 if reply.status >= 400:
                     raise codec.error(reply.status, reply.headers, reply.body)
                 parsed = codec.parse(reply.body)
+                _heard(reply.headers, heard)
             usage = usage + parsed.usage
             calls += parsed.tool_calls
             runnable = [tools.get(c.name) for c in parsed.tool_calls]
@@ -236,9 +245,11 @@ class Agent(BaseAgent):
                 if request.stream:
                     yield _steps.Emit([ToolResult(call)])
         messages.append(Message("assistant", parsed.text, parsed.tool_calls))
-        return self._response(
+        response = self._response(
             target, parsed, usage, calls, start, first, messages, request.output_schema
         )
+        response.provider_limits = heard[-1] if heard else None
+        return response
 
     def _response(
         self,
@@ -273,12 +284,18 @@ class Agent(BaseAgent):
         )
 
 
+def _heard(headers: Any, heard: list[ProviderLimits]) -> None:
+    if (limits := ProviderLimits.from_headers(headers)) is not None:
+        heard.append(limits)
+
+
 def _stream_once(
-    codec: Codec, open_: _steps.Open, start: float, first: list[float]
+    codec: Codec, open_: _steps.Open, start: float, first: list[float], heard: list[ProviderLimits]
 ) -> _steps.Steps[Parsed]:
     opened = yield open_
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
+    _heard(getattr(opened.response, "headers", {}), heard)
     reader = StreamReader(codec)
     try:
         while chunk := (yield _steps.Read(opened)):

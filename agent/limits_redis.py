@@ -1,0 +1,239 @@
+"""Limits counted in Redis, shared by every pod: one server-side script per admission
+(check every counter, then count all of them, or none), one per settlement.
+
+While Redis cannot be reached, each process counts alone against its share of every
+limit (limit / `shares`, the number of pods sharing it): never unlimited, and never
+waiting on a dead store (short socket timeouts, then no new attempt for `retry_every`
+seconds). The next admission after that tries Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from agent.limits import Admission, Counter, Lease, MemoryStore
+
+log = logging.getLogger("agent.limits")
+
+# KEYS: per counter its current and previous bucket, then the lease's sorted set.
+# ARGV: the counter count, then per counter (weight, limit, amount, ttl), then the lease
+# (limit, id, now, expires) or nothing. Replies are strings: Redis would truncate floats.
+ADMIT = """
+local n = tonumber(ARGV[1])
+local used = {}
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local a = 4 * (i - 1) + 2
+  used[i] = cur + prev * tonumber(ARGV[a])
+  if used[i] + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
+    local reply = {tostring(i), tostring(cur), tostring(prev)}
+    for j = 1, i do reply[#reply + 1] = tostring(used[j]) end
+    return reply
+  end
+end
+local l = 4 * n + 2
+if ARGV[l] then
+  local key = KEYS[2 * n + 1]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[l + 2])
+  if redis.call('ZCARD', key) >= tonumber(ARGV[l]) then
+    local reply = {tostring(n + 1), '0', '0'}
+    for j = 1, n do reply[#reply + 1] = tostring(used[j]) end
+    return reply
+  end
+  redis.call('ZADD', key, ARGV[l + 3], ARGV[l + 1])
+  redis.call('EXPIRE', key, 3600)
+end
+local reply = {'0', '0', '0'}
+for i = 1, n do
+  local a = 4 * (i - 1) + 2
+  redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[a + 2])
+  redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[a + 3])
+  reply[#reply + 1] = tostring(used[i])
+end
+return reply
+"""
+
+# KEYS: the buckets to correct, then the lease's sorted set (or nothing).
+# ARGV: per bucket (delta, ttl), then the lease id (or nothing).
+SETTLE = """
+local leased = #ARGV % 2 == 1
+local buckets = leased and #KEYS - 1 or #KEYS
+for i = 1, buckets do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBYFLOAT', KEYS[i], ARGV[2 * i - 1])
+    redis.call('EXPIRE', KEYS[i], ARGV[2 * i])
+  end
+end
+if leased then
+  redis.call('ZREM', KEYS[#KEYS], ARGV[#ARGV])
+end
+return 1
+"""
+
+PREFIX = "agent-router:{limits}:"  # one hash slot: a cluster runs the scripts too
+
+
+class RedisStore:
+    """Counters in Redis at `url` (`rediss://` for TLS), with `shares` pods sharing them."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        shares: int = 1,
+        timeout: float = 0.25,
+        retry_every: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.shares = shares
+        self.retry_every = retry_every
+        self.fallback = MemoryStore(shares)
+        self._options: dict[str, Any] = {
+            "password": password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+        }
+        self._down_until = 0.0
+        self._sync: redis.Redis | None = None
+        self._sync_script: Any = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._settle_script: Any = None
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"RedisStore(shares={self.shares})"
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def describe(self) -> dict[str, object]:
+        return {"store": "redis", "connected": self.up, "shares": self.shares}
+
+    # ---- admission ---------------------------------------------------------------------
+
+    def admit(self, counters: Sequence[Counter], lease: Lease | None) -> Admission:
+        if not self.up:
+            return self.fallback.admit(counters, lease)
+        keys, args = _admit_args(counters, lease)
+        try:
+            client, admit, _ = self._sync_client()
+            reply = admit(keys=keys, args=args, client=client)
+        except redis.RedisError as exc:
+            self._went_down(exc)
+            return self.fallback.admit(counters, lease)
+        return _admission(reply, self)
+
+    async def admit_async(self, counters: Sequence[Counter], lease: Lease | None) -> Admission:
+        if not self.up:
+            return self.fallback.admit(counters, lease)
+        keys, args = _admit_args(counters, lease)
+        try:
+            client, admit, _ = self._async_client()
+            reply = await admit(keys=keys, args=args, client=client)
+        except (redis.RedisError, OSError) as exc:
+            self._went_down(exc)
+            return self.fallback.admit(counters, lease)
+        return _admission(reply, self)
+
+    # ---- settlement --------------------------------------------------------------------
+
+    def settle(self, changes: Sequence[tuple[str, float, int]], lease: Lease | None) -> None:
+        keys, args = _settle_args(changes, lease)
+        try:
+            client, _, settle = self._sync_client()
+            settle(keys=keys, args=args, client=client)
+        except redis.RedisError as exc:
+            self._went_down(exc)
+
+    async def settle_async(
+        self, changes: Sequence[tuple[str, float, int]], lease: Lease | None
+    ) -> None:
+        keys, args = _settle_args(changes, lease)
+        try:
+            client, _, settle = self._async_client()
+            await settle(keys=keys, args=args, client=client)
+        except (redis.RedisError, OSError) as exc:
+            self._went_down(exc)
+
+    # ---- clients -----------------------------------------------------------------------
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self.up:
+            log.warning(
+                "limits store unreachable (%s): counting each limit / %d here for now",
+                type(exc).__name__,
+                self.shares,
+            )
+        self._down_until = time.monotonic() + self.retry_every
+
+    def _sync_client(self) -> tuple[Any, Any, Any]:
+        if self._sync is None:
+            client = redis.Redis.from_url(self.url, **self._options)
+            self._sync = client
+            self._sync_script = (client.register_script(ADMIT), client.register_script(SETTLE))
+        return self._sync, *self._sync_script
+
+    def _async_client(self) -> tuple[Any, Any, Any]:
+        """One client per event loop: an asyncio connection belongs to its loop."""
+        loop = asyncio.get_running_loop()
+        known = self._async.get(loop)
+        if known is None:
+            client = redis.asyncio.Redis.from_url(self.url, **self._options)
+            known = client, client.register_script(ADMIT), client.register_script(SETTLE)
+            self._async[loop] = known
+        return known
+
+    async def aclose(self) -> None:
+        known = self._async.pop(asyncio.get_running_loop(), None)
+        if known is not None:
+            await known[0].aclose()
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+
+def _admit_args(counters: Sequence[Counter], lease: Lease | None) -> tuple[list[str], list[Any]]:
+    keys: list[str] = []
+    args: list[Any] = [len(counters)]
+    for c in counters:
+        keys += [PREFIX + c.current, PREFIX + c.previous]
+        args += [repr(c.weight), repr(c.limit), repr(c.amount), c.ttl]
+    if lease is not None:
+        keys.append(PREFIX + lease.key)
+        args += [lease.limit, lease.id, repr(time.time()), repr(lease.expires)]
+    return keys, args
+
+
+def _settle_args(
+    changes: Sequence[tuple[str, float, int]], lease: Lease | None
+) -> tuple[list[str], list[Any]]:
+    keys = [PREFIX + key for key, _, _ in changes]
+    args: list[Any] = []
+    for _, delta, ttl in changes:
+        args += [repr(delta), ttl]
+    if lease is not None:
+        keys.append(PREFIX + lease.key)
+        args.append(lease.id)
+    return keys, args
+
+
+def _admission(reply: list[bytes], store: RedisStore) -> Admission:
+    refused = int(reply[0])
+    buckets = float(reply[1]), float(reply[2])
+    used = [float(u) for u in reply[3:]]
+    return Admission(refused - 1 if refused else None, used, buckets, store)
