@@ -229,7 +229,9 @@ def _drive(gen: Steps[R], owner: Resources, box: list[R]) -> Iterator[list[Strea
             s.close()
 
 
-def _on_loop(owner: Resources, events: AsyncIterator[list[StreamEvent]]) -> Iterator[list[StreamEvent]]:
+def _on_loop(
+    owner: Resources, events: AsyncIterator[list[StreamEvent]]
+) -> Iterator[list[StreamEvent]]:
     """Iterate an async iterator on `owner`'s loop thread, one batch at a time (so the
     work never runs ahead of the caller, and closing stops it at once)."""
     try:

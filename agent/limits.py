@@ -22,11 +22,12 @@ import datetime as dt
 import itertools
 import math
 import os
+import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agent import _steps
 from agent.errors import RateLimitError
@@ -224,6 +225,10 @@ class Reservation:
         free the concurrency lease."""
         self.quota.in_flight -= 1
         changes, lease, store = self.changes(usage, usd), self.lease, self.store
+        names = {c.current: w.name for w, c in self.counters}
+        for key, delta, _ in changes:  # what health() reports follows the settlement
+            name = names[key]
+            self.quota.used[name] = self.quota.used.get(name, 0.0) + delta
         if changes or lease is not None:
             yield _steps.Count(
                 lambda: store.settle(changes, lease), lambda: store.settle_async(changes, lease)
@@ -271,15 +276,15 @@ class ProviderLimits:
     def from_headers(cls, headers: Mapping[str, str]) -> ProviderLimits | None:
         """OpenAI's (and most compatible servers') `x-ratelimit-*`, Anthropic's
         `anthropic-ratelimit-*`; None when the answer carried neither."""
+
+        def first(parse: Callable[[str | None], Any], *names: str) -> Any:
+            return next((v for n in names if (v := parse(headers.get(n))) is not None), None)
+
         found = cls(
-            _int(headers.get("x-ratelimit-remaining-requests"))
-            or _int(headers.get("anthropic-ratelimit-requests-remaining")),
-            _int(headers.get("x-ratelimit-remaining-tokens"))
-            or _int(headers.get("anthropic-ratelimit-tokens-remaining")),
-            _reset(headers.get("x-ratelimit-reset-requests"))
-            or _reset(headers.get("anthropic-ratelimit-requests-reset")),
-            _reset(headers.get("x-ratelimit-reset-tokens"))
-            or _reset(headers.get("anthropic-ratelimit-tokens-reset")),
+            first(_int, "x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"),
+            first(_int, "x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"),
+            first(_reset, "x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
+            first(_reset, "x-ratelimit-reset-tokens", "anthropic-ratelimit-tokens-reset"),
         )
         if found.remaining_requests is None and found.remaining_tokens is None:
             return None
@@ -295,27 +300,21 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _reset(value: str | None) -> float | None:
-    """OpenAI's durations (`1s`, `6m0s`, `250ms`) or Anthropic's RFC 3339 time."""
+    """Seconds until a reset: OpenAI's durations (`1s`, `6m0s`, `250ms`), plain seconds,
+    or Anthropic's RFC 3339 time."""
     if not value:
         return None
-    total, number, unit = 0.0, "", ""
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    value = value.strip()
+    if _DURATION.fullmatch(value) or re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", value):
+        return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(value))
     try:
-        for ch in value.strip() + " ":
-            if ch.isdigit() or ch == ".":
-                if unit:
-                    total += float(number) * scale[unit]
-                    number, unit = "", ""
-                number += ch
-            elif ch.isalpha():
-                unit += ch
-            else:
-                if number:
-                    total += float(number) * scale[unit or "s"]
-                break
-        return total
-    except (KeyError, ValueError):
+        return float(value)
+    except ValueError:
         pass
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -344,7 +343,8 @@ class Quota:
         self.in_flight = 0
         self.used: dict[str, float] = {}  # as last counted: what health() reports
         self.provider: ProviderLimits | None = None
-        self.provider_until = 0.0  # monotonic: hold off until then (the provider said so)
+        self.provider_until = 0.0  # monotonic: no request until then (the provider said so)
+        self.tokens_until = 0.0  # monotonic: when the provider's token count resets
 
     @classmethod
     def for_agent(
@@ -394,16 +394,14 @@ class Quota:
 
     def held_off(self, tokens: int) -> float | None:
         """Seconds until the provider's own limits (from its headers) have room, or None."""
-        wait = self.provider_until - time.monotonic()
-        if wait > 0:
-            return wait
+        now = time.monotonic()
+        if self.provider_until > now:
+            return self.provider_until - now
         p = self.provider
-        if p is None:
-            return None
-        if p.remaining_requests is not None and p.remaining_requests <= 0:
-            return p.reset_requests or 1.0
-        if p.remaining_tokens is not None and p.remaining_tokens < tokens:
-            return p.reset_tokens or 1.0
+        if p is not None and p.remaining_tokens is not None and p.remaining_tokens < tokens:
+            wait = self.tokens_until - now
+            if wait > 0:
+                return wait
         return None
 
     def reserve(
@@ -469,11 +467,17 @@ class Quota:
         )
 
     def heard(self, limits: ProviderLimits | None, retry_after: float | None = None) -> None:
-        """What the provider said (its headers, or a 429's retry-after)."""
+        """What the provider said: its headers (no requests left: none are sent until
+        their reset; too few tokens left: no request needing more until theirs), or a
+        429's retry-after."""
+        now = time.monotonic()
         if limits is not None:
             self.provider = limits
+            if limits.remaining_requests is not None and limits.remaining_requests <= 0:
+                self.provider_until = now + (limits.reset_requests or 1.0)
+            self.tokens_until = now + (limits.reset_tokens or 1.0)
         if retry_after is not None:
-            self.provider_until = time.monotonic() + retry_after
+            self.provider_until = now + retry_after
 
     def snapshot(self) -> dict[str, object]:
         """Remaining room per window (as last counted), in flight, the provider's word."""

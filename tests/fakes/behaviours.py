@@ -39,6 +39,7 @@ class Reply:
                    provider-native value ("end_turn", "max_tokens", "MAX_TOKENS", "SAFETY", ...),
                    translated to the provider's vocabulary.
     model:         model name reported in the response; None = echo the request's model.
+    headers:       extra response headers (a provider's `x-ratelimit-*`, ...).
     """
 
     text: str = ""
@@ -49,6 +50,7 @@ class Reply:
     chunks: int | None = None
     finish_reason: str | None = None
     model: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
