@@ -1,180 +1,206 @@
-"""The kopf handlers: every event leads to the same namespace reconcile, plus the
-sidecar-injection webhook. Settings come from `agent_operator.__main__`."""
+"""The kopf handlers: every change of a pool, a policy or an injected pod leads to the same
+namespace reconcile, plus the sidecar-injection webhook.
+
+All state lives in the `Operator` that `__main__` hands to kopf as its memo; kopf passes it
+to every handler. Only watch events are handled (no kopf change handlers): kopf then keeps
+no bookkeeping on the objects, adds no finalizer, and every replica sees every event, so a
+replica that takes the Lease over knows every namespace already.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from agent_operator import kube
-from agent_operator.certs import self_signed
+from agent_operator.certs import CertSource, FileCerts, SecretCerts
 from agent_operator.inject import (
     ADMIN_PORT_ANNOTATION,
     INJECT_LABEL,
-    SidecarSettings,
     inject,
     sidecar_address,
 )
+from agent_operator.leader import Lease
+from agent_operator.metrics import Metrics, healthz, serve_http
+from agent_operator.options import Options
 from agent_operator.reconcile import Reconciler
 from agent_operator.resources import GROUP
+from agent_operator.webhook import InjectionServer
+
+log = logging.getLogger("agent_operator")
 
 
 @dataclass
-class Options:
-    """What the command line decided; read by the startup handler."""
+class Operator:
+    """Everything the operator keeps while it runs (kopf's memo)."""
 
-    peering: bool = True  # False with --standalone
-    webhook: bool = True
-    webhook_addr: str = "0.0.0.0"
-    webhook_port: int = 9443
-    webhook_host: str | None = None  # what the apiserver dials; default: webhook_addr
-    webhook_cert_dir: Path | None = None  # tls.crt, tls.key, ca.crt; default: self-signed
-    # In a cluster the apiserver reaches the webhook through its Service (parse_service of
-    # "<ns>/<name>:<port>"); None: it dials https://<webhook_host>:<port> (from a laptop).
-    webhook_service: dict[str, Any] | None = None
-    webhook_name: str = "sidecar-injector.agentrouter.io"
-    sidecar: SidecarSettings = field(default_factory=SidecarSettings.from_env)
+    options: Options
+    metrics: Metrics = field(default_factory=Metrics)
+    reconciler: Reconciler = field(init=False)
+    lease: Lease | None = None
+    webhook: InjectionServer | None = None
+    # What last triggered a reconcile, per object uid: a watch event that changes nothing
+    # the reconcile reads (a status write, a pod's probe) triggers none.
+    seen: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    servers: list[web.AppRunner] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics)
 
-# Fixed when the handlers are registered (decorator arguments), hence from the environment.
-RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "30"))
-options = Options()
-reconciler = Reconciler()
-_pod_state: dict[str, tuple[Any, ...]] = {}
+    def is_new(self, uid: str, state: Any) -> bool:
+        if self.seen.get(uid) == state:
+            return False
+        self.seen[uid] = state
+        return True
+
+    async def resync_forever(self) -> None:
+        """Catches what no watch reports: a rotated Secret, a sidecar that lost its state.
+
+        One loop for the whole operator, not a kopf timer per object: a timer makes kopf
+        put a finalizer on every object, and a namespace being deleted while the operator
+        is down would then wait for it forever.
+        """
+        seconds = self.options.resync_seconds
+        while True:
+            await asyncio.sleep(seconds)
+            await self.resync(skip_within=seconds / 2)
+
+    async def resync(self, skip_within: float = 0.0) -> None:
+        await asyncio.gather(*(self.reconciler.reconcile(namespace)
+                               for namespace in self.reconciler.namespaces()
+                               if not self.reconciler.ran_within(namespace, skip_within)))
+
+    async def leadership_changed(self, leading: bool) -> None:
+        self.metrics.leader.set(int(leading))
+        if leading:
+            await self.resync()  # what the previous leader may have left undone
+
+    async def publish_ca_bundle(self, ca_bundle: bytes) -> None:
+        name = self.options.webhook_configuration
+        if name is None:
+            return
+        try:
+            if await kube.set_ca_bundle(name, ca_bundle):
+                log.info("the webhook configuration %s now trusts the current CA", name)
+        except kube.NotFound:
+            log.error("no MutatingWebhookConfiguration %s: the apiserver will not call this "
+                      "webhook (the chart creates it)", name)
+
+    def cert_source(self) -> CertSource:
+        o = self.options
+        if o.webhook_cert_dir is not None:
+            return FileCerts(o.webhook_cert_dir)
+        assert o.webhook_cert_secret is not None, "the options require one of the two"
+        namespace, name = o.webhook_cert_secret
+        return SecretCerts(namespace, name, o.webhook_hosts, o.webhook_cert_validity,
+                           self.publish_ca_bundle, self.metrics)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> None:
+    o = memo.options
     settings.posting.level = logging.WARNING  # Events for problems, not for every handler
+    # No handler needs a finalizer; naming the one earlier versions added (with a timer
+    # per policy) lets kopf take it off the objects that still carry it.
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = 300
-    # How long a silent peer counts as alive: the takeover delay when a replica is killed.
-    settings.peering.lifetime = int(os.environ.get("AGENT_OPERATOR_PEERING_LIFETIME", "30"))
-    # A missing peering object is an install error, not a reason to run unguarded.
-    settings.peering.mandatory = options.peering
-    reconciler.admin_port = options.sidecar.admin_port
-    if options.peering:
-        reconciler.peering = (settings.peering.name, settings.peering.clusterwide,
-                              settings.peering.priority)
-    if not options.webhook:
-        return
-    host = options.webhook_host or options.webhook_addr
-    if options.webhook_cert_dir is not None:
-        d = options.webhook_cert_dir
-        ca, cert, key = d / "ca.crt", d / "tls.crt", d / "tls.key"
+    if o.metrics_port is not None:
+        memo.servers.append(await serve_http(o.metrics_addr, o.metrics_port,
+                                             {"/metrics": memo.metrics.metrics}))
+    if o.lease is not None:
+        lease = memo.lease = Lease(*o.lease, duration=o.lease_seconds,
+                                   on_change=memo.leadership_changed)
+        memo.reconciler.leading = lambda: lease.leading
+        memo.tasks.append(asyncio.create_task(lease.run(), name="lease"))
     else:
-        ca, cert, key = self_signed(Path(tempfile.mkdtemp(prefix="agent-operator-")),
-                                    [host, options.webhook_addr])
-    tls = {"addr": options.webhook_addr, "port": options.webhook_port, "host": host,
-           "certfile": str(cert), "pkeyfile": str(key), "cafile": str(ca)}
-    settings.admission.server = (
-        ServiceWebhookServer(options.webhook_service, **tls) if options.webhook_service
-        else kopf.WebhookServer(**tls))
-    settings.admission.managed = options.webhook_name
-
-
-def parse_service(text: str) -> dict[str, Any]:
-    """`<namespace>/<name>:<port>` -> the `service` of a webhook clientConfig."""
-    where, _, port = text.rpartition(":")
-    namespace, _, name = where.partition("/")
-    if not (namespace and name and port.isdigit()):
-        raise ValueError(f"webhook service {text!r}: expected <namespace>/<name>:<port>")
-    return {"namespace": namespace, "name": name, "port": int(port), "path": ""}
-
-
-class ServiceWebhookServer(kopf.WebhookServer):
-    """kopf's server, registered by Service reference instead of by URL.
-
-    kopf's own server registers `url: https://<host>:<port>`, which makes every apiserver
-    resolve the Service's DNS name itself; a `service` reference is what in-cluster
-    webhooks use (the apiserver finds the Service's endpoints; no cluster DNS needed).
-    kopf appends each handler's id to `service.path`, as it does to the URL.
-    """
-
-    def __init__(self, service: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.service = service
-
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
-        async for config in super().__call__(fn):
-            config.pop("url", None)
-            config["service"] = dict(self.service)
-            yield config
+        memo.metrics.leader.set(1)
+    memo.tasks.append(asyncio.create_task(memo.resync_forever(), name="resync"))
+    if o.webhook:
+        memo.webhook = InjectionServer(addr=o.webhook_addr, port=o.webhook_port,
+                                       certs=memo.cert_source(),
+                                       publish=memo.publish_ca_bundle,
+                                       check_seconds=o.webhook_cert_check_seconds,
+                                       metrics=memo.metrics)
+        # Listening, with the CA bundle published, before kopf reports the operator alive.
+        await memo.webhook.start()
+        settings.admission.server = memo.webhook
+    if o.liveness is not None:  # last: alive means ready to answer reviews
+        memo.servers.append(await serve_http(*o.liveness, {"/healthz": healthz}))
 
 
 @kopf.on.cleanup()
-async def close(**_: Any) -> None:
-    await reconciler.close()
+async def stop(memo: Operator, **_: Any) -> None:
+    for task in memo.tasks:
+        task.cancel()
+    if memo.lease is not None:
+        await memo.lease.release()
+    for server in memo.servers:
+        await server.cleanup()
+    if memo.webhook is not None:
+        await memo.webhook.stop()
+    await memo.reconciler.close()
 
 
 # ---- pools and policies: any change reconciles their namespace ----------------------------
 
-@kopf.on.resume(GROUP, "agentpools")
-@kopf.on.create(GROUP, "agentpools")
-@kopf.on.update(GROUP, "agentpools", field="spec")
-@kopf.on.delete(GROUP, "agentpools", optional=True)
-@kopf.on.resume(GROUP, "routingpolicies")
-@kopf.on.create(GROUP, "routingpolicies")
-@kopf.on.update(GROUP, "routingpolicies", field="spec")
-@kopf.on.delete(GROUP, "routingpolicies", optional=True)
-async def changed(namespace: str, **_: Any) -> None:
-    await reconciler.reconcile(namespace)
-
-
-@kopf.timer(GROUP, "routingpolicies", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(namespace: str, **_: Any) -> None:
-    """Catches what no watch reports: a rotated Secret, a sidecar that lost its state."""
-    if not reconciler.ran_within(namespace, RESYNC_SECONDS / 2):
-        await reconciler.reconcile(namespace)
+@kopf.on.event(GROUP, "agentpools")
+@kopf.on.event(GROUP, "routingpolicies")
+async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: Any,
+                  **_: Any) -> None:
+    assert isinstance(memo, Operator) and namespace is not None  # namespaced kinds
+    meta = body.get("metadata", {})
+    if event.get("type") == "DELETED":
+        memo.seen.pop(meta.get("uid", ""), None)
+    elif not memo.is_new(meta.get("uid", ""), (meta.get("generation"),
+                                                bool(meta.get("deletionTimestamp")))):
+        return  # a status write: nothing the reconcile reads
+    await memo.reconciler.reconcile(namespace)
 
 
 # ---- pods: a sidecar that became reachable, or went away ----------------------------------
 
 @kopf.on.event("pods", labels={INJECT_LABEL: "true"})
-async def pod_event(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                    memo: Any, **_: Any) -> None:
+    assert isinstance(memo, Operator) and namespace is not None
     uid = body.get("metadata", {}).get("uid", "")
     if event.get("type") == "DELETED":
-        _pod_state.pop(uid, None)
+        memo.seen.pop(uid, None)
         return
-    address = sidecar_address(dict(body), options.sidecar.admin_port)
-    state = (address, dict(body.get("metadata", {}).get("labels") or {}))
-    if _pod_state.get(uid) == state:
-        return
-    _pod_state[uid] = state
-    if address:
-        await reconciler.reconcile(namespace)
+    address = sidecar_address(dict(body), memo.options.sidecar.admin_port)
+    if memo.is_new(uid, (address, dict(body.get("metadata", {}).get("labels") or {}))) \
+            and address:
+        await memo.reconciler.reconcile(namespace)
 
 
 # ---- sidecar injection ----------------------------------------------------------------------
 
 def serve_injection() -> None:
-    """Register the webhook (kopf refuses admission handlers without a server)."""
+    """Register the webhook (kopf refuses admission handlers without a server). Its id is
+    the path the chart's webhook configuration calls."""
     kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
                    operations=["CREATE"], ignore_failures=False,
-                   side_effects=True,  # it may create the namespace's token Secret
-                   # Stays registered while no replica runs (a rollout, a crash): with the
-                   # Fail policy, opted-in pods then wait instead of starting without routing.
-                   persistent=True)(inject_sidecar)
+                   side_effects=True)(inject_sidecar)  # it may create the token Secret
 
 
 async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,
                          patch: kopf.Patch, annotations: kopf.Annotations, dryrun: bool,
-                         **_: Any) -> None:
-    new = inject(dict(spec), dict(labels), options.sidecar)
+                         memo: Operator, **_: Any) -> None:
+    settings = memo.options.sidecar
+    new = inject(dict(spec), dict(labels), settings)
     if new is None:
         return  # already injected: idempotent
     if namespace and not dryrun:
         await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
-    patch.spec["initContainers"] = new["initContainers"]
-    patch.spec["volumes"] = new["volumes"]
-    patch.spec["containers"] = new["containers"]
+    for key in ("initContainers", "volumes", "containers", "imagePullSecrets"):
+        if key in new:
+            patch.spec[key] = new[key]
     if ADMIN_PORT_ANNOTATION not in annotations:
         patch.metadata.setdefault("annotations", {})[ADMIN_PORT_ANNOTATION] = str(
-            options.sidecar.admin_port)
+            settings.admin_port)

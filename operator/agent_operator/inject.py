@@ -13,7 +13,9 @@ ready before the app starts and outlives it on shutdown.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ ADMIN_PORT_ANNOTATION = "agentrouter.io/admin-port"
 CONTAINER = "agent-sidecar"
 TOKEN_DIR = "/var/run/agent-router/token"
 STATE_DIR = "/var/lib/agent-sidecar"
+SIDECAR_UID = 65532  # the image's user (Dockerfile.sidecar), and its group
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,11 @@ class SidecarSettings:
     otlp_endpoint: str | None = None
     set_app_env: bool = True  # point the app's OpenAI/Anthropic SDKs at the sidecar
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Added to the pod's imagePullSecrets (each must exist in the pod's namespace).
+    image_pull_secrets: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> SidecarSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarSettings:
         e = dict(os.environ if env is None else env)
         d = cls()
         return cls(
@@ -53,6 +58,8 @@ class SidecarSettings:
             memory_limit=e.get("AGENT_SIDECAR_MEMORY_LIMIT", d.memory_limit),
             otlp_endpoint=e.get("AGENT_SIDECAR_OTLP_ENDPOINT") or None,
             set_app_env=e.get("AGENT_SIDECAR_SET_APP_ENV", "true").lower() == "true",
+            image_pull_secrets=tuple(n.strip() for n in e.get(
+                "AGENT_SIDECAR_IMAGE_PULL_SECRETS", "").split(",") if n.strip()),
         )
 
 
@@ -79,7 +86,15 @@ def sidecar_address(pod: dict[str, Any], default_port: int) -> str | None:
                .get(ADMIN_PORT_ANNOTATION, default_port))
     if not (port.isdigit() and 0 < int(port) < 65536):
         return None
-    return f"http://{ip}:{int(port)}"
+    return f"http://{url_host(ip)}:{int(port)}"
+
+
+def url_host(ip: str) -> str:
+    """An IP as a URL's host: IPv6 in brackets (RFC 3986)."""
+    try:
+        return f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
+    except ValueError:
+        return ip
 
 
 def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str, Any]:
@@ -115,12 +130,17 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
             "limits": {"memory": settings.memory_limit},
         },
+        # Everything Pod Security "restricted" asks of a container, set on the container
+        # itself: it then holds whatever the app's pod-level securityContext says.
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 65532,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_UID,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
+            "privileged": False,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
@@ -150,6 +170,11 @@ def inject(spec: dict[str, Any], labels: dict[str, str],
         {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
     new["volumes"] = volumes
+    if settings.image_pull_secrets:
+        pulls = list(new.get("imagePullSecrets") or [])
+        have = {p.get("name") for p in pulls}
+        new["imagePullSecrets"] = pulls + [{"name": n} for n in settings.image_pull_secrets
+                                           if n not in have]
     if settings.set_app_env:
         urls = {
             "OPENAI_BASE_URL": f"http://127.0.0.1:{settings.app_port}/v1",

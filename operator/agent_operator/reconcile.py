@@ -12,12 +12,11 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import kopf
 import pydantic
 
 from agent.config import RouterConfig
@@ -31,6 +30,7 @@ from agent_operator.compile import (
     policy_problems,
 )
 from agent_operator.inject import INJECT_LABEL, sidecar_address
+from agent_operator.metrics import Metrics
 from agent_operator.push import PushResult, push
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
 
@@ -54,33 +54,12 @@ class _Namespace:
     reported: dict[str, tuple[str, str]] = field(default_factory=dict)  # obj -> event sent
 
 
-def leads(status: dict[str, Any], priority: int, now: datetime.datetime | None = None) -> bool:
-    """Whether the replica with `priority` is the highest-priority live peer.
-
-    kopf's peering keeps every replica's keep-alive in one object; we read it before
-    acting, so replicas never push or write status at the same time even while kopf
-    itself lets both handle events. A peer is live until lastseen + lifetime.
-    """
-    now = now or datetime.datetime.now(datetime.UTC)
-    live = []
-    for info in status.values():
-        if not isinstance(info, dict):
-            continue
-        try:
-            seen = datetime.datetime.fromisoformat(str(info["lastseen"]))
-            alive = seen + datetime.timedelta(seconds=int(info.get("lifetime", 60))) > now
-        except (KeyError, ValueError):
-            continue
-        if alive:
-            live.append(int(info.get("priority", 0)))
-    return not live or max(live) <= priority
-
-
 class Reconciler:
-    def __init__(self, admin_port: int = 4001, concurrency: int = 64) -> None:
+    def __init__(self, admin_port: int, metrics: Metrics, concurrency: int = 64) -> None:
         self.admin_port = admin_port
-        # Peering: (name, cluster-wide?, our priority); None when standalone.
-        self.peering: tuple[str, bool, int] | None = None
+        self.metrics = metrics
+        # Whether this replica acts (holds the Lease); always, when it runs alone.
+        self.leading: Callable[[], bool] = lambda: True
         self._spaces: dict[str, _Namespace] = {}
         self._limit = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -104,31 +83,32 @@ class Reconciler:
         async with space.lock:
             while True:
                 space.pending = False
+                started = time.monotonic()
                 try:
-                    await self._run(namespace, space)
+                    result = await self._run(namespace, space)
                 except Exception:  # one bad run must not stop the next trigger's
+                    result = "error"
                     log.exception("reconciling namespace %s failed", namespace)
                 space.finished = time.monotonic()
+                self.metrics.reconciles.labels(result).inc()
+                if result != "standby":
+                    self.metrics.reconcile_seconds.observe(space.finished - started)
                 if not space.pending:
                     break
 
+    def namespaces(self) -> list[str]:
+        """Every namespace an event has named so far: what the periodic resync covers."""
+        return list(self._spaces)
+
     def ran_within(self, namespace: str, seconds: float) -> bool:
-        """Whether the namespace was reconciled that recently: every policy has a resync
-        timer, and one run covers them all."""
+        """Whether the namespace was reconciled that recently (an event beat the resync)."""
         space = self._spaces.get(namespace)
         return space is not None and time.monotonic() - space.finished < seconds
 
-    async def _leading(self, namespace: str) -> bool:
-        if self.peering is None:
-            return True
-        name, clusterwide, priority = self.peering
-        status = await kube.peering_status(name, None if clusterwide else namespace)
-        return status is not None and leads(status, priority)
-
-    async def _run(self, namespace: str, space: _Namespace) -> None:
-        if not await self._leading(namespace):
+    async def _run(self, namespace: str, space: _Namespace) -> str:
+        if not self.leading():
             log.debug("not the leading replica: leaving namespace %s to it", namespace)
-            return
+            return "standby"
         pools_raw = await kube.list_custom(namespace, "agentpools")
         policies_raw = await kube.list_custom(namespace, "routingpolicies")
         pools: dict[str, AgentPoolSpec] = {}
@@ -151,7 +131,8 @@ class Reconciler:
                 continue
             policies.append(Policy(meta["name"], spec, meta.get("generation", 1)))
         secrets = await self._secrets(namespace, policies, pools)
-        pods = await self._pods(namespace)
+        labelled = await kube.list_pods(namespace, f"{INJECT_LABEL}=true")
+        pods = self._targets(labelled)
         token = await kube.sidecar_token(namespace) if pods else ""
 
         # Problems are judged once per policy, not per targeted pod: a policy that selects
@@ -164,6 +145,12 @@ class Reconciler:
         results = await asyncio.gather(*(
             self._push(pod, token, compiled[pod.name]) for pod in pods))
         by_pod = {r.pod: r for r in results if r is not None}
+        for r in by_pod.values():
+            self.metrics.pushes.labels(r.outcome).inc()
+        synced = sum(1 for r in by_pod.values() if r.synced)
+        self.metrics.sidecars_in(namespace, {
+            "in_sync": synced, "failed": len(by_pod) - synced,
+            "pending": len(labelled) - len(by_pod)})  # not started yet, or nothing to push
 
         for name, reason in invalid.items():
             own[name] = [Problem("Invalid", reason)]
@@ -173,6 +160,7 @@ class Reconciler:
             name = obj["metadata"]["name"]
             users = sum(1 for p in policies if name in p.spec.pools)
             await self._pool_status(obj, pools.get(name), pool_problems.get(name), users)
+        return "ok"
 
     async def _secrets(self, namespace: str, policies: Iterable[Policy],
                        pools: dict[str, AgentPoolSpec]) -> dict[str, dict[str, str]]:
@@ -182,9 +170,9 @@ class Reconciler:
         found = await asyncio.gather(*(kube.read_secret(namespace, n) for n in sorted(names)))
         return {n: data for n, data in zip(sorted(names), found, strict=True) if data is not None}
 
-    async def _pods(self, namespace: str) -> list[PodTarget]:
+    def _targets(self, pods: list[dict[str, Any]]) -> list[PodTarget]:
         out = []
-        for pod in await kube.list_pods(namespace, f"{INJECT_LABEL}=true"):
+        for pod in pods:
             if url := sidecar_address(pod, self.admin_port):
                 meta = pod["metadata"]
                 out.append(PodTarget(meta["name"], dict(meta.get("labels") or {}), url))
@@ -251,7 +239,10 @@ class Reconciler:
             space.reported.pop(key, None)
         elif space.reported.get(key) != (news.reason, news.message):
             space.reported[key] = (news.reason, news.message)
-            kopf.warn(obj, reason=news.reason, message=news.message)
+            try:
+                await kube.warn(obj, news.reason, news.message)
+            except kube.KubeError as exc:  # the status says it too
+                log.warning("could not post the %s Event: %s", news.reason, exc)
 
     async def _pool_status(self, obj: dict[str, Any], spec: AgentPoolSpec | None,
                            problem: str | None, users: int) -> None:

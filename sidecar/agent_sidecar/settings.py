@@ -14,7 +14,9 @@ class Settings:
     config: Path | None = None
     host: str = "127.0.0.1"  # the app port is for the pod's own containers only
     port: int = 4000
-    admin_host: str = "0.0.0.0"  # the operator reaches it from outside the pod
+    # The operator reaches it from outside the pod; "" is every address of both families
+    # (IPv4, IPv6, dual-stack).
+    admin_host: str = ""
     admin_port: int = 4001
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
@@ -47,7 +49,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
     p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
-    p.add_argument("--admin-host", default=e("ADMIN_HOST", "0.0.0.0"))
+    p.add_argument("--admin-host", default=e("ADMIN_HOST", ""),
+                   help="admin address (default: every address, IPv4 and IPv6)")
     p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
     p.add_argument(
         "--token-file",

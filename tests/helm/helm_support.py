@@ -15,28 +15,39 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "agent-router"
 RULES_FILE = CHART / "files" / "operator-rules.yaml"
+NAMESPACE_RULES_FILE = CHART / "files" / "operator-namespace-rules.yaml"
 
 # Every object the chart renders with its defaults (kind, name) for release "ar".
 DEFAULT_KINDS = {
-    "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-    "ClusterKopfPeering", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
-    "Pod",
+    "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+    "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
+    "Secret", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                  "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding"}
+CRD_DIR = CHART / "files" / "crds"  # copies of crds/, rendered by templates/crds.yaml
 
 # Values that change nearly everything (and pass the schema).
 NON_DEFAULT: dict[str, Any] = {
     "fullnameOverride": "router",
     "replicaCount": 3,
     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+    "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+    "podAntiAffinity": "hard",
+    "clusterDomain": "corp.example",
     "image": {"repository": "registry.example/ar/operator", "digest": "sha256:" + "ab" * 32,
               "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
-    "operator": {"peeringName": "router-peering", "peeringLifetimeSeconds": 10, "resyncSeconds": 5,
-                 "healthPort": 8081, "verbose": True,
+    "operator": {"peeringLifetimeSeconds": 10, "resyncSeconds": 5,
+                 "healthPort": 8081, "metricsPort": 9091, "verbose": True,
                  "extraEnv": [{"name": "EXTRA", "value": "1"}]},
     "serviceAccount": {"create": True, "name": "router-sa",
                        "annotations": {"example.com/role": "operator"}},
-    "webhook": {"name": "inject.router.agentrouter.io", "port": 10443,
+    "rbac": {"create": True, "aggregateToDefaultRoles": False},
+    "webhook": {"name": "inject.router.agentrouter.io", "port": 10443, "timeoutSeconds": 5,
+                "failurePolicy": "Ignore", "excludeNamespaces": ["legacy"],
                 "annotations": {"example.com/owner": "platform"},
                 "certManager": {"enabled": True, "duration": "720h", "renewBefore": "240h"}},
     "sidecar": {"image": {"repository": "registry.example/ar/sidecar", "tag": "1.2.3"},
@@ -44,7 +55,7 @@ NON_DEFAULT: dict[str, Any] = {
                 "resources": {"requests": {"cpu": "100m", "memory": "96Mi"},
                               "limits": {"memory": "384Mi"}},
                 "otlpEndpoint": "http://otel-collector.observability:4318",
-                "setAppEnv": False},
+                "setAppEnv": False, "imagePullSecrets": ["regcred", "mirror"]},
     "resources": {"requests": {"cpu": "100m", "memory": "192Mi"}, "limits": {"memory": "1Gi"}},
     "podAnnotations": {"example.com/scrape": "false"},
     "podLabels": {"team": "platform"},
@@ -57,7 +68,9 @@ NON_DEFAULT: dict[str, Any] = {
                                    "labelSelector": {"matchLabels": {
                                        "app.kubernetes.io/name": "agent-router"}}}],
     "monitoring": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"},
-                                  "interval": "15s"}},
+                                  "interval": "15s"},
+                   "operatorPodMonitor": {"enabled": True, "labels": {"release": "prometheus"},
+                                          "interval": "20s"}},
     "tests": {"image": "registry.example/python:3.11-slim"},
 }
 

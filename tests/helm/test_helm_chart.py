@@ -13,7 +13,10 @@ import pytest
 import yaml
 from helm_support import (
     CHART,
+    CLUSTER_SCOPED,
+    CRD_DIR,
     DEFAULT_KINDS,
+    NAMESPACE_RULES_FILE,
     NON_DEFAULT,
     ROOT,
     RULES_FILE,
@@ -44,12 +47,14 @@ def offline_helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineHe
 
 def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
     source = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
-    chart = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    chart = {p.name: p.read_bytes() for p in sorted(CRD_DIR.glob("*.yaml"))}
     assert source, "no CRDs in crds/"
     assert sorted(chart) == sorted(source), "run hack/sync-chart-crds"
     for name, data in source.items():
-        assert chart[name] == data, f"helm/agent-router/crds/{name} differs: run hack/sync-chart-crds"
-    assert not any(p.is_symlink() for p in (CHART / "crds").iterdir())
+        assert chart[name] == data, f"{CRD_DIR}/{name} differs: run hack/sync-chart-crds"
+    assert not any(p.is_symlink() for p in CRD_DIR.iterdir())
+    # Not in the chart's crds/, which Helm installs once and never upgrades.
+    assert not (CHART / "crds").exists()
 
 
 def test_sync_script_check_mode_agrees() -> None:
@@ -126,27 +131,77 @@ def test_docs_values_table_covers_every_value() -> None:
                           for i in range(1, len(p.split(".")) + 1)}, "stale rows"
 
 
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
 @pytest.mark.controlplane
-def test_cluster_role_uses_the_rules_file_verbatim(offline_helm: OfflineHelm) -> None:
+def test_roles_use_the_rules_files_verbatim(offline_helm: OfflineHelm) -> None:
     objects = offline_helm.render()
-    role = one(objects, "ClusterRole")
+    role = named(objects, "ClusterRole", "ar-agent-router-operator")
     webhook = one(objects, "MutatingWebhookConfiguration")["metadata"]["name"]
     rules = RULES_FILE.read_text().replace("WEBHOOK_CONFIGURATION", webhook)
     assert role["rules"] == yaml.safe_load(rules)
-    # Patch only our own webhook configurations, none of anyone else's.
-    (patch,) = [r for r in role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]
-                and "patch" in r["verbs"]]
-    assert patch["resourceNames"] == [webhook]
+    namespace_role = one(objects, "Role")
+    namespace_rules = (NAMESPACE_RULES_FILE.read_text()
+                       .replace("LEASE", "ar-agent-router-operator")
+                       .replace("CERT_SECRET", "ar-agent-router-webhook-tls"))
+    assert namespace_role["rules"] == yaml.safe_load(namespace_rules)
+    assert namespace_role["metadata"]["namespace"] == "ar-system"
     text = offline_helm.template(None, "--show-only", "templates/rbac.yaml").stdout
-    # verbatim: every line of the file (comments too) appears, indented, in the manifest
-    for line in rules.splitlines():
+    # verbatim: every line of the files (comments too) appears, indented, in the manifest
+    for line in (rules + namespace_rules).splitlines():
         if line.strip():
             assert f"  {line}" in text, line
-    binding = one(objects, "ClusterRoleBinding")
     sa = one(objects, "ServiceAccount")
+    subject = [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                "namespace": "ar-system"}]
+    binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": "ar-system"}]
+    assert binding["subjects"] == subject
+    namespace_binding = one(objects, "RoleBinding")
+    assert namespace_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                            "kind": "Role", "name": "ar-agent-router-operator"}
+    assert namespace_binding["subjects"] == subject
+
+
+@pytest.mark.controlplane
+def test_no_cluster_wide_power_beyond_what_the_operator_calls(offline_helm: OfflineHelm) -> None:
+    """What a platform review looks for first: nothing that escalates across the cluster."""
+    role = named(offline_helm.render(), "ClusterRole", "ar-agent-router-operator")
+    granted = {(group, resource, verb, tuple(rule.get("resourceNames") or ()))
+               for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert not any("*" in (g, r, v) for g, r, v, _ in granted)
+    # Webhook configurations: read and patch one by name, never create (the chart does).
+    admission = {(r, v, n) for g, r, v, n in granted if g == "admissionregistration.k8s.io"}
+    assert admission == {("mutatingwebhookconfigurations", v,
+                          ("ar-agent-router-sidecar-injector.agentrouter.io",))
+                         for v in ("get", "patch")}
+    # Nothing that mints identities or changes permissions.
+    for forbidden in ("serviceaccounts", "serviceaccounts/token", "roles", "clusterroles",
+                      "rolebindings", "clusterrolebindings", "pods/exec", "nodes"):
+        assert not [x for x in granted if x[1] == forbidden], forbidden
+    # Secrets: no list or watch anywhere (only by name); update only of its own, in its
+    # namespace (the Role).
+    assert {v for g, r, v, n in granted if r == "secrets"} == {"get", "create"}
+
+
+@pytest.mark.controlplane
+def test_aggregated_roles_let_namespace_users_manage_or_read_the_two_kinds(
+        offline_helm: OfflineHelm) -> None:
+    objects = offline_helm.render()
+    edit = named(objects, "ClusterRole", "ar-agent-router-edit")
+    view = named(objects, "ClusterRole", "ar-agent-router-view")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "create" in edit["rules"][0]["verbs"]
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    off = offline_helm.render({"rbac": {"aggregateToDefaultRoles": False}})
+    assert [o["metadata"]["name"] for o in by_kind(off, "ClusterRole")] == \
+        ["ar-agent-router-operator"]
 
 
 # ---- lint ----------------------------------------------------------------------------------
@@ -164,9 +219,10 @@ def test_lint_strict_with_default_values(offline_helm: OfflineHelm) -> None:
     {"webhook": {"enabled": False}, "replicaCount": 2, "rbac": {"create": False},
      "serviceAccount": {"create": False, "name": "existing"}},
     {"replicaCount": 2, "webhook": {"existingCertSecret": "my-webhook-tls"}},
+    {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}, "podAntiAffinity": "none"},
     {"webhook": {"certManager": {"enabled": True, "issuerRef": {
         "name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}}},
-], ids=["non-default", "no-webhook", "existing-cert", "cluster-issuer"])
+], ids=["non-default", "no-webhook", "existing-cert", "one-replica", "cluster-issuer"])
 def test_lint_strict_with_non_default_values(offline_helm: OfflineHelm,
                                               values: dict[str, Any]) -> None:
     with values_file(values) as path:
@@ -180,13 +236,14 @@ def test_package_carries_the_crds_and_the_rules(offline_helm: OfflineHelm, tmp_p
     import tarfile
 
     offline_helm.run("package", str(CHART), "--destination", str(tmp_path))
-    (archive,) = tmp_path.glob("agent-router-0.1.0.tgz")
+    (archive,) = tmp_path.glob("agent-router-0.2.0.tgz")
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
         for crd in (ROOT / "crds").glob("*.yaml"):
-            member = tar.extractfile(f"agent-router/crds/{crd.name}")
+            member = tar.extractfile(f"agent-router/files/crds/{crd.name}")
             assert member is not None and member.read() == crd.read_bytes(), crd.name
     assert "agent-router/files/operator-rules.yaml" in names
+    assert "agent-router/files/operator-namespace-rules.yaml" in names
     assert "agent-router/values.schema.json" in names
     assert "agent-router/templates/tests/test-webhook.yaml" in names
 
@@ -207,11 +264,19 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
         assert labels["app.kubernetes.io/instance"] == "ar"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["app.kubernetes.io/part-of"] == "agent-router"
-        assert labels["helm.sh/chart"] == "agent-router-0.1.0"
-        if obj["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
-                               "MutatingWebhookConfiguration",
-                               "ValidatingWebhookConfiguration"}:
+        assert labels["helm.sh/chart"] == "agent-router-0.2.0"
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == "ar-system", obj["kind"]
+
+    # The CRDs are templates (so `helm upgrade` upgrades them), kept on uninstall, and the
+    # same as crds/ but for their labels and that annotation.
+    crds = {c["metadata"]["name"]: c for c in by_kind(objects, "CustomResourceDefinition")}
+    for path in CRD_DIR.glob("*.yaml"):
+        source = yaml.safe_load(path.read_text())
+        rendered = crds.pop(source["metadata"]["name"])
+        assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert rendered["spec"] == source["spec"]
+    assert not crds
 
     deploy = one(objects, "Deployment")
     selector = deploy["spec"]["selector"]["matchLabels"]
@@ -225,7 +290,17 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     test_pod = one(objects, "Pod")
     assert not service["spec"]["selector"].items() <= test_pod["metadata"]["labels"].items()
 
-    assert deploy["spec"]["replicas"] == 1
+    # HA: two replicas, a new one up before an old one goes, a budget for drains, spread
+    # over nodes when there are several.
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    (soft,) = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert soft["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": selector}}
     pod = deploy["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -242,31 +317,43 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
     env = env_of(container)
-    assert env["AGENT_OPERATOR_LIVENESS"] == "http://0.0.0.0:8080/healthz"
+    assert env["AGENT_OPERATOR_LIVENESS"] == "http://*:8080/healthz"  # IPv4 and IPv6
+    assert env["AGENT_OPERATOR_METRICS_PORT"] == "8081"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}, probe
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"healthz": 8080, "webhook": 9443}
-
-    peering = one(objects, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert env["AGENT_OPERATOR_PEERING"] == peering["metadata"]["name"] == "ar-agent-router"
-    assert "AGENT_OPERATOR_PRIORITY" not in env  # random per replica
+    assert ports == {"healthz": 8080, "metrics": 8081, "webhook": 9443}
+    assert env["AGENT_OPERATOR_LEASE"] == "ar-system/ar-agent-router-operator"
+    assert container["env"][0] == {"name": "POD_NAME", "valueFrom": {
+        "fieldRef": {"fieldPath": "metadata.name"}}}
 
     mwc = one(objects, "MutatingWebhookConfiguration")
     name = mwc["metadata"]["name"]
     assert env["AGENT_OPERATOR_WEBHOOK_NAME"] == name
     assert len(name.split(".")) >= 3
-    assert "webhooks" not in mwc  # the operator fills it; Helm's merge leaves it alone
-    # kopf also keeps a (empty) ValidatingWebhookConfiguration of that name: Helm owns it
-    vwc = one(objects, "ValidatingWebhookConfiguration")
-    assert vwc["metadata"]["name"] == name and "webhooks" not in vwc
-    assert env["AGENT_OPERATOR_WEBHOOK_HOST"] == f"{service['metadata']['name']}.ar-system.svc"
+    (webhook,) = mwc["webhooks"]
+    assert webhook["name"] == f"inject-sidecar.{name}"
+    assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == ("Fail", 10)
+    assert webhook["sideEffects"] == "NoneOnDryRun"
+    assert webhook["objectSelector"] == {"matchLabels": {"agentrouter.io/inject": "true"}}
+    assert webhook["namespaceSelector"] == {"matchExpressions": [{
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+        "values": ["kube-system", "ar-system"]}]}
+    assert webhook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                                 "resources": ["pods"], "operations": ["CREATE"],
+                                 "scope": "Namespaced"}]
+    assert webhook["clientConfig"] == {"service": {
+        "namespace": "ar-system", "name": service["metadata"]["name"], "port": 9443,
+        "path": "/inject-sidecar"}}  # the caBundle is the operator's to set
+    host = f"{service['metadata']['name']}.ar-system.svc"
+    assert env["AGENT_OPERATOR_WEBHOOK_HOSTS"] == f"{host},{host}.cluster.local"
     assert env["AGENT_OPERATOR_WEBHOOK_PORT"] == "9443"
-    assert env["AGENT_OPERATOR_WEBHOOK_SERVICE"] == f"ar-system/{service['metadata']['name']}:9443"
     assert service["spec"]["ports"] == [{"name": "webhook", "port": 9443,
                                          "targetPort": "webhook", "protocol": "TCP"}]
-    assert "AGENT_OPERATOR_WEBHOOK_CERT_DIR" not in env  # the operator self-signs
+    # The operator issues the certificate into the Secret every replica serves from.
+    assert "AGENT_OPERATOR_WEBHOOK_CERT_DIR" not in env
+    assert env["AGENT_OPERATOR_WEBHOOK_CERT_SECRET"] == "ar-system/ar-agent-router-webhook-tls"
+    assert env["AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS"] == str(365 * 86400)
 
     assert env["AGENT_SIDECAR_IMAGE"] == "ghcr.io/agent-router/agent-sidecar:0.1.0"
     assert env["AGENT_SIDECAR_APP_PORT"] == "4000"
@@ -276,6 +363,7 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     assert env["AGENT_SIDECAR_MEMORY_LIMIT"] == "256Mi"
     assert env["AGENT_SIDECAR_SET_APP_ENV"] == "true"
     assert "AGENT_SIDECAR_OTLP_ENDPOINT" not in env
+    assert "AGENT_SIDECAR_IMAGE_PULL_SECRETS" not in env
 
 
 @pytest.mark.controlplane
@@ -286,8 +374,11 @@ def test_operator_env_matches_what_the_operator_reads(offline_helm: OfflineHelm)
     for values in (None, NON_DEFAULT):
         env = env_of(operator_container(offline_helm.render(values)))
         for name in env:
+            # options.py reads AGENT_OPERATOR_<X> as e("<X>")
+            short = f'e("{name.removeprefix("AGENT_OPERATOR_")}"'
             if name.startswith("AGENT_"):
-                assert f'"{name}"' in sources, f"the operator never reads {name}"
+                assert f'"{name}"' in sources or short in sources, \
+                    f"the operator never reads {name}"
 
 
 @pytest.mark.controlplane
@@ -316,15 +407,20 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
     objects = offline_helm.render(NON_DEFAULT)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds.count("Issuer") == 2 and kinds.count("Certificate") == 2
-    assert "PodMonitor" in kinds
+    assert kinds.count("PodMonitor") == 2
+    assert kinds.count("ClusterRole") == 1  # no aggregated roles
     for obj in objects:
         name = obj["metadata"]["name"]
-        assert name.startswith(("router", "inject.router")), name
+        assert name.startswith(("router", "inject.router")) or \
+            obj["kind"] == "CustomResourceDefinition", name
 
     deploy = one(objects, "Deployment")
     assert deploy["spec"]["replicas"] == 3
     assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     pod = deploy["spec"]["template"]["spec"]
+    (hard,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert hard["topologyKey"] == "kubernetes.io/hostname"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["serviceAccountName"] == "router-sa"
     assert pod["priorityClassName"] == "system-cluster-critical"
@@ -342,19 +438,23 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
     assert container["args"] == ["--all-namespaces", "--verbose"]
     assert container["resources"]["limits"]["memory"] == "1Gi"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"healthz": 8081, "webhook": 10443}
+    assert ports == {"healthz": 8081, "metrics": 9091, "webhook": 10443}
     assert container["livenessProbe"]["httpGet"]["port"] == "healthz"
     env = env_of(container)
     assert env["EXTRA"] == "1"
-    assert env["AGENT_OPERATOR_PEERING"] == "router-peering"
-    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "router-peering"
-    assert "AGENT_OPERATOR_PRIORITY" not in env
+    assert env["AGENT_OPERATOR_LEASE"] == "ar-system/router-operator"
     assert env["AGENT_OPERATOR_PEERING_LIFETIME"] == "10"
     assert env["AGENT_OPERATOR_RESYNC_SECONDS"] == "5"
-    assert env["AGENT_OPERATOR_LIVENESS"] == "http://0.0.0.0:8081/healthz"
+    assert env["AGENT_OPERATOR_LIVENESS"] == "http://*:8081/healthz"
+    assert env["AGENT_OPERATOR_METRICS_PORT"] == "9091"
     assert env["AGENT_OPERATOR_WEBHOOK_PORT"] == "10443"
-    assert env["AGENT_OPERATOR_WEBHOOK_HOST"] == "router-webhook.ar-system.svc"
     assert env["AGENT_OPERATOR_WEBHOOK_NAME"] == "inject.router.agentrouter.io"
+    assert env["AGENT_SIDECAR_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == ("Ignore", 5)
+    assert webhook["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system", "ar-system", "legacy"]
+    assert webhook["clientConfig"]["service"]["port"] == 10443
     assert env["AGENT_SIDECAR_IMAGE"] == "registry.example/ar/sidecar:1.2.3"
     assert (env["AGENT_SIDECAR_APP_PORT"], env["AGENT_SIDECAR_ADMIN_PORT"]) == ("5000", "5001")
     assert env["AGENT_SIDECAR_CPU_REQUEST"] == "100m"
@@ -367,14 +467,17 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
     certs = {c["metadata"]["name"]: c for c in by_kind(objects, "Certificate")}
     serving = certs["router-webhook"]
     assert certs["router-ca"]["spec"]["isCA"] is True
-    assert serving["spec"]["dnsNames"][0] == "router-webhook.ar-system.svc"
+    assert serving["spec"]["dnsNames"] == ["router-webhook.ar-system.svc",
+                                           "router-webhook.ar-system.svc.corp.example"]
     assert serving["spec"]["issuerRef"] == {"name": "router-ca", "kind": "Issuer",
                                             "group": "cert-manager.io"}
     assert serving["spec"]["duration"] == "720h"
     assert env["AGENT_OPERATOR_WEBHOOK_CERT_DIR"] == "/etc/agent-operator/webhook-tls"
-    handlers = (ROOT / "operator" / "agent_operator" / "handlers.py").read_text()
-    for key in ("ca.crt", "tls.crt", "tls.key"):  # what a cert-manager Secret holds
-        assert f'"{key}"' in handlers, f"the operator no longer reads {key} from the cert dir"
+    from agent_operator.certs import CA_KEY, CERT_KEY, KEY_KEY
+
+    # what a cert-manager Secret holds, and what the operator reads from the directory
+    assert (CA_KEY, CERT_KEY, KEY_KEY) == ("ca.crt", "tls.crt", "tls.key")
+    assert "AGENT_OPERATOR_WEBHOOK_CERT_SECRET" not in env
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["webhook-tls"]["secret"]["secretName"] == serving["spec"]["secretName"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -389,7 +492,13 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
 
     service = one(objects, "Service")
     assert service["spec"]["ports"][0]["port"] == 10443
-    monitor = one(objects, "PodMonitor")
+    monitors = {m["metadata"]["name"]: m for m in by_kind(objects, "PodMonitor")}
+    operator_monitor = monitors.pop("router-operator")
+    assert operator_monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "20s"}]
+    assert operator_monitor["spec"]["selector"]["matchLabels"] == \
+        deploy["spec"]["selector"]["matchLabels"]
+    (monitor,) = monitors.values()
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"] == {"matchLabels": {"agentrouter.io/inject": "true"}}
@@ -407,12 +516,11 @@ def test_template_variants(offline_helm: OfflineHelm) -> None:
     # no webhook: no Service, no MutatingWebhookConfiguration, the operator runs --no-webhook
     objects = offline_helm.render({"webhook": {"enabled": False}, "replicaCount": 2})
     kinds = {o["kind"] for o in objects}
-    assert not kinds & {"Service", "MutatingWebhookConfiguration",
-                        "ValidatingWebhookConfiguration", "Pod", "Certificate"}
+    assert not kinds & {"Service", "MutatingWebhookConfiguration", "Pod", "Certificate"}
     container = operator_container(objects)
     assert "--no-webhook" in container["args"]
     assert not [k for k in env_of(container) if k.startswith("AGENT_OPERATOR_WEBHOOK")]
-    assert [p["name"] for p in container["ports"]] == ["healthz"]
+    assert [p["name"] for p in container["ports"]] == ["healthz", "metrics"]
 
     # an existing Secret as the cert dir: no cert-manager objects
     objects = offline_helm.render({"replicaCount": 2,
@@ -429,21 +537,30 @@ def test_template_variants(offline_helm: OfflineHelm) -> None:
     cert = one(objects, "Certificate")
     assert cert["spec"]["issuerRef"]["name"] == "corp-ca"
 
-    # a fixed peering priority (single replica)
-    env = env_of(operator_container(offline_helm.render({"operator": {"priority": 9}})))
-    assert env["AGENT_OPERATOR_PRIORITY"] == "9"
+    # one replica: no budget (it would block every drain), anti-affinity off
+    objects = offline_helm.render({"replicaCount": 1, "podDisruptionBudget": {"enabled": False},
+                                   "podAntiAffinity": "none"})
+    assert not by_kind(objects, "PodDisruptionBudget")
+    assert "affinity" not in one(objects, "Deployment")["spec"]["template"]["spec"]
 
     # no RBAC and an existing service account
     objects = offline_helm.render({"rbac": {"create": False},
                                    "serviceAccount": {"create": False, "name": "mine"}})
-    assert not {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"} & {
+    assert not {"ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"} & {
         o["kind"] for o in objects}
+    assert "ar-agent-router-operator" not in [
+        o["metadata"]["name"] for o in by_kind(objects, "ClusterRole")]
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+    # CRDs managed apart (e.g. by a GitOps tool), or dropped with the release
+    assert not by_kind(offline_helm.render({"crds": {"install": False}}),
+                       "CustomResourceDefinition")
+    unkept = by_kind(offline_helm.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert unkept and not [c for c in unkept if c["metadata"].get("annotations")]
 
     # a release name containing the chart name is the full name
     objects = offline_helm.render(release="agent-router")
     assert one(objects, "Deployment")["metadata"]["name"] == "agent-router-operator"
-    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "agent-router"
     assert one(objects, "MutatingWebhookConfiguration")["metadata"]["name"] == \
         "agent-router-sidecar-injector.agentrouter.io"
 
@@ -471,6 +588,14 @@ def test_template_variants(offline_helm: OfflineHelm) -> None:
      "at '/webhook/certManager/enabled': got string, want boolean"),
     ({"monitoring": {"serviceMonitor": {"enabled": True}}},
      "additional properties 'serviceMonitor' not allowed"),
+    ({"webhook": {"failurePolicy": "Retry"}}, "at '/webhook/failurePolicy'"),
+    ({"webhook": {"timeoutSeconds": 31}}, "at '/webhook/timeoutSeconds': maximum"),
+    ({"webhook": {"excludeNamespaces": ["Kube_System"]}}, "at '/webhook/excludeNamespaces/0'"),
+    ({"podAntiAffinity": "always"}, "at '/podAntiAffinity'"),
+    ({"clusterDomain": "cluster.local."}, "at '/clusterDomain'"),
+    ({"sidecar": {"imagePullSecrets": [{"name": "regcred"}]}},
+     "at '/sidecar/imagePullSecrets/0': got object, want string"),
+    ({"operator": {"priority": 5}}, "additional properties 'priority' not allowed"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_schema_rejects_bad_values(offline_helm: OfflineHelm, values: dict[str, Any],
                                    error: str) -> None:
@@ -482,15 +607,14 @@ def test_schema_rejects_bad_values(offline_helm: OfflineHelm, values: dict[str, 
 
 @pytest.mark.controlplane
 @pytest.mark.parametrize(("values", "error"), [
-    ({"replicaCount": 2}, "needs one certificate shared by all replicas"),
-    ({"webhook": {"port": 8080}}, "webhook.port and operator.healthPort are both 8080"),
+    ({"replicaCount": 1}, "podDisruptionBudget.minAvailable=1 with replicaCount=1"),
+    ({"webhook": {"port": 8080}}, "operator.healthPort, operator.metricsPort and webhook.port "
+     "must differ (got [8080 8081 8080])"),
+    ({"operator": {"metricsPort": 8080}}, "must differ (got [8080 8080 9443])"),
     ({"sidecar": {"appPort": 4001}}, "sidecar.appPort and sidecar.adminPort are both 4001"),
     ({"webhook": {"existingCertSecret": "x", "certManager": {"enabled": True}}},
      "either webhook.certManager.enabled or webhook.existingCertSecret"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
-    ({"replicaCount": 2, "operator": {"priority": 5},
-      "webhook": {"certManager": {"enabled": True}}},
-     "replicas of equal peering priority all pause"),
 ])
 def test_template_refuses_inconsistent_values(offline_helm: OfflineHelm,
                                               values: dict[str, Any], error: str) -> None:

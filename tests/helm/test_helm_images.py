@@ -108,8 +108,12 @@ def test_dockerfile_is_multi_stage_slim_and_non_root(dockerfile: str, script: st
 def test_final_images_run_as_the_user_the_chart_and_the_webhook_expect() -> None:
     values = yaml.safe_load((ROOT / "helm" / "agent-router" / "values.yaml").read_text())
     assert values["securityContext"]["runAsUser"] == 65532
-    inject = (ROOT / "operator" / "agent_operator" / "inject.py").read_text()
-    assert '"runAsUser": 65532' in inject  # the injected sidecar's securityContext
+    from agent_operator.inject import SidecarSettings, inject
+
+    pod = inject({"containers": [{"name": "app", "image": "x"}]}, {}, SidecarSettings())
+    assert pod is not None
+    context = pod["initContainers"][0]["securityContext"]  # the injected sidecar's
+    assert (context["runAsUser"], context["runAsGroup"]) == (65532, 65532)
 
 
 def test_entrypoints_are_the_projects_console_scripts() -> None:

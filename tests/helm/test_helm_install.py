@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helm_support import CHART, NON_DEFAULT, values_file
+from helm_support import CHART, CLUSTER_SCOPED, CRD_DIR, NON_DEFAULT, values_file
 from support.controlplane import (
     ControlPlane,
     find_assets,
@@ -39,17 +40,14 @@ from support.waiting import wait_for
 
 pytestmark = pytest.mark.controlplane
 
-# The chart's crds/: what Helm installs first and never deletes.
-CRD_DOCS = [d for f in sorted((CHART / "crds").glob("*.yaml"))
+# The chart's CRDs: templates it installs and upgrades, and never deletes (keep).
+CRD_DOCS = [d for f in sorted(CRD_DIR.glob("*.yaml"))
             for d in yaml.safe_load_all(f.read_text()) if d]
 CRDS = {d["metadata"]["name"] for d in CRD_DOCS}
 # The apiserver registers each served group/version of a CRD as an APIService; they go
 # when the CRDs go.
 CRD_APISERVICES = {f"{v['name']}.{d['spec']['group']}" for d in CRD_DOCS
                    for v in d["spec"]["versions"] if v.get("served")}
-# What the chart renders with the given values, besides templates/tests (never installed).
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
-                  "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
@@ -144,14 +142,62 @@ def release_a(control_plane: ControlPlane) -> Iterator[Release]:
 def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> None:
     cp = release_a.cp
     objects = assert_all_accepted(release_a)
-    assert {o["kind"] for o in objects} == {
-        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-        "ClusterKopfPeering", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+    # The CRDs are the release's unless earlier tests applied them with kubectl (then the
+    # chart leaves them alone: see the CRD upgrade test).
+    assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+        "Deployment", "PodDisruptionBudget", "Lease", "Secret", "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     assert CRDS <= crds_established(cp)
     status = release_a.helm("status", release_a.name, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
     notes = release_a.helm("get", "notes", release_a.name).stdout
     assert 'agentrouter.io/inject: "true"' in notes and "keeps the CRDs" in notes
+
+    # Namespace users: bound to the chart's aggregated roles (the aggregation itself is
+    # the controller-manager's, which does not run here), `edit` manages pools and
+    # policies and `view` reads them, in their namespace only.
+    app = cp.create_namespace()
+    fullname = release_a.name + "-agent-router"
+    for user, role in (("dev", "edit"), ("auditor", "view")):
+        cp.kubectl("create", "rolebinding", f"{user}-{role}", "-n", app,
+                   f"--clusterrole={fullname}-{role}", f"--user={user}")
+
+    def can(user: str, verb: str, resource: str, namespace: str = app, *extra: str) -> bool:
+        answer = cp.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", user,
+                            *extra, check=False).stdout.strip()
+        return answer == "yes"
+
+    assert can("dev", "create", "agentpools.agentrouter.io")
+    assert can("dev", "delete", "routingpolicies.agentrouter.io")
+    assert not can("dev", "patch", "routingpolicies.agentrouter.io", app, "--subresource=status")
+    assert can("auditor", "list", "routingpolicies.agentrouter.io")
+    assert not can("auditor", "create", "agentpools.agentrouter.io")
+    assert not can("dev", "create", "agentpools.agentrouter.io", "default")
+    # The operator itself: nothing beyond its rules (tried: what would take a cluster over).
+    operator = f"system:serviceaccount:{release_a.namespace}:{fullname}-operator"
+    assert not can(operator, "create", "mutatingwebhookconfigurations", "")
+    assert not can(operator, "list", "secrets")
+    assert not can(operator, "patch", "secrets", release_a.namespace)  # only its own, by name
+    assert not can(operator, "update", "leases.coordination.k8s.io", release_a.namespace)
+    cp.kubectl("delete", "rolebinding", "dev-edit", "auditor-view", "-n", app)
+
+    # RBAC lets the operator create Secrets (the sidecar token, in each app namespace);
+    # the chart's admission policy refuses every other one, as the apiserver enforces it.
+    def create_secret(name: str, type_: str) -> subprocess.CompletedProcess[str]:
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": type_,
+                  "metadata": {"name": name, "annotations": {
+                      "kubernetes.io/service-account.name": "default"}}}
+        return cp.kubectl("create", "--dry-run=server", "-n", app, "--as", operator, "-f", "-",
+                          input=json.dumps(secret), check=False)
+
+    allowed = create_secret("agent-router-sidecar", "Opaque")
+    assert allowed.returncode == 0, allowed.stderr
+    for name, type_ in (("agent-router-sidecar", "kubernetes.io/service-account-token"),
+                        ("anything-else", "Opaque")):
+        refused = create_secret(name, type_)
+        assert refused.returncode != 0, (name, type_)
+        assert "the operator may create only the sidecar token Secret" in refused.stderr
 
     # The stored Deployment keeps the hardening (nothing was dropped as unknown).
     deploy = release_a.deployment()
@@ -211,9 +257,11 @@ class LocalOperator:
         self.release.cp.publish_endpoints(self.release.namespace,
                                           self.service["metadata"]["name"], "webhook", ip,
                                           self.webhook_port)
+        self.metrics_port = free_port()
         env.update(AGENT_OPERATOR_WEBHOOK_ADDR=ip,
                    AGENT_OPERATOR_WEBHOOK_PORT=str(self.webhook_port),
                    AGENT_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.health_port}/healthz",
+                   AGENT_OPERATOR_METRICS_PORT=str(self.metrics_port),
                    KUBECONFIG=str(self.kubeconfig))
         script = Path(sys.executable).parent / "agent-operator"
         with self.log.open("ab") as log:
@@ -253,15 +301,25 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
     env = container_env(release_a.deployment())
     webhook_name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
     mwc = cp.get_json("mutatingwebhookconfiguration", webhook_name)
-    assert not mwc.get("webhooks"), "the chart creates it empty"
+    assert "caBundle" not in mwc["webhooks"][0]["clientConfig"], "the operator's to set"
 
     operator = LocalOperator(release_a).start()
     try:
-        # kopf finds the Helm-owned configuration (create -> AlreadyExists) and fills it in.
-        webhooks = wait_for(lambda: operator.alive() and cp.get_json(
-            "mutatingwebhookconfiguration", webhook_name).get("webhooks"), 60,
-            f"the operator's webhooks in {webhook_name}\n{operator.output()[-3000:]}")
+        # The operator issues the certificate into the chart's Secret and makes the
+        # chart's configuration trust its CA, and nothing else of it.
+        def trusted() -> list[dict[str, Any]]:
+            found = cp.get_json("mutatingwebhookconfiguration", webhook_name)["webhooks"]
+            return found if all(w["clientConfig"].get("caBundle") for w in found) else []
+
+        webhooks = wait_for(lambda: operator.alive() and trusted(), 60,
+                            f"the caBundle in {webhook_name}\n{operator.output()[-3000:]}")
         assert [w["name"] for w in webhooks] == [f"inject-sidecar.{webhook_name}"]
+        for key in ("rules", "namespaceSelector", "objectSelector", "timeoutSeconds"):
+            assert webhooks[0][key] == mwc["webhooks"][0][key], key
+        namespace, secret = env["AGENT_OPERATOR_WEBHOOK_CERT_SECRET"].split("/")
+        data = cp.get_json("secret", secret, namespace=namespace)["data"]
+        assert webhooks[0]["clientConfig"]["caBundle"] == data["ca.crt"]
+        assert set(data) == {"ca.crt", "tls.crt", "tls.key"}
         # Registered by Service reference, as in-cluster webhooks are (not by URL).
         assert webhooks[0]["clientConfig"]["service"] == {
             "namespace": release_a.namespace, "name": operator.service["metadata"]["name"],
@@ -270,14 +328,17 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
         # An opted-in pod never starts without its sidecar; a dry run creates nothing.
         assert webhooks[0]["failurePolicy"] == "Fail"
         assert webhooks[0]["sideEffects"] == "NoneOnDryRun"
-        assert webhooks[0]["objectSelector"]["matchExpressions"] == [
-            {"key": "agentrouter.io/inject", "operator": "In", "values": ["true"]}]
-        # kopf's liveness endpoint, which the chart's probes call, answers.
+        assert webhooks[0]["objectSelector"] == {
+            "matchLabels": {"agentrouter.io/inject": "true"}}
+        assert webhooks[0]["timeoutSeconds"] == 10
+        # The liveness endpoint, which the chart's probes call, answers.
         health = wait_for(lambda: httpx.get(
             f"http://127.0.0.1:{operator.health_port}/healthz", timeout=2), 30, "/healthz")
         assert health.status_code == 200
-        peering = cp.get_json("clusterkopfpeering", env["AGENT_OPERATOR_PEERING"])
-        assert peering.get("status"), "the operator keeps its peering alive"
+        namespace, lease = env["AGENT_OPERATOR_LEASE"].split("/")
+        holder = wait_for(lambda: cp.get_json("lease", lease, namespace=namespace)["spec"]
+                          .get("holderIdentity"), 30, "the operator holding the Lease")
+        assert holder.startswith(socket.gethostname())
 
         app = cp.create_namespace()
         cp.apply([
@@ -311,12 +372,20 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
             "requests": {"cpu": env["AGENT_SIDECAR_CPU_REQUEST"],
                          "memory": env["AGENT_SIDECAR_MEMORY_REQUEST"]},
             "limits": {"memory": env["AGENT_SIDECAR_MEMORY_LIMIT"]}}
+        # The operator's metrics: the reconciles, and the injection just served.
+        metrics = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+        assert 'agent_operator_webhook_requests_total{result="injected"} 1.0' in metrics
+        assert 'agent_operator_reconciles_total{result="ok"}' in metrics
+        assert "agent_operator_certificate_expiry_timestamp_seconds" in metrics
+        assert "agent_operator_leader 1.0" in metrics
 
-        # helm upgrade changes the configuration's metadata and leaves the webhooks alone.
+        # helm upgrade changes the configuration's metadata and keeps the caBundle, the
+        # certificate and the Lease the operator wrote.
         release_a.upgrade("--reuse-values", "--set", "webhook.annotations.example\\.com/x=y")
         after = cp.get_json("mutatingwebhookconfiguration", webhook_name)
         assert after["metadata"]["annotations"]["example.com/x"] == "y"
         assert after["webhooks"] == webhooks
+        assert cp.get_json("secret", secret, namespace=namespace)["data"] == data
         operator.alive()
     finally:
         operator.stop()
@@ -397,7 +466,8 @@ def test_install_side_by_side_in_a_second_control_plane(release_a: Release,
     objects = assert_all_accepted(b)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds.count("Certificate") == 2 and kinds.count("Issuer") == 2
-    assert "PodMonitor" in kinds
+    assert kinds.count("PodMonitor") == 2
+    assert "Secret" not in kinds  # cert-manager keeps the certificate
     assert CRDS <= crds_established(plane_b.cp)
 
     # The same release name in the same namespace name, independent of each other.
@@ -405,7 +475,7 @@ def test_install_side_by_side_in_a_second_control_plane(release_a: Release,
         listed = json.loads(release.helm("list", "-o", "json").stdout)
         assert [(r["name"], r["status"]) for r in listed] == [(release.name, "deployed")]
     deploy_a, deploy_b = release_a.deployment(), b.deployment()
-    assert deploy_a["spec"]["replicas"] == 1 and deploy_b["spec"]["replicas"] == 3
+    assert deploy_a["spec"]["replicas"] == 2 and deploy_b["spec"]["replicas"] == 3
     env_b = container_env(deploy_b)
     assert env_b["AGENT_OPERATOR_WEBHOOK_CERT_DIR"] == "/etc/agent-operator/webhook-tls"
     assert env_b["AGENT_SIDECAR_IMAGE"] == "registry.example/ar/sidecar:1.2.3"
@@ -428,11 +498,11 @@ def installed(plane_b: PlaneB) -> Release:
 def test_upgrade_with_changed_values_changes_the_objects(plane_b: PlaneB) -> None:
     b = installed(plane_b)
     before = b.deployment()
-    b.upgrade("--reuse-values", "--set", "replicaCount=2",
+    b.upgrade("--reuse-values", "--set", "replicaCount=4",
               "--set", "sidecar.image.tag=1.3.0", "--set", "sidecar.otlpEndpoint=",
               "--set", "monitoring.podMonitor.enabled=false")
     after = b.deployment()
-    assert after["spec"]["replicas"] == 2
+    assert after["spec"]["replicas"] == 4
     env = container_env(after)
     assert env["AGENT_SIDECAR_IMAGE"] == "registry.example/ar/sidecar:1.3.0"
     assert "AGENT_SIDECAR_OTLP_ENDPOINT" not in env
@@ -447,7 +517,59 @@ def test_upgrade_with_changed_values_changes_the_objects(plane_b: PlaneB) -> Non
     bad = b.helm("upgrade", b.name, str(CHART), "--reuse-values", "--set", "replicaCount=-1",
                  check=False)
     assert bad.returncode != 0 and "/replicaCount" in bad.stderr
-    assert b.deployment()["spec"]["replicas"] == 2
+    assert b.deployment()["spec"]["replicas"] == 4
+
+
+def crd_help(cp: ControlPlane, name: str) -> str:
+    crd = cp.get_json("crd", name)
+    return str(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get("description"))
+
+
+def owned_crds(release: Release) -> set[str]:
+    return {o["metadata"]["name"] for o in release.manifest()
+            if o["kind"] == "CustomResourceDefinition"}
+
+
+def test_crds_upgrade_with_the_chart_and_unowned_ones_are_handed_over(plane_b: PlaneB,
+                                                                      tmp_path: Path) -> None:
+    """A changed CRD in a new chart version reaches the cluster with `helm upgrade`; a CRD
+    applied with kubectl (as the 0.1 chart's crds/ left them) is left alone until it is
+    handed to the release as docs/helm.md says, and upgraded from then on."""
+    import shutil
+
+    cp, b = plane_b.cp, installed(plane_b)
+    assert owned_crds(b) == CRDS
+    chart = tmp_path / "agent-router"
+    shutil.copytree(CHART, chart)
+    for path in (chart / "files" / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        schema["description"] = f"{crd['spec']['names']['kind']}, as of the next chart."
+        path.write_text(yaml.safe_dump(crd, sort_keys=False))
+
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert crd_help(cp, "agentpools.agentrouter.io") == "AgentPool, as of the next chart."
+
+    # As if applied with kubectl: no Helm ownership. The upgrade leaves it as it is.
+    name = "routingpolicies.agentrouter.io"
+    cp.kubectl("annotate", "crd", name, "meta.helm.sh/release-name-",
+               "meta.helm.sh/release-namespace-")
+    cp.kubectl("label", "crd", name, "app.kubernetes.io/managed-by-")
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / "routingpolicies.yaml"))
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert name not in owned_crds(b)
+    assert crd_help(cp, name) != "RoutingPolicy, as of the next chart."
+    # Handed over (docs/helm.md, "Upgrade"): the next upgrade manages it.
+    cp.kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm")
+    cp.kubectl("annotate", "crd", name, f"meta.helm.sh/release-name={b.name}",
+               f"meta.helm.sh/release-namespace={b.namespace}")
+    b.helm("upgrade", b.name, str(chart), "--reuse-values")
+    assert owned_crds(b) == CRDS
+    assert crd_help(cp, name) == "RoutingPolicy, as of the next chart."
+    crd = cp.get_json("crd", name)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # back to this chart version for the tests after this one
+    b.upgrade("--reuse-values")
 
 
 def test_uninstall_leaves_only_the_crds(plane_b: PlaneB) -> None:
@@ -467,12 +589,14 @@ def test_uninstall_leaves_only_the_crds(plane_b: PlaneB) -> None:
 
 
 def test_uninstall_after_the_operator_ran_leaves_no_cluster_objects(release_a: Release) -> None:
-    """What the operator created or touched at cluster scope (both webhook configurations,
-    the peering object with its keep-alives) belongs to the release and goes with it."""
+    """What the operator wrote (the webhook configuration's caBundle, the certificate
+    Secret, the Lease) belongs to the release and goes with it."""
     cp = release_a.cp
     objects = release_a.manifest()
     release_a.helm("uninstall", release_a.name, "--wait")
     for obj in objects:
+        if obj["kind"] == "CustomResourceDefinition":
+            continue  # kept (helm.sh/resource-policy), checked below
         kind = obj["kind"].lower()
         ns = [] if obj["kind"] in CLUSTER_SCOPED else ["--namespace", release_a.namespace]
         gone = cp.kubectl("get", kind + ("." + obj["apiVersion"].split("/")[0]

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from agent_operator.inject import url_host
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,10 +47,26 @@ def install_crds(cp: Any) -> None:
                "crd/agentpools.agentrouter.io", "crd/routingpolicies.agentrouter.io")
 
 
+CHART = ROOT / "helm" / "agent-router"
+LEASE = "agent-router-operator"
+CERT_SECRET = "agent-router-webhook-tls"
+
+
+def chart_rules(file: str, webhook_name: str) -> list[dict[str, Any]]:
+    """One of the chart's rules files, with its names filled in as the chart does."""
+    text = (CHART / "files" / file).read_text()
+    for placeholder, name in (("WEBHOOK_CONFIGURATION", webhook_name), ("LEASE", LEASE),
+                              ("CERT_SECRET", CERT_SECRET)):
+        text = text.replace(placeholder, name)
+    return list(yaml.safe_load(text))
+
+
 def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
-    """The operator's identity: its service account, bound to the chart's rules only."""
-    rules = yaml.safe_load((ROOT / "helm" / "agent-router" / "files" / "operator-rules.yaml")
-                           .read_text().replace("WEBHOOK_CONFIGURATION", webhook_name))
+    """The operator's identity: its service account, bound to the chart's rules only (the
+    cluster-wide ones, and those in its own namespace)."""
+    rules = chart_rules("operator-rules.yaml", webhook_name)
+    binding = {"apiGroup": "rbac.authorization.k8s.io", "name": "agent-router-operator-test"}
+    subjects = [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]
     cp.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -62,15 +79,43 @@ def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
                      "name": "agent-router-operator-test"},
          "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA,
                        "namespace": OPERATOR_NS}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": binding["name"], "namespace": OPERATOR_NS},
+         "rules": chart_rules("operator-namespace-rules.yaml", webhook_name)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": binding["name"], "namespace": OPERATOR_NS},
+         "roleRef": {**binding, "kind": "Role"}, "subjects": subjects},
+        # Created empty, as the chart does (the operator may only read and patch them).
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+         "metadata": {"name": LEASE, "namespace": OPERATOR_NS}, "spec": {}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}},
     ])
     return cp.kubeconfig_for_service_account(OPERATOR_NS, OPERATOR_SA)
 
 
+def webhook_configuration(cp: Any, name: str, url: str) -> None:
+    """The chart's MutatingWebhookConfiguration, as `helm template` renders it, pointed at
+    `url` instead of the chart's Service (the operator runs on this machine), and the
+    empty certificate Secret the chart creates beside it."""
+    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+              {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}}])
+    rendered = cp.helm("template", "agent-router", str(CHART), "--namespace", OPERATOR_NS,
+                       "--show-only", "templates/webhookconfigurations.yaml",
+                       "--set", f"webhook.name={name}").stdout
+    config = yaml.safe_load(rendered)
+    for webhook in config["webhooks"]:
+        webhook["clientConfig"] = {"url": url + webhook["clientConfig"]["service"]["path"]}
+    cp.apply(config)
+
+
 class OperatorProcess:
     def __init__(self, cp: Any, kubeconfig: Path, webhook_name: str | None, port: int = 0,
-                 args: tuple[str, ...] = ("--all-namespaces", "--standalone"),
-                 env: dict[str, str] | None = None) -> None:
+                 args: tuple[str, ...] = ("--all-namespaces",),
+                 env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
         self.cp, self.kubeconfig, self.webhook_name, self.port = cp, kubeconfig, webhook_name, port
+        self.host = host
         self.args, self.extra_env = args, env or {}
         self.log = Path(tempfile.mkdtemp(prefix="operator-")) / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,19 +125,27 @@ class OperatorProcess:
         env.update({"KUBECONFIG": str(self.kubeconfig), "AGENT_OPERATOR_RESYNC_SECONDS": "2",
                     "AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:test",
                     **self.extra_env})
-        webhook = (["--webhook-addr", "127.0.0.1", "--webhook-port", str(self.port),
-                    "--webhook-name", self.webhook_name] if self.webhook_name
-                   else ["--no-webhook"])
+        webhook = (["--webhook-addr", self.host, "--webhook-port", str(self.port),
+                    "--webhook-host", self.host, "--webhook-name", self.webhook_name,
+                    "--webhook-cert-secret", f"{OPERATOR_NS}/{CERT_SECRET}"]
+                   if self.webhook_name else ["--no-webhook"])
+        if self.webhook_name:
+            webhook_configuration(self.cp, self.webhook_name,
+                                  f"https://{url_host(self.host)}:{self.port}")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent_operator", *self.args, *webhook, "--verbose"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
         if self.webhook_name:
-            wait_for(lambda: self.cp.kubectl("get", "mutatingwebhookconfiguration",
-                                             self.webhook_name, check=False).returncode == 0
-                     or self._died(), 30, "the operator's webhook configuration")
+            wait_for(lambda: self._trusted() or self._died(), 30,
+                     "the webhook configuration trusting the operator's certificate")
         return self
+
+    def _trusted(self) -> bool:
+        config = self.cp.get_json("mutatingwebhookconfiguration", self.webhook_name)
+        return all(w["clientConfig"].get("caBundle") for w in config["webhooks"]) and \
+            f"serving the injection webhook on port {self.port}" in self.output()
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to the peers, as when a node dies."""

@@ -138,41 +138,6 @@ def test_the_resources_are_the_engines_config_models_spelled_for_kubernetes() ->
     assert RuleSpec.model_fields["prefer"].metadata == Rule.model_fields["prefer"].metadata
 
 
-def test_only_the_highest_priority_live_peer_leads() -> None:
-    import datetime
-
-    from agent_operator.reconcile import leads
-
-    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
-    fresh = (now - datetime.timedelta(seconds=1)).isoformat()
-    stale = (now - datetime.timedelta(seconds=60)).isoformat()
-    status = {"a": {"priority": 200, "lifetime": 30, "lastseen": fresh},
-              "b": {"priority": 100, "lifetime": 30, "lastseen": fresh}}
-    assert leads(status, 200, now) and not leads(status, 100, now)
-    status["a"]["lastseen"] = stale  # the leader died without a word
-    assert leads(status, 100, now)
-    assert leads({}, 5, now)  # alone: lead
-
-
-@pytest.mark.parametrize("bad", ["agent-router-webhook:9443", "ns/name", "ns/name:https", "/x:1"])
-def test_a_malformed_webhook_service_is_refused_at_start(bad: str) -> None:
-    """Tried: no namespace, no port, a named port, an empty namespace."""
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "-m", "agent_operator", "--webhook-service", bad],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
-    assert "expected <namespace>/<name>:<port>" in run.stderr
-
-
-def test_the_webhook_service_becomes_a_service_reference() -> None:
-    from agent_operator.handlers import parse_service
-
-    assert parse_service("agent-router/agent-router-webhook:9443") == {
-        "namespace": "agent-router", "name": "agent-router-webhook", "port": 9443, "path": ""}
-
-
 def test_every_field_of_both_crds_is_described() -> None:
     """`kubectl explain` shows a description for every field a user can set."""
     import yaml

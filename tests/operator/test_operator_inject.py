@@ -61,3 +61,13 @@ def test_the_port_annotation_cannot_point_the_push_elsewhere(port: str) -> None:
 def test_the_port_annotation_moves_the_push_to_another_port() -> None:
     assert sidecar_address(pod({"agentrouter.io/admin-port": "9001"}), 4001) == \
         "http://10.0.0.7:9001"
+
+
+def test_pull_secrets_are_added_once_next_to_the_apps_own() -> None:
+    """Tried: a pod with its own pull secret, one of which the settings also name."""
+    settings = SidecarSettings(image_pull_secrets=("regcred", "mirror"))
+    app = {**APP, "imagePullSecrets": [{"name": "mirror"}, {"name": "team"}]}
+    pod = inject(app, {}, settings)
+    assert pod is not None
+    assert pod["imagePullSecrets"] == [{"name": "mirror"}, {"name": "team"}, {"name": "regcred"}]
+    assert "imagePullSecrets" not in (inject(APP, {}, SidecarSettings()) or {})

@@ -83,25 +83,35 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s.%s.svc" (include "agent-router.webhookServiceName" .) .Release.Namespace }}
 {{- end }}
 
+{{/* Every name the webhook certificate is for, comma-separated: with and without the
+cluster domain. */}}
+{{- define "agent-router.webhookHosts" -}}
+{{- $host := include "agent-router.webhookHost" . -}}
+{{- printf "%s,%s.%s" $host $host .Values.clusterDomain }}
+{{- end }}
+
 {{- define "agent-router.webhookConfigName" -}}
 {{- default (printf "%s-sidecar-injector.agentrouter.io" (include "agent-router.fullname" .)) .Values.webhook.name }}
 {{- end }}
 
-{{- define "agent-router.peeringName" -}}
-{{- default (include "agent-router.fullname" .) .Values.operator.peeringName }}
+{{/* The Lease the replicas compete for (in the release namespace). */}}
+{{- define "agent-router.leaseName" -}}
+{{- include "agent-router.operatorName" . }}
 {{- end }}
 
 {{- define "agent-router.webhookCertificateName" -}}
 {{- printf "%s-webhook" (include "agent-router.fullname" .) }}
 {{- end }}
 
-{{/* The Secret holding tls.crt, tls.key and ca.crt, or "" (the operator self-signs). */}}
+{{/* The Secret holding tls.crt, tls.key and ca.crt: cert-manager's, the user's, or the
+one the operator keeps. */}}
 {{- define "agent-router.webhookCertSecret" -}}
-{{- if .Values.webhook.certManager.enabled }}
-{{- printf "%s-webhook-tls" (include "agent-router.fullname" .) }}
-{{- else if .Values.webhook.existingCertSecret }}
-{{- .Values.webhook.existingCertSecret }}
+{{- default (printf "%s-webhook-tls" (include "agent-router.fullname" .)) .Values.webhook.existingCertSecret }}
 {{- end }}
+
+{{/* Whether the operator issues and renews the certificate itself. */}}
+{{- define "agent-router.operatorKeepsCert" -}}
+{{- if not (or .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret) }}true{{ end }}
 {{- end }}
 
 {{/* image: repository:tag or repository@digest; call with (list .Values.x.image .Chart) */}}
@@ -127,19 +137,42 @@ app.kubernetes.io/component: {{ index . 1 }}
 Checks that a schema cannot express (they depend on more than one value).
 */}}
 {{- define "agent-router.validate" -}}
-{{- if and .Values.webhook.enabled (gt (int .Values.replicaCount) 1) (not (include "agent-router.webhookCertSecret" .)) }}
-{{- fail (printf "replicaCount=%d with the webhook enabled needs one certificate shared by all replicas: set webhook.certManager.enabled=true or webhook.existingCertSecret (each replica would otherwise make its own self-signed CA, and the apiserver would trust only the last one written)" (int .Values.replicaCount)) }}
+{{- if and .Values.podDisruptionBudget.enabled (ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) }}
+{{- fail (printf "podDisruptionBudget.minAvailable=%d with replicaCount=%d: no node could ever be drained; keep minAvailable below replicaCount (or disable the budget)" (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) }}
 {{- end }}
-{{- if and (gt (int .Values.replicaCount) 1) (ne (int .Values.operator.priority) 0) }}
-{{- fail (printf "operator.priority=%d with replicaCount=%d: replicas of equal peering priority all pause; leave operator.priority at 0 (a distinct random priority per replica)" (int .Values.operator.priority) (int .Values.replicaCount)) }}
-{{- end }}
-{{- if and .Values.webhook.enabled (eq (int .Values.webhook.port) (int .Values.operator.healthPort)) }}
-{{- fail (printf "webhook.port and operator.healthPort are both %d: the operator listens on each" (int .Values.webhook.port)) }}
+{{- $ports := list (int .Values.operator.healthPort) (int .Values.operator.metricsPort) }}
+{{- if .Values.webhook.enabled }}{{ $ports = append $ports (int .Values.webhook.port) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "operator.healthPort, operator.metricsPort and webhook.port must differ (got %v): the operator listens on each" $ports) }}
 {{- end }}
 {{- if eq (int .Values.sidecar.appPort) (int .Values.sidecar.adminPort) }}
 {{- fail (printf "sidecar.appPort and sidecar.adminPort are both %d: the sidecar listens on each" (int .Values.sidecar.appPort)) }}
 {{- end }}
 {{- if and .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret }}
 {{- fail "set either webhook.certManager.enabled or webhook.existingCertSecret, not both" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A rules file with its placeholders replaced: include "agent-router.rules" (list . <file> <names>)
+*/}}
+{{- define "agent-router.rules" -}}
+{{- $root := index . 0 -}}
+{{- $text := required (printf "%s is missing" (index . 1)) ($root.Files.Get (index . 1)) -}}
+{{- range $placeholder, $name := index . 2 }}
+{{- $text = replace $placeholder $name $text }}
+{{- end }}
+{{- $text }}
+{{- end }}
+
+{{/* Labels and annotations of the CRDs (their metadata's, unindented). */}}
+{{- define "agent-router.crdMetadata" -}}
+labels:
+  {{- include "agent-router.labels" (list . "crds") | nindent 2 }}
+{{- if .Values.crds.keep }}
+annotations:
+  # helm uninstall (or a values change that drops them) leaves the CRDs, and with them
+  # every AgentPool and RoutingPolicy in the cluster.
+  helm.sh/resource-policy: keep
 {{- end }}
 {{- end }}
