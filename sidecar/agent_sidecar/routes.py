@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agent.catalog import PROVIDERS
 from agent.config import RouterConfig, build_route
+from agent.limits import make_store
 from agent.router import AgentRouter
 from agent.transport import AsyncTransport
 from agent_sidecar.wire import header_value
@@ -57,9 +58,12 @@ class Loaded:
         """Routers for every route; `transport`: their upstream HTTP client (None: the
         engine's default)."""
         agents = {a.name: a.build() for a in config.agents}
+        store = make_store(
+            config.limits_store
+        )  # one for every route: agents' limits hold across them
         routes: dict[str, Route] = {}
         for spec in config.routes:
-            router = build_route(spec, agents, transport=transport)
+            router = build_route(spec, agents, transport=transport, limits_store=store)
             wires = frozenset(PROVIDERS[a.provider].wire for a in router.agents)
             headers = {
                 "x-agent-route": header_value(spec.name),
