@@ -47,7 +47,9 @@ def document(fake: FakeProvider, redis_url: str, shares: int, rpm: int, backup: 
 
 
 async def test_eight_sidecars_share_one_limit_of_120_a_minute(
-    fake_openai: FakeProvider, redis_server, tmp_path  # type: ignore[no-untyped-def]
+    fake_openai: FakeProvider,
+    redis_server,
+    tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     """What was tried: 8 sidecar processes, one agent limited to 120 requests a minute
     in Redis, a burst of 1,000 requests spread over them. Between 114 and 120 reach the
@@ -75,11 +77,17 @@ async def test_eight_sidecars_share_one_limit_of_120_a_minute(
     assert len(fake_openai.requests) == len(ok)
     waits = {int(r.headers["retry-after"]) for r in limited}
     assert waits and all(1 <= w <= 120 for w in waits), waits
-    assert limited[0].json()["error"]["type"] in {"rate_limit_error", "rate_limit_exceeded", "requests"} or limited[0].json()["error"]
+    assert (
+        limited[0].json()["error"]["type"]
+        in {"rate_limit_error", "rate_limit_exceeded", "requests"}
+        or limited[0].json()["error"]
+    )
 
 
 async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is_used(
-    fake_openai: FakeProvider, redis_server, tmp_path  # type: ignore[no-untyped-def]
+    fake_openai: FakeProvider,
+    redis_server,
+    tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     """What was tried: 2 sidecars sharing a limit of 40 a minute (a fair share of 20
     each), with an unlimited backup agent. Redis is killed: 50 requests to each sidecar
@@ -92,12 +100,16 @@ async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is
 
             async def send(proc: SidecarProcess, tag: str, n: int) -> None:
                 for i in range(n):
-                    r = await client.post(proc.app_url + "/v1/chat/completions", json=chat(f"{tag} {i}"))
+                    r = await client.post(
+                        proc.app_url + "/v1/chat/completions", json=chat(f"{tag} {i}")
+                    )
                     assert r.status_code == 200, r.text
 
             def reached_a(tag: str) -> int:
                 return sum(
-                    1 for r in fake_openai.requests if r.model != "backup-model" and tag in r.raw.decode()
+                    1
+                    for r in fake_openai.requests
+                    if r.model != "backup-model" and tag in r.raw.decode()
                 )
 
             redis_server.kill()
@@ -128,7 +140,16 @@ async def test_a_budget_holds_under_concurrent_streams_on_redis(
     fake_openai.set_default(Reply(text="streamed words", usage=(0, 1000), delay=0.1))
     store = RedisStore(redis_server.url)
     router = AgentRouter(
-        [Agent("openai", "gpt-4o", base_url=fake_openai.base_url, api_key="test-key", name="a", price=(0.0, 100.0))],
+        [
+            Agent(
+                "openai",
+                "gpt-4o",
+                base_url=fake_openai.base_url,
+                api_key="test-key",
+                name="a",
+                price=(0.0, 100.0),
+            )
+        ],
         retries=0,
         limits={"budget": {"hourly": 1.0}},
         limits_store=store,
