@@ -38,6 +38,15 @@ def test_sidecar_bench() -> None:
     assert "sidecar start-up to ready" in out
 
 
+def test_admission_bench() -> None:
+    out = run("bench/admission_bench.py", "--admissions", "50")
+    for line in ("| in process, sync ", "| in process, async ", "| Redis on loopback, sync ",
+                 "| Redis on loopback, async "):
+        assert line in out
+    # Redis counts the scripts it ran: one per admission (and one per settlement).
+    assert out.count("|      1.00 |") == 2
+
+
 @pytest.mark.controlplane
 def test_propagation_bench() -> None:
     from support.controlplane import find_assets  # fails, never skips, without binaries
