@@ -443,7 +443,19 @@ class AgentRouter(BaseAgent):
             response,
             error,
             self.tracer_provider,
+            self._quota_attributes,
         )
+
+    def _quota_attributes(self) -> dict[str, Any]:
+        """Remaining room per limit, for the decision span:
+        `agent_router.quota.<route or agent>.<limit>.remaining`."""
+        out: dict[str, Any] = {}
+        owners = [("route", self._route_quota), *zip(self.labels, self._quotas, strict=True)]
+        for owner, quota in owners:
+            for limit, room in quota.snapshot().items():
+                if isinstance(room, dict) and "remaining" in room:
+                    out[f"agent_router.quota.{owner}.{limit}.remaining"] = room["remaining"]
+        return out
 
 
 class _Call:

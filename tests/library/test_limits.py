@@ -243,3 +243,29 @@ def test_bad_limits_are_refused_naming_the_field(limits: dict, where: str) -> No
             {"agents": [{"name": "a", "provider": "openai", "model": "gpt-4o", "limits": limits}]}
         )
     assert where in str(caught.value)
+
+
+async def test_the_decision_span_carries_the_remaining_quota(fake_factory) -> None:
+    """What was tried: a route with an rpm of 5 over an agent with an rpm of 2, traced
+    with the router's own provider; after one call the decision span says 4 and 1 left."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    fake = await fake_factory("openai")
+    router = AgentRouter(
+        [agent_for(fake, "a", limits={"rpm": 2})],
+        limits={"rpm": 5},
+        name="traced",
+        tracer_provider=provider,
+    )
+
+    await router.run_async("x")
+
+    decision = next(s for s in exporter.get_finished_spans() if s.name == "route traced")
+    assert decision.attributes is not None
+    assert decision.attributes["agent_router.quota.route.rpm.remaining"] == 4
+    assert decision.attributes["agent_router.quota.a.rpm.remaining"] == 1
