@@ -55,10 +55,10 @@ DEFAULT_OUTPUT_TOKENS = 500  # reserved for the answer when a request sets no ma
 
 
 class QuotaExhaustedError(RateLimitError):
-    """A limit or budget of ours (not the provider's) has no room for this request:
-    `retry_after` is when the earliest of them has room again."""
+    """A limit or budget of ours (or the provider's, as its headers said) has no room
+    for this request: `retry_after` is when it has room again, `quota` whose it is."""
 
-    kind = "quota_exhausted"
+    quota: Quota | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,14 +383,9 @@ class Quota:
     def limited(self) -> bool:
         return bool(self.windows) or self.concurrent is not None
 
-    def estimate(self, request: Request, agent: BaseAgent | None) -> tuple[int, float]:
-        """Tokens and USD a request may use: its input, plus max_tokens (or the default)."""
-        tokens = request.approx_input_tokens() + (request.max_tokens or self.default_output_tokens)
-        if not any(w.measure == "usd" for w in self.windows):
-            return tokens, 0.0
-        agents = [agent] if agent is not None else []
-        costs = [c for a in agents if (c := a.estimate_cost(request)) is not None]
-        return tokens, max(costs, default=0.0)
+    @property
+    def budgeted(self) -> bool:
+        return any(w.measure == "usd" for w in self.windows)
 
     def held_off(self, tokens: int) -> float | None:
         """Seconds until the provider's own limits (from its headers) have room, or None."""
@@ -403,27 +398,6 @@ class Quota:
             if wait > 0:
                 return wait
         return None
-
-    def reserve(
-        self, request: Request, agent: BaseAgent | None
-    ) -> _steps.Steps[Reservation | QuotaExhaustedError | None]:
-        """Reserve what `request` may use (None: nothing here limits it), or the error
-        saying which limit has no room and when it will."""
-        tokens, usd = self.estimate(request, agent)
-        wait = self.held_off(tokens)
-        if wait is not None:
-            return QuotaExhaustedError(
-                f"{self.key}: the provider's rate limit has no room", retry_after=round(wait, 3)
-            )
-        if not self.limited:
-            return None
-        counted = self.counters(tokens, usd)
-        lease = self.lease()
-        store, counters = self.store, [c for _, c in counted]
-        admission: Admission = yield _steps.Count(
-            lambda: store.admit(counters, lease), lambda: store.admit_async(counters, lease)
-        )
-        return self.admitted(admission, counted, tokens, usd, lease)
 
     def counters(self, tokens: float, usd: float) -> list[tuple[Window, Counter]]:
         now = time.time()
@@ -440,26 +414,16 @@ class Quota:
             f"{self.key}:concurrent", self.concurrent, f"{_PREFIX}.{next(_ids)}", time.time() + 600
         )
 
-    def admitted(
-        self,
-        admission: Admission,
-        counted: list[tuple[Window, Counter]],
-        tokens: float,
-        usd: float,
-        lease: Lease | None,
-    ) -> Reservation | QuotaExhaustedError:
-        """A store's answer as a reservation, or the error that says which limit is full
-        and when it has room again."""
-        for (w, c), used in zip(counted, admission.used, strict=False):
-            self.used[w.name] = used + (c.amount if admission.refused is None else 0.0)
-        if admission.refused is None:
-            self.in_flight += 1
-            return Reservation(self, tokens, usd, counted, lease, admission.store or self.store)
-        if admission.refused >= len(counted):
+    def refused(
+        self, counted: list[tuple[Window, Counter]], admission: Admission, at: int
+    ) -> QuotaExhaustedError:
+        """The error saying which of this quota's limits is full (`at`: its index in
+        `counted`, or past it for the concurrency lease) and when it has room again."""
+        if at >= len(counted):
             return QuotaExhaustedError(
                 f"{self.key}: {self.concurrent} concurrent requests already", retry_after=1.0
             )
-        window, counter = counted[admission.refused]
+        window, counter = counted[at]
         wait = refill(counter, *admission.buckets)
         return QuotaExhaustedError(
             f"{self.key}: {window.name} limit of {window.limit:g} reached",
@@ -493,6 +457,69 @@ class Quota:
                 "remaining_tokens": self.provider.remaining_tokens,
             }
         return out
+
+
+def reserve(
+    quotas: Sequence[Quota], request: Request, agent: BaseAgent | None
+) -> _steps.Steps[list[Reservation] | QuotaExhaustedError]:
+    """Reserve what `request` may use against every one of `quotas` (an agent's, and the
+    route's on the call's first admission) in one store call, all or nothing: one
+    reservation per quota that limits anything, or the error saying which limit has no
+    room and when it will (`.quota` on it: whose)."""
+    output = quotas[0].default_output_tokens if quotas else DEFAULT_OUTPUT_TOKENS
+    tokens = request.approx_input_tokens() + (request.max_tokens or output)
+    for quota in quotas:
+        wait = quota.held_off(tokens)
+        if wait is not None:
+            error = QuotaExhaustedError(
+                f"{quota.key}: the provider's rate limit has no room", retry_after=round(wait, 3)
+            )
+            error.quota = quota
+            return error
+    limited = [q for q in quotas if q.limited]
+    if not limited:
+        return []
+    usd = _cost(request, agent, tokens) if any(q.budgeted for q in limited) else 0.0
+    counted = [(q, q.counters(tokens, usd)) for q in limited]
+    leases = [lease for q in limited if (lease := q.lease()) is not None]
+    assert len(leases) <= 1, "one concurrency limit per admission (an agent's)"
+    lease = leases[0] if leases else None
+    store, counters = limited[0].store, [c for _, cs in counted for _, c in cs]
+    admission: Admission = yield _steps.Count(
+        lambda: store.admit(counters, lease), lambda: store.admit_async(counters, lease)
+    )
+    at = 0
+    for quota, cs in counted:  # what each quota reports follows this count
+        for (w, c), used in zip(cs, admission.used[at:], strict=False):
+            quota.used[w.name] = used + (c.amount if admission.refused is None else 0.0)
+        at += len(cs)
+    if admission.refused is not None:
+        at, refused = admission.refused, None
+        for quota, cs in counted:
+            if at < len(cs) or (at == len(cs) and quota.concurrent is not None):
+                refused = quota.refused(cs, admission, at)
+                refused.quota = quota
+                break
+            at -= len(cs)
+        assert refused is not None
+        return refused
+    held = admission.store or store
+    out = []
+    for quota, cs in counted:
+        quota.in_flight += 1
+        out.append(Reservation(quota, tokens, usd, cs, lease if quota.concurrent else None, held))
+    return out
+
+
+def _cost(request: Request, agent: BaseAgent | None, tokens: int) -> float:
+    """USD the request may cost at `agent`: its input and `tokens` in all, at its price."""
+    if agent is None:
+        return 0.0
+    price = agent.price
+    if price is None:
+        return agent.estimate_cost(request) or 0.0
+    inputs = request.approx_input_tokens()
+    return price.cost(Usage(inputs, tokens - inputs))
 
 
 def _counter(base: str, window: Window, amount: float, now: float) -> Counter:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent import _steps, tracing
+from agent import _steps, limits, tracing
 from agent._base import TOP, BaseAgent, Caller, build_request, with_middleware
 from agent._resources import Resources
 from agent.catalog import Capabilities
@@ -37,7 +37,14 @@ from agent.errors import (
     RoutingError,
 )
 from agent.health import AgentHealth, CircuitBreaker, RetryPolicy
-from agent.limits import DEFAULT_OUTPUT_TOKENS, LimitsStore, MemoryStore, Quota, QuotaExhaustedError
+from agent.limits import (
+    DEFAULT_OUTPUT_TOKENS,
+    LimitsStore,
+    MemoryStore,
+    Quota,
+    QuotaExhaustedError,
+    Reservation,
+)
 from agent.middleware import Middleware
 from agent.strategies import CustomRouter, Plan, Strategy, make_strategy
 from agent.transport import AnyTransport
@@ -211,22 +218,29 @@ class AgentRouter(BaseAgent):
                 probe = functools.partial(self._probe, idx, call.transport)
                 yield _steps.Spawn(probe, self._resources)
         call.order = order
-        hold = yield from self._route_quota.reserve(request, self._priciest(order))
-        if isinstance(hold, QuotaExhaustedError):
-            raise self._exhausted(call, hold)
+        if self._route_quota.limited:
+            if self.strategy.races:  # candidates admitted at once: the route first, alone
+                held = yield from limits.reserve(
+                    [self._route_quota], request, self._priciest(order)
+                )
+                if isinstance(held, QuotaExhaustedError):
+                    raise self._exhausted(call, held)
+                call.route_hold = held[0]
+            else:  # counted with the first agent admitted: one round trip for both
+                call.route_pending = True
         try:
             won = yield from self._attempts(call, order)
         except GeneratorExit:
-            if hold is not None:
-                hold.abandon()
+            if call.route_hold is not None:
+                call.route_hold.abandon()
             raise
         except BaseException:
-            if hold is not None:  # a stream failed after content: what it used is unknown
-                yield from hold.settle(None, None)
+            if call.route_hold is not None:  # a stream failed after content: use unknown
+                yield from call.route_hold.settle(None, None)
             raise
-        if hold is not None:
+        if call.route_hold is not None:
             answer = won[1] if won is not None else None
-            yield from hold.settle(
+            yield from call.route_hold.settle(
                 answer.usage if answer else Usage(), answer.cost_estimate if answer else 0.0
             )
         if won is None:
@@ -252,6 +266,26 @@ class AgentRouter(BaseAgent):
                     won = idx, response
                     break
         return won
+
+    def _admit(
+        self, idx: int, call: _Call
+    ) -> _steps.Steps[Reservation | QuotaExhaustedError | None]:
+        """Reserve for one try of agent `idx` (with the route's part on the call's first
+        admission): its reservation (None: nothing limits it), or the error it is skipped
+        for (recorded). The route without room ends the call."""
+        quotas = (
+            [self._quotas[idx], self._route_quota] if call.route_pending else [self._quotas[idx]]
+        )
+        held = yield from limits.reserve(quotas, call.request, self.agents[idx])
+        if isinstance(held, QuotaExhaustedError):
+            if held.quota is self._route_quota:
+                raise self._exhausted(call, held)
+            self._skip(idx, call, held)
+            return held
+        if call.route_pending:
+            call.route_pending = False
+            call.route_hold = next((r for r in held if r.quota is self._route_quota), None)
+        return next((r for r in held if r.quota is self._quotas[idx]), None)
 
     def _priciest(self, order: list[int]) -> BaseAgent | None:
         """The agent whose cost a route's budget reserves: the dearest that may answer."""
@@ -286,9 +320,8 @@ class AgentRouter(BaseAgent):
             if remaining is not None and remaining <= 0:
                 return None
             seconds = member.timeout if remaining is None else min(member.timeout, remaining)
-            hold = yield from quota.reserve(request, member)
-            if isinstance(hold, QuotaExhaustedError):
-                self._skip(idx, call, hold)
+            hold = yield from self._admit(idx, call)
+            if isinstance(hold, QuotaExhaustedError):  # skipped: recorded as such
                 return None
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
@@ -472,6 +505,8 @@ class _Call:
         "panic",
         "plan",
         "request",
+        "route_hold",
+        "route_pending",
         "router",
         "started",
         "started_ns",
@@ -499,6 +534,8 @@ class _Call:
         self.attempts: list[Attempt] = []
         self.errors: list[AgentError] = []
         self.exhausted: list[str] = []  # agents skipped because a limit had no room
+        self.route_hold: Reservation | None = None  # the route's part, settled at the end
+        self.route_pending = False  # the route's part is to be reserved with an agent's
         self.panic: str | None = None
 
     def remaining(self) -> float | None:

@@ -24,21 +24,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-
-from agent import _steps  # noqa: E402
-from agent.config import AgentLimitsConfig  # noqa: E402
-from agent.limits import LimitsStore, MemoryStore, Quota, Reservation  # noqa: E402
-from agent.limits_redis import RedisStore  # noqa: E402
-from agent.types import Message, Request, Usage  # noqa: E402
+from agent import _steps, limits
+from agent.config import AgentLimitsConfig, RouteLimitsConfig
+from agent.limits import LimitsStore, MemoryStore, Quota
+from agent.limits_redis import RedisStore
+from agent.types import Message, Request, Usage
 
 REQUEST = Request([Message("user", "Hello, how are you today?")], max_tokens=100)
 LIMITS = AgentLimitsConfig(rpm=10**9, tpm=10**12)
+ROUTE = RouteLimitsConfig(rpm=10**9, tpm=10**12)
 
 
 def drive(gen: _steps.Steps[object]) -> object:
@@ -64,16 +61,17 @@ async def drive_async(gen: _steps.Steps[object]) -> object:
         return stop.value
 
 
-def one(quota: Quota) -> None:
-    hold = drive(quota.reserve(REQUEST, None))
-    assert isinstance(hold, Reservation)
-    drive(hold.settle(Usage(7, 20), None))
+def one(*quotas: Quota) -> None:
+    held = drive(limits.reserve(quotas, REQUEST, None))
+    assert isinstance(held, list) and len(held) == len(quotas)
+    for hold in held:
+        drive(hold.settle(Usage(7, 20), None))
 
 
 async def one_async(quota: Quota) -> None:
-    hold = await drive_async(quota.reserve(REQUEST, None))
-    assert isinstance(hold, Reservation)
-    await drive_async(hold.settle(Usage(7, 20), None))
+    held = await drive_async(limits.reserve([quota], REQUEST, None))
+    assert isinstance(held, list)
+    await drive_async(held[0].settle(Usage(7, 20), None))
 
 
 def measure(fn: Callable[[], object], count: int) -> list[float]:
@@ -151,6 +149,7 @@ def main() -> None:
         try:
             store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=2.0)
             shared = Quota.for_agent("bench", LIMITS, store, 500)
+            one(shared)  # loads the scripts (a first EVALSHA fails over to EVAL): not counted
             before = script_calls(port)
             samples = measure(lambda: one(shared), n)
             calls = script_calls(port) - before
@@ -158,14 +157,28 @@ def main() -> None:
             # each request: one admission script + one settlement script
             print(row("Redis on loopback, sync", samples, f"{calls / total / 2:.2f}"))
 
+            route = Quota.for_route("bench", ROUTE, store, 500)
+            before = script_calls(port)
+            samples = measure(lambda: one(shared, route), n)
+            calls = script_calls(port) - before
+            # one admission script for both; then each settles (the route's at the call's end)
+            print(
+                row(
+                    "Redis, agent + route limits, sync",
+                    samples,
+                    f"{(calls - 2 * total) / total:.2f}",
+                )
+            )
+
             async def run_async() -> list[float]:
+                await one_async(shared)  # this loop's client loads the scripts: not counted
                 out = await measure_async(shared, n)
                 await store.aclose()
                 return out
 
             before = script_calls(port)
             samples = asyncio.run(run_async())
-            calls = script_calls(port) - before
+            calls = script_calls(port) - before - 2
             print(row("Redis on loopback, async", samples, f"{calls / total / 2:.2f}"))
         finally:
             proc.kill()

@@ -41,10 +41,11 @@ def test_sidecar_bench() -> None:
 def test_admission_bench() -> None:
     out = run("bench/admission_bench.py", "--admissions", "50")
     for line in ("| in process, sync ", "| in process, async ", "| Redis on loopback, sync ",
-                 "| Redis on loopback, async "):
+                 "| Redis, agent + route limits, sync ", "| Redis on loopback, async "):
         assert line in out
-    # Redis counts the scripts it ran: one per admission (and one per settlement).
-    assert out.count("|      1.00 |") == 2
+    # Redis counts the scripts it ran: one per admission, for an agent's and a route's
+    # limits together too.
+    assert out.count("|      1.00 |") == 3, out
 
 
 @pytest.mark.controlplane
