@@ -155,6 +155,11 @@ class LimitsStoreConfig(_Model):
     password_env: str | None = Field(
         default=None, max_length=253, description="Environment variable holding the password"
     )
+    ca_file: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="CA bundle that verifies a rediss:// server (default: the system's)",
+    )
     shares: int = Field(
         default=1, ge=1, description="How many pods share each limit (set by the operator)"
     )

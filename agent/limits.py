@@ -198,7 +198,9 @@ def make_store(config: LimitsStoreConfig | None) -> LimitsStore:
     from agent.limits_redis import RedisStore
 
     password = os.environ.get(config.password_env) if config.password_env else None
-    return RedisStore(config.redis_url, password=password, shares=config.shares)
+    return RedisStore(
+        config.redis_url, password=password, shares=config.shares, ca_file=config.ca_file
+    )
 
 
 # ---- a quota: the limits of one agent or one route -----------------------------------------
@@ -301,6 +303,7 @@ def _int(value: str | None) -> int | None:
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATIONS = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -310,7 +313,7 @@ def _reset(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if _DURATION.fullmatch(value) or re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", value):
+    if _DURATIONS.fullmatch(value):
         return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(value))
     try:
         return float(value)
