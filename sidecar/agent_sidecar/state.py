@@ -97,7 +97,7 @@ class ConfigStore:
                 if config.version == current.version:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
-            loaded = Loaded.build(config, "push", self.transport)
+            loaded = Loaded.build(config, "push", self.transport, current)
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 from fakes import FakeProvider
-from sidecar_support import SidecarProcess, agent_spec
+from sidecar_support import TOKEN, SidecarProcess, agent_spec
 
 PORTS = ["--port", "0", "--admin-port", "0", "--admin-host", "127.0.0.1"]
 
@@ -22,7 +22,8 @@ async def test_an_exhausted_route_is_a_429_in_anthropics_format_with_retry_after
     """What was tried: an agent allowed 1 request a minute behind a lone sidecar (no
     Redis: counted in memory), called twice with the official Anthropic SDK. The second
     call reaches no provider and raises the SDK's RateLimitError, whose response has a
-    retry-after within the minute; /metrics shows no room left for the agent."""
+    retry-after within the minute; /metrics shows no room left for the agent. A newer
+    config pushed with the same limits does not reset what was counted."""
     config = {
         "version": 1,
         "agents": [agent_spec(fake_anthropic, "claude", limits={"rpm": 1})],
@@ -30,7 +31,7 @@ async def test_an_exhausted_route_is_a_429_in_anthropics_format_with_retry_after
     }
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = SidecarProcess([*PORTS, "--config", str(path)])
+    proc = SidecarProcess([*PORTS, "--config", str(path)], env={"AGENT_SIDECAR_TOKEN": TOKEN})
     try:
         await asyncio.to_thread(proc.wait_ready, 60)
         client = anthropic.AsyncAnthropic(base_url=proc.app_url, api_key="unused", max_retries=0)
@@ -49,7 +50,16 @@ async def test_an_exhausted_route_is_a_429_in_anthropics_format_with_retry_after
         assert len(fake_anthropic.requests) == 1
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(proc.admin_url + "/metrics")).text
-        line = 'agent_sidecar_quota_remaining{agent="claude",limit="rpm",route="default"} 0.0'
-        assert line in metrics
+            line = 'agent_sidecar_quota_remaining{agent="claude",limit="rpm",route="default"} 0.0'
+            assert line in metrics
+            pushed = await http.put(
+                proc.admin_url + "/config",
+                json={**config, "version": 2},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert pushed.status_code == 200, pushed.text
+        with pytest.raises(anthropic.RateLimitError):
+            await client.messages.create(**ask)  # type: ignore[call-overload]
+        assert len(fake_anthropic.requests) == 1
     finally:
         proc.kill()
