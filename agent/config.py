@@ -144,8 +144,8 @@ class RouteLimitsConfig(_Model):
 
 class LimitsStoreConfig(_Model):
     """Where limits are counted. Without `redis_url` each process counts alone (in
-    memory); with it every pod shares the counters, and falls back to its share
-    (limit / `shares`) while Redis cannot be reached."""
+    memory) against its share of every limit (limit / `shares`); with it every pod
+    shares the counters, and falls back to its share while Redis cannot be reached."""
 
     redis_url: str | None = Field(
         default=None,

@@ -192,9 +192,12 @@ class MemoryStore:
 
 
 def make_store(config: LimitsStoreConfig | None) -> LimitsStore:
-    """The store a config document asks for."""
-    if config is None or config.redis_url is None:
+    """The store a config document asks for: without Redis, each process counts its
+    share of every limit (all of it when alone)."""
+    if config is None:
         return MemoryStore()
+    if config.redis_url is None:
+        return MemoryStore(config.shares)
     from agent.limits_redis import RedisStore
 
     password = os.environ.get(config.password_env) if config.password_env else None

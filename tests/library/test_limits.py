@@ -269,3 +269,31 @@ async def test_the_decision_span_carries_the_remaining_quota(fake_factory) -> No
     assert decision.attributes is not None
     assert decision.attributes["agent_router.quota.route.rpm.remaining"] == 4
     assert decision.attributes["agent_router.quota.a.rpm.remaining"] == 1
+
+
+def test_without_redis_each_process_counts_its_share(fake_openai_sync) -> None:
+    """What was tried: a document saying 3 processes share an agent's 6 requests a
+    minute, and no Redis: this process admits its share, 2, then refuses."""
+    config = parse_config(
+        {
+            "agents": [
+                {
+                    "name": "a",
+                    "provider": "openai",
+                    "model": "gpt-4o",
+                    "base_url": fake_openai_sync.base_url,
+                    "api_key": "test-key",
+                    "limits": {"rpm": 6},
+                },
+            ],
+            "routes": [{"name": "one", "agents": ["a"], "retries": 0}],
+            "limits_store": {"shares": 3},
+        }
+    )
+    router = config.router()
+    router.run("1")
+    router.run("2")
+
+    with pytest.raises(RoutingError):
+        router.run("3")
+    assert len(fake_openai_sync.requests) == 2
