@@ -152,6 +152,7 @@ class LimitsStoreConfig(_Model):
         max_length=2048,
         description="redis:// or rediss:// (TLS) address of the shared counters",
     )
+    password: SecretStr | None = Field(default=None, description="The password itself (pushed)")
     password_env: str | None = Field(
         default=None, max_length=253, description="Environment variable holding the password"
     )
@@ -159,6 +160,11 @@ class LimitsStoreConfig(_Model):
         default=None,
         max_length=4096,
         description="CA bundle that verifies a rediss:// server (default: the system's)",
+    )
+    ca_pem: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="The CA certificate(s) themselves, PEM: instead of ca_file",
     )
     shares: int = Field(
         default=1, ge=1, description="How many pods share each limit (set by the operator)"
@@ -431,6 +437,12 @@ class RouterConfig(_Model):
                 agent["api_key"] = "***"
             if agent.get("headers"):
                 agent["headers"] = dict.fromkeys(agent["headers"], "***")
+        store = data.get("limits_store")
+        if store is not None:
+            if "password" in store:
+                store["password"] = "***"
+            if "redis_url" in store:  # redis://user:password@host carries one too
+                store["redis_url"] = re.sub(r"//[^/@]*@", "//***@", store["redis_url"])
         return data
 
     def document(self) -> dict[str, Any]:
@@ -439,6 +451,8 @@ class RouterConfig(_Model):
         for item, agent in zip(data["agents"], self.agents, strict=True):
             if agent.api_key is not None:
                 item["api_key"] = agent.api_key.get_secret_value()
+        if self.limits_store is not None and self.limits_store.password is not None:
+            data["limits_store"]["password"] = self.limits_store.password.get_secret_value()
         return data
 
     def build(self, **options: Any) -> dict[str, AgentRouter]:

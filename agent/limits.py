@@ -200,9 +200,15 @@ def make_store(config: LimitsStoreConfig | None) -> LimitsStore:
         return MemoryStore(config.shares)
     from agent.limits_redis import RedisStore
 
-    password = os.environ.get(config.password_env) if config.password_env else None
+    password = config.password.get_secret_value() if config.password else None
+    if password is None and config.password_env:
+        password = os.environ.get(config.password_env)
     return RedisStore(
-        config.redis_url, password=password, shares=config.shares, ca_file=config.ca_file
+        config.redis_url,
+        password=password,
+        shares=config.shares,
+        ca_file=config.ca_file,
+        ca_pem=config.ca_pem,
     )
 
 

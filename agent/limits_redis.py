@@ -83,8 +83,8 @@ PREFIX = "agent-router:{limits}:"  # one hash slot: a cluster runs the scripts t
 
 
 class RedisStore:
-    """Counters in Redis at `url` (`rediss://` for TLS, verified against `ca_file` when
-    given), with `shares` pods sharing them."""
+    """Counters in Redis at `url` (`rediss://` for TLS, verified against `ca_file` or
+    `ca_pem` when given), with `shares` pods sharing them."""
 
     def __init__(
         self,
@@ -93,6 +93,7 @@ class RedisStore:
         password: str | None = None,
         shares: int = 1,
         ca_file: str | None = None,
+        ca_pem: str | None = None,
         timeout: float = 0.25,
         retry_every: float = 1.0,
     ) -> None:
@@ -108,6 +109,8 @@ class RedisStore:
         }
         if ca_file is not None:  # rediss:// verified against this CA, not the system's
             self._options["ssl_ca_certs"] = ca_file
+        if ca_pem is not None:
+            self._options["ssl_ca_data"] = ca_pem
         self._down_until = 0.0
         self._sync: redis.Redis | None = None
         self._sync_script: Any = None

@@ -10,7 +10,7 @@ from redis_support import RedisServer
 from support.controlplane import CertificateAuthority
 
 from agent import limits
-from agent.config import AgentLimitsConfig, LimitsStoreConfig
+from agent.config import AgentLimitsConfig, LimitsStoreConfig, parse_config
 from agent.limits import Quota, make_store
 from agent.limits_redis import RedisStore
 from agent.types import Message, Request
@@ -76,3 +76,33 @@ def test_a_wrong_password_falls_back_to_the_share_never_unlimited(tls_redis) -> 
 
     assert [isinstance(r, list) for r in results] == [True, True, False, False]
     assert not store.up
+
+
+def test_a_pushed_password_and_ca_reach_redis_and_never_show(tls_redis) -> None:  # type: ignore[no-untyped-def]
+    """What was tried: a config document carrying the password and the CA themselves
+    (as the operator pushes them) and a URL with a password in it: the store admits in
+    that Redis; the redacted document (GET /config, logs) shows neither password, the
+    document pushed to a sidecar keeps the real one."""
+    server, ca_file = tls_redis
+    document = {
+        "agents": [{"name": "a", "provider": "openai", "model": "gpt-4o", "limits": {"rpm": 5}}],
+        "routes": [{"name": "r", "agents": ["a"]}],
+        "limits_store": {
+            "redis_url": server.url,
+            "password": PASSWORD,
+            "ca_pem": ca_file.read_text(),
+        },
+    }
+    config = parse_config(document)
+    store = make_store(config.limits_store)
+    quota = Quota.for_agent("pushed", AgentLimitsConfig(rpm=5), store, 100)
+
+    assert isinstance(drive(limits.reserve([quota], REQUEST, None)), list)
+    assert server.client().keys("agent-router:*agent:pushed:rpm:*")
+    with_url = parse_config(
+        {**document, "limits_store": {"redis_url": f"rediss://:{PASSWORD}@127.0.0.1:1/0"}}
+    )
+    for shown in (config.redacted(), with_url.redacted()):
+        assert PASSWORD not in str(shown)
+    assert PASSWORD not in repr(config)
+    assert config.document()["limits_store"]["password"] == PASSWORD
