@@ -169,6 +169,12 @@ class LimitsStoreConfig(_Model):
     shares: int = Field(
         default=1, ge=1, description="How many pods share each limit (set by the operator)"
     )
+    scope: str = Field(
+        default="",
+        max_length=253,
+        description="Whose counters (the operator sets the namespace): equal route and "
+        "agent names in another scope are counted apart",
+    )
 
 
 class AgentConfig(_Model):

@@ -209,6 +209,7 @@ def make_store(config: LimitsStoreConfig | None) -> LimitsStore:
         shares=config.shares,
         ca_file=config.ca_file,
         ca_pem=config.ca_pem,
+        scope=config.scope,
     )
 
 

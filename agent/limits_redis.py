@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from agent.limits import Admission, Counter, Lease, MemoryStore
+from agent.limits import Admission, Counter, Lease, MemoryStore, Quota
 
 log = logging.getLogger("agent.limits")
 
@@ -79,7 +79,8 @@ end
 return 1
 """
 
-PREFIX = "agent-router:{limits}:"  # one hash slot: a cluster runs the scripts too
+# Every key in one hash slot (`{limits}`): a Redis Cluster runs the scripts too.
+PREFIX = "agent-router:{limits}:"
 
 
 class RedisStore:
@@ -94,11 +95,15 @@ class RedisStore:
         shares: int = 1,
         ca_file: str | None = None,
         ca_pem: str | None = None,
+        scope: str = "",
         timeout: float = 0.25,
         retry_every: float = 1.0,
     ) -> None:
         self.url = url
         self.shares = shares
+        # Whose counters: the operator scopes them by namespace, so that equal route and
+        # agent names elsewhere never share a count.
+        self.prefix = f"{PREFIX}{scope}:" if scope else PREFIX
         self.retry_every = retry_every
         self.fallback = MemoryStore(shares)
         self._options: dict[str, Any] = {
@@ -134,7 +139,7 @@ class RedisStore:
     def admit(self, counters: Sequence[Counter], lease: Lease | None) -> Admission:
         if not self.up:
             return self.fallback.admit(counters, lease)
-        keys, args = _admit_args(counters, lease)
+        keys, args = _admit_args(self.prefix, counters, lease)
         try:
             client, admit, _ = self._sync_client()
             reply = admit(keys=keys, args=args, client=client)
@@ -146,7 +151,7 @@ class RedisStore:
     async def admit_async(self, counters: Sequence[Counter], lease: Lease | None) -> Admission:
         if not self.up:
             return self.fallback.admit(counters, lease)
-        keys, args = _admit_args(counters, lease)
+        keys, args = _admit_args(self.prefix, counters, lease)
         try:
             client, admit, _ = self._async_client()
             reply = await admit(keys=keys, args=args, client=client)
@@ -158,7 +163,7 @@ class RedisStore:
     # ---- settlement --------------------------------------------------------------------
 
     def settle(self, changes: Sequence[tuple[str, float, int]], lease: Lease | None) -> None:
-        keys, args = _settle_args(changes, lease)
+        keys, args = _settle_args(self.prefix, changes, lease)
         try:
             client, _, settle = self._sync_client()
             settle(keys=keys, args=args, client=client)
@@ -168,12 +173,31 @@ class RedisStore:
     async def settle_async(
         self, changes: Sequence[tuple[str, float, int]], lease: Lease | None
     ) -> None:
-        keys, args = _settle_args(changes, lease)
+        keys, args = _settle_args(self.prefix, changes, lease)
         try:
             client, _, settle = self._async_client()
             await settle(keys=keys, args=args, client=client)
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
+
+    async def used_async(self, counters: Sequence[Counter]) -> list[float]:
+        """What each counter holds now (its bucket plus the weighted previous one), read
+        without counting anything: one round trip (an operator's status)."""
+        if not counters:
+            return []
+        client, _, _ = self._async_client()
+        keys = [self.prefix + k for c in counters for k in (c.current, c.previous)]
+        values = [float(v or 0) for v in await client.mget(keys)]
+        return [values[2 * i] + values[2 * i + 1] * c.weight for i, c in enumerate(counters)]
+
+    async def remaining_async(self, quota: Quota) -> dict[str, dict[str, float]]:
+        """`quota`'s remaining room per limit as Redis holds it now, for every pod."""
+        counted = quota.counters(0, 0)
+        used = await self.used_async([c for _, c in counted])
+        return {
+            w.name: {"limit": w.limit, "remaining": round(max(0.0, w.limit - u), 6)}
+            for (w, _), u in zip(counted, used, strict=True)
+        }
 
     # ---- clients -----------------------------------------------------------------------
 
@@ -214,27 +238,29 @@ class RedisStore:
             self._sync = None
 
 
-def _admit_args(counters: Sequence[Counter], lease: Lease | None) -> tuple[list[str], list[Any]]:
+def _admit_args(
+    prefix: str, counters: Sequence[Counter], lease: Lease | None
+) -> tuple[list[str], list[Any]]:
     keys: list[str] = []
     args: list[Any] = [len(counters)]
     for c in counters:
-        keys += [PREFIX + c.current, PREFIX + c.previous]
+        keys += [prefix + c.current, prefix + c.previous]
         args += [repr(c.weight), repr(c.limit), repr(c.amount), c.ttl]
     if lease is not None:
-        keys.append(PREFIX + lease.key)
+        keys.append(prefix + lease.key)
         args += [lease.limit, lease.id, repr(time.time()), repr(lease.expires)]
     return keys, args
 
 
 def _settle_args(
-    changes: Sequence[tuple[str, float, int]], lease: Lease | None
+    prefix: str, changes: Sequence[tuple[str, float, int]], lease: Lease | None
 ) -> tuple[list[str], list[Any]]:
-    keys = [PREFIX + key for key, _, _ in changes]
+    keys = [prefix + key for key, _, _ in changes]
     args: list[Any] = []
     for _, delta, ttl in changes:
         args += [repr(delta), ttl]
     if lease is not None:
-        keys.append(PREFIX + lease.key)
+        keys.append(prefix + lease.key)
         args.append(lease.id)
     return keys, args
 
