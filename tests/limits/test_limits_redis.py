@@ -176,3 +176,40 @@ async def test_a_budget_holds_under_concurrent_streams_on_redis(
     assert len(keys) == 1
     assert float(redis_server.client().get(keys[0])) == pytest.approx(spent, abs=1e-6)
     await store.aclose()
+
+
+async def test_scopes_count_apart_and_the_remaining_room_is_read_without_counting(
+    redis_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """What was tried: two stores on one Redis scoped to two namespaces, each admitting
+    for an agent of the same name with an rpm of 3: each sees only its own count, and
+    reading the remaining room (as the operator's status does) counts nothing."""
+    from agent import limits
+    from agent.config import AgentLimitsConfig
+    from agent.limits import Quota
+    from agent.types import Message, Request
+
+    request = Request([Message("user", "hi")], max_tokens=5)
+    team_a = RedisStore(redis_server.url, scope="team-a")
+    team_b = RedisStore(redis_server.url, scope="team-b")
+    qa = Quota.for_agent("pool.gpt", AgentLimitsConfig(rpm=3), team_a, 100)
+    qb = Quota.for_agent("pool.gpt", AgentLimitsConfig(rpm=3), team_b, 100)
+
+    for _ in range(3):
+        assert isinstance(await drive_async(limits.reserve([qa], request, None)), list)
+    assert isinstance(await drive_async(limits.reserve([qb], request, None)), list)
+
+    assert await team_a.remaining_async(qa) == {"rpm": {"limit": 3, "remaining": 0.0}}
+    assert await team_b.remaining_async(qb) == {"rpm": {"limit": 3, "remaining": 2.0}}
+    assert await team_b.remaining_async(qb) == {"rpm": {"limit": 3, "remaining": 2.0}}
+    await team_a.aclose()
+    await team_b.aclose()
+
+
+async def drive_async(gen):  # type: ignore[no-untyped-def]
+    value = None
+    try:
+        while True:
+            value = await gen.send(value).async_()
+    except StopIteration as stop:
+        return stop.value
