@@ -365,6 +365,10 @@ class AgentRouter(BaseAgent):
                 ms = (time.perf_counter() - t0) * 1000
                 call.attempts.append(Attempt(label, idx, "cancelled", ms, None, retry, t0_ns))
                 raise
+            except BaseException:  # not the agent's failure (a hook's bug): ends the call
+                if hold is not None:
+                    hold.abandon()
+                raise
             ms = (time.perf_counter() - t0) * 1000
             health.observe(ms, None)
             quota.heard(response.provider_limits)

@@ -297,3 +297,25 @@ def test_without_redis_each_process_counts_its_share(fake_openai_sync) -> None:
     with pytest.raises(RoutingError):
         router.run("3")
     assert len(fake_openai_sync.requests) == 2
+
+
+async def test_a_failing_hook_frees_the_concurrency_it_held(fake_factory) -> None:
+    """What was tried: an agent allowing 1 request at a time whose middleware raises a
+    plain exception (a bug, which ends the call as is); afterwards its place is free."""
+    from agent import Middleware
+
+    class Broken(Middleware):
+        def after(self, request, response):  # type: ignore[no-untyped-def]
+            raise ValueError("a bug in a hook")
+
+    fake = await fake_factory("openai")
+    router = AgentRouter([agent_for(fake, "a", limits={"concurrent": 1}, middleware=[Broken()])])
+
+    with pytest.raises(ValueError):
+        await router.run_async("x")
+    await asyncio.sleep(0)  # the lease is given back by a task of its own
+
+    assert router.health()["a"]["quota"]["concurrent"] == {"limit": 1, "in_flight": 0}  # type: ignore[index]
+    with pytest.raises(ValueError):  # reached the agent again: not skipped for its quota
+        await router.run_async("y")
+    assert len(fake.requests) == 2
