@@ -65,7 +65,7 @@ class QuotaExhaustedError(RateLimitError):
 class Window:
     """One counted limit: `limit` of `measure` per `period`."""
 
-    name: str  # as the config spells it: rpm, tpm, usd_hourly, ...
+    name: str  # rpm, tpm, usd_per_hour, usd_per_day, usd_per_month
     measure: Measure
     limit: float
     period: Calendar
