@@ -90,7 +90,8 @@ async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     """What was tried: 2 sidecars sharing a limit of 40 a minute (a fair share of 20
-    each), with an unlimited backup agent. Redis is killed: 50 requests to each sidecar
+    each), with an unlimited backup agent; 5 requests each counted in Redis, then Redis
+    is killed while they run: 50 more requests to each sidecar
     all answer promptly, no more than 20 per sidecar reach the limited agent, the rest
     fall back. Redis comes back empty: after the retry interval the limited agent
     answers again and its counters are in Redis."""
@@ -111,6 +112,10 @@ async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is
                     for r in fake_openai.requests
                     if r.model != "backup-model" and tag in r.raw.decode()
                 )
+
+            await asyncio.gather(*(send(p, f"before{n}", 5) for n, p in enumerate(procs)))
+            assert reached_a("before") == 10  # counted in Redis: 10 of the 40
+            assert redis_server.client().keys("agent-router:*")
 
             redis_server.kill()
             started = time.monotonic()
