@@ -21,7 +21,7 @@ from agent._base import (
 )
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
-from agent.errors import AgentError, ConfigurationError, OutputValidationError
+from agent.errors import AgentError, ConfigurationError, OutputValidationError, url_credentials
 from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
@@ -136,8 +136,16 @@ class Agent(BaseAgent):
         return price.cost(Usage(request.approx_input_tokens(), out))
 
     def _secrets(self) -> tuple[str | None, ...]:
+        """What an upstream may echo back that must never reach an error: the key, every
+        header value (a gateway's token hides in any of them), the base URL's credentials."""
         preset = PROVIDERS.get(self.provider)
-        return (self._api_key, preset.api_key_from_env() if preset else None)
+        base_url = self.base_url or (preset.base_url_from_env() if preset else None)
+        return (
+            self._api_key,
+            preset.api_key_from_env() if preset else None,
+            *self.headers.values(),
+            *url_credentials(base_url),
+        )
 
     def target(self) -> Target:
         """Resolve provider, base URL and key now (environment variables included)."""

@@ -18,13 +18,16 @@ the operator compiles it from AgentPool and RoutingPolicy resources.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 import pydantic
 import yaml
 from pydantic import (
@@ -39,7 +42,7 @@ from pydantic import (
 
 from agent.agent import Agent
 from agent.catalog import CAPABILITY_NAMES, PROVIDERS
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, scrub
 from agent.limits import make_store
 from agent.pricing import Price
 from agent.strategies import STRATEGY_NAMES
@@ -71,6 +74,11 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+
+# The environment variables `api_key_env` may name: the providers' standard ones, and
+# any starting with this prefix (for keys the person running the process set up).
+KEY_ENV_PREFIX = "AGENT_KEY_"
+KEY_ENV_ALLOWED = frozenset(name for p in PROVIDERS.values() for name in p.key_env)
 
 
 class _Model(BaseModel):
@@ -194,7 +202,11 @@ class AgentConfig(_Model):
         default=None, max_length=2048, description="Overrides the provider's default URL"
     )
     api_key: SecretStr | None = Field(default=None, description="The key itself (pushed)")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding it")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding it: a provider's standard variable "
+        f"(OPENAI_API_KEY, ...) or one starting with {KEY_ENV_PREFIX}",
+    )
     timeout: Annotated[float, SECONDS] = Field(default=60.0, gt=0, description="Per attempt")
     weight: float = Field(default=1.0, ge=0, description="Share of traffic for `weighted`")
     price: PriceConfig | None = Field(default=None, description="Overrides the price data")
@@ -213,7 +225,26 @@ class AgentConfig(_Model):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         if value not in PROVIDERS:
-            raise ValueError(f"unknown provider {value!r}; known: {', '.join(sorted(PROVIDERS))}")
+            # Never quoted (a key pasted on the wrong line must not echo): a suggestion.
+            close = difflib.get_close_matches(value, PROVIDERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown provider{hint}; known: {', '.join(sorted(PROVIDERS))}")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _allowed_variable(cls, value: str | None) -> str | None:
+        # A pushed document must not be able to read any secret of the process's
+        # environment (a cloud credential, the admin token) by naming it as a key.
+        if (
+            value is not None
+            and value not in KEY_ENV_ALLOWED
+            and not (value.startswith(KEY_ENV_PREFIX) and len(value) > len(KEY_ENV_PREFIX))
+        ):
+            raise ValueError(
+                "not an allowed variable: use a provider's standard one "
+                f"({', '.join(sorted(KEY_ENV_ALLOWED))}) or a name starting with {KEY_ENV_PREFIX}"
+            )
         return value
 
     def build(self, **options: Any) -> Agent:
@@ -407,15 +438,18 @@ class RouterConfig(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
-        names = [a.name for a in self.agents]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
+        # Linear in the document's size: a config of thousands of agents is checked in
+        # milliseconds (counting names pairwise took seconds).
+        names = Counter(a.name for a in self.agents)
+        if dupes := sorted(n for n, count in names.items() if count > 1):
             raise ValueError(f"agent names must be unique: {', '.join(dupes)}")
-        routes = [r.name for r in self.routes]
-        if dupes := sorted({n for n in routes if routes.count(n) > 1}):
+        routes = Counter(r.name for r in self.routes)
+        if dupes := sorted(n for n, count in routes.items() if count > 1):
             raise ValueError(f"route names must be unique: {', '.join(dupes)}")
+        known = set(names)
         for route in self.routes:
             wanted = route.agents + [n for rule in route.rules for n in rule.prefer]
-            if unknown := sorted(set(wanted) - set(names)):
+            if unknown := sorted(set(wanted) - known):
                 raise ValueError(f"route {route.name!r} names unknown agents: {', '.join(unknown)}")
             if route.weights and (stray := sorted(set(route.weights) - set(route.agents))):
                 raise ValueError(
@@ -434,21 +468,24 @@ class RouterConfig(_Model):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The document as JSON with keys and header values replaced by '***' (for GET
-        /config, logs, status): extra headers carry credentials too (`x-api-key`,
-        `Authorization`, a gateway's token), and a header's name never says which."""
+        """The document as JSON with keys, header values and URL credentials replaced by
+        '***' (for GET /config, logs, status): extra headers carry credentials too
+        (`x-api-key`, `Authorization`, a gateway's token), and a header's name never says
+        which."""
         data = self.model_dump(mode="json", exclude_none=True)
         for agent in data["agents"]:
             if "api_key" in agent:
                 agent["api_key"] = "***"
             if agent.get("headers"):
                 agent["headers"] = dict.fromkeys(agent["headers"], "***")
+            if "base_url" in agent:
+                agent["base_url"] = scrub(agent["base_url"])
         store = data.get("limits_store")
         if store is not None:
             if "password" in store:
                 store["password"] = "***"
             if "redis_url" in store:  # redis://user:password@host carries one too
-                store["redis_url"] = re.sub(r"//[^/@]*@", "//***@", store["redis_url"])
+                store["redis_url"] = scrub(store["redis_url"])
         return data
 
     def document(self) -> dict[str, Any]:
@@ -527,23 +564,61 @@ def load_config(source: str | Path | dict[str, Any]) -> RouterConfig:
 
 def parse_config(source: str | dict[str, Any]) -> RouterConfig:
     """Validate a config document given as YAML/JSON text or as a dict."""
-    if isinstance(source, dict):
-        data = source
-    else:
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            raise ConfigurationError(f"config is not valid YAML: {exc}") from exc
+    data = source if isinstance(source, dict) else _load_text(source)
     try:
         return RouterConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigurationError(describe(exc)) from exc
+        raise ConfigurationError(describe(exc)) from None
+    except RecursionError:  # nesting deeper than any config needs
+        raise ConfigurationError("invalid config: nested too deeply") from None
+
+
+# libyaml when PyYAML was built with it: about 10 times faster than the pure-Python
+# loader, and it refuses nesting deeper than 1,000 levels instead of recursing.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_text(text: str) -> Any:
+    """A document's data. JSON (what the operator pushes) takes the fast path; anything
+    else is YAML. Errors say where, never what: the line may hold a key."""
+    if text.lstrip().startswith("{"):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # YAML's flow style also starts with "{": let YAML judge it
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line, mark.column) if mark else (None, None)
+        raise yaml_error(exc.problem, line, column) from None
+    except (yaml.YAMLError, RecursionError):
+        raise yaml_error(None, None, None) from None
+
+
+def yaml_error(problem: str | None, line: int | None, column: int | None) -> ConfigurationError:
+    """Where a YAML document is broken (0-based line and column) and the parser's word
+    for what, never the line itself: it may hold a key."""
+    if line is None or column is None:
+        return ConfigurationError("config is not valid YAML")
+    return ConfigurationError(
+        f"config is not valid YAML at line {line + 1}, column {column + 1}: {scrub(str(problem))}"
+    )
 
 
 def describe(exc: pydantic.ValidationError) -> str:
     """A validation error as lines a person can act on (no input values: they may be keys)."""
     lines = [f"invalid config ({exc.error_count()} problem(s)):"]
     for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(document)"
+        where = ".".join(_named(p) for p in e["loc"]) or "(document)"
         lines.append(f"  {where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _named(part: int | str) -> str:
+    """A step of an error's location. Field names are the document's own; a name that
+    came from the document (an unknown field, a header) is shown only when it cannot be
+    a key: letters, '-' and '_' without digits."""
+    if isinstance(part, int) or re.fullmatch(r"[A-Za-z][A-Za-z_-]{0,39}", part):
+        return str(part)
+    return "(a name not shown)"

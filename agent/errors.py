@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from agent.types import Attempt, RouteInfo
@@ -54,6 +55,9 @@ __all__ = [
     "RoutingError",
     "ServerError",
     "error_for_status",
+    "register_secret",
+    "scrub",
+    "url_credentials",
 ]
 
 # Anything that looks like a credential in text we did not write ourselves.
@@ -61,14 +65,37 @@ _SECRET = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{10,}|gsk_[A-Za-z0-9]{6,}"
     r"|(?i:bearer)\s+[A-Za-z0-9._\-]{6,})"
 )
+# The user-info of a URL (`https://user:password@host`): whatever it is, it is a credential.
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s@?#]+@")
+_SHORTEST = 4  # shorter "secrets" would scrub ordinary words
+
+# Secrets of the whole process (the sidecar's admin token): scrubbed from every text.
+_PROCESS_SECRETS: set[str] = set()
+
+
+def register_secret(secret: str | None) -> None:
+    """Scrub `secret` from every text `scrub` sees from now on, in this process."""
+    if secret and len(secret) >= _SHORTEST:
+        _PROCESS_SECRETS.add(secret)
+
+
+def url_credentials(url: str | None) -> tuple[str, ...]:
+    """The user name and password in a URL, as written and decoded (else nothing)."""
+    if not url or "@" not in url:
+        return ()
+    parts = urlsplit(url)
+    found = [parts.username, parts.password]
+    return tuple(v for raw in found if raw for v in {raw, unquote(raw)})
 
 
 def scrub(text: str, *secrets: str | None) -> str:
-    """Remove known secrets and anything shaped like an API key from `text`."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
+    """`text` without secrets: the ones given (an agent's key, header values, URL
+    credentials), the process's (`register_secret`), URL user-info and anything shaped
+    like an API key. The one scrubber: errors, stream frames, spans and logs use it."""
+    for secret in sorted({s for s in (*secrets, *_PROCESS_SECRETS) if s}, key=len, reverse=True):
+        if len(secret) >= _SHORTEST:
             text = text.replace(secret, "***")
-    return _SECRET.sub("***", text)
+    return _SECRET.sub("***", _URL_USERINFO.sub("***@", text))
 
 
 class AgentError(Exception):
@@ -119,7 +146,10 @@ class AgentError(Exception):
         if self.body is not None:
             import json
 
-            self.body = json.loads(scrub(json.dumps(self.body), *secrets))
+            try:
+                self.body = json.loads(scrub(json.dumps(self.body), *secrets))
+            except ValueError:  # a secret that cut through JSON syntax: keep nothing
+                self.body = None
         return self
 
     def at(self, provider: str | None, model: str | None) -> AgentError:

@@ -456,9 +456,9 @@ class Quota:
         if retry_after is not None:
             self.provider_until = now + retry_after
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, dict[str, Any]]:
         """Remaining room per window (as last counted), in flight, the provider's word."""
-        out: dict[str, object] = {}
+        out: dict[str, dict[str, Any]] = {}
         for w in self.windows:
             used = self.used.get(w.name, 0.0)
             out[w.name] = {"limit": w.limit, "remaining": round(max(0.0, w.limit - used), 6)}

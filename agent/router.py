@@ -160,7 +160,7 @@ class AgentRouter(BaseAgent):
                 out[label]["quota"] = snapshot
         return out
 
-    def quota(self) -> dict[str, object]:
+    def quota(self) -> dict[str, Any]:
         """The route's remaining requests, tokens and budget, each agent's, and the store."""
         return {
             "route": self._route_quota.snapshot(),
@@ -379,8 +379,9 @@ class AgentRouter(BaseAgent):
 
     def _retry_delay(self, error: AgentError, retry: int, idx: int, call: _Call) -> float | None:
         """Seconds to wait before retrying this agent, or None to give up on it. With a
-        deadline, a retry that could use up the time an agent not yet tried needs is
-        not made: a hung agent's retry would time out just the same."""
+        deadline and agents not yet tried, a retry is made only if, should it hang until
+        its timeout, at least half of the time left would remain for them: a hung
+        agent's retry would time out just the same, and the next agent needs its turn."""
         decision, delay = self.retry.decide(error, retry)
         if decision != "retry":
             return None
@@ -389,7 +390,7 @@ class AgentRouter(BaseAgent):
         left = call.ends - time.monotonic() - delay
         if left <= 0:
             return None
-        if call.untried() and left < self.agents[idx].timeout:
+        if call.untried() and self.agents[idx].timeout > left / 2:
             return None
         return delay
 

@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "operator")]
 
 from support.controlplane import find_assets, start_control_plane  # noqa: E402
 
-TOKEN = "bench-token"
+TOKEN = "bench-admin-token-0123"
 HOST_SCRIPT = """
 import asyncio, sys
 from pathlib import Path

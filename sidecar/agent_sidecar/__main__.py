@@ -1,12 +1,15 @@
 """`agent-sidecar`: run the sidecar until SIGTERM/SIGINT, then drain and exit.
 
 Prints `READY app=<url> admin=<url>` on stdout once both ports listen.
-Exit codes: 0 after a drain, 2 for a bad --config file, 1 when it cannot start.
+Exit codes: 0 after a drain, 2 for a bad --config file or admin token, 1 when it cannot
+start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -15,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agent.errors import ConfigurationError
-from agent_sidecar import telemetry
+from agent_sidecar import logs, telemetry
 from agent_sidecar.server import Sidecar
 from agent_sidecar.settings import Settings, parse_args
 
@@ -24,10 +27,8 @@ log = logging.getLogger("agent_sidecar")
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _return_large_buffers()
+    logs.install(settings.log_level)
     with asyncio.Runner(loop_factory=_loop_factory(settings.loop)) as runner:
         return runner.run(serve(settings))
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: Settings) -> int:
     provider = telemetry.install(os.environ)
     sidecar = Sidecar(settings, tracing=provider is not None)
+    if problem := sidecar.token.problem():
+        print(f"agent-sidecar: {problem}", file=sys.stderr)
+        return 2
     try:
         loaded = sidecar.load_config()
     except (ConfigurationError, OSError) as exc:
@@ -67,6 +71,21 @@ async def serve(settings: Settings) -> int:
         await asyncio.to_thread(provider.shutdown)  # type: ignore[attr-defined]  # flush spans
     log.info("stopped")
     return 0
+
+
+def _return_large_buffers() -> None:
+    """Have glibc give a large body's memory back to the system when it is freed.
+
+    By default glibc raises its mmap threshold to the size of the last large buffer it
+    freed, up to 32 MB: after one 30 MB body, later ones come from the heap and the
+    process keeps their pages. A fixed threshold of 128 KB (its initial value) keeps
+    every large buffer in its own mapping, returned at once; RSS falls back after each
+    large body instead of staying at its peak."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

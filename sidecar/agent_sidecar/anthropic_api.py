@@ -111,6 +111,8 @@ class _Body(TypedDict, total=False):
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
+# Every member the sidecar reads (validated, or looked at among the extras).
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
 _MODELED = frozenset(
     {
@@ -134,6 +136,7 @@ _STOP = {
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
+    "forbidden": "permission_error",
     "not_found": "not_found_error",
     "method_not_allowed": "invalid_request_error",
     "request_timeout": "invalid_request_error",
@@ -148,6 +151,7 @@ _TYPES: dict[Kind, str] = {
 
 
 class AnthropicApi:
+    fields = _FIELDS
     name = "anthropic"
 
     def parse(self, body: Any) -> Call:

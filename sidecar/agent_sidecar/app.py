@@ -15,19 +15,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 
-import orjson
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agent.errors import AgentError, InvalidResponseError, RoutingError
-from agent.providers.base import loads_exact
+from agent.errors import AgentError, RoutingError
 from agent.types import Attempt, Done, Response, Started, StreamEvent
 from agent_sidecar import eager
 from agent_sidecar.anthropic_api import AnthropicApi
+from agent_sidecar.bodies import LARGE, Body, BodyBudget, parse_off_loop, read_body
+from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
 from agent_sidecar.routes import Loaded, Route
@@ -41,11 +41,12 @@ from agent_sidecar.wire import (
     StreamEncoder,
     describe_failure,
     header_value,
-    invalid,
     retry_after_header,
 )
 
 log = logging.getLogger("agent_sidecar.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPENAI = OpenAIApi()
 ANTHROPIC = AnthropicApi()
@@ -67,12 +68,21 @@ class _Outcome:
 
 class AppHandlers:
     def __init__(
-        self, store: ConfigStore, metrics: Metrics, settings: Settings, tracing: bool
+        self,
+        store: ConfigStore,
+        metrics: Metrics,
+        settings: Settings,
+        tracing: bool,
+        draining: Callable[[], bool],
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.settings = settings
         self.tracer = trace.get_tracer("agent_sidecar") if tracing else None
+        self.budget = BodyBudget(max(settings.body_budget_bytes, LARGE))
+        metrics.body_bytes.set_function(lambda: self.budget.used)
+        self.draining = draining
+        self.streams: set[asyncio.Task[Any]] = set()  # relaying now (cut at the drain timeout)
 
     # ---- endpoints ------------------------------------------------------------------------
 
@@ -153,8 +163,24 @@ class AppHandlers:
             self.metrics.request(outcome.route, api.name, outcome.stream, outcome.code, seconds)
 
     async def _route(self, request: web.Request, api: Api, outcome: _Outcome) -> web.StreamResponse:
+        s = self.settings
         try:
-            call = api.parse(await self._body(request))
+            body = await read_body(request, s.max_body_bytes, self.budget, s.read_timeout)
+        except CallerError as exc:
+            log.info("refused a request body: %s", exc.failure.message)
+            if exc.failure.kind == "overloaded":
+                self.metrics.bodies_refused.inc()
+            return self._failure(api, exc.failure)
+        try:  # the budget is held while the body's objects live: until the answer is sent
+            return await self._parsed(request, api, outcome, body)
+        finally:
+            body.release()
+
+    async def _parsed(
+        self, request: web.Request, api: Api, outcome: _Outcome, body: Body
+    ) -> web.StreamResponse:
+        try:
+            call = await parse_off_loop(api, body)
             loaded = self.store.loaded
             if loaded is None:
                 raise CallerError(_no_config())
@@ -162,6 +188,7 @@ class AppHandlers:
             if route is None:
                 raise CallerError(_unknown_route(call.model, loaded))
         except CallerError as exc:
+            log.info("refused a request: %s", exc.failure.message)
             return self._failure(api, exc.failure)
         outcome.route, outcome.stream = route.name, call.request.stream
         headers = dict(route.headers)
@@ -212,7 +239,13 @@ class AppHandlers:
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
             encoder = api.encoder(call, started.model)
-            return await self._relay(request, encoder, route, headers, events)
+            task = asyncio.current_task()
+            assert task is not None
+            self.streams.add(task)
+            try:
+                return await self._relay(request, encoder, route, headers, events)
+            finally:
+                self.streams.discard(task)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
@@ -229,17 +262,21 @@ class AppHandlers:
         # whole before any wait (short answers usually do) is one response with a length.
         pending = [encoder.start()]
         response: web.StreamResponse | None = None
+        unawaited: eager.Rest[StreamEvent] | None = None  # a step begun, not yet awaited
         try:
             while True:
                 # anext's awaitable steps like a coroutine (send/throw)
-                event, rest = eager.now(anext(events))  # type: ignore[arg-type]
-                if rest is not None:
+                step = cast("Coroutine[Any, Any, StreamEvent]", anext(events))
+                now, unawaited = eager.now(step)
+                if unawaited is not None:
                     if response is None:
                         response = web.StreamResponse(headers=headers)
                         await response.prepare(request)
                     await response.write(b"".join(pending))
                     pending.clear()
-                    event = await rest
+                    rest, unawaited = unawaited, None
+                    now = await rest
+                event = cast(StreamEvent, now)  # finished: the event itself, never None
                 if isinstance(event, Done):
                     pending.append(self._done(encoder, route, event))
                     break
@@ -252,14 +289,48 @@ class AppHandlers:
         except ConnectionError:  # the client went away between two writes
             assert response is not None
             return response
+        except asyncio.CancelledError:
+            if self.draining() and response is not None:
+                await self._cut(response, encoder, route, pending)
+            raise
         except Exception:  # the status is decided: report in band, like an engine error
             log.exception("internal error streaming %s", route.name)
             pending.append(encoder.error(Failure("internal", "internal error in the sidecar")))
+        finally:
+            if unawaited is not None:  # left while writing: unwind the step begun
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await unawaited.abandon()
         if response is None:
             return web.Response(body=b"".join(pending), headers=headers)
         with contextlib.suppress(ConnectionError):
             await response.write_eof(b"".join(pending))  # the last frames and the end, at once
         return response
+
+    async def _cut(
+        self,
+        response: web.StreamResponse,
+        encoder: StreamEncoder,
+        route: Route,
+        pending: list[bytes],
+    ) -> None:
+        """A stream still running when the drain timeout ends: it ends with an error the
+        app's SDK raises (not a silent close), and the log says so."""
+        log.warning(
+            "cutting a stream of route %s: still running at the drain timeout (%gs)",
+            route.name,
+            self.settings.drain_timeout,
+        )
+        self.metrics.stream_errors.labels(route.name).inc()
+        pending.append(encoder.error(Failure("unavailable", "the sidecar is shutting down: retry")))
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await response.write_eof(b"".join(pending))
+
+    def cut_streams(self) -> None:
+        """The drain timeout is up: end every stream still running, in band (their
+        handlers write the error while the connection is still open)."""
+        for task in self.streams:
+            task.cancel()
 
     def _done(self, encoder: StreamEncoder, route: Route, event: Done) -> bytes:
         done = event.response
@@ -267,33 +338,6 @@ class AppHandlers:
         return encoder.done(done)
 
     # ---- helpers --------------------------------------------------------------------------
-
-    async def _body(self, request: web.Request) -> Any:
-        limit = self.settings.max_body_bytes
-        try:
-            if request.content.is_eof():  # it came with the headers: nothing to wait for
-                raw = await request.read()
-            else:
-                async with asyncio.timeout(self.settings.read_timeout):
-                    raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise CallerError(
-                Failure("too_large", f"the body is larger than {limit} bytes")
-            ) from None
-        except TimeoutError:
-            raise CallerError(
-                Failure("request_timeout", "the body did not arrive in time")
-            ) from None
-        if not raw:
-            raise invalid("the body is empty: send a JSON object")
-        try:
-            if b'"tool_use"' in raw:  # Anthropic tool inputs are objects: keep their integers
-                return loads_exact(raw, "body")
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise invalid(f"the body is not valid JSON: {exc}") from None
-        except InvalidResponseError:
-            raise invalid("the body is not valid JSON") from None
 
     def _routing_failed(
         self, api: Api, route: Route, error: AgentError, headers: dict[str, str]
@@ -371,11 +415,40 @@ def _unknown_route(model: str, loaded: Loaded) -> Failure:
     )
 
 
+HANDLERS = web.AppKey("handlers", AppHandlers)
+
+
+def _local_only(settings: Settings) -> Any:
+    """Refuse what a web page could send: a `Host` that is not a loopback name (DNS
+    rebinding: a page's own name resolving to 127.0.0.1) or any `Origin` (browsers send
+    one with every cross-site POST; SDKs and servers never do). A page could otherwise
+    spend the pod's keys through a developer's local sidecar."""
+    allowed = {settings.host.lower()}
+
+    @web.middleware
+    async def local_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        why = foreign(request.headers, allowed)
+        if why is not None:
+            log.info("refused a request from a browser or a foreign host: %s", why)
+            return AppHandlers._failure(_api_for(request), Failure("forbidden", why))
+        return await handler(request)
+
+    return local_only
+
+
 def create_app(
-    store: ConfigStore, metrics: Metrics, settings: Settings, *, tracing: bool = False
+    store: ConfigStore,
+    metrics: Metrics,
+    settings: Settings,
+    *,
+    tracing: bool = False,
+    draining: Callable[[], bool] = lambda: False,
 ) -> web.Application:
-    handlers = AppHandlers(store, metrics, settings, tracing)
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    handlers = AppHandlers(store, metrics, settings, tracing, draining)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[_local_only(settings)]
+    )
+    app[HANDLERS] = handlers
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/messages", handlers.messages)

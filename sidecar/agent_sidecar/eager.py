@@ -8,7 +8,8 @@ writes what it has just before it would wait.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator
+import asyncio
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -34,7 +35,21 @@ class Rest(Generic[T]):
         self._waiting = waiting
 
     def __await__(self) -> Generator[Any, Any, T]:
+        return self._drive(None)
+
+    def abandon(self) -> Awaitable[T]:
+        """Cancel the remainder and let it unwind, for a caller that leaves before
+        awaiting it. Closing it would not do: an async generator it was stepping stays
+        "running" and can never be closed (its upstream connection with it)."""
+        return _Awaiting(self._drive(asyncio.CancelledError()))
+
+    def _drive(self, error: BaseException | None) -> Generator[Any, Any, T]:
         coro, waiting = self._coro, self._waiting
+        if error is not None:
+            try:
+                waiting = coro.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
         while True:
             try:
                 value = yield waiting  # the task waits on it exactly as for `await coro`
@@ -48,3 +63,13 @@ class Rest(Generic[T]):
                     waiting = coro.send(value)
                 except StopIteration as stop:
                     return stop.value  # type: ignore[no-any-return]
+
+
+class _Awaiting(Generic[T]):
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: Generator[Any, Any, T]) -> None:
+        self._steps = steps
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        return self._steps

@@ -12,6 +12,9 @@ in tests, never collide).
     agent_sidecar_cost_usd_total{route,agent}                estimated
     agent_sidecar_in_flight_requests
     agent_sidecar_config_pushes_total{result}                applied, unchanged, stale, ...
+    agent_sidecar_admin_auth_failures_total{result}          refused (401), limited (429)
+    agent_sidecar_bodies_refused_total                       large bodies over the budget
+    agent_sidecar_body_bytes_in_flight                       large bodies held now
     agent_sidecar_config_version, agent_sidecar_config_loaded
     agent_sidecar_circuit_state{route,agent,state}           1 for the breaker's state
 """
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -31,12 +34,15 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_string
 
 from agent.types import Attempt, Response
 from agent_sidecar.state import ConfigStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Prometheus' own float formatting ("0.005", "+Inf"), which the library leaves untyped.
+go_string = cast(Callable[[float], str], _untyped_go_string)
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _STATES = ("closed", "half_open", "open")
@@ -94,6 +100,22 @@ class Metrics:
         )
         self.pushes = Counter(
             "agent_sidecar_config_pushes", "Config pushes by result", ["result"], registry=r
+        )
+        self.auth_failures = Counter(
+            "agent_sidecar_admin_auth_failures",
+            "Admin requests without a valid token: refused (401) or limited (429)",
+            ["result"],
+            registry=r,
+        )
+        self.body_bytes = Gauge(
+            "agent_sidecar_body_bytes_in_flight",
+            "Bytes of large request bodies held now (drawn on the body budget)",
+            registry=r,
+        )
+        self.bodies_refused = Counter(
+            "agent_sidecar_bodies_refused",
+            "Large request bodies refused because the body memory budget was spent",
+            registry=r,
         )
         r.register(_ConfigCollector(store))
 
@@ -172,7 +194,7 @@ class _Histogram:
         family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
         for key, (counts, total) in self.series.items():
             cumulative = list(itertools.accumulate(counts))
-            buckets = [(floatToGoString(b), n) for b, n in zip(_LATENCY, cumulative, strict=False)]
+            buckets = [(go_string(b), n) for b, n in zip(_LATENCY, cumulative, strict=False)]
             buckets.append(("+Inf", cumulative[-1]))
             family.add_metric(key, buckets, total[0])
         return family
@@ -217,7 +239,7 @@ class _ConfigCollector(Collector):
                     for state in _STATES:
                         circuits.add_metric([name, agent, state], int(health["state"] == state))
                 quota = route.router.quota()
-                owners = {"": quota["route"], **quota["agents"]}  # type: ignore[dict-item]
+                owners: dict[str, dict[str, Any]] = {"": quota["route"], **quota["agents"]}
                 for agent, windows in owners.items():
                     for limit, room in windows.items():
                         if "remaining" in room:

@@ -118,6 +118,8 @@ class _Body(TypedDict, total=False):
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
+# Every member the sidecar reads (validated, or looked at among the extras).
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
 # Fields the sidecar turns into the engine's request; everything else is `extra`.
 _MODELED = frozenset(
@@ -144,6 +146,7 @@ _FINISH = {
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
+    "forbidden": "permission_error",
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "request_timeout": "invalid_request_error",
@@ -158,6 +161,7 @@ _TYPES: dict[Kind, str] = {
 
 
 class OpenAIApi:
+    fields = _FIELDS
     name = "openai"
 
     def parse(self, body: Any) -> Call:

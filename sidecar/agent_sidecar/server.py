@@ -11,13 +11,15 @@ Embeddable in any event loop (as the tests do); `__main__` adds signals and the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
 from agent.transport import HttpxTransport
 from agent_sidecar.admin import AdminToken, create_admin_app
-from agent_sidecar.app import create_app
+from agent_sidecar.app import HANDLERS, AppHandlers, create_app
+from agent_sidecar.connections import cap_connections
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -25,6 +27,8 @@ from agent_sidecar.state import ConfigStore
 from agent_sidecar.transport import AiohttpTransport
 
 log = logging.getLogger("agent_sidecar")
+
+CUT_AHEAD = 0.2  # seconds before the drain timeout when streams still running are ended
 
 
 class Sidecar:
@@ -42,6 +46,7 @@ class Sidecar:
         self.tracing = tracing
         self.draining = False
         self._app: web.AppRunner | None = None
+        self._handlers: AppHandlers | None = None
         self._admin: web.AppRunner | None = None
 
     def load_config(self) -> Loaded | None:
@@ -54,22 +59,36 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         access_log = logging.getLogger("agent_sidecar.access") if s.access_log else None
-        app = create_app(self.store, self.metrics, s, tracing=self.tracing)
+        draining = self._is_draining
+        app = create_app(self.store, self.metrics, s, tracing=self.tracing, draining=draining)
         # handler_cancellation: a client that disconnects cancels its handler at once,
         # which closes the upstream request instead of streaming into the void.
+        # keepalive_timeout: aiohttp closes a connection that has no complete request
+        # this long after it opened or after its last answer: idle keep-alive and
+        # slowloris headers alike (its default is about an hour).
         self._app = web.AppRunner(
-            app, handler_cancellation=True, access_log=access_log, shutdown_timeout=s.drain_timeout
+            app,
+            handler_cancellation=True,
+            access_log=access_log,
+            shutdown_timeout=s.drain_timeout,
+            keepalive_timeout=s.idle_timeout,
         )
+        self._handlers = app[HANDLERS]
         await self._app.setup()
+        assert self._app.server is not None
+        cap_connections(self._app.server, s.max_connections)
         await web.TCPSite(self._app, s.host, s.port, reuse_address=True).start()
-        admin = create_admin_app(
-            self.store, self.metrics, self.token, lambda: self.draining, s.max_config_bytes
+        admin = create_admin_app(self.store, self.metrics, self.token, draining, s.max_config_bytes)
+        self._admin = web.AppRunner(
+            admin, access_log=None, shutdown_timeout=1.0, keepalive_timeout=s.idle_timeout
         )
-        self._admin = web.AppRunner(admin, access_log=None, shutdown_timeout=1.0)
         await self._admin.setup()
         await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
         if self.token.current() is None:
-            log.warning("no admin token configured: config pushes will be refused")
+            log.warning("no usable admin token: /config is refused")
+
+    def _is_draining(self) -> bool:
+        return self.draining
 
     @property
     def app_port(self) -> int:
@@ -93,8 +112,14 @@ class Sidecar:
         """Drain: readiness fails, the app port stops accepting, requests and streams in
         flight finish (up to the drain timeout), then both ports close."""
         self.draining = True
-        if self._app is not None:
+        if self._app is not None and self._handlers is not None:
+            # aiohttp closes what is still running at the drain timeout; just before
+            # that, the streams end themselves with an error event the app can read.
+            cut = asyncio.get_running_loop().call_later(
+                max(0.0, self.settings.drain_timeout - CUT_AHEAD), self._handlers.cut_streams
+            )
             await self._app.cleanup()
+            cut.cancel()
             self._app = None
         if self._admin is not None:
             await self._admin.cleanup()

@@ -22,8 +22,11 @@ class Settings:
     token_file: Path | None = None
     state_dir: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    body_budget_bytes: int = 64 * 1024 * 1024  # large bodies held at once (see bodies.py)
     max_config_bytes: int = 4 * 1024 * 1024
     read_timeout: float = 30.0  # for a request body to arrive
+    idle_timeout: float = 15.0  # an idle connection, or one still sending its headers
+    max_connections: int = 1000  # on the app port; past it, the oldest idle ones close
     request_timeout: float = 600.0  # for an answer (for a stream: its first event)
     drain_timeout: float = 30.0  # on SIGTERM, for requests and streams in flight
     loop: str = "auto"  # auto (uvloop when installed), uvloop, asyncio
@@ -63,7 +66,25 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "--state-dir", type=Path, default=e("STATE_DIR"), help="keeps the last good config"
     )
     p.add_argument("--max-body-mb", type=float, default=float(e("MAX_BODY_MB", "32") or 32))
+    p.add_argument(
+        "--body-budget-mb",
+        type=float,
+        default=float(e("BODY_BUDGET_MB", "64") or 64),
+        help="memory for large request bodies (over 1 MB) held at once; past it, 503",
+    )
     p.add_argument("--read-timeout", type=float, default=float(e("READ_TIMEOUT", "30") or 30))
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(e("IDLE_TIMEOUT", "15") or 15),
+        help="seconds before closing an idle connection or one still sending its headers",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(e("MAX_CONNECTIONS", "1000") or 1000),
+        help="app port connections; past it, the oldest idle ones are closed",
+    )
     p.add_argument(
         "--request-timeout", type=float, default=float(e("REQUEST_TIMEOUT", "600") or 600)
     )
@@ -90,7 +111,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         token_file=args.token_file,
         state_dir=args.state_dir,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        body_budget_bytes=int(args.body_budget_mb * 1024 * 1024),
         read_timeout=args.read_timeout,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
         request_timeout=args.request_timeout,
         drain_timeout=args.drain_timeout,
         loop=args.loop,

@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import orjson
 
-from agent.config import RouterConfig, load_config, parse_config
+from agent.config import RouterConfig, load_config, parse_config, yaml_error
 from agent.errors import ConfigurationError
 from agent.transport import AsyncTransport
 from agent_sidecar.routes import Loaded
@@ -47,9 +49,36 @@ def parse_document(body: bytes) -> RouterConfig:
     except UnicodeDecodeError:
         raise DocumentError("the body is not UTF-8 text") from None
     try:
+        if len(body) > _OWN_PROCESS_YAML and not text.lstrip().startswith("{"):
+            data = _yaml_elsewhere(body)
+            if data is not None:
+                return parse_config(data)
         return parse_config(text)
     except ConfigurationError as exc:
         raise DocumentError(exc.message) from None
+
+
+_OWN_PROCESS_YAML = 256 * 1024  # larger YAML documents are parsed in a process of their own
+_YAML_TO_JSON = str(Path(__file__).with_name("yaml_to_json.py"))
+
+
+def _yaml_elsewhere(body: bytes) -> dict[str, object] | None:
+    """A large YAML document's data, parsed by a child process (see yaml_to_json.py):
+    waiting for it lets go of the interpreter lock, parsing it here would not. None when
+    the child could not say (a value JSON cannot carry): then it is parsed here."""
+    try:
+        child = subprocess.run(
+            [sys.executable, _YAML_TO_JSON], input=body, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if child.returncode == 3:
+        where = orjson.loads(child.stdout)
+        raise yaml_error(where["problem"], where.get("line"), where.get("column"))
+    if child.returncode != 0:
+        return None
+    data = orjson.loads(child.stdout)
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +116,10 @@ class ConfigStore:
             self.loaded = Loaded.build(from_state, "state", self.transport)
         return self.loaded
 
-    async def push(self, config: RouterConfig) -> Outcome:
+    async def push(self, config: RouterConfig, document: bytes | None = None) -> Outcome:
+        """Apply `config` if it is newer. `document`: the bytes it was validated from,
+        persisted as they are (re-serializing thousands of agents would hold the GIL,
+        and so the app's requests, for tens of milliseconds)."""
         async with self._lock:  # one push at a time: the version check and swap are one step
             current = self.loaded
             previous = current.version if current else None
@@ -97,12 +129,15 @@ class ConfigStore:
                 if config.version == current.version:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
-            loaded = Loaded.build(config, "push", self.transport, current)
+            # Off the event loop: routers for thousands of agents take a while to build.
+            loaded = await asyncio.to_thread(
+                Loaded.build, config, "push", self.transport, current
+            )
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:
                 try:
-                    await asyncio.to_thread(self._persist, config)
+                    await asyncio.to_thread(self._persist, config, document)
                 except OSError as exc:
                     # Serving the new config matters more than remembering it.
                     warning = f"applied but not persisted: {exc.strerror or exc}"
@@ -110,10 +145,11 @@ class ConfigStore:
             self.loaded = loaded  # the swap: requests already running keep their snapshot
             return Outcome("applied", config.version, previous, warning)
 
-    def _persist(self, config: RouterConfig) -> None:
+    def _persist(self, config: RouterConfig, document: bytes | None) -> None:
         assert self.state_dir is not None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.state_dir / STATE_FILE, orjson.dumps(config.document()))
+        data = document if document is not None else orjson.dumps(config.document())
+        write_private(self.state_dir / STATE_FILE, data)  # JSON, or the YAML pushed
 
     def _read_state(self) -> RouterConfig | None:
         path = self.state_file

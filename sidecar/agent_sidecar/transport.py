@@ -18,6 +18,7 @@ import ssl
 import weakref
 
 import aiohttp
+import aiohttp.payload
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 
@@ -53,6 +54,35 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     # Like the engine's httpx.Timeout(seconds, connect=min(seconds, 10)): a bound on each
     # wait (connecting, each read), not on a whole stream.
     return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds, 10.0), sock_read=seconds)
+
+
+_SLICE = 256 * 1024  # bodies larger than this are written a slice at a time
+
+
+class _LargeBody(aiohttp.payload.Payload):
+    """A large request body written in slices of the one buffer. aiohttp writes a bytes
+    body in one call which, on Python 3.11, first joins it with the headers (one more
+    copy of the whole body) and leaves what the socket did not take in the transport's
+    buffer (another): a 30 MB body would cost two extra 30 MB copies per attempt."""
+
+    _value: bytes
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__(value, content_type="application/json")
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._value.decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)[:content_length]
+        for start in range(0, len(view), _SLICE):
+            await writer.write(view[start : start + _SLICE])  # drains past its buffer limit
 
 
 def _mapped(exc: BaseException) -> AgentError:
@@ -106,7 +136,7 @@ class AiohttpTransport:
         return self._session().request(
             wire.method,
             url,
-            data=wire.body,
+            data=_LargeBody(wire.body) if len(wire.body) > _SLICE else wire.body,
             headers=wire.headers,
             timeout=_timeout(timeout),
             proxy=proxy,

@@ -32,6 +32,7 @@ B = TypeVar("B")  # a format's request body, as its typed dict
 # What went wrong, independent of the caller's format; each API names it its own way.
 Kind = Literal[
     "invalid_request",  # 400: the caller's body
+    "forbidden",  # 403: a browser's request, or a foreign Host
     "not_found",  # 404: unknown model (route) or path
     "method_not_allowed",  # 405
     "request_timeout",  # 408: the body did not arrive in time
@@ -46,6 +47,7 @@ Kind = Literal[
 
 STATUS: dict[Kind, int] = {
     "invalid_request": 400,
+    "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
@@ -107,7 +109,7 @@ def offered_tools(tools: Iterable[Any] | None, extra: dict[str, Any], none: bool
     if none:
         del extra["tool_choice"]
         return []
-    return to_tool_specs(tools or ())  # type: ignore[arg-type]  # the formats' typed dicts
+    return to_tool_specs(tools or ())
 
 
 def from_validation(exc: pydantic.ValidationError) -> CallerError:
@@ -152,6 +154,7 @@ class Api(Protocol):
     """One inbound wire format."""
 
     name: str  # also the engine's wire name ("openai", "anthropic")
+    fields: frozenset[str]  # the body members it reads; a large body's others stay unparsed
 
     def parse(self, body: Any) -> Call: ...
 

@@ -56,3 +56,10 @@ def test_propagation_bench() -> None:
     out = run("bench/propagation_bench.py", "--pods", "1", "--rounds", "1", env=env)
     assert "| pods | p50 apply-to-all-serving (s) |" in out
     assert out.splitlines()[-1].startswith("|    1 |")
+
+
+def test_soak() -> None:
+    out = run("bench/soak.py", "--seconds", "4", "--push-every", "2", "--big-every", "2",
+              "--connections", "4")
+    for row in ("| calls ", "| config pushes ", "| 30 MB bodies ", "| lost ", "| RSS at the end "):
+        assert row in out

@@ -13,7 +13,7 @@ GOOD = """
 version: 3
 agents:
   - {name: primary, provider: anthropic, model: claude-sonnet, api_key: sk-ant-very-secret}
-  - {name: backup, provider: openai, model: gpt-4o, api_key_env: MY_OPENAI_KEY}
+  - {name: backup, provider: openai, model: gpt-4o, api_key_env: AGENT_KEY_MY_OPENAI}
 routes:
   - name: default
     agents: [primary, backup]
@@ -29,7 +29,7 @@ default_route: default
 
 
 def test_a_good_document_builds_one_router_per_route(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MY_OPENAI_KEY", "sk-from-env")
+    monkeypatch.setenv("AGENT_KEY_MY_OPENAI", "sk-from-env")
     path = tmp_path / "router.yaml"
     path.write_text(GOOD)
     config = load_config(path)
@@ -62,7 +62,7 @@ def test_redacted_hides_header_values_too() -> None:
 
 
 BAD = [
-    ("provider: anthropic", "provider: nosuch", "unknown provider 'nosuch'"),
+    ("provider: anthropic", "provider: nosuch", "unknown provider; known: anthropic"),
     ("name: backup", "name: primary", "agent names must be unique: primary"),
     ("agents: [primary, backup]\n    strategy: fallback",
      "agents: [primary, ghost]\n    strategy: fallback", "names unknown agents: ghost"),

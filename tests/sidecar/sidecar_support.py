@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -111,3 +112,17 @@ class SidecarProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
+
+
+async def first_line(port: int, data: bytes, timeout: float = 20) -> bytes:
+    """Send raw bytes on a fresh connection; the answer's status line (b"" if the
+    connection was closed without one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), timeout=timeout)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()

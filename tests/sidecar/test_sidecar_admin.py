@@ -55,7 +55,13 @@ async def test_waits_for_a_config_then_serves_the_pushed_one(
     assert pushed.status_code == 200
     assert pushed.json() == {"result": "applied", "version": 4, "previous_version": None}
     ready = await get(sidecar, "/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "version": 4}
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "version": 4,
+        "circuits": {"default": {"gpt": "closed"}},
+        "down": [],
+    }
     answered = await chat(sidecar)
     assert answered.status_code == 200 and answered.headers["x-agent-config-version"] == "4"
 
@@ -81,7 +87,9 @@ async def test_without_a_token_pushes_are_refused(
 ) -> None:
     sidecar = await sidecar_factory(token=None)
     refused = await put(sidecar, document([agent_spec(fake_openai, "gpt")]), {})
-    assert refused.status_code == 403 and "no admin token" in refused.json()["error"]
+    assert refused.status_code == 403 and "no usable admin token" in refused.json()["error"]
+    # and the config is not readable either, even redacted
+    assert (await get(sidecar, "/config")).status_code == 403
 
 
 async def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(
@@ -191,7 +199,7 @@ async def test_the_last_good_config_survives_a_restart(
 
     second = await sidecar_factory()  # same state dir, nobody pushes
     ready = await get(second, "/readyz")
-    assert ready.json() == {"status": "ready", "version": 7}
+    assert ready.json()["status"] == "ready" and ready.json()["version"] == 7
     assert (await get(second, "/config", AUTH)).json()["source"] == "state"
     answered = await chat(second)
     assert answered.status_code == 200 and answered.headers["x-agent-provider"] == "openai"
@@ -219,14 +227,20 @@ async def test_the_token_file_is_reread_when_it_changes(
     sidecar_factory: SidecarFactory, fake_openai: FakeProvider, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("first-token\n")
+    token_file.write_text("first-token-0123456789\n")
     sidecar = await sidecar_factory(token=None, token_file=token_file)
     doc = document([agent_spec(fake_openai, "gpt")])
-    assert (await put(sidecar, doc, {"Authorization": "Bearer first-token"})).status_code == 200
-    token_file.write_text("second-token\n")
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})
+    ).status_code == 200
+    token_file.write_text("second-token-0123456789\n")
     os.utime(token_file, (1, 1))  # a distinct mtime even within the same clock tick
-    assert (await put(sidecar, doc, {"Authorization": "Bearer first-token"})).status_code == 401
-    assert (await put(sidecar, doc, {"Authorization": "Bearer second-token"})).status_code == 200
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer first-token-0123456789"})
+    ).status_code == 401
+    assert (
+        await put(sidecar, doc, {"Authorization": "Bearer second-token-0123456789"})
+    ).status_code == 200
 
 
 async def test_metrics(sidecar: Sidecar, fake_openai: FakeProvider) -> None:

@@ -10,7 +10,7 @@ import httpx
 from agent_sidecar import Sidecar
 from conftest import SidecarFactory
 from fakes import FakeProvider, Hang, Reply
-from sidecar_support import agent_spec, document
+from sidecar_support import agent_spec, document, first_line
 
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
 ANTHROPIC = {"anthropic-version": "2023-06-01"}
@@ -113,14 +113,12 @@ async def test_a_body_that_never_arrives_is_408(
     sidecar_factory: SidecarFactory, two_provider_config: dict[str, object]
 ) -> None:
     sidecar = await sidecar_factory(two_provider_config, read_timeout=0.3)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.app_port)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 100\r\n\r\n{"model":'
+    head = await first_line(
+        sidecar.app_port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model":',
+        timeout=3,
     )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
-    writer.close()
     assert head.startswith(b"HTTP/1.1 408")
 
 
