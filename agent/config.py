@@ -177,6 +177,13 @@ class LimitsStoreConfig(_Model):
     shares: int = Field(
         default=1, ge=1, description="How many pods share each limit (set by the operator)"
     )
+    timeout: Annotated[float, SECONDS] = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="Seconds a Redis call may take before this process counts its share "
+        "alone for a while (the longest a request waits on a hung Redis)",
+    )
     scope: str = Field(
         default="",
         max_length=253,

@@ -210,6 +210,7 @@ def make_store(config: LimitsStoreConfig | None) -> LimitsStore:
         ca_file=config.ca_file,
         ca_pem=config.ca_pem,
         scope=config.scope,
+        timeout=config.timeout,
     )
 
 

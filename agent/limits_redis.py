@@ -96,7 +96,7 @@ class RedisStore:
         ca_file: str | None = None,
         ca_pem: str | None = None,
         scope: str = "",
-        timeout: float = 0.25,
+        timeout: float = 0.5,
         retry_every: float = 1.0,
     ) -> None:
         self.url = url

@@ -455,6 +455,8 @@ class AgentRouter(BaseAgent):
                 why += f" (not tried: {', '.join(untried)})"
         else:
             why = f"all {len(tried)} agent(s) failed" if tried else "no agent was tried"
+            if call.exhausted and not tried:
+                why = f"no agent was tried: quota exhausted ({', '.join(call.exhausted)})"
         error = RoutingError(f"{why} ({self.strategy.name})", call.errors, call.attempts)
         error.route = RouteInfo(self.strategy.name, why, call.attempts, [])
         self._trace(call, error=error)

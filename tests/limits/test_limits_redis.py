@@ -34,7 +34,9 @@ async def sidecars(count: int, config: dict, tmp_path) -> list[SidecarProcess]: 
     return procs
 
 
-def document(fake: FakeProvider, redis_url: str, shares: int, rpm: int, backup: bool) -> dict:  # type: ignore[type-arg]
+def document(  # type: ignore[type-arg]
+    fake: FakeProvider, redis_url: str, shares: int, rpm: int, backup: bool, timeout: float = 5.0
+) -> dict:
     agents = [agent_spec(fake, "a", limits={"rpm": rpm})]
     if backup:
         agents.append(agent_spec(fake, "b", model="backup-model"))
@@ -42,7 +44,9 @@ def document(fake: FakeProvider, redis_url: str, shares: int, rpm: int, backup: 
         "version": 1,
         "agents": agents,
         "routes": [{"name": "default", "agents": [a["name"] for a in agents], "retries": 0}],
-        "limits_store": {"redis_url": redis_url, "shares": shares},
+        # A loaded machine may take longer than the default to answer: what is measured
+        # here is the shared count, not a fallback to shares.
+        "limits_store": {"redis_url": redis_url, "shares": shares, "timeout": timeout},
     }
 
 
@@ -53,8 +57,8 @@ async def test_eight_sidecars_share_one_limit_of_120_a_minute(
 ) -> None:
     """What was tried: 8 sidecar processes, one agent limited to 120 requests a minute
     in Redis, a burst of 1,000 requests spread over them. Between 114 and 120 reach the
-    provider; every other one is a 429 in OpenAI's format with a retry-after within the
-    time the window needs to have room again."""
+    provider; every other one is a 429 in OpenAI's format with a retry-after of when the
+    window has room again."""
     procs = await sidecars(8, document(fake_openai, redis_server.url, 8, 120, False), tmp_path)
     try:
         limit = asyncio.Semaphore(48)
@@ -75,13 +79,13 @@ async def test_eight_sidecars_share_one_limit_of_120_a_minute(
     assert len(ok) + len(limited) == 1000, {r.status_code for r in answers}
     assert 114 <= len(ok) <= 120
     assert len(fake_openai.requests) == len(ok)
+    # The earliest refill: the requests counted this minute slide out of the window
+    # within it (at most 60.5 s away, 61 rounded up), never later, never "now".
     waits = {int(r.headers["retry-after"]) for r in limited}
-    assert waits and all(1 <= w <= 120 for w in waits), waits
-    assert (
-        limited[0].json()["error"]["type"]
-        in {"rate_limit_error", "rate_limit_exceeded", "requests"}
-        or limited[0].json()["error"]
-    )
+    assert waits and all(1 <= w <= 61 for w in waits), waits
+    error = limited[0].json()["error"]
+    assert error["type"] == "rate_limit_error"
+    assert "quota exhausted (a)" in error["message"] and "rpm limit of 120" in error["message"]
 
 
 async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is_used(
@@ -95,7 +99,8 @@ async def test_a_dead_redis_leaves_each_sidecar_its_share_and_a_restarted_one_is
     all answer promptly, no more than 20 per sidecar reach the limited agent, the rest
     fall back. Redis comes back empty: after the retry interval the limited agent
     answers again and its counters are in Redis."""
-    procs = await sidecars(2, document(fake_openai, redis_server.url, 2, 40, True), tmp_path)
+    # The default timeout: the one a dead Redis costs.
+    procs = await sidecars(2, document(fake_openai, redis_server.url, 2, 40, True, 0.5), tmp_path)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
 
@@ -143,7 +148,7 @@ async def test_a_budget_holds_under_concurrent_streams_on_redis(
     million: $0.10) and using exactly that. At most 10 are admitted in all; the spend
     never passes $1.00, and Redis holds what was really spent."""
     fake_openai.set_default(Reply(text="streamed words", usage=(0, 1000), delay=0.1))
-    store = RedisStore(redis_server.url)
+    store = RedisStore(redis_server.url, timeout=5.0)  # the budget, not a fallback, is tested
     router = AgentRouter(
         [
             Agent(
