@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.config import LimitsStoreConfig, RouterConfig
 from agent.limits import Quota
+from agent_operator.compile import has_limits
 
 log = logging.getLogger("agent_operator.limits")
 
@@ -50,12 +51,6 @@ class SharedLimits:
         )
 
 
-def limited(config: RouterConfig) -> bool:
-    """Whether any agent or route of the document has a limit (only then does the
-    document name a store: pods scaling need not re-push documents without limits)."""
-    return any(a.limits for a in config.agents) or any(r.limits for r in config.routes)
-
-
 def sharing(pods: Mapping[str, Sequence[str]]) -> dict[str, int]:
     """For each pod (name -> the policies selecting it), how many pods share its limits:
     those selected by any of its policies (a pool's agent may be in all of them)."""
@@ -71,7 +66,7 @@ async def remaining(
 ) -> dict[str, Any]:
     """The remaining room of `routes` (of a policy) and of their agents, as Redis holds
     it for every pod; empty without Redis (each pod then counts alone: no total)."""
-    if shared.redis_url is None or not limited(config):
+    if shared.redis_url is None or not has_limits(config):
         return {}
     from agent.limits_redis import RedisStore
 

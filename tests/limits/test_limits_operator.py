@@ -3,7 +3,8 @@ share it, and the remaining room for a RoutingPolicy's status, read from a real 
 
 from __future__ import annotations
 
-from agent_operator.limits import SharedLimits, limited, remaining, sharing
+from agent_operator.compile import has_limits
+from agent_operator.limits import SharedLimits, remaining, sharing
 
 from agent import limits
 from agent.config import parse_config
@@ -39,7 +40,7 @@ def test_the_pushed_store_is_scoped_to_the_namespace_and_hides_its_password() ->
     config = parse_config(DOCUMENT)
     store = shared.store("team-a", 4)
 
-    assert limited(config) and not limited(
+    assert has_limits(config) and not has_limits(
         parse_config({**DOCUMENT, "agents": [DOCUMENT["agents"][1]], "routes": []})
     )
     assert (store.scope, store.shares, store.redis_url) == ("team-a", 4, "rediss://redis:6380/0")
