@@ -77,3 +77,35 @@ async def test_the_status_reads_what_every_pod_counted(redis_server) -> None:  #
     elsewhere = await remaining(shared, "team-b", config, ["default"])
     assert elsewhere["routes"]["default"]["rpm"]["remaining"] == 10.0
     assert await remaining(SharedLimits(), "team-a", config, ["default"]) == {}
+
+
+def test_a_pods_document_names_the_store_only_when_it_has_limits() -> None:
+    """What was tried: a policy over a pool whose agent has an rpm, compiled for a pod
+    with the operator's Redis and 3 pods sharing: the document names the store (scope,
+    share, password) and the hash covers it; the same pool without limits names none."""
+    from agent_operator.compile import Policy, compile_pod
+    from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
+
+    def pool(limits: dict | None) -> AgentPoolSpec:  # type: ignore[type-arg]
+        agent = {"name": "gpt", "provider": "openai", "model": "gpt-4o"}
+        return AgentPoolSpec.model_validate(
+            {"agents": [{**agent, **({"limits": limits} if limits else {})}]}
+        )
+
+    policy = Policy("chat", RoutingPolicySpec.model_validate({"selector": {}, "pools": ["main"]}))
+    store = SharedLimits("redis://redis:6379/0", password="pw-s3cret").store("team-a", 3)
+
+    limited = compile_pod({}, [policy], {"main": pool({"rpm": 60})}, {}, "team-a", limits=store)
+    plain = compile_pod({}, [policy], {"main": pool(None)}, {}, "team-a", limits=store)
+
+    assert limited.config is not None and limited.config.limits_store is not None
+    assert (limited.config.limits_store.scope, limited.config.limits_store.shares) == ("team-a", 3)
+    assert limited.config.document()["limits_store"]["password"] == "pw-s3cret"
+    assert limited.config.agents[0].limits is not None and limited.config.agents[0].limits.rpm == 60
+    assert plain.config is not None and plain.config.limits_store is None
+    other = compile_pod({}, [policy], {"main": pool({"rpm": 60})}, {}, "team-a",
+                        limits=SharedLimits("redis://redis:6379/0").store("team-a", 4))  # fmt: skip
+    assert (
+        other.config is not None
+        and other.config.metadata["hash"] != limited.config.metadata["hash"]
+    )
