@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# The sidecar process helpers live beside the sidecar tests.
+# The sidecar and operator process helpers live beside their tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from redis_support import RedisServer
 
