@@ -1,26 +1,26 @@
-"""Agent Router, the whole story, on a real (local) Kubernetes control plane.
+"""Agent Router, the whole story, on a real (local) Kubernetes node.
 
-etcd + kube-apiserver and Jaeger start on loopback from the pinned test binaries;
-`helm install` installs the chart; the operator runs as the chart's service account; an
-AgentPool over two fake providers (the primary overloaded) and a fallback RoutingPolicy
-are applied with kubectl; a labelled pod is injected with the sidecar, which then runs
-for real at the pod's IP; an app request with the official openai SDK falls back, and
-the sidecar's headers, metrics and the trace in Jaeger say so; kubectl switches the
-policy to round_robin; the operator is killed and restarted. Each step prints what
-happened and where to look; then it waits (Enter or Ctrl-C) before tearing down.
+A node starts in network, mount and PID namespaces of its own: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kube-proxy, the kubelet and containerd with the
+images hack/images built (the pinned test binaries; nothing is pulled); Jaeger runs on
+loopback. `helm install` deploys the operator in its pod; an AgentPool over two fake
+providers (the primary overloaded) and a fallback RoutingPolicy are applied with
+kubectl; the app's Deployment, labelled for injection, gets the sidecar, which holds it
+until the operator's config arrives; the app's openai SDK call falls back, and the
+sidecar's headers, metrics and the trace in Jaeger say so; kubectl switches the policy
+to round_robin; the operator's pod is deleted and comes back; the app rolls to a new
+version. Each step prints what happened and where to look; then it waits (Enter or
+Ctrl-C) before tearing down.
 
-    hack/demo                      # ensures the test binaries, then runs this
-    python examples/story.py [--no-wait]   # with AGENT_ROUTER_ASSETS set
+    hack/demo                      # ensures the binaries and images, then runs this
+    python examples/story.py [--no-wait]   # with AGENT_ROUTER_ASSETS (and _IMAGES) set
 
 The steps are tests/support/story.py's, the same ones tests/e2e/test_story.py asserts.
-There is no kubelet: the demo plays its part for the one pod (sets its status, runs its
-sidecar as a local process with the injected environment).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.story import POD, POLICY, Story
+from support.story import POLICY, Story
 
 COLOUR = sys.stdout.isatty()
 STARTED = time.monotonic()
@@ -71,11 +71,19 @@ def look(*commands: str) -> None:
 
 def tell(story: Story, ns: str) -> None:
     """Every step, in order, printing what happened."""
-    title(1, "A control plane and Jaeger, on loopback")
+    title(1, "A node, its control plane and Jaeger")
     story.start()
     cluster = story.cluster()
-    say(f"kube-apiserver {cluster.server} (etcd behind it; no kubelet, no scheduler)")
-    say(f"Jaeger: OTLP in at {cluster.otlp_endpoint}, query API at {cluster.jaeger_ui}")
+    node = story.node
+    assert node is not None
+    say(f"kube-apiserver {cluster.server}, with etcd, kube-controller-manager, kube-scheduler,")
+    say(f"kube-proxy, the kubelet and containerd, in namespaces of their own (node IP "
+        f"{cluster.node_ip}); ready in {node.ready_seconds:.0f}s, images imported in "
+        f"{node.import_seconds:.0f}s:")
+    block("\n".join(f"{name}: {ref}" for name, ref in cluster.images.items()))
+    command("kubectl get nodes -o wide")
+    block(cluster.nodes_table)
+    say(f"Jaeger: query API at {cluster.jaeger_ui}; the pods export to {cluster.otlp_endpoint}")
     say("In another terminal, use kubectl against it:")
     block(f"export KUBECONFIG={cluster.kubeconfig}\n"
           f"export PATH={cluster.kubectl.parent}:$PATH")
@@ -90,20 +98,20 @@ def tell(story: Story, ns: str) -> None:
     look(f"helm -n {installed.namespace} status {installed.release}   (the chart's notes)",
          f"kubectl get mutatingwebhookconfiguration {installed.webhook_name} -o yaml")
 
-    title(3, "The operator, as the chart's service account")
-    up = story.start_operator()
-    say(f"agent-operator {' '.join(up.args)}   (pid {up.pid})")
-    say(f"as {up.identity}, with the env of the chart's Deployment")
-    say("(the Deployment's pod cannot run without a kubelet: this is its container's command)")
-    say(f"webhook: {up.webhooks[0]}, filled in by the operator")
-    look(f"less {up.log}   (the operator's log)")
+    title(3, "The operator, in its Deployment's pod")
+    up = story.wait_for_operator()
+    say(f"pod {up.pod} Ready (image {up.image}), as {up.identity}")
+    command(f"kubectl -n {installed.namespace} get pods -o wide")
+    block(up.pods_table)
+    say(f"webhook: {up.webhooks[0]}, registered by the operator")
+    look(f"kubectl -n {installed.namespace} logs {up.pod}   (the operator's log)")
 
     title(4, "Two fake providers, an AgentPool and a RoutingPolicy (kubectl apply -f)")
     fakes = story.start_fakes()
     for kind, url in fakes.urls.items():
         role = f"the primary, {fakes.primary_behaviour}" if kind == fakes.primary else \
             "the secondary, answers"
-        say(f"{kind} fake at {url} ({role})")
+        say(f"{kind} fake at {url}, reached by the pods at {fakes.node_urls[kind]} ({role})")
     applied = story.apply_pool_and_policy()
     for name in ("pool.yaml", "policy.yaml"):
         say(f"{name}:")
@@ -112,26 +120,22 @@ def tell(story: Story, ns: str) -> None:
     command(f"kubectl -n {ns} apply -f keys.yaml -f pool.yaml -f policy.yaml")
     block(applied.output)
 
-    title(5, "A pod that asks for the sidecar: the webhook injects it")
-    pod = story.create_pod()
-    command(f"kubectl -n {ns} apply -f pod.yaml   # label agentrouter.io/inject: \"true\"")
-    say(f"pod/{POD} as stored: initContainers: {', '.join(pod.init_containers)} "
-        f"(restartPolicy {pod.sidecar.get('restartPolicy')}: a native sidecar)")
-    say(f"image {pod.sidecar.get('image')}, env:")
-    block("\n".join(f"{k}={v}" for k, v in pod.sidecar_env.items()))
+    title(5, "The app's Deployment, labelled for injection")
+    app = story.deploy_app()
+    command(f"kubectl -n {ns} apply -f app.yaml   # label agentrouter.io/inject: \"true\"")
+    say(f"pod/{app.pod}: initContainers: {', '.join(app.init_containers)} "
+        f"(restartPolicy {app.sidecar.get('restartPolicy')}: a native sidecar)")
+    say(f"image {app.sidecar.get('image')}, env:")
+    block("\n".join(f"{k}={v}" for k, v in app.sidecar_env.items()))
     say("the app container's env gained: " +
-        ", ".join(f"{k}={v}" for k, v in pod.app_env.items()))
-    look(f"kubectl -n {ns} get pod {POD} -o yaml")
+        ", ".join(f"{k}={v}" for k, v in app.app_env.items()))
+    say(f"Ready {app.ready_after:.0f}s after kubectl apply (the sidecar's startup probe "
+        f"waited for its config); events:")
+    block("\n".join(app.events))
+    command(f"kubectl -n {ns} get pod {app.pod} -o wide")
+    block(app.pod_table)
 
-    title(6, "The pod runs (the kubelet's part, played here)")
-    sidecar = story.start_sidecar()
-    say(f"agent-sidecar (pid {sidecar.pid}) with the injected env, at the pod's IP {sidecar.ip}:")
-    say(f"app {sidecar.app_url}, admin {sidecar.admin_url}")
-    say(f"pod/{POD} marked Running and Ready, podIP {sidecar.ip}")
-    command(f"kubectl -n {ns} get pod {POD} -o wide")
-    block(sidecar.pod_table)
-
-    title(7, "The operator pushes the config to the sidecar")
+    title(6, "The operator pushed the config to the sidecar")
     pushed = story.wait_for_config()
     say(f"the sidecar serves config version {pushed.version}: route {pushed.routes[0]}, "
         f"{pushed.strategy} over " + " -> ".join(a["name"] for a in pushed.agents) +
@@ -141,20 +145,23 @@ def tell(story: Story, ns: str) -> None:
     block(story.kubectl("get", "agentrouter", "-n", ns))
     look(f"kubectl -n {ns} describe routingpolicy {POLICY}")
 
-    title(8, "The app asks, with the official openai SDK")
+    title(7, "The app asks, with the official openai SDK, in its pod")
     call = story.ask()
-    block(call.app_code.replace("PROMPT", json.dumps(call.prompt)))
+    say(f"POST /ask to the app's Service; in pod {call.pod}, examples/chat-app/app.py does:")
+    block(call.app_code)
     say(f"answer: {call.answer!r}")
     for name in ("x-agent-provider", "x-agent-model", "x-agent-attempts",
                  "x-agent-route-reason"):
         say(f"{name}: {call.headers[name]}")
 
-    title(9, "The sidecar's metrics (admin port)")
+    title(8, "The sidecar's metrics (admin port)")
     metrics = story.metrics()
-    command(f"curl -s {metrics.url} | grep -E 'requests_total|attempts_total|fallbacks'")
+    command(f"kubectl -n {ns} exec {app.pod} -c agent-sidecar -- python3 -c "
+            "\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:4001/metrics')"
+            ".read().decode())\"")
     block("\n".join(ln for ln in metrics.lines if "config_version" not in ln))
 
-    title(10, "The trace, in Jaeger")
+    title(9, "The trace, in Jaeger")
     trace = story.find_trace(call.trace_id)
     say(f"trace id: {trace.trace_id} (the app's span; the sidecar continued it)")
     block("\n".join(trace.tree()))
@@ -162,7 +169,7 @@ def tell(story: Story, ns: str) -> None:
     command(f"curl -s {trace.api_url}")
     say(f"Jaeger UI: {trace.ui_url}")
 
-    title(11, "kubectl switches the policy to round_robin")
+    title(10, "kubectl switches the policy to round_robin")
     switched = story.switch_strategy("round_robin", requests=4)
     say("the anthropic fake is healthy again")
     command(f"kubectl -n {ns} apply -f policy.yaml   # strategy.type: round_robin")
@@ -171,30 +178,36 @@ def tell(story: Story, ns: str) -> None:
     say(f"4 requests, answered by: {', '.join(switched.providers)}")
     say("the fakes received: " + ", ".join(f"{k} {v}" for k, v in switched.received.items()))
 
-    title(12, "The operator dies (SIGKILL); the sidecar keeps serving")
-    killed = story.kill_operator()
-    say(f"agent-operator pid {killed.pid}: {killed.signal}, exit code {killed.exit_code}")
-    during = story.ask()
-    say(f"a request meanwhile: answered by {during.headers['x-agent-provider']} "
-        f"(config version {during.headers['x-agent-config-version']})")
+    title(11, "The operator's pod is deleted; the app keeps serving")
+    deleted = story.delete_operator_pod()
+    command(f"kubectl -n {story.system_namespace} delete pod {deleted.pod}")
+    say(deleted.output)
+    say(f"a request meanwhile: answered by {deleted.during.headers['x-agent-provider']} "
+        f"(config version {deleted.during.headers['x-agent-config-version']})")
     changed = story.apply_policy("fallback")
-    command(f"kubectl -n {ns} apply -f policy.yaml   # strategy.type: fallback, no operator")
-    say(f"generation {changed.generation}, status.observedGeneration still "
-        f"{changed.observed_generation}; the sidecar still serves {changed.served_strategy}")
+    command(f"kubectl -n {ns} apply -f policy.yaml   # strategy.type: fallback")
+    say(f"generation {changed.generation}, for whichever operator runs next")
 
-    title(13, "The operator comes back and catches up")
-    recovered = story.restart_operator()
+    title(12, "The Deployment's new operator pod catches up")
+    recovered = story.wait_for_new_operator()
     caught_up = recovered.status
-    say(f"agent-operator pid {recovered.pid}; status: observedGeneration "
-        f"{caught_up['observedGeneration']}, synced {caught_up['synced']}, Ready True")
+    say(f"pod {recovered.pod}; status: observedGeneration {caught_up['observedGeneration']}, "
+        f"synced {caught_up['synced']}, Ready True")
     say(f"the sidecar serves {recovered.served_strategy} (config version {recovered.version})")
     command(f"kubectl -n {ns} get routingpolicies")
     block(recovered.policies_table)
     command(f"kubectl -n {ns} get agentrouter")
     block(recovered.agentrouter_table)
-    after = story.ask()
-    say(f"and a request: answered by {after.headers['x-agent-provider']} "
-        f"({after.headers['x-agent-route-reason']})")
+
+    title(13, "A rolling update of the app")
+    rolled = story.roll_app()
+    command(rolled.command)
+    command(f"kubectl -n {ns} rollout status deployment/chat")
+    say(rolled.rollout.splitlines()[-1])
+    say(f"{rolled.old_pod} -> {rolled.new_pod}: injected, configured (synced "
+        f"{rolled.status['synced']}), Ready")
+    say(f"and a request: answered by {rolled.call.headers['x-agent-provider']} in "
+        f"{rolled.call.pod} ({rolled.call.headers['x-agent-route-reason']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     story = Story()
     ns = story.namespace
-    print(bold("Agent Router: the whole story, on a real Kubernetes control plane"))
-    print(dim("(kube-apiserver, etcd, helm, kubectl and Jaeger from the pinned test binaries; "
+    print(bold("Agent Router: the whole story, on a real Kubernetes node"))
+    print(dim("(the pinned Kubernetes binaries, containerd and the images hack/images built; "
               "fake providers on loopback; nothing leaves this machine)"))
     code = 0
     try:
@@ -226,9 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
     except Exception:
         traceback.print_exc()
-        log = story.operator.log_path if story.operator else None
-        print(f"\nthe story stopped here; work directory {story.workdir}"
-              + (f", operator log {log}" if log else ""), file=sys.stderr)
+        print(f"\nthe story stopped here; work directory {story.workdir} (logs in "
+              f"node/logs)", file=sys.stderr)
         code = 1
     finally:
         print("Tearing down...", flush=True)

@@ -30,8 +30,13 @@ ensure_venv() {
 # tests/bench so it cannot rot). Installed only when a command is missing.
 ensure_debian() {
   local missing=()
-  for pair in "$@"; do  # command:package
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  for pair in "$@"; do  # command (or absolute path):package
+    local cmd=${pair%%:*}
+    if [[ $cmd == /* ]]; then
+      [[ -e $cmd ]] || missing+=("${pair#*:}")
+    else
+      command -v "$cmd" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   step "installing Debian packages: ${missing[*]}"
@@ -40,4 +45,22 @@ ensure_debian() {
   "${sudo[@]}" apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+}
+
+# What the test node needs (tests/support/node.py): containerd and runc, the CNI plugins,
+# iptables for kube-proxy, and what hack/images builds the images with.
+NODE_PACKAGES=(containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins
+               iptables:iptables nsenter:util-linux buildah:buildah debootstrap:debootstrap
+               gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev)
+
+# The Go-built binaries and the images, cached; exports AGENT_ROUTER_ASSETS and
+# AGENT_ROUTER_IMAGES for what runs next.
+ensure_node_inputs() {
+  ensure_debian "${NODE_PACKAGES[@]}"
+  local line
+  line=$("$root/hack/test-binaries" | tail -n 1)
+  export AGENT_ROUTER_ASSETS="${line#AGENT_ROUTER_ASSETS=}"
+  step "images (hack/images: built once, then whenever their inputs change)"
+  line=$("$root/hack/images" | tail -n 1)
+  export AGENT_ROUTER_IMAGES="${line#AGENT_ROUTER_IMAGES=}"
 }

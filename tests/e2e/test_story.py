@@ -1,13 +1,15 @@
-"""The whole story, end to end, on the real control plane and a real Jaeger.
+"""The whole story, end to end, on a real node and a real Jaeger.
 
-`helm install` of the chart; the operator run as the chart's service account; an
-AgentPool over two fake providers (the primary answering 529) and a fallback
-RoutingPolicy, applied with `kubectl apply -f`; a labelled pod injected by the webhook,
-marked ready at 127.x.y.z where a real sidecar serves with the injected environment;
-the pushed config; the official openai SDK answered by the secondary; headers, metrics
-and the trace in Jaeger showing the fallback; `round_robin` by kubectl spreading the
-traffic; the operator SIGKILLed (the sidecar keeps serving) and restarted (the status
-catches up). The steps are tests/support/story.py's, which the demo prints
+`helm install` of the chart with the images hack/images built; the operator running in
+its Deployment's pod (its RBAC the chart's, its webhook called by the API server through
+the Service); an AgentPool over two fake providers (the primary answering 529) and a
+fallback RoutingPolicy, applied with `kubectl apply -f`; the app's Deployment, labelled
+for injection: its pod gets the sidecar, whose startup probe holds the app until the
+operator's config arrives, then becomes Ready; the app's official openai SDK call to
+127.0.0.1:4000 answered by the secondary; headers, metrics and the trace in Jaeger
+showing the fallback; `round_robin` by kubectl spreading the traffic; the operator's pod
+deleted (the app keeps serving) and rescheduled (the status catches up); a rolling
+update of the app. The steps are tests/support/story.py's, which the demo prints
 (examples/story.py, `hack/demo`): the last test runs the demo itself.
 """
 
@@ -21,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.controlplane import ControlPlane, Jaeger, find_assets
-from support.story import ANSWERS, KEYS, POD, PROMPT, ROUTE, Story
+from support.controlplane import Jaeger
+from support.node import Node, node_inputs
+from support.story import ANSWERS, APP, KEYS, PROMPT, ROUTE, Story
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
 
@@ -30,12 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def story(control_plane: ControlPlane, jaeger: Jaeger) -> Iterator[Story]:
-    # Names of their own: the session's control plane is shared with other tests. Short
-    # ones: the service account's identity, system:serviceaccount:<namespace>:<name>, is a
-    # certificate CN of at most 64 characters.
+def story(node: Node, jaeger: Jaeger) -> Iterator[Story]:
+    # Names of their own: the session's node may serve other tests.
     suffix = uuid.uuid4().hex[:5]
-    s = Story(control_plane, jaeger, release=f"r{suffix}", system_namespace=f"ars-{suffix}",
+    s = Story(node, jaeger, release=f"r{suffix}", system_namespace=f"ars-{suffix}",
               app_namespace=f"e2e-{suffix}")
     try:
         yield s
@@ -47,49 +48,52 @@ def story(control_plane: ControlPlane, jaeger: Jaeger) -> Iterator[Story]:
 
 def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     cluster = story.cluster()
-    assert not cluster.started_here and cluster.otlp_endpoint == jaeger.otlp_http_endpoint
+    assert not cluster.started_here
+    assert cluster.otlp_endpoint == f"http://{cluster.node_ip}:{jaeger.otlp_http_port}"
+    assert " Ready " in cluster.nodes_table
 
-    # helm install: the CRDs, RBAC and the (empty) webhook configuration.
+    # helm install: the CRDs, RBAC, the Deployment with the built image, the webhook.
     installed = story.install_chart()
     assert "STATUS: deployed" in installed.notes
     assert installed.crds == ["agentpools.agentrouter.io", "routingpolicies.agentrouter.io"]
     kinds = {o.split("/")[0] for o in installed.objects}
-    assert {"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment",
+    assert {"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "Service",
             "MutatingWebhookConfiguration"} <= kinds
 
-    # The operator, as the chart's service account, fills in the webhook configuration.
-    up = story.start_operator()
+    # The operator runs in its pod, as the chart's service account, and registers the
+    # webhook.
+    up = story.wait_for_operator()
+    assert up.image == cluster.images["agent-operator"]
     assert up.identity.startswith(f"system:serviceaccount:{installed.namespace}:")
     assert up.webhooks == [f"inject-sidecar.{installed.webhook_name}"]
+    assert " Running " in up.pods_table
 
     # Fakes, then the AgentPool and RoutingPolicy with kubectl apply -f.
-    story.start_fakes()
+    fakes = story.start_fakes()
+    assert all(url.startswith(f"http://{cluster.node_ip}:") for url in fakes.node_urls.values())
     applied = story.apply_pool_and_policy()
     for line in ("secret/llm-keys created", "agentpool.agentrouter.io/main created",
                  "routingpolicy.agentrouter.io/chat created"):
         assert line in applied.output
     assert "type: fallback" in applied.texts["policy.yaml"]
 
-    # A labelled pod comes back injected by the webhook.
-    pod = story.create_pod()
-    assert "agent-sidecar" not in pod.manifest
-    assert pod.init_containers == ["agent-sidecar"]
-    assert pod.sidecar["restartPolicy"] == "Always"  # a native sidecar
-    assert pod.sidecar_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == jaeger.otlp_http_endpoint
-    assert pod.sidecar_env["OTEL_SERVICE_NAME"] == "chat"
-    assert pod.app_env == {"OPENAI_BASE_URL": "http://127.0.0.1:4000/v1",
+    # The app's Deployment: its pod comes back injected by the webhook (called by the API
+    # server through the operator's Service), and becomes Ready once configured.
+    app = story.deploy_app()
+    assert "agent-sidecar" not in app.manifest
+    assert app.init_containers == ["agent-sidecar"]
+    assert app.sidecar["restartPolicy"] == "Always"  # a native sidecar
+    assert app.sidecar["image"] == cluster.images["agent-sidecar"]
+    assert app.sidecar_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == cluster.otlp_endpoint
+    assert app.sidecar_env["OTEL_SERVICE_NAME"] == APP
+    assert app.app_env == {"OPENAI_BASE_URL": "http://127.0.0.1:4000/v1",
                            "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000"}
-    assert pod.annotations["agentrouter.io/admin-port"] == "4001"
-    assert {"agent-router-token", "agent-sidecar-state"} <= set(pod.volumes)
-
-    # It "runs": a real sidecar with the injected env at the pod's IP; the operator pushes.
-    sidecar = story.start_sidecar()
-    assert sidecar.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == jaeger.otlp_http_endpoint
-    assert sidecar.env["OTEL_RESOURCE_ATTRIBUTES"] == (
-        f"k8s.pod.name={POD},k8s.namespace.name={story.namespace}")
-    _, row = sidecar.pod_table.splitlines()  # kubectl get pod -o wide
+    assert app.annotations["agentrouter.io/admin-port"] == "4001"
+    assert {"agent-router-token", "agent-sidecar-state"} <= set(app.volumes)
+    _, row = app.pod_table.splitlines()  # kubectl get pod -o wide
     cols = row.split()
-    assert cols[:4] == [POD, "2/2", "Running", "0"] and cols[5] == sidecar.ip
+    assert cols[:3] == [app.pod, "2/2", "Running"] and cols[5] == app.ip
+    assert any(e.startswith("Started") for e in app.events)
     pushed = story.wait_for_config()
     assert pushed.routes == [ROUTE] and pushed.strategy == "fallback"
     assert [a["name"] for a in pushed.agents] == ["main.claude", "main.gpt"]
@@ -98,8 +102,10 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert pushed.status["configVersion"] == pushed.version
     assert pushed.status["observedGeneration"] == 1
 
-    # The app's request, with the official openai SDK, succeeds through the secondary.
+    # The app's request, with the official openai SDK to 127.0.0.1:4000 inside its pod,
+    # succeeds through the secondary.
     call = story.ask()
+    assert call.pod == app.pod
     assert call.answer == ANSWERS["openai"]
     assert call.headers["x-agent-provider"] == "openai"
     assert call.headers["x-agent-model"] == "gpt-4o"
@@ -126,9 +132,10 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     (app_span,) = trace.named("ask the assistant")
     (server,) = trace.named("POST /v1/chat/completions")
     (route,) = trace.named(f"route {ROUTE}")
+    assert app_span.service == f"{APP}-app"
     assert server.parent_id == app_span.span_id  # traceparent was honoured
-    assert route.parent_id == server.span_id and server.service == "chat"
-    assert server.resource["k8s.pod.name"] == POD  # the injected OTEL_RESOURCE_ATTRIBUTES
+    assert route.parent_id == server.span_id and server.service == APP
+    assert server.resource["k8s.pod.name"] == app.pod  # the injected OTEL_RESOURCE_ATTRIBUTES
     assert server.resource["k8s.namespace.name"] == story.namespace
     assert route.tags["agent_router.strategy"] == "fallback"
     assert route.tags["agent_router.chosen"] == "openai/gpt-4o"
@@ -153,41 +160,42 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert sorted(switched.providers) == ["anthropic", "anthropic", "openai", "openai"]
     assert switched.received == {"anthropic": 2, "openai": 2}
 
-    # The operator is SIGKILLed: the sidecar keeps serving its config.
-    killed = story.kill_operator()
-    assert killed.exit_code == -9
-    during = story.ask()
-    assert during.answer in ANSWERS.values()
-    assert during.headers["x-agent-config-version"] == str(switched.version)
-    # A change made while it is down waits for it: the status lags, the sidecar keeps
-    # the round_robin config.
+    # The operator's pod is deleted: the app keeps serving its config meanwhile.
+    deleted = story.delete_operator_pod()
+    assert f'pod "{deleted.pod}" deleted' in deleted.output
+    assert deleted.during.answer in ANSWERS.values()
+    assert deleted.during.headers["x-agent-config-version"] == str(switched.version)
     changed = story.apply_policy("fallback")
-    assert changed.generation == 3 and changed.observed_generation == 2
-    assert changed.served_strategy == "round_robin"
+    assert changed.generation == 3
 
-    # Restarted, it catches up: status, printer columns and the sidecar's config.
-    recovered = story.restart_operator()
-    assert recovered.pid != up.pid
+    # Its Deployment's new pod catches up: status, printer columns, the sidecar's config.
+    recovered = story.wait_for_new_operator()
+    assert recovered.pod != deleted.pod
     status = recovered.status
     assert status["observedGeneration"] == recovered.generation == 3
     assert status["synced"] == "1/1" and status["targetPods"] == status["syncedPods"] == 1
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True" and ready["observedGeneration"] == 3
     assert recovered.served_strategy == "fallback"
-    assert recovered.version > switched.version == int(during.headers["x-agent-config-version"])
+    assert recovered.version > switched.version
     header, row = recovered.policies_table.splitlines()
     assert header.split() == ["NAME", "STRATEGY", "POOLS", "SYNCED", "READY", "AGE"]
     assert row.split()[:5] == ["chat", "fallback", '["main"]', "1/1", "True"]
     assert "agentpool.agentrouter.io/main" in recovered.agentrouter_table
     assert "routingpolicy.agentrouter.io/chat" in recovered.agentrouter_table
-    after = story.ask()  # fallback, with a healthy primary: the primary answers
-    assert after.headers["x-agent-provider"] == "anthropic"
-    assert after.headers["x-agent-attempts"] == "1"
+
+    # A rolling update of the app: the new pod is injected, configured and serving.
+    rolled = story.roll_app()
+    assert rolled.new_pod != rolled.old_pod
+    assert 'deployment "chat" successfully rolled out' in rolled.rollout
+    assert rolled.status["synced"] == "1/1"
+    assert rolled.call.pod == rolled.new_pod
+    assert rolled.call.headers["x-agent-provider"] == "anthropic"  # fallback, primary healthy
+    assert rolled.call.headers["x-agent-attempts"] == "1"
 
 
 # What the demo must print (each, somewhere in its output), so that it cannot rot.
 DEMO_LINES = [
     "STATUS: deployed",
+    "node-0   Ready",
     "webhook: inject-sidecar.agent-router-sidecar-injector.agentrouter.io",
     "initContainers: agent-sidecar",
     "routingpolicy.agentrouter.io/chat created",
@@ -202,19 +210,21 @@ DEMO_LINES = [
     "/api/traces/",
     "4 requests, answered by: ",
     "the fakes received: anthropic 2, openai 2",
-    "exit code -9",
+    "deleted",
     "routingpolicy.agentrouter.io/chat   fallback",
+    "successfully rolled out",
     "Tearing down",
 ]
 
 
 def test_the_demo_runs_the_same_story() -> None:
-    """`examples/story.py --no-wait` (what `hack/demo` runs) starts its own control plane
-    and Jaeger, tells the story and exits 0."""
+    """`examples/story.py --no-wait` (what `hack/demo` runs) starts its own node and
+    Jaeger, tells the story and exits 0."""
+    assets, images = node_inputs()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["AGENT_ROUTER_ASSETS"] = str(find_assets())
+    env.update(AGENT_ROUTER_ASSETS=str(assets), AGENT_ROUTER_IMAGES=str(images))
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "story.py"), "--no-wait"],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=800, env=env, cwd=ROOT,
                           stdin=subprocess.DEVNULL, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

@@ -1,8 +1,9 @@
 """The story's fallback trace, in the real Jaeger UI, in a real browser.
 
-The story's first steps on the real control plane (helm install, the operator, an
-AgentPool whose primary answers 529 overloaded and a fallback RoutingPolicy, an injected
-pod with a real sidecar) and one request through the official openai SDK; then headless
+The story's first steps on the real node (helm install, the operator in its pod, an
+AgentPool whose primary answers 529 overloaded and a fallback RoutingPolicy, the app's
+pod with the injected sidecar) and one request through the official openai SDK from the
+app's container; then headless
 Chromium (Debian's) opens the trace's page in the Jaeger UI that the tests' Jaeger serves
 (built by hack/jaeger-ui), waits for the timeline, opens the routing decision and both
 attempts, and reads what a person sees there: every span, the route and its strategy,
@@ -25,8 +26,9 @@ from typing import Any
 
 import pytest
 from support.browser import chromium
-from support.controlplane import JAEGER_UI_ENV, ControlPlane, Jaeger
-from support.story import KEYS, PROMPT, TraceSeen, story
+from support.controlplane import JAEGER_UI_ENV, Jaeger
+from support.node import Node
+from support.story import KEYS, PROMPT, Story, TraceSeen
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(600)]
 
@@ -92,30 +94,30 @@ def png_size(png: bytes) -> tuple[int, int]:
     return width, height
 
 
-def the_fallback_trace(control_plane: ControlPlane, jaeger: Jaeger) -> TraceSeen:
+def the_fallback_trace(node: Node, jaeger: Jaeger) -> TraceSeen:
     """The story up to its first request (the primary answers 529), and its trace."""
-    suffix = uuid.uuid4().hex[:5]  # names of their own: the control plane is shared
-    with story(control_plane, jaeger, release=f"r{suffix}", system_namespace=f"ars-{suffix}",
-               app_namespace=f"tv-{suffix}") as s:  # fmt: skip
+    suffix = uuid.uuid4().hex[:5]  # names of their own: the node is shared
+    s = Story(node, jaeger, release=f"r{suffix}", system_namespace=f"ars-{suffix}",
+              app_namespace=f"tv-{suffix}")  # fmt: skip
+    try:
         s.install_chart()
-        s.start_operator()
+        s.wait_for_operator()
         s.start_fakes()
         s.apply_pool_and_policy()
-        s.create_pod()
-        s.start_sidecar()
+        s.deploy_app()
         s.wait_for_config()
         call = s.ask()
         return s.find_trace(call.trace_id)
+    finally:
+        s.close()
 
 
-def test_the_fallback_trace_in_the_jaeger_ui(
-    control_plane: ControlPlane, jaeger: Jaeger, tmp_path: Path
-) -> None:
+def test_the_fallback_trace_in_the_jaeger_ui(node: Node, jaeger: Jaeger, tmp_path: Path) -> None:
     assert jaeger.ui is not None, (
         f"the tests' Jaeger serves no UI: run hack/jaeger-ui and export the {JAEGER_UI_ENV}=... "
         "line it prints (hack/test does both)"
     )
-    trace = the_fallback_trace(control_plane, jaeger)
+    trace = the_fallback_trace(node, jaeger)
     (route,) = trace.named("route ")
     failed, answered = trace.children(route)
     assert trace.ui_url == jaeger.trace_url(trace.trace_id)

@@ -64,7 +64,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> 
             cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
             cp.apply({"apiVersion": "v1", "kind": "Secret",
                       "metadata": {"name": "agent-router-sidecar"},
-                      "stringData": {"token": "replica-token-for-the-test"}}, namespace)
+                      "stringData": {"token": "replica-token-of-24-chars"}}, namespace)
             ip = next_ip()
             sidecar = start_sidecar(cp, namespace, ip)
             cp.mark_pod_ready(namespace, "chat-0", ip=ip)

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -720,8 +720,26 @@ def _ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def start_control_plane(workdir: Path, assets: Path) -> ControlPlane:
-    """Start etcd and kube-apiserver in ``workdir``; returns once /readyz is ok."""
+class NodeNetwork(Protocol):
+    """A node's network namespace (tests/support/node.py) that the control plane can run
+    in, so that the API server reaches pods and the kubelet, and they reach it."""
+
+    ip: str  # the node's address inside it, which the API server advertises
+
+    def command(self, args: list[str]) -> list[str]:
+        """``args`` run inside the namespace."""
+
+    def publish(self, port: int) -> None:
+        """Make ``127.0.0.1:port`` here reach the same port inside the namespace."""
+
+
+def start_control_plane(
+    workdir: Path, assets: Path, node: NodeNetwork | None = None
+) -> ControlPlane:
+    """Start etcd and kube-apiserver in ``workdir``; returns once /readyz is ok.
+
+    With ``node`` they run inside its network namespace, reached from here through
+    ``node.publish``; pods get service account tokens and the kubelet its Node rights."""
     pki = workdir / "pki"
     logs = workdir / "logs"
     serving_ca = CertificateAuthority("agent-router-test-serving-ca")
@@ -734,7 +752,8 @@ def start_control_plane(workdir: Path, assets: Path) -> ControlPlane:
     serving = serving_ca.issue(
         "kube-apiserver",
         hosts=["127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
-               "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+               "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+               *([node.ip] if node else [])],
         server=True,
     )  # fmt: skip
     serving_cert, serving_key = serving.write(pki, "apiserver")
@@ -754,9 +773,13 @@ def start_control_plane(workdir: Path, assets: Path) -> ControlPlane:
     server = f"https://127.0.0.1:{api_port}"
     etcd_url = f"http://127.0.0.1:{etcd_client}"
     peer_url = f"http://127.0.0.1:{etcd_peer}"
+    inside: Callable[[list[str]], list[str]] = node.command if node else list
+    if node:
+        node.publish(etcd_client)
+        node.publish(api_port)
     etcd = ManagedProcess(
         "etcd",
-        [
+        inside([
             str(assets / "etcd"),
             "--name=default",
             f"--data-dir={workdir / 'etcd'}",
@@ -767,37 +790,46 @@ def start_control_plane(workdir: Path, assets: Path) -> ControlPlane:
             f"--initial-cluster=default={peer_url}",
             "--unsafe-no-fsync",
             "--log-level=warn",
-        ],
+        ]),
         logs / "etcd.log",
     )
-    apiserver = ManagedProcess(
-        "kube-apiserver",
-        [
-            str(assets / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--cert-dir={pki}",
-            f"--tls-cert-file={serving_cert}",
-            f"--tls-private-key-file={serving_key}",
-            f"--client-ca-file={client_ca_file}",
-            "--authorization-mode=RBAC",
-            # As envtest: no controller creates the default ServiceAccount here.
-            "--disable-admission-plugins=ServiceAccount",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # Webhooks registered by Service reference are dialed at the Service's
-            # endpoints, not its cluster IP (no kube-proxy here): see publish_endpoints.
-            "--enable-aggregator-routing=true",
-            "--allow-privileged=true",
-            f"--service-account-issuer={server}",
-            f"--service-account-key-file={sa_pub}",
-            f"--service-account-signing-key-file={sa_priv}",
-            "--profiling=false",
-            "--v=1",
-        ],
-        logs / "kube-apiserver.log",
-    )
+    apiserver_args = [
+        str(assets / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={api_port}",
+        f"--cert-dir={pki}",
+        f"--tls-cert-file={serving_cert}",
+        f"--tls-private-key-file={serving_key}",
+        f"--client-ca-file={client_ca_file}",
+        "--authorization-mode=RBAC",
+        # As envtest: no controller creates the default ServiceAccount here.
+        "--disable-admission-plugins=ServiceAccount",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        # Webhooks registered by Service reference are dialed at the Service's
+        # endpoints, not its cluster IP (no kube-proxy here): see publish_endpoints.
+        "--enable-aggregator-routing=true",
+        "--allow-privileged=true",
+        f"--service-account-issuer={server}",
+        f"--service-account-key-file={sa_pub}",
+        f"--service-account-signing-key-file={sa_priv}",
+        "--profiling=false",
+        "--v=1",
+    ]
+    if node:
+        # Bound to the node's address too (pods reach it through the `kubernetes`
+        # Service), with the ServiceAccount admission that gives pods their tokens, and
+        # the Node authorizer for the kubelet.
+        changed = {"--bind-address": "0.0.0.0", "--advertise-address": node.ip,
+                   "--authorization-mode": "Node,RBAC"}
+        apiserver_args = [
+            f"{flag}={changed[flag]}" if (flag := a.split("=")[0]) in changed else a
+            for a in apiserver_args if "ServiceAccount" not in a
+        ] + ["--enable-admission-plugins=NodeRestriction",
+             "--kubelet-preferred-address-types=InternalIP",  # no DNS for node names
+             "--vmodule=httplog=3"]  # every request, its status and latency, in the log
+    apiserver = ManagedProcess("kube-apiserver", inside(apiserver_args), logs / "kube-apiserver.log")
     plane = ControlPlane(
         workdir=workdir,
         assets=assets,

@@ -1,27 +1,27 @@
-"""The whole story, end to end: one sequence of real steps that the e2e test asserts and
-the demo (``examples/story.py``, ``hack/demo``) prints, so the two cannot drift apart.
+"""The whole story, end to end, on a real node: one sequence of real steps that the e2e
+test asserts and the demo (``examples/story.py``, ``hack/demo``) prints, so the two
+cannot drift apart.
 
-    story = Story(control_plane, jaeger)   # in pytest: the session's fixtures
-    story = Story().start()                # anywhere else: starts its own (etcd,
-                                           # kube-apiserver, Jaeger) from the test binaries
-    story.install_chart()                  # helm install: CRDs, RBAC, webhook configuration
-    story.start_operator()                 # the chart's operator, as a local process
+    story = Story(node, jaeger)            # in pytest: the session's node and Jaeger
+    story = Story().start()                # anywhere else: starts its own (tests/support/node.py)
+    story.install_chart()                  # helm install with the images hack/images built
+    story.wait_for_operator()              # the operator's pod Ready, its webhook registered
     story.start_fakes(); story.apply_pool_and_policy()
-    pod = story.create_pod()               # the webhook injects the sidecar
-    story.start_sidecar()                  # ready at 127.0.N.M, a real sidecar serves there
-    story.wait_for_config()                # the operator pushes the compiled config
-    call = story.ask()                     # the official openai SDK, through the sidecar
+    story.deploy_app()                     # the app's pod, injected, Ready once configured
+    story.wait_for_config()                # the operator pushed; the policy says 1/1 synced
+    call = story.ask()                     # the app's openai SDK call, through its sidecar
     story.metrics(); story.find_trace(call.trace_id)
     story.switch_strategy("round_robin")
-    story.kill_operator(); story.ask(); story.apply_policy("fallback")
-    story.restart_operator()               # status catches up with what changed meanwhile
+    story.delete_operator_pod(); story.apply_policy("fallback")
+    story.wait_for_new_operator()          # rescheduled; status catches up
+    story.roll_app()                       # a rolling update: a new pod, configured, serving
     story.close()
 
 Each step returns a dataclass saying what happened; nothing here asserts or prints.
-A step that cannot happen raises (``StoryError``, or ``AssertionError`` from ``wait_for``
-with what it saw last). There is no kubelet: the pod never runs; its status is set by
-hand (IP 127.0.N.M, Ready) and a real ``agent-sidecar`` process listens at that IP with
-the environment the webhook injected, as the kubelet would have started it.
+A step that cannot happen raises (``StoryError``) with what it saw last and the logs that
+tell why. The test process reaches pods and Services inside the node's network
+namespace through the node's relay (``node.reach``), and the pods reach Jaeger and the
+fake providers on this machine's loopback through the node's address (``node.offer``).
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ import base64
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,31 +43,21 @@ from typing import Any
 import httpx
 import yaml
 
-from support.controlplane import (
-    ASSETS_ENV,
-    ControlPlane,
-    Jaeger,
-    ManagedProcess,
-    free_port,
-    host_ip,
-    start_control_plane,
-    start_jaeger,
-)
+from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
+from support.node import NODE_BINARIES, Node, find_images, start_node
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "agent-router"
+APP_SOURCE = ROOT / "examples" / "chat-app" / "app.py"
 TESTS = ROOT / "tests"
-for _path in (TESTS, TESTS / "sidecar"):  # fakes, sidecar_support
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(TESTS) not in sys.path:  # fakes
+    sys.path.insert(0, str(TESTS))
 
 from fakes import Fail, FakeProvider, Reply  # noqa: E402
-from sidecar_support import SidecarProcess  # noqa: E402
 
 INJECT_LABEL = "agentrouter.io/inject"
-APP = "chat"  # the app's label, its pod name prefix, and its trace service name
-POD = "chat-0"
+APP = "chat"  # the app's Deployment, Service and label, and the sidecar's service name
 POLICY = "chat"
 POOL = "main"
 ROUTE = "default"
@@ -81,7 +68,7 @@ KEYS = {"anthropic": "sk-ant-story-7f3a9c", "openai": "sk-story-4b8e21"}
 PROMPT = "Say hello to the story (marker: purple-elephant-42)"
 ANSWERS = {"anthropic": "Hello from Claude (the anthropic fake).",
            "openai": "Hello from GPT-4o (the openai fake)."}
-WAIT = 120.0  # generous: 2 shared cores; only failures ever wait this long
+WAIT = 180.0  # generous: 2 shared cores; only failures ever wait this long
 
 
 class StoryError(RuntimeError):
@@ -90,24 +77,6 @@ class StoryError(RuntimeError):
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def find_assets() -> Path:
-    """The test binaries: ``AGENT_ROUTER_ASSETS``, else the pinned cache when complete."""
-    names = ("kube-apiserver", "etcd", "kubectl", "helm", "jaeger")
-    given = os.environ.get(ASSETS_ENV)
-    candidates = [Path(given)] if given else []
-    if not given:
-        proc = subprocess.run(["bash", str(ROOT / "hack" / "test-binaries"), "--check"],
-                              capture_output=True, text=True, check=False)
-        match = re.search(rf"^{ASSETS_ENV}=(.+)$", proc.stdout, re.MULTILINE)
-        if proc.returncode == 0 and match:
-            candidates.append(Path(match.group(1).strip()))
-    for directory in candidates:
-        if all(os.access(directory / n, os.X_OK) for n in names):
-            return directory
-    raise StoryError(f"the test binaries are not built: run `hack/test-binaries` and export "
-                     f"the {ASSETS_ENV}=... line it prints (hack/demo does both)")
 
 
 # ---- what each step returns ------------------------------------------------------------------
@@ -119,8 +88,11 @@ class Cluster:
     server: str
     kubectl: Path  # the pinned kubectl (put its directory on PATH)
     jaeger_ui: str
-    otlp_endpoint: str
-    started_here: bool  # False: attached to the test session's control plane and Jaeger
+    otlp_endpoint: str  # as the pods reach it
+    node_ip: str
+    nodes_table: str  # kubectl get nodes -o wide
+    images: dict[str, str]  # name -> reference, as loaded into containerd
+    started_here: bool  # False: attached to the test session's node and Jaeger
 
 
 @dataclass
@@ -137,16 +109,17 @@ class Installed:
 
 @dataclass
 class OperatorUp:
-    pid: int
+    pod: str
+    image: str
     identity: str  # the service account it runs as
-    args: list[str]
     webhooks: list[str]  # what it wrote into the chart's MutatingWebhookConfiguration
-    log: Path
+    pods_table: str  # kubectl get pods -o wide in the release's namespace
 
 
 @dataclass
 class Fakes:
-    urls: dict[str, str]
+    urls: dict[str, str]  # on this machine's loopback
+    node_urls: dict[str, str]  # the same, as the pods reach them
     primary: str
     primary_behaviour: str
 
@@ -160,24 +133,19 @@ class Applied:
 
 
 @dataclass
-class Injected:
-    manifest: str  # the pod as applied (no sidecar in it)
+class AppUp:
+    manifest: str  # the Deployment and Service as applied (no sidecar in them)
+    pod: str
+    ip: str
     init_containers: list[str]
     sidecar: dict[str, Any]  # the injected container as stored
     sidecar_env: dict[str, str]  # its plain env values
     app_env: dict[str, str]  # what the webhook added to the app container
     annotations: dict[str, str]
     volumes: list[str]
-
-
-@dataclass
-class SidecarUp:
-    ip: str
-    app_url: str
-    admin_url: str
-    env: dict[str, str]  # the environment it runs with (from the injected container)
-    pid: int
-    pod_table: str  # kubectl get pod -o wide
+    pod_table: str  # kubectl get pod -o wide, once Ready
+    events: list[str]  # the pod's events (scheduled, pulled, started, probes)
+    ready_after: float  # seconds from kubectl apply to Ready
 
 
 @dataclass
@@ -196,6 +164,7 @@ class AppCall:
     model: str
     headers: dict[str, str]  # the x-agent-* response headers
     trace_id: str
+    pod: str  # the app pod that answered
     app_code: str  # the app's side of the call, as a person would write it
 
 
@@ -279,24 +248,22 @@ class Switched:
 
 
 @dataclass
-class OperatorKilled:
-    pid: int
-    signal: str
-    exit_code: int | None
+class OperatorDeleted:
+    pod: str
+    output: str  # what kubectl delete printed
+    during: AppCall  # a request made right after, while no operator runs
 
 
 @dataclass
 class PolicyChanged:
     strategy: str
     generation: int
-    observed_generation: int | None  # as the status says right after (stale while down)
-    served_strategy: str  # what the sidecar serves right after
     output: str
 
 
 @dataclass
 class Recovered:
-    pid: int
+    pod: str  # the operator's new pod
     status: dict[str, Any]
     generation: int
     served_strategy: str
@@ -305,70 +272,60 @@ class Recovered:
     agentrouter_table: str  # kubectl get agentrouter (both kinds)
 
 
+@dataclass
+class RolledOut:
+    old_pod: str
+    new_pod: str
+    command: str
+    rollout: str  # kubectl rollout status
+    status: dict[str, Any]  # the RoutingPolicy's status afterwards
+    call: AppCall  # answered by the new pod
+
+
 # ---- the story -------------------------------------------------------------------------------
 
 
-def _expand(value: str, env: dict[str, str]) -> str:
-    """The kubelet's $(VAR) expansion of an env value."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
-
-
-def _loopback_ip() -> str:
-    """A 127.x.y.z of the pod's own whose ports 4000 and 4001 are free."""
-    for _ in range(100):
-        ip = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
-        try:
-            for port in (4000, 4001):
-                with socket.socket() as s:
-                    s.bind((ip, port))
-        except OSError:
-            continue
-        return ip
-    raise StoryError("no free 127.x.y.z address for the pod")
-
-
 class Story:
-    def __init__(self, control_plane: ControlPlane | None = None, jaeger: Jaeger | None = None,
+    def __init__(self, node: Node | None = None, jaeger: Jaeger | None = None,
                  *, release: str = "agent-router", system_namespace: str = "agent-router-system",
                  app_namespace: str = "story", workdir: Path | None = None) -> None:
-        self.cp = control_plane
+        self.node = node
         self.jaeger = jaeger
         self.release = release
         self.system_namespace = system_namespace
         self.namespace = app_namespace
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="agent-router-story-"))
-        self._owned: list[Any] = []  # what start() started (stopped by close())
+        self._owned: list[Node | Jaeger] = []  # what start() started (stopped by close())
         self._stack = contextlib.ExitStack()
         self.fakes: dict[str, FakeProvider] = {}
-        self.operator: ManagedProcess | None = None
-        self.sidecar: SidecarProcess | None = None
-        self.ip = ""
         self.token = ""
-        self._operator_args: list[str] = []
-        self._operator_env: dict[str, str] = {}
-        self._operator_identity = ""
-        self._operator_kubeconfig: Path | None = None
-        self._service = ""
+        self.pod = ""  # the app pod the story watches
+        self.operator_pod = ""
 
-    # -- 0. a control plane and Jaeger --------------------------------------------------------
+    # -- 0. a node and Jaeger -----------------------------------------------------------------
 
     def start(self) -> Story:
-        """Start etcd + kube-apiserver and Jaeger here (outside pytest's fixtures)."""
-        assets = find_assets()
-        if self.cp is None:
-            self.cp = start_control_plane(self.workdir / "controlplane", assets)
-            self._owned.append(self.cp)
+        """Start Jaeger and a node (with its control plane) here, outside pytest."""
+        assets = find_assets(("kube-apiserver", "etcd", "kubectl", "helm", "jaeger",
+                              *NODE_BINARIES))
         if self.jaeger is None:
             self.jaeger = start_jaeger(self.workdir / "jaeger", assets)
             self._owned.append(self.jaeger)
+        if self.node is None:
+            self.node = start_node(self.workdir / "node", assets, find_images())
+            self._owned.append(self.node)
         return self
 
     @property
+    def _node(self) -> Node:
+        if self.node is None:
+            raise StoryError("no node: pass one or call start()")
+        return self.node
+
+    @property
     def _cp(self) -> ControlPlane:
-        if self.cp is None:
-            raise StoryError("no control plane: pass one or call start()")
-        return self.cp
+        return self._node.control_plane
 
     @property
     def _jaeger(self) -> Jaeger:
@@ -376,9 +333,15 @@ class Story:
             raise StoryError("no Jaeger: pass one or call start()")
         return self.jaeger
 
+    def otlp_endpoint(self) -> str:
+        """Jaeger's OTLP/HTTP receiver as the pods reach it (through the node's address)."""
+        return f"http://{self._node.offer(self._jaeger.otlp_http_port)}"
+
     def cluster(self) -> Cluster:
+        node = self._node
         return Cluster(self._cp.kubeconfig, self._cp.server, self._cp.assets / "kubectl",
-                       self._jaeger.query_url, self._jaeger.otlp_http_endpoint,
+                       self._jaeger.query_url, self.otlp_endpoint(), node.ip,
+                       self.kubectl("get", "nodes", "-o", "wide"), dict(node.images),
                        started_here=bool(self._owned))
 
     def kubectl(self, *args: str, check: bool = True) -> str:
@@ -387,19 +350,27 @@ class Story:
     # -- 1. helm install ---------------------------------------------------------------------
 
     def install_chart(self) -> Installed:
-        cp = self._cp
+        cp, images = self._cp, self._node.images
         cp.create_namespace(self.system_namespace)
+        operator_repo, operator_tag = images["agent-operator"].rsplit(":", 1)
+        sidecar_repo, sidecar_tag = images["agent-sidecar"].rsplit(":", 1)
         values = {
+            # The images hack/images built, loaded into the node's containerd.
+            "image.repository": operator_repo, "image.tag": operator_tag,
+            "sidecar.image.repository": sidecar_repo, "sidecar.image.tag": sidecar_tag,
             # The sidecars the webhook injects export their traces to this Jaeger.
-            "sidecar.otlpEndpoint": self._jaeger.otlp_http_endpoint,
-            # A short resync and peering lifetime, so a restarted operator takes over soon.
+            "sidecar.otlpEndpoint": self.otlp_endpoint(),
+            # A short resync and peering lifetime, so a new operator pod takes over soon.
             "operator.resyncSeconds": "5",
             "operator.peeringLifetimeSeconds": "10",
         }
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-        args = ["install", self.release, str(CHART), "--namespace", self.system_namespace,
-                "--wait=false", *sets]
-        out = cp.helm(*args).stdout
+        try:
+            out = cp.helm("install", self.release, str(CHART), "--namespace",
+                          self.system_namespace, "--wait=false", *sets).stdout
+        except CommandError as exc:
+            raise StoryError(f"{exc}\n--- what the API server was asked for this release\n"
+                             f"{self._requests_about(self.release)}") from None
         manifest = [d for d in yaml.safe_load_all(
             cp.helm("get", "manifest", self.release, "--namespace", self.system_namespace).stdout)
             if d]
@@ -415,65 +386,52 @@ class Story:
             notes=out, objects=[f"{o['kind']}/{o['metadata']['name']}" for o in manifest],
             crds=crds, webhook_name=webhook, values=values)
 
-    # -- 2. the operator, as the chart's service account ---------------------------------------
+    # -- 2. the operator's pod -------------------------------------------------------------------
+
+    def _operator_pods(self) -> list[dict[str, Any]]:
+        return list(self._cp.get_json(
+            "pods", "-l", f"app.kubernetes.io/instance={self.release}",
+            namespace=self.system_namespace)["items"])
 
     def _deployment(self) -> dict[str, Any]:
-        items = self._cp.get_json(
+        return dict(self._cp.get_json(
             "deployment", "-l", f"app.kubernetes.io/instance={self.release}",
-            namespace=self.system_namespace)["items"]
-        if len(items) != 1:
-            raise StoryError(f"expected the chart's one Deployment, found {len(items)}")
-        return dict(items[0])
+            namespace=self.system_namespace)["items"][0])
 
-    def start_operator(self) -> OperatorUp:
-        """`agent-operator` (the image's ENTRYPOINT) with the args and env of the chart's
-        Deployment, as the chart's service account: what the Deployment's pod would run."""
-        if not self._operator_args:
-            deploy = self._deployment()
-            pod = deploy["spec"]["template"]["spec"]
-            (container,) = pod["containers"]
-            self._operator_args = [*container["args"], "--verbose"]
-            env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-            # As in a cluster, the apiserver calls the webhook through the chart's Service;
-            # with no kubelet or endpoint controller here, the operator listens on this
-            # machine's address and that is published as the Service's endpoint.
-            ip, port = host_ip(), free_port()
-            (service,) = self._cp.get_json(
-                "service", "-l", f"app.kubernetes.io/instance={self.release}",
-                namespace=self.system_namespace)["items"]
-            self._service = service["metadata"]["name"]
-            self._cp.publish_endpoints(self.system_namespace, self._service, "webhook", ip,
-                                       port)
-            env.update(AGENT_OPERATOR_WEBHOOK_ADDR=ip, AGENT_OPERATOR_WEBHOOK_PORT=str(port),
-                       AGENT_OPERATOR_LIVENESS=f"http://127.0.0.1:{free_port()}/healthz")
-            self._operator_env = env
-            sa = pod["serviceAccountName"]
-            self._operator_identity = f"system:serviceaccount:{self.system_namespace}:{sa}"
-            self._operator_kubeconfig = self._cp.kubeconfig_for_service_account(
-                self.system_namespace, sa)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(self._operator_env, KUBECONFIG=str(self._operator_kubeconfig))
-        script = Path(sys.executable).parent / "agent-operator"
-        self.operator = ManagedProcess(
-            "agent-operator", [str(script), *self._operator_args],
-            self.workdir / "logs" / "operator.log", env=env)
-        self.operator.start()
-        operator = self.operator
-        if operator.popen is None:
-            raise StoryError("the operator did not start")
-        webhook_name = self._operator_env["AGENT_OPERATOR_WEBHOOK_NAME"]
-        found = self._wait(
-            lambda: self._cp.get_json("mutatingwebhookconfiguration", webhook_name)
-            .get("webhooks"), "the operator's webhook in the chart's configuration")
-        health = self._operator_env["AGENT_OPERATOR_LIVENESS"]
-        self._wait(lambda: httpx.get(health, timeout=2).status_code == 200, "operator /healthz")
-        return OperatorUp(operator.popen.pid, self._operator_identity, self._operator_args,
-                          [w["name"] for w in found], operator.log_path)
+    def wait_for_operator(self, not_pod: str = "") -> OperatorUp:
+        """Every pod of the operator's Deployment Ready (the startup probe is kopf's
+        /healthz) and the webhook it registers in the chart's configuration. `not_pod`: a
+        pod that must be gone. The story follows the first pod."""
+
+        def up() -> list[dict[str, Any]] | None:
+            pods = self._operator_pods()
+            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            if any(p["metadata"]["name"] == not_pod for p in pods):
+                return None
+            ready = [p for p in live if _ready(p)]
+            wanted = self._deployment()["spec"]["replicas"]
+            return ready if len(ready) == len(live) == wanted else None
+
+        pod = self._wait(up, "the operator's pods Ready")[0]
+        deploy = self._deployment()
+        env = {e["name"]: e.get("value", "") for e in
+               deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
+        found = self._wait(lambda: self._cp.get_json("mutatingwebhookconfiguration", name)
+                           .get("webhooks"), "the operator's webhook in the chart's configuration")
+        self.operator_pod = pod["metadata"]["name"]
+        spec = pod["spec"]
+        return OperatorUp(
+            self.operator_pod, spec["containers"][0]["image"],
+            f"system:serviceaccount:{self.system_namespace}:{spec['serviceAccountName']}",
+            [w["name"] for w in found],
+            self.kubectl("get", "pods", "-o", "wide", "-n", self.system_namespace))
 
     # -- 3. fake providers, an AgentPool and a RoutingPolicy ----------------------------------
 
     def start_fakes(self) -> Fakes:
-        """Two fake providers on loopback: Anthropic (the primary) answers 529 overloaded."""
+        """Two fake providers on loopback: Anthropic (the primary) answers 529 overloaded.
+        The pods reach them at the node's address."""
         claude = FakeProvider("anthropic", api_key=KEYS["anthropic"],
                               default=Reply(text=ANSWERS["anthropic"]))
         gpt = FakeProvider("openai", api_key=KEYS["openai"], default=Reply(text=ANSWERS["openai"]))
@@ -481,8 +439,12 @@ class Story:
             self._stack.enter_context(fake.running())
         claude.set_default(Fail(529))
         self.fakes = {"anthropic": claude, "openai": gpt}
-        return Fakes({k: f.url for k, f in self.fakes.items()}, "anthropic",
-                     "answers every request with 529 overloaded_error")
+        return Fakes({k: f.url for k, f in self.fakes.items()},
+                     {k: self._node_url(f, f.url) for k, f in self.fakes.items()},
+                     "anthropic", "answers every request with 529 overloaded_error")
+
+    def _node_url(self, fake: FakeProvider, url: str) -> str:
+        return url.replace(fake.url, f"http://{self._node.offer(fake.port)}")
 
     def manifests(self, strategy: str = "fallback") -> dict[str, str]:
         """The YAML a person would write (the fakes' URLs stand in for the providers')."""
@@ -493,10 +455,10 @@ class Story:
                 "metadata": {"name": POOL},
                 "spec": {"agents": [
                     {"name": "claude", "provider": "anthropic", "model": "claude-sonnet",
-                     "baseUrl": claude.base_url,
+                     "baseUrl": self._node_url(claude, claude.base_url),
                      "apiKeySecretRef": {"name": KEYS_SECRET, "key": "anthropic"}},
                     {"name": "gpt", "provider": "openai", "model": "gpt-4o",
-                     "baseUrl": gpt.base_url,
+                     "baseUrl": self._node_url(gpt, gpt.base_url),
                      "apiKeySecretRef": {"name": KEYS_SECRET, "key": "openai"}}]}}
         policy = {"apiVersion": "agentrouter.io/v1alpha1", "kind": "RoutingPolicy",
                   "metadata": {"name": POLICY},
@@ -521,80 +483,89 @@ class Story:
                       for p in files.values())
         return Applied(self.namespace, files, texts, out)
 
-    # -- 4. a pod, injected by the webhook -----------------------------------------------------
+    # -- 4. the app: a Deployment labelled for injection, and its Service -------------------------
 
-    def pod_manifest(self) -> str:
-        return yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": POD, "labels": {"app": APP, INJECT_LABEL: "true"}},
-            "spec": {"containers": [{
-                "name": "app", "image": "registry.example/chat:1.0",
-                "env": [{"name": "OPENAI_API_KEY", "value": "unused"}]}]},
-        }, sort_keys=False)
+    def app_manifest(self, version: str = "1") -> str:
+        labels = {"app": APP, INJECT_LABEL: "true"}
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": APP},
+            "spec": {
+                "replicas": 1, "selector": {"matchLabels": {"app": APP}},
+                "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": labels}, "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "app", "image": self._node.images["chat-app"],
+                        "imagePullPolicy": "IfNotPresent",
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "env": [{"name": "APP_VERSION", "value": version},
+                                {"name": "OTEL_SERVICE_NAME", "value": f"{APP}-app"},
+                                {"name": "OTEL_EXPORTER_OTLP_ENDPOINT",
+                                 "value": self.otlp_endpoint()}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
+                                           "periodSeconds": 2},
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "runAsNonRoot": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }]}}}}
+        service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": APP},
+                   "spec": {"selector": {"app": APP},
+                            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+        return yaml.safe_dump_all([deployment, service], sort_keys=False)
 
-    def create_pod(self) -> Injected:
-        text = self.pod_manifest()
-        path = self._write("pod.yaml", text)
+    def _app_pods(self) -> list[dict[str, Any]]:
+        return list(self._cp.get_json("pods", "-l", f"app={APP}", namespace=self.namespace)
+                    ["items"])
+
+    def deploy_app(self) -> AppUp:
+        text = self.app_manifest()
+        path = self._write("app.yaml", text)
+        started = time.monotonic()
         self.kubectl("apply", "-n", self.namespace, "-f", str(path))
-        pod = self._cp.get_json("pod", POD, namespace=self.namespace)
+        pod = self._wait(lambda: next(iter(self._app_pods()), None), "the app's pod")
+        ready = self._wait_ready(pod["metadata"]["name"])
+        return self._app_up(text, ready, time.monotonic() - started)
+
+    def _wait_ready(self, name: str) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            pod = self._cp.get_json("pod", name, namespace=self.namespace)
+            return dict(pod) if _ready(pod) else None
+
+        return dict(self._wait(ready, f"pod {name} Ready"))
+
+    def _app_up(self, manifest: str, pod: dict[str, Any], seconds: float) -> AppUp:
+        name = pod["metadata"]["name"]
+        self.pod = name
+        secret = self._cp.get_json("secret", "agent-router-sidecar", namespace=self.namespace)
+        self.token = base64.b64decode(secret["data"]["token"]).decode()
         init = pod["spec"].get("initContainers") or []
         sidecar: dict[str, Any] = next((c for c in init if c["name"] == "agent-sidecar"), {})
         app = pod["spec"]["containers"][0]
-        return Injected(
-            manifest=text, init_containers=[c["name"] for c in init], sidecar=sidecar,
+        events = self._cp.get_json("events", "--field-selector", f"involvedObject.name={name}",
+                                   namespace=self.namespace)["items"]
+        return AppUp(
+            manifest=manifest, pod=name, ip=pod["status"]["podIP"],
+            init_containers=[c["name"] for c in init], sidecar=sidecar,
             sidecar_env={e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e},
             app_env={e["name"]: e.get("value", "") for e in app.get("env", [])
-                     if e["name"] != "OPENAI_API_KEY"},
+                     if e["name"] in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")},
             annotations=dict(pod["metadata"].get("annotations") or {}),
-            volumes=[v["name"] for v in pod["spec"].get("volumes") or []])
+            volumes=[v["name"] for v in pod["spec"].get("volumes") or []],
+            pod_table=self.kubectl("get", "pod", name, "-n", self.namespace, "-o", "wide"),
+            events=[f"{e['reason']}: {e.get('message', '')}" for e in
+                    sorted(events, key=lambda e: e.get("lastTimestamp") or "")],
+            ready_after=seconds)
 
-    # -- 5. the pod "runs": a real sidecar at its IP ---------------------------------------------
+    # -- 5. the operator pushes the config --------------------------------------------------------
 
-    def start_sidecar(self) -> SidecarUp:
-        """What the kubelet would do: run the injected container's command with its env
-        (fieldRefs and $(VAR)s resolved, the token Secret "mounted"), then report the pod
-        Running and Ready at its IP, a 127.x.y.z of its own."""
-        pod = self._cp.get_json("pod", POD, namespace=self.namespace)
-        sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "agent-sidecar")
-        secret = self._cp.get_json("secret", "agent-router-sidecar", namespace=self.namespace)
-        self.token = base64.b64decode(secret["data"]["token"]).decode()
-        self.ip = _loopback_ip()
-        fields = {"metadata.name": POD, "metadata.namespace": self.namespace,
-                  "status.podIP": self.ip}
-        env: dict[str, str] = {}
-        for e in sidecar.get("env", []):
-            if "value" in e:
-                env[e["name"]] = _expand(e["value"], env)
-            elif ref := e.get("valueFrom", {}).get("fieldRef"):
-                env[e["name"]] = fields.get(ref["fieldPath"], "")
-        # The volumes: the token Secret and the emptyDir for the last good config.
-        files = self.workdir / "pod"
-        token_file = files / "token" / "token"
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(self.token)
-        mounts = {"/var/run/agent-router/token": token_file.parent,
-                  "/var/lib/agent-sidecar": files / "state"}
-        for name, value in list(env.items()):
-            for mount, local in mounts.items():
-                if value.startswith(mount):
-                    env[name] = str(local) + value[len(mount):]
-        # Inside the pod the app port is 127.0.0.1 and the admin port 0.0.0.0; here both
-        # listen on the pod's own IP.
-        env.update(AGENT_SIDECAR_HOST=self.ip, AGENT_SIDECAR_ADMIN_HOST=self.ip)
-        self.sidecar = SidecarProcess([], env=env).wait_ready(60)
-        self._cp.mark_pod_ready(self.namespace, POD, ip=self.ip)
-        shown = {k: v for k, v in env.items() if k.startswith(("OTEL_", "AGENT_SIDECAR_"))}
-        return SidecarUp(self.ip, self.sidecar.app_url, self.sidecar.admin_url, shown,
-                         self.sidecar.proc.pid,
-                         self.kubectl("get", "pod", POD, "-n", self.namespace, "-o", "wide"))
-
-    # -- 6. the operator pushes the config --------------------------------------------------------
+    def _admin_url(self) -> str:
+        ip = self._cp.get_json("pod", self.pod, namespace=self.namespace)["status"]["podIP"]
+        return self._node.reach(ip, 4001)
 
     def served(self) -> dict[str, Any] | None:
         """The config the sidecar serves (GET /config with the pod's token), or None."""
-        if self.sidecar is None:
-            raise StoryError("no sidecar yet")
-        r = httpx.get(self.sidecar.admin_url + "/config", timeout=5,
+        r = httpx.get(self._admin_url() + "/config", timeout=5,
                       headers={"authorization": f"Bearer {self.token}"})
         return dict(r.json()) if r.status_code == 200 else None
 
@@ -605,72 +576,52 @@ class Story:
         return dict(self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
                     .get("status") or {})
 
+    def _synced(self) -> dict[str, Any] | None:
+        status = self.policy_status()
+        obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
+        generation = obj["metadata"]["generation"]
+        ready = any(c["type"] == "Ready" and c["status"] == "True"
+                    and c.get("observedGeneration") == generation
+                    for c in status.get("conditions") or [])
+        ok = (ready and status.get("observedGeneration") == generation
+              and status.get("synced") == "1/1")
+        return status if ok else None
+
     def wait_for_config(self) -> Pushed:
         served = self._wait(self.served, "the config the operator pushes")
-
-        def synced() -> dict[str, Any] | None:
-            status = self.policy_status()
-            ready = any(c["type"] == "Ready" and c["status"] == "True"
-                        for c in status.get("conditions") or [])
-            return status if ready and status.get("syncedPods") == 1 else None
-
-        status = self._wait(synced, "RoutingPolicy Ready with 1/1 pods synced")
+        status = self._wait(self._synced, "RoutingPolicy Ready with 1/1 pods synced")
         return Pushed(int(served["version"]), list(served["routes"]), self._strategy(served),
                       list(served["config"]["agents"]), status)
 
-    # -- 7. the app calls the sidecar with the official openai SDK -------------------------------
+    # -- 6. the app calls its sidecar with the official openai SDK -------------------------------
 
     APP_CODE = (
-        "from openai import OpenAI\n"
-        "client = OpenAI()  # OPENAI_BASE_URL=http://127.0.0.1:4000/v1 (injected)\n"
+        "client = OpenAI(api_key=\"unused\")  # OPENAI_BASE_URL=http://127.0.0.1:4000/v1 (injected)\n"
         "raw = client.chat.completions.with_raw_response.create(\n"
-        '    model="default", messages=[{"role": "user", "content": PROMPT}])\n'
+        '    model="default", messages=[{"role": "user", "content": prompt}],\n'
+        "    extra_headers=carrier)  # traceparent of the app's span\n"
         "answer = raw.parse().choices[0].message.content\n"
     )
 
+    def app_url(self) -> str:
+        """The app's Service (its cluster IP, through kube-proxy), from here."""
+        ip = self._cp.get_json("service", APP, namespace=self.namespace)["spec"]["clusterIP"]
+        return self._node.reach(ip, 80)
+
     def ask(self, prompt: str = PROMPT) -> AppCall:
-        """One request as the app makes it, inside a span of the app's own (exported to
-        Jaeger by a tracer local to this call), whose context goes along as `traceparent`:
-        the sidecar continues that trace."""
-        import openai
-        from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        """One request to the app, which asks the assistant through its sidecar inside a
+        span of its own (exported to Jaeger); the sidecar continues that trace."""
+        r = httpx.post(self.app_url() + "/ask", json={"prompt": prompt}, timeout=90)
+        body = r.json()
+        if r.status_code != 200:
+            raise StoryError(f"the app answered {r.status_code}: {body}")
+        return AppCall(prompt, body["answer"], body["model"], dict(body["headers"]),
+                       body["trace_id"], body["pod"], self.APP_CODE)
 
-        if self.sidecar is None:
-            raise StoryError("no sidecar yet")
-        provider = TracerProvider(resource=Resource.create({"service.name": f"{APP}-app"}))
-        provider.add_span_processor(SimpleSpanProcessor(
-            OTLPSpanExporter(endpoint=f"{self._jaeger.otlp_http_endpoint}/v1/traces")))
-        try:
-            tracer = provider.get_tracer("story-app")
-            # The pod's 127.0.0.1 is its IP here (OPENAI_BASE_URL as the webhook set it).
-            client = openai.OpenAI(base_url=f"{self.sidecar.app_url}/v1", api_key="unused",
-                                   max_retries=0, timeout=60)
-            with tracer.start_as_current_span("ask the assistant",
-                                              kind=trace.SpanKind.CLIENT) as span:
-                carrier: dict[str, str] = {}
-                TraceContextTextMapPropagator().inject(carrier)
-                raw = client.chat.completions.with_raw_response.create(
-                    model=ROUTE, messages=[{"role": "user", "content": prompt}],
-                    extra_headers=carrier)
-                trace_id = format(span.get_span_context().trace_id, "032x")
-            answer = raw.parse()
-        finally:
-            provider.shutdown()
-        headers = {k: v for k, v in raw.headers.items() if k.startswith("x-agent-")}
-        return AppCall(prompt, answer.choices[0].message.content or "", answer.model, headers,
-                       trace_id, self.APP_CODE)
-
-    # -- 8. what the sidecar counted ---------------------------------------------------------------
+    # -- 7. what the sidecar counted ---------------------------------------------------------------
 
     def metrics(self) -> Metrics:
-        if self.sidecar is None:
-            raise StoryError("no sidecar yet")
-        url = self.sidecar.admin_url + "/metrics"
+        url = self._admin_url() + "/metrics"
         text = httpx.get(url, timeout=5).text
         samples: dict[str, float] = {}
         for line in text.splitlines():
@@ -682,11 +633,11 @@ class Story:
         lines = [line for line in text.splitlines() if line.startswith(wanted)]
         return Metrics(url, samples, lines)
 
-    # -- 9. the trace, through Jaeger's HTTP API ------------------------------------------------------
+    # -- 8. the trace, through Jaeger's HTTP API ------------------------------------------------------
 
     def find_trace(self, trace_id: str) -> TraceSeen:
-        """The trace once Jaeger has the routing decision and its attempts (the sidecar's
-        exporter batches: a few seconds)."""
+        """The trace once Jaeger has the app's span, the routing decision and its attempts
+        (the sidecar's exporter batches: a few seconds)."""
         jaeger = self._jaeger
         api = f"{jaeger.query_url}/api/traces/{trace_id}"
 
@@ -715,7 +666,7 @@ class Story:
         return TraceSeen(trace_id, f"{jaeger.query_url}/trace/{trace_id}", api, spans,
                          json.dumps(data))
 
-    # -- 10. kubectl switches the strategy -----------------------------------------------------------
+    # -- 9. kubectl switches the strategy -----------------------------------------------------------
 
     def switch_strategy(self, strategy: str = "round_robin", requests: int = 4) -> Switched:
         """Make the primary healthy again, apply the policy with `strategy`, wait for the
@@ -737,99 +688,100 @@ class Story:
         path = self._write("policy.yaml", self.manifests(strategy)["policy.yaml"])
         out = self.kubectl("apply", "-n", self.namespace, "-f", str(path))
         obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
-        return PolicyChanged(strategy, int(obj["metadata"]["generation"]),
-                             (obj.get("status") or {}).get("observedGeneration"),
-                             self._strategy(self.served()), out)
+        return PolicyChanged(strategy, int(obj["metadata"]["generation"]), out)
 
-    # -- 11. the operator dies; the sidecar does not care ----------------------------------------------
+    # -- 10. the operator's pod is deleted; the app keeps serving --------------------------------------
 
-    def kill_operator(self) -> OperatorKilled:
-        proc = self.operator
-        if proc is None or proc.popen is None:
-            raise StoryError("no operator running")
-        os.killpg(proc.popen.pid, signal.SIGKILL)
-        code = proc.popen.wait(30)
-        return OperatorKilled(proc.popen.pid, "SIGKILL", code)
+    def delete_operator_pod(self) -> OperatorDeleted:
+        """kubectl delete the operator's pod (its Deployment makes a new one) and, while
+        that one starts, a request to the app."""
+        pod = self.operator_pod
+        out = self.kubectl("delete", "pod", pod, "-n", self.system_namespace, "--wait=false")
+        return OperatorDeleted(pod, out.strip(), self.ask())
 
-    def restart_operator(self) -> Recovered:
-        """Start it again (same identity, same chart env); wait until the RoutingPolicy's
-        status says it caught up: observedGeneration current, 1/1 synced, Ready."""
-        up = self.start_operator()
-
-        def recovered() -> tuple[dict[str, Any], int] | None:
-            obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
-            status, generation = dict(obj.get("status") or {}), obj["metadata"]["generation"]
-            ready = any(c["type"] == "Ready" and c["status"] == "True"
-                        and c.get("observedGeneration") == generation
-                        for c in status.get("conditions") or [])
-            ok = (status.get("observedGeneration") == generation and ready
-                  and status.get("synced") == "1/1")
-            return (status, int(generation)) if ok else None
-
-        status, generation = self._wait(recovered, "the RoutingPolicy status to recover")
-        served = self.served() or {}
+    def wait_for_new_operator(self) -> Recovered:
+        """The Deployment's new pod Ready; the RoutingPolicy's status caught up with what
+        changed meanwhile (observedGeneration current, 1/1 synced, Ready)."""
+        old = self.operator_pod
+        self.wait_for_operator(not_pod=old)
+        status = self._wait(self._synced, "the RoutingPolicy status to catch up")
+        obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
+        served = self._wait(lambda: (s := self.served()) and int(s["version"]) >=
+                            int(status["configVersion"]) and s, "the latest config on the sidecar")
         return Recovered(
-            up.pid, status, generation, self._strategy(served), int(served.get("version", 0)),
+            self.operator_pod, status, int(obj["metadata"]["generation"]),
+            self._strategy(served), int(served["version"]),
             self.kubectl("get", "routingpolicies", "-n", self.namespace),
             self.kubectl("get", "agentrouter", "-n", self.namespace))
 
+    # -- 11. a rolling update of the app ------------------------------------------------------------------
+
+    def roll_app(self) -> RolledOut:
+        """A new version of the app's pod template: the Deployment starts a new pod (injected,
+        configured by the operator, Ready) before it stops the old one."""
+        old = self.pod
+        text = self.app_manifest(version="2")
+        path = self._write("app.yaml", text)
+        self.kubectl("apply", "-n", self.namespace, "-f", str(path))
+        rollout = self._cp.kubectl("rollout", "status", f"deployment/{APP}", "-n",
+                                   self.namespace, f"--timeout={int(WAIT)}s",
+                                   timeout=WAIT + 10).stdout
+        pods = self._wait(lambda: [p for p in self._app_pods()
+                                   if p["metadata"]["name"] != old] if not any(
+            p["metadata"]["name"] == old for p in self._app_pods()) else None,
+            f"the old pod {old} gone")
+        new = self._wait_ready(pods[0]["metadata"]["name"])
+        self._app_up(text, new, 0.0)
+        status = self._wait(self._synced, "the RoutingPolicy synced to the new pod")
+        return RolledOut(old, self.pod, f"kubectl -n {self.namespace} apply -f app.yaml   "
+                         "# APP_VERSION=2", rollout.strip(), status, self.ask())
+
     # -- the end ------------------------------------------------------------------------------------------
 
-    def _wait(self, predicate: Any, what: str, timeout: float = WAIT) -> Any:
-        """wait_for, failing at once (with the operator's log) if the operator exits
-        while it should be running."""
-        operator = self.operator
-        watched = operator if operator is not None and operator.exited() is None else None
-        exited: list[int] = []
-
-        def check() -> Any:
-            if watched is not None and (code := watched.exited()) is not None:
-                exited.append(code)
-                return True
-            return predicate()
-
+    def _wait(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+        """wait_for, failing with the logs that say why."""
         try:
-            result = wait_for(check, timeout, what, interval=0.25)
+            return wait_for(predicate, timeout, what, interval=0.5)
         except AssertionError as exc:
-            raise StoryError(f"{exc}{self._operator_tail()}") from None
-        if exited:
-            raise StoryError(f"the operator exited with code {exited[0]} while waiting for "
-                             f"{what}{self._operator_tail()}")
-        return result
+            raise StoryError(f"{exc}\n{self.diagnostics()}") from None
 
-    def _operator_tail(self, lines: int = 40) -> str:
-        text = self.operator_log()
-        return ("\n--- operator log (last lines)\n" + "\n".join(text.splitlines()[-lines:])
-                if text else "")
+    def diagnostics(self) -> str:
+        """The pods, recent events and the operator's log (what a person would look at)."""
+        if self.node is None:
+            return ""
+        parts = []
+        for args in (("get", "pods", "-A", "-o", "wide"),
+                     ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+                     ("logs", "-n", self.system_namespace, "-l",
+                      f"app.kubernetes.io/instance={self.release}", "--tail=40")):
+            proc = self._cp.kubectl(*args, check=False)
+            parts.append(f"--- kubectl {' '.join(args)}\n{(proc.stdout + proc.stderr)[-4000:]}")
+        return "\n".join(parts)
+
+    def _requests_about(self, text: str) -> str:
+        """The API server's log lines about `text` (it logs every request on the node)."""
+        log = self._cp.processes[-1].log_path if self._cp.processes else None
+        if log is None or not log.exists():
+            return ""
+        return "\n".join(line for line in log.read_text(errors="replace").splitlines()
+                         if text in line and "FLAG" not in line)[-8000:]
 
     def operator_log(self) -> str:
-        if self.operator is None or not self.operator.log_path.exists():
+        if self.node is None:
             return ""
-        return self.operator.log_path.read_text(errors="replace")
+        return self._cp.kubectl("logs", "-n", self.system_namespace, "-l",
+                                f"app.kubernetes.io/instance={self.release}", "--tail=-1",
+                                check=False).stdout
 
     def close(self, keep_workdir: bool = False) -> None:
-        """Tear down what the story made, in order: its resources while the operator still
-        runs (it removes its finalizers), the sidecar, the operator, the release, the
-        fakes; and the control plane and Jaeger if start() started them. The work
-        directory it made (logs included) is removed unless `keep_workdir`."""
-        cp = self.cp
-        operator_alive = self.operator is not None and self.operator.exited() is None
+        """Tear down what the story made: on a shared node its resources (while the
+        operator still runs, it removes its finalizers), the release and the namespaces;
+        a node and Jaeger start() started, whole. The fakes always. The work directory it
+        made (logs included) is removed unless `keep_workdir`."""
+        cp = self._cp if self.node is not None else None
         if cp is not None and not self._owned:
-            if operator_alive:
-                cp.kubectl("delete", "routingpolicy,agentpool", "--all", "-n", self.namespace,
-                           "--ignore-not-found", "--timeout=30s", check=False, timeout=60)
-            cp.kubectl("delete", "pod", POD, "-n", self.namespace, "--ignore-not-found",
-                       "--wait=false", check=False)
-        if self.sidecar is not None:
-            self.sidecar.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.sidecar.wait(20)
-            self.sidecar.kill()
-        if self.operator is not None:
-            self.operator.stop(20)
-        if cp is not None and not self._owned:
-            if self._service:
-                cp.unpublish_endpoints(self.system_namespace, self._service)
+            cp.kubectl("delete", "routingpolicy,agentpool", "--all", "-n", self.namespace,
+                       "--ignore-not-found", "--timeout=30s", check=False, timeout=60)
             cp.helm("uninstall", self.release, "--namespace", self.system_namespace, "--wait",
                     "--timeout", "60s", check=False)
             cp.kubectl("delete", "namespace", self.namespace, self.system_namespace,
@@ -851,16 +803,19 @@ class Story:
         self.close()
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 @contextlib.contextmanager
-def story(control_plane: ControlPlane | None = None, jaeger: Jaeger | None = None,
+def story(node: Node | None = None, jaeger: Jaeger | None = None,
           **names: Any) -> Iterator[Story]:
-    """A Story, started when not given a control plane and Jaeger, always closed."""
-    s = Story(control_plane, jaeger, **names)
+    """A Story, started when not given a node and Jaeger, always closed."""
+    s = Story(node, jaeger, **names)
     try:
-        if control_plane is None or jaeger is None:
+        if node is None or jaeger is None:
             s.start()
         yield s
     finally:
         s.close()
-
-
