@@ -161,6 +161,7 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
                 ) as failing:
                     assert "error" in failing.read().decode()
             with httpx.Client(base_url=sidecar.admin_url, timeout=30) as admin:
+                assert admin.get("/config").status_code == 401  # an admin auth failure
                 pushed = admin.put(
                     "/config",
                     json=document(agents, routes, version=2),
