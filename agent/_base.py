@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from agent.catalog import Capabilities
+    from agent.config import AgentLimitsConfig
     from agent.pricing import Price
     from agent.types import ToolSpec
 
@@ -58,6 +59,7 @@ class BaseAgent:
     timeout: float
     weight: float = 1.0
     transport: AnyTransport | None = None
+    limits: AgentLimitsConfig | None = None  # a provider account's limits (an Agent's)
     middleware: list[Middleware]
     _resources: Resources
 

@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,6 +107,15 @@ class Race:
 
 
 @dataclass(slots=True)
+class Count:
+    """A limits store's call: the sync driver performs `sync`, the async driver awaits
+    `async_` (so a shared store's round trip never blocks an event loop)."""
+
+    sync: Callable[[], Any]
+    async_: Callable[[], Awaitable[Any]]
+
+
+@dataclass(slots=True)
 class Spawn:
     """Start `make()`'s steps in the background, owned (and closed) by `owner`."""
 
@@ -114,7 +123,7 @@ class Spawn:
     owner: Resources
 
 
-Step = Send | Open | Read | Close | Invoke | Sleep | Emit | Commit | Race | Spawn
+Step = Send | Open | Read | Close | Invoke | Sleep | Emit | Commit | Race | Spawn | Count
 Steps = Generator[Step, Any, R]
 
 
@@ -169,6 +178,8 @@ class _SyncStream:
 def _perform(step: Step, streams: list[_SyncStream]) -> Any:
     if isinstance(step, Read):
         return step.stream.read()
+    if isinstance(step, Count):
+        return step.sync()
     if isinstance(step, Send):
         return _method(step, "send")(step.wire, step.timeout)
     if isinstance(step, Open):
@@ -218,7 +229,9 @@ def _drive(gen: Steps[R], owner: Resources, box: list[R]) -> Iterator[list[Strea
             s.close()
 
 
-def _on_loop(owner: Resources, events: AsyncIterator[list[StreamEvent]]) -> Iterator[list[StreamEvent]]:
+def _on_loop(
+    owner: Resources, events: AsyncIterator[list[StreamEvent]]
+) -> Iterator[list[StreamEvent]]:
     """Iterate an async iterator on `owner`'s loop thread, one batch at a time (so the
     work never runs ahead of the caller, and closing stops it at once)."""
     try:
@@ -284,6 +297,8 @@ class _AsyncStream:
 async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
         return await step.stream.read()
+    if isinstance(step, Count):
+        return await step.async_()
     if isinstance(step, Send):
         return await _method(step, "send_async")(step.wire, step.timeout)
     if isinstance(step, Open):

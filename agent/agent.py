@@ -22,6 +22,7 @@ from agent._base import (
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import AgentError, ConfigurationError, OutputValidationError, url_credentials
+from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for
@@ -42,7 +43,7 @@ from agent.types import (
 )
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, AgentLimitsConfig
 
 __all__ = ["Agent", "Prompt", "build_request", "output_schema"]
 
@@ -75,7 +76,13 @@ class Agent(BaseAgent):
         weight: float = 1.0,
         extra: dict[str, Any] | None = None,
         transport: AnyTransport | None = None,
+        limits: AgentLimitsConfig | dict[str, Any] | None = None,
     ) -> None:
+        """`limits`: the provider account's rpm, tpm and concurrent requests, which a
+        router holds this agent to (see `agent.limits`)."""
+        from agent.config import AgentLimitsConfig, validated
+
+        self.limits = validated(AgentLimitsConfig, limits) if limits is not None else None
         self.provider = provider
         self.model = resolve_model(model)
         self.requested_model = model
@@ -214,6 +221,7 @@ class Agent(BaseAgent):
         start = time.perf_counter()
         first: list[float] = []  # time of the first content event, when streaming
         body: bytes | None = None  # the answer's bytes, when relayed
+        heard: list[ProviderLimits] = []  # the provider's rate-limit headers, last answer
         for round_ in range(self.max_tool_rounds + 1):
             if round_:
                 request = request.copy(messages=messages)
@@ -224,7 +232,8 @@ class Agent(BaseAgent):
                 wire = codec.build(request, target)
             if request.stream:
                 parsed = yield from _stream_once(
-                    codec, _steps.Open(wire, timeout, transport), start, first, relay is not None
+                    codec, _steps.Open(wire, timeout, transport), start, first, relay is not None,
+                    heard,
                 )
             else:
                 reply: Reply = yield _steps.Send(wire, timeout, transport)
@@ -232,6 +241,7 @@ class Agent(BaseAgent):
                     raise codec.error(reply.status, reply.headers, reply.body)
                 parsed = codec.parse(reply.body)
                 body = reply.body if relay is not None else None
+                _heard(reply.headers, heard)
             usage = usage + parsed.usage
             calls += parsed.tool_calls
             if relay is not None:
@@ -259,6 +269,7 @@ class Agent(BaseAgent):
             target, parsed, usage, calls, start, first, messages, request.output_schema
         )
         response.body = body
+        response.provider_limits = heard[-1] if heard else None
         return response
 
     def _relay(self, request: Request, codec: Codec) -> Relay | None:
@@ -302,8 +313,18 @@ class Agent(BaseAgent):
         )
 
 
+def _heard(headers: Any, heard: list[ProviderLimits]) -> None:
+    if (limits := ProviderLimits.from_headers(headers)) is not None:
+        heard.append(limits)
+
+
 def _stream_once(
-    codec: Codec, open_: _steps.Open, start: float, first: list[float], relay: bool
+    codec: Codec,
+    open_: _steps.Open,
+    start: float,
+    first: list[float],
+    relay: bool,
+    heard: list[ProviderLimits],
 ) -> _steps.Steps[Parsed]:
     """One streamed exchange. Relayed (`relay`), the provider's bytes go to the caller
     too, each batch of events after the bytes they came in; bytes before the first
@@ -312,6 +333,7 @@ def _stream_once(
     opened = yield open_
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
+    _heard(getattr(opened.response, "headers", {}), heard)
     reader = StreamReader(codec, relay)
     held: list[bytes] = []  # relayed bytes not handed on yet
     try:

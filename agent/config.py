@@ -43,16 +43,21 @@ from pydantic import (
 from agent.agent import Agent
 from agent.catalog import CAPABILITY_NAMES, PROVIDERS
 from agent.errors import ConfigurationError, scrub
+from agent.limits import make_store
 from agent.pricing import Price
 from agent.strategies import STRATEGY_NAMES
 from agent.types import Request, RouteResult
 
 __all__ = [
     "AgentConfig",
+    "AgentLimitsConfig",
+    "BudgetConfig",
     "CapabilitiesConfig",
     "CircuitBreakerConfig",
+    "LimitsStoreConfig",
     "PriceConfig",
     "RouteConfig",
+    "RouteLimitsConfig",
     "RouteOptions",
     "RouterConfig",
     "Rule",
@@ -116,6 +121,77 @@ class CapabilitiesConfig(_Model):
 assert tuple(CapabilitiesConfig.model_fields) == CAPABILITY_NAMES
 
 
+class AgentLimitsConfig(_Model):
+    """What a provider account allows this agent (shared by every pod that uses it)."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (input + output) per minute")
+    concurrent: int | None = Field(default=None, ge=1, description="Requests at once")
+
+
+class BudgetConfig(_Model):
+    """USD from the cost estimates, per calendar hour, day and month (UTC)."""
+
+    hourly: float | None = Field(default=None, gt=0, description="USD per hour")
+    daily: float | None = Field(default=None, gt=0, description="USD per day")
+    monthly: float | None = Field(default=None, gt=0, description="USD per month")
+
+
+class RouteLimitsConfig(_Model):
+    """What a route may use, whichever agents answer."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (input + output) per minute")
+    budget: BudgetConfig | None = Field(default=None, description="Spend in USD")
+    output_tokens: int = Field(
+        default=500,
+        ge=1,
+        description="Output tokens reserved for a request that sets no max_tokens",
+    )
+
+
+class LimitsStoreConfig(_Model):
+    """Where limits are counted. Without `redis_url` each process counts alone (in
+    memory) against its share of every limit (limit / `shares`); with it every pod
+    shares the counters, and falls back to its share while Redis cannot be reached."""
+
+    redis_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="redis:// or rediss:// (TLS) address of the shared counters",
+    )
+    password: SecretStr | None = Field(default=None, description="The password itself (pushed)")
+    password_env: str | None = Field(
+        default=None, max_length=253, description="Environment variable holding the password"
+    )
+    ca_file: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="CA bundle that verifies a rediss:// server (default: the system's)",
+    )
+    ca_pem: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="The CA certificate(s) themselves, PEM: instead of ca_file",
+    )
+    shares: int = Field(
+        default=1, ge=1, description="How many pods share each limit (set by the operator)"
+    )
+    timeout: Annotated[float, SECONDS] = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="Seconds a Redis call may take before this process counts its share "
+        "alone for a while (the longest a request waits on a hung Redis)",
+    )
+    scope: str = Field(
+        default="",
+        max_length=253,
+        description="Whose counters (the operator sets the namespace): equal route and "
+        "agent names in another scope are counted apart",
+    )
+
+
 class AgentConfig(_Model):
     """One model at one provider."""
 
@@ -148,6 +224,9 @@ class AgentConfig(_Model):
         default_factory=dict, repr=False, description="Extra HTTP headers sent to the provider"
     )  # may carry keys
     extra: dict[str, Any] = Field(default_factory=dict, description="Extra body fields")
+    limits: AgentLimitsConfig | None = Field(
+        default=None, description="The provider account's limits for this agent"
+    )
 
     @field_validator("provider")
     @classmethod
@@ -194,6 +273,7 @@ class AgentConfig(_Model):
             headers=self.headers,
             name=self.name,
             extra=self.extra,
+            limits=self.limits,
             **options,
         )
 
@@ -294,6 +374,9 @@ class RouteOptions(_Model):
         default_factory=CircuitBreakerConfig,
         description="Per agent: stop trying it after consecutive failures",
     )
+    limits: RouteLimitsConfig | None = Field(
+        default=None, description="Requests, tokens and spend allowed on this route"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +434,9 @@ class RouterConfig(_Model):
     agents: list[AgentConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     default_route: str | None = None
+    limits_store: LimitsStoreConfig | None = Field(
+        default=None, description="Where limits are counted (default: in memory)"
+    )
     metadata: dict[str, str] = Field(
         default_factory=dict,
         description="Opaque labels from whoever wrote the document (the operator stamps "
@@ -401,6 +487,12 @@ class RouterConfig(_Model):
                 agent["headers"] = dict.fromkeys(agent["headers"], "***")
             if "base_url" in agent:
                 agent["base_url"] = scrub(agent["base_url"])
+        store = data.get("limits_store")
+        if store is not None:
+            if "password" in store:
+                store["password"] = "***"
+            if "redis_url" in store:  # redis://user:password@host carries one too
+                store["redis_url"] = scrub(store["redis_url"])
         return data
 
     def document(self) -> dict[str, Any]:
@@ -409,12 +501,15 @@ class RouterConfig(_Model):
         for item, agent in zip(data["agents"], self.agents, strict=True):
             if agent.api_key is not None:
                 item["api_key"] = agent.api_key.get_secret_value()
+        if self.limits_store is not None and self.limits_store.password is not None:
+            data["limits_store"]["password"] = self.limits_store.password.get_secret_value()
         return data
 
     def build(self, **options: Any) -> dict[str, AgentRouter]:
         """One router per route. `options` go to every router (transport=, middleware=,
         tracer_provider=); each router owns its pools unless a transport is given."""
         agents = {a.name: a.build() for a in self.agents}
+        options.setdefault("limits_store", make_store(self.limits_store))
         return {r.name: build_route(r, agents, **options) for r in self.routes}
 
     def router(self, route: str | None = None, **options: Any) -> AgentRouter:
@@ -425,6 +520,7 @@ class RouterConfig(_Model):
             known = ", ".join(r.name for r in self.routes) or "none"
             raise ConfigurationError(f"no route {name!r} in the config (routes: {known})")
         agents = {a.name: a.build() for a in self.agents if a.name in spec.agents}
+        options.setdefault("limits_store", make_store(self.limits_store))
         return build_route(spec, agents, **options)
 
 

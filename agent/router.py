@@ -23,23 +23,32 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent import _steps, tracing
+from agent import _steps, limits, tracing
 from agent._base import TOP, BaseAgent, Caller, build_request, with_middleware
 from agent._resources import Resources
 from agent.catalog import Capabilities
-from agent.config import CircuitBreakerConfig, RouteOptions, validated
+from agent.config import CircuitBreakerConfig, RouteLimitsConfig, RouteOptions, validated
 from agent.errors import (
     AgentError,
     APITimeoutError,
     CircuitOpenError,
     ConfigurationError,
+    RateLimitError,
     RoutingError,
 )
 from agent.health import AgentHealth, CircuitBreaker, RetryPolicy
+from agent.limits import (
+    DEFAULT_OUTPUT_TOKENS,
+    LimitsStore,
+    MemoryStore,
+    Quota,
+    QuotaExhaustedError,
+    Reservation,
+)
 from agent.middleware import Middleware
 from agent.strategies import CustomRouter, Plan, Strategy, make_strategy
 from agent.transport import AnyTransport
-from agent.types import Attempt, Request, Response, RouteInfo, Started, StreamEvent
+from agent.types import Attempt, Request, Response, RouteInfo, Started, StreamEvent, Usage
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -71,6 +80,8 @@ class AgentRouter(BaseAgent):
         hedge_delay: float | None = None,
         weights: Sequence[float] | dict[str, float] | None = None,
         circuit_breaker: CircuitBreakerConfig | dict[str, Any] | None = None,
+        limits: RouteLimitsConfig | dict[str, Any] | None = None,
+        limits_store: LimitsStore | None = None,
         middleware: Iterable[Middleware] | None = None,
         name: str = "router",
         transport: AnyTransport | None = None,
@@ -90,6 +101,7 @@ class AgentRouter(BaseAgent):
                 "deadline": deadline,
                 "hedge_delay": hedge_delay,
                 "circuit_breaker": circuit_breaker or CircuitBreakerConfig(),
+                "limits": limits,
             },
         )
         if isinstance(weights, dict):
@@ -105,11 +117,21 @@ class AgentRouter(BaseAgent):
         self.probe = breaker.probe
         self._resources = Resources(name)
         self._health = [
-            AgentHealth(CircuitBreaker(breaker.failures, breaker.cooldown, background=breaker.probe))
+            AgentHealth(
+                CircuitBreaker(breaker.failures, breaker.cooldown, background=breaker.probe)
+            )
             for _ in self.agents
         ]
         names = [a.name for a in self.agents]
         self.labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        # Limits: the route's own, and each agent's (a provider account's, counted under
+        # the agent's name: routers sharing a store share an agent's counters).
+        self.limits_store = limits_store or MemoryStore()
+        output = options.limits.output_tokens if options.limits else DEFAULT_OUTPUT_TOKENS
+        self._route_quota = Quota.for_route(name, options.limits, self.limits_store, output)
+        self._quotas = [
+            Quota.for_agent(a.name, a.limits, self.limits_store, output) for a in self.agents
+        ]
         self.timeout = deadline or max(a.timeout for a in self.agents)
 
     @classmethod
@@ -129,8 +151,24 @@ class AgentRouter(BaseAgent):
         return f"AgentRouter(strategy={self.strategy.name!r}, agents={self.labels!r})"
 
     def health(self) -> dict[str, dict[str, object]]:
-        """Each agent's breaker state, moving-average latency and counts."""
-        return {label: h.snapshot() for label, h in zip(self.labels, self._health, strict=True)}
+        """Each agent's breaker state, moving-average latency and counts, and its quota
+        (remaining room per limit, as last counted; what its provider's headers said)."""
+        out = {}
+        for label, h, quota in zip(self.labels, self._health, self._quotas, strict=True):
+            out[label] = h.snapshot()
+            if snapshot := quota.snapshot():
+                out[label]["quota"] = snapshot
+        return out
+
+    def quota(self) -> dict[str, Any]:
+        """The route's remaining requests, tokens and budget, each agent's, and the store."""
+        return {
+            "route": self._route_quota.snapshot(),
+            "agents": {
+                label: q.snapshot() for label, q in zip(self.labels, self._quotas, strict=True)
+            },
+            "store": self.limits_store.describe(),
+        }
 
     # ---- what an outer router asks (a router is an agent) ---------------------------------
 
@@ -180,6 +218,39 @@ class AgentRouter(BaseAgent):
                 probe = functools.partial(self._probe, idx, call.transport)
                 yield _steps.Spawn(probe, self._resources)
         call.order = order
+        if self._route_quota.limited:
+            if self.strategy.races:  # candidates admitted at once: the route first, alone
+                held = yield from limits.reserve(
+                    [self._route_quota], request, self._priciest(order)
+                )
+                if isinstance(held, QuotaExhaustedError):
+                    raise self._exhausted(call, held)
+                call.route_hold = held[0]
+            else:  # counted with the first agent admitted: one round trip for both
+                call.route_pending = True
+        try:
+            won = yield from self._attempts(call, order)
+        except GeneratorExit:
+            if call.route_hold is not None:
+                call.route_hold.abandon()
+            raise
+        except BaseException:
+            if call.route_hold is not None:  # a stream failed after content: use unknown
+                yield from call.route_hold.settle(None, None)
+            raise
+        if call.route_hold is not None:
+            answer = won[1] if won is not None else None
+            yield from call.route_hold.settle(
+                answer.usage if answer else Usage(), answer.cost_estimate if answer else 0.0
+            )
+        if won is None:
+            raise self._failed(call)
+        return self._answered(won[1], call, won[0])
+
+    def _attempts(
+        self, call: _Call, order: list[int]
+    ) -> _steps.Steps[tuple[int, Response[Any]] | None]:
+        """The candidates tried as the strategy says: the winner and its response."""
         won: tuple[int, Response[Any]] | None = None
         if self.strategy.races:
             starts = [functools.partial(self._candidate, idx, call) for idx in order]
@@ -194,9 +265,45 @@ class AgentRouter(BaseAgent):
                 if response is not None:
                     won = idx, response
                     break
-        if won is None:
-            raise self._failed(call)
-        return self._answered(won[1], call, won[0])
+        return won
+
+    def _admit(
+        self, idx: int, call: _Call
+    ) -> _steps.Steps[Reservation | QuotaExhaustedError | None]:
+        """Reserve for one try of agent `idx` (with the route's part on the call's first
+        admission): its reservation (None: nothing limits it), or the error it is skipped
+        for (recorded). The route without room ends the call."""
+        quotas = (
+            [self._quotas[idx], self._route_quota] if call.route_pending else [self._quotas[idx]]
+        )
+        held = yield from limits.reserve(quotas, call.request, self.agents[idx])
+        if isinstance(held, QuotaExhaustedError):
+            if held.quota is self._route_quota:
+                raise self._exhausted(call, held)
+            self._skip(idx, call, held)
+            return held
+        if call.route_pending:
+            call.route_pending = False
+            call.route_hold = next((r for r in held if r.quota is self._route_quota), None)
+        return next((r for r in held if r.quota is self._quotas[idx]), None)
+
+    def _priciest(self, order: list[int]) -> BaseAgent | None:
+        """The agent whose cost a route's budget reserves: the dearest that may answer."""
+        if not order:
+            return None
+        return max(
+            (self.agents[i] for i in order),
+            key=lambda a: a.price.output_per_mtok if a.price else 0.0,
+        )
+
+    def _exhausted(self, call: _Call, error: QuotaExhaustedError) -> RoutingError:
+        """The route's own limit or budget is used up: nothing is tried."""
+        why = f"route quota exhausted: {error.message}"
+        call.errors.append(error)
+        failed = RoutingError(f"{why} ({self.strategy.name})", call.errors, call.attempts)
+        failed.route = RouteInfo(self.strategy.name, why, call.attempts, [])
+        self._trace(call, error=failed)
+        return failed
 
     def _candidate(self, idx: int, call: _Call) -> _steps.Steps[Response[Any] | None]:
         """One agent's tries (retried as the RetryPolicy and the deadline allow), each
@@ -204,6 +311,7 @@ class AgentRouter(BaseAgent):
         raises only what must end the whole call (a failure after content reached the
         caller, or an error that is not an AgentError)."""
         member, health, label = self.agents[idx], self._health[idx], self.labels[idx]
+        quota = self._quotas[idx]
         request = call.request
         call.started.add(idx)
         retry = 0
@@ -212,6 +320,9 @@ class AgentRouter(BaseAgent):
             if remaining is not None and remaining <= 0:
                 return None
             seconds = member.timeout if remaining is None else min(member.timeout, remaining)
+            hold = yield from self._admit(idx, call)
+            if isinstance(hold, QuotaExhaustedError):  # skipped: recorded as such
+                return None
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
             try:
@@ -226,6 +337,11 @@ class AgentRouter(BaseAgent):
             except AgentError as error:
                 ms = (time.perf_counter() - t0) * 1000
                 health.observe(ms, error)
+                if isinstance(error, RateLimitError) and not isinstance(error, QuotaExhaustedError):
+                    quota.heard(None, error.retry_after)
+                if hold is not None:  # once content left, what it used is unknown: kept
+                    emitted = progress is not None and progress.emitted
+                    yield from hold.settle(None if emitted else Usage(), None if emitted else 0.0)
                 inner = error.route if isinstance(error, RoutingError) else None
                 call.attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns, inner))
                 if progress is not None and progress.emitted:
@@ -244,11 +360,20 @@ class AgentRouter(BaseAgent):
                     raise
                 continue
             except GeneratorExit:  # a race went to another agent (or the caller left)
+                if hold is not None:
+                    hold.abandon()
                 ms = (time.perf_counter() - t0) * 1000
                 call.attempts.append(Attempt(label, idx, "cancelled", ms, None, retry, t0_ns))
                 raise
+            except BaseException:  # not the agent's failure (a hook's bug): ends the call
+                if hold is not None:
+                    hold.abandon()
+                raise
             ms = (time.perf_counter() - t0) * 1000
             health.observe(ms, None)
+            quota.heard(response.provider_limits)
+            if hold is not None:
+                yield from hold.settle(response.usage, response.cost_estimate)
             call.attempts.append(Attempt(label, idx, "ok", ms, None, retry, t0_ns, response.route))
             return response
 
@@ -282,13 +407,16 @@ class AgentRouter(BaseAgent):
         else:
             health.observe((time.perf_counter() - t0) * 1000, None)
 
-    def _skip(self, idx: int, call: _Call) -> None:
-        health = self._health[idx]
-        error = CircuitOpenError(
-            f"skipped: circuit open after {health.breaker.consecutive} consecutive failures",
-            provider=self.agents[idx].provider,
-            model=self.agents[idx].model,
-        )
+    def _skip(self, idx: int, call: _Call, error: AgentError | None = None) -> None:
+        """Record an agent not tried: its circuit is open, or (`error`) its quota is used up."""
+        if error is None:
+            consecutive = self._health[idx].breaker.consecutive
+            error = CircuitOpenError(
+                f"skipped: circuit open after {consecutive} consecutive failures"
+            )
+        else:
+            call.exhausted.append(self.labels[idx])
+        error.at(self.agents[idx].provider, self.agents[idx].model)
         call.attempts.append(Attempt(self.labels[idx], idx, "skipped", 0.0, error))
         call.errors.append(error)
 
@@ -304,6 +432,8 @@ class AgentRouter(BaseAgent):
         reason = call.plan.reason
         if call.panic:
             reason += f"; every circuit open: tried {call.panic}, open longest"
+        if call.exhausted:
+            reason += f"; skipped {', '.join(dict.fromkeys(call.exhausted))}: quota exhausted"
         failed = sum(1 for a in attempts if a.outcome in ("error", "skipped"))
         if self.strategy.races:
             reason += f"; {winner} answered first" + (f", {failed} failed" if failed else "")
@@ -325,6 +455,8 @@ class AgentRouter(BaseAgent):
                 why += f" (not tried: {', '.join(untried)})"
         else:
             why = f"all {len(tried)} agent(s) failed" if tried else "no agent was tried"
+            if call.exhausted and not tried:
+                why = f"no agent was tried: quota exhausted ({', '.join(call.exhausted)})"
         error = RoutingError(f"{why} ({self.strategy.name})", call.errors, call.attempts)
         error.route = RouteInfo(self.strategy.name, why, call.attempts, [])
         self._trace(call, error=error)
@@ -351,7 +483,19 @@ class AgentRouter(BaseAgent):
             response,
             error,
             self.tracer_provider,
+            self._quota_attributes,
         )
+
+    def _quota_attributes(self) -> dict[str, Any]:
+        """Remaining room per limit, for the decision span:
+        `agent_router.quota.<route or agent>.<limit>.remaining`."""
+        out: dict[str, Any] = {}
+        owners = [("route", self._route_quota), *zip(self.labels, self._quotas, strict=True)]
+        for owner, quota in owners:
+            for limit, room in quota.snapshot().items():
+                if isinstance(room, dict) and "remaining" in room:
+                    out[f"agent_router.quota.{owner}.{limit}.remaining"] = room["remaining"]
+        return out
 
 
 class _Call:
@@ -361,12 +505,15 @@ class _Call:
         "attempts",
         "ends",
         "errors",
+        "exhausted",
         "limit",
         "nested",
         "order",
         "panic",
         "plan",
         "request",
+        "route_hold",
+        "route_pending",
         "router",
         "started",
         "started_ns",
@@ -393,6 +540,9 @@ class _Call:
         self.started: set[int] = set()
         self.attempts: list[Attempt] = []
         self.errors: list[AgentError] = []
+        self.exhausted: list[str] = []  # agents skipped because a limit had no room
+        self.route_hold: Reservation | None = None  # the route's part, settled at the end
+        self.route_pending = False  # the route's part is to be reserved with an agent's
         self.panic: str | None = None
 
     def remaining(self) -> float | None:
@@ -438,9 +588,7 @@ class _Progress:
         return Started(label, agent.provider, agent.model, route)
 
 
-def _watch(
-    steps: _steps.Steps[Response[Any]], progress: _Progress
-) -> _steps.Steps[Response[Any]]:
+def _watch(steps: _steps.Steps[Response[Any]], progress: _Progress) -> _steps.Steps[Response[Any]]:
     """Pass steps through until the first content event; emit `Started` before it, and
     hand the rest of the attempt over whole (nothing is left to watch)."""
     value: Any = None
@@ -473,4 +621,3 @@ def _watch(
 
 async def _settle(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-

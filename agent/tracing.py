@@ -10,7 +10,7 @@ completions and keys are never recorded.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -60,15 +60,19 @@ def record_decision(
     response: Response[Any] | None = None,
     error: BaseException | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Write the decision span and its attempt spans (no-op when tracing is off). An
     attempt of a nested router is that router's decision span, with its own attempts
-    inside: one trace for the whole call."""
+    inside: one trace for the whole call. `extra` gives more attributes of the decision
+    (asked only when tracing is on)."""
     tracer = _active_tracer(tracer_provider)
     if tracer is None:
         return
     decision = _Decision(route_name, strategy, reason, attempts, agents)
-    decision.write(tracer, None, request, started_ns, time.time_ns(), response, error)
+    decision.write(
+        tracer, None, request, started_ns, time.time_ns(), response, error, extra() if extra else {}
+    )
 
 
 class _Decision:
@@ -94,6 +98,7 @@ class _Decision:
         ended_ns: int,
         response: Response[Any] | None,
         error: BaseException | None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         attempts = self.attempts
         decision = tracer.start_span(
@@ -112,6 +117,7 @@ class _Decision:
                 "agent_router.attempts": len([a for a in attempts if a.outcome != "skipped"]),
                 "agent_router.fallbacks": sum(1 for a in attempts if a.outcome == "error"),
                 "agent_router.outcome": "ok" if response is not None else "error",
+                **(extra or {}),
             },
         )
         if response is not None:

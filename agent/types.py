@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 if TYPE_CHECKING:
     from agent._base import BaseAgent
     from agent.errors import AgentError
+    from agent.limits import ProviderLimits
 
 T = TypeVar("T")
 
@@ -220,6 +221,7 @@ class Response(Generic[T]):
     route: RouteInfo | None = None
     messages: list[Message] = field(default_factory=list)  # the full exchange
     body: bytes | None = None  # the provider's answer as it sent it, when relayed
+    provider_limits: ProviderLimits | None = None  # the provider's rate-limit headers
 
     def __str__(self) -> str:
         return self.text

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pydantic
 
-from agent.config import AgentConfig, RouteConfig, RouterConfig
+from agent.config import AgentConfig, LimitsStoreConfig, RouteConfig, RouterConfig
 from agent_operator.resources import AgentPoolSpec, PodSelector, RoutingPolicySpec
 
 
@@ -130,9 +130,11 @@ def first_error(exc: Exception) -> str:
 def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
                 pools: Mapping[str, AgentPoolSpec],
                 secrets: Mapping[str, Mapping[str, str]], namespace: str = "",
-                problems: Mapping[str, list[Problem]] | None = None) -> Compiled:
+                problems: Mapping[str, list[Problem]] | None = None,
+                limits: LimitsStoreConfig | None = None) -> Compiled:
     """The config document for a pod with these labels. `problems`: `policy_problems` of
-    each policy when the caller has them already (one reconcile compiles many pods)."""
+    each policy when the caller has them already (one reconcile compiles many pods).
+    `limits`: where the pod counts its limits, named in the document when it has any."""
     chosen = sorted((p for p in policies if selects(p.spec.selector, labels)),
                     key=lambda p: p.name)
     result = Compiled(None, [p.name for p in chosen])
@@ -165,12 +167,20 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
             routes.append(_route(route_name, policy.spec, members))
     config = RouterConfig(agents=list(agents.values()), routes=routes,
                           default_route=routes[0].name)
+    if limits is not None and has_limits(config):
+        config = config.model_copy(update={"limits_store": limits})
     # The hash covers the keys too, so a rotated key is pushed; it never leaves as a key.
     digest = hashlib.sha256(orjson.dumps(config.document(), option=orjson.OPT_SORT_KEYS))
     source = ",".join(f"{namespace}/{p.name}" if namespace else p.name for p in chosen)
     result.config = config.model_copy(
         update={"metadata": {"source": source, "hash": digest.hexdigest()[:32]}})
     return result
+
+
+def has_limits(config: RouterConfig) -> bool:
+    """Whether any agent or route has a limit: only then does a document name a store (so
+    pods scaling, which changes the share, do not re-push documents without limits)."""
+    return any(a.limits for a in config.agents) or any(r.limits for r in config.routes)
 
 
 def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]]) -> AgentConfig:

@@ -51,7 +51,8 @@ class Operator:
     servers: list[web.AppRunner] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics)
+        self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics,
+                                     limits=self.options.limits)
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:

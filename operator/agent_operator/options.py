@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_operator.inject import SidecarSettings
+from agent_operator.limits import SharedLimits
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Options:
     webhook_cert_check_seconds: float = 60.0
     verbose: bool = False
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
+    limits: SharedLimits = field(default_factory=SharedLimits)  # the Redis sidecars share
 
 
 def _object_ref(text: str) -> tuple[str, str]:
@@ -127,4 +129,4 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         webhook_cert_secret=a.webhook_cert_secret,
         webhook_cert_validity=datetime.timedelta(seconds=a.webhook_cert_validity_seconds),
         webhook_cert_check_seconds=a.webhook_cert_check_seconds, verbose=a.verbose,
-        sidecar=SidecarSettings.from_env(env))
+        sidecar=SidecarSettings.from_env(env), limits=SharedLimits.from_env(env))

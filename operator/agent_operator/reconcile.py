@@ -28,8 +28,10 @@ from agent_operator.compile import (
     compile_pod,
     first_error,
     policy_problems,
+    selects,
 )
 from agent_operator.inject import INJECT_LABEL, sidecar_address
+from agent_operator.limits import SharedLimits, remaining, sharing
 from agent_operator.metrics import Metrics
 from agent_operator.push import PushResult, push
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
@@ -55,9 +57,11 @@ class _Namespace:
 
 
 class Reconciler:
-    def __init__(self, admin_port: int, metrics: Metrics, concurrency: int = 64) -> None:
+    def __init__(self, admin_port: int, metrics: Metrics, concurrency: int = 64,
+                 limits: SharedLimits | None = None) -> None:
         self.admin_port = admin_port
         self.metrics = metrics
+        self.limits = limits or SharedLimits()  # where every sidecar counts its limits
         # Whether this replica acts (holds the Lease); always, when it runs alone.
         self.leading: Callable[[], bool] = lambda: True
         self._spaces: dict[str, _Namespace] = {}
@@ -138,10 +142,15 @@ class Reconciler:
         # Problems are judged once per policy, not per targeted pod: a policy that selects
         # no ready pod yet still says that its pool or Secret is missing.
         own = {p.name: policy_problems(p, pools, secrets) for p in policies}
+        # How many pods share a pod's limits: those its policies select.
+        shares = sharing({pod.name: [p.name for p in policies if selects(p.spec.selector,
+                                                                        pod.labels)]
+                          for pod in pods})
         compiled: dict[str, Compiled] = {}
         for pod in pods:
             compiled[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace,
-                                             problems=own)
+                                             problems=own,
+                                             limits=self.limits.store(namespace, shares[pod.name]))
         results = await asyncio.gather(*(
             self._push(pod, token, compiled[pod.name]) for pod in pods))
         by_pod = {r.pod: r for r in results if r is not None}
@@ -230,6 +239,11 @@ class Reconciler:
         }
         if versions:
             status["configVersion"] = max(versions)
+        config = next((c.config for c in map(compiled.get, targets) if c and c.config), None)
+        if config is not None:
+            policy = RoutingPolicySpec.model_validate(obj.get("spec", {}))
+            if quota := await remaining(self.limits, meta["namespace"], config, policy.routes):
+                status["quota"] = quota
         await _patch_if_changed(obj, "routingpolicies", status)
         # One Event per distinct problem, not one per resync.
         news = problems[0] if problems else (

@@ -226,11 +226,24 @@ class _ConfigCollector(Collector):
             "Circuit breaker state per agent of each route (1 for the current state)",
             labels=["route", "agent", "state"],
         )
+        remaining = GaugeMetricFamily(
+            "agent_sidecar_quota_remaining",
+            'Room left per limit (requests, tokens, USD) of each route (agent "") and each '
+            "of its agents, as last counted",
+            labels=["route", "agent", "limit"],
+        )
         if loaded is not None:
             version.add_metric([], loaded.version)
             for name, route in loaded.routes.items():
                 for agent, health in route.router.health().items():
                     for state in _STATES:
                         circuits.add_metric([name, agent, state], int(health["state"] == state))
+                quota = route.router.quota()
+                owners: dict[str, dict[str, Any]] = {"": quota["route"], **quota["agents"]}
+                for agent, windows in owners.items():
+                    for limit, room in windows.items():
+                        if "remaining" in room:
+                            remaining.add_metric([name, agent, limit], room["remaining"])
         yield version
         yield circuits
+        yield remaining

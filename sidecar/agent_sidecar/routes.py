@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agent.catalog import PROVIDERS
 from agent.config import RouterConfig, build_route
+from agent.limits import LimitsStore, make_store
 from agent.router import AgentRouter
 from agent.transport import AsyncTransport
 from agent_sidecar.wire import header_value
@@ -33,6 +34,7 @@ class Loaded:
     config: RouterConfig
     routes: dict[str, Route]
     source: str  # "file", "state" or "push"
+    limits_store: LimitsStore
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -52,21 +54,30 @@ class Loaded:
 
     @classmethod
     def build(
-        cls, config: RouterConfig, source: str, transport: AsyncTransport | None = None
+        cls,
+        config: RouterConfig,
+        source: str,
+        transport: AsyncTransport | None = None,
+        previous: Loaded | None = None,
     ) -> Loaded:
         """Routers for every route; `transport`: their upstream HTTP client (None: the
-        engine's default)."""
+        engine's default). The `previous` config's limits store is kept when the store
+        is configured the same: a push does not reset what was counted."""
         agents = {a.name: a.build() for a in config.agents}
+        if previous is not None and previous.config.limits_store == config.limits_store:
+            store = previous.limits_store
+        else:  # one for every route: an agent's limits hold across them
+            store = make_store(config.limits_store)
         routes: dict[str, Route] = {}
         for spec in config.routes:
-            router = build_route(spec, agents, transport=transport)
+            router = build_route(spec, agents, transport=transport, limits_store=store)
             wires = frozenset(PROVIDERS[a.provider].wire for a in router.agents)
             headers = {
                 "x-agent-route": header_value(spec.name),
                 "x-agent-config-version": str(config.version),
             }
             routes[spec.name] = Route(spec.name, router, wires, headers)
-        return cls(config, routes, source)
+        return cls(config, routes, source, store)
 
     def warm(self) -> None:
         """Look prices and capabilities up now (the first lookup of genai-prices data is

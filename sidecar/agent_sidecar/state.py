@@ -130,7 +130,9 @@ class ConfigStore:
                     same = config == current.config
                     return Outcome("unchanged" if same else "conflict", config.version, previous)
             # Off the event loop: routers for thousands of agents take a while to build.
-            loaded = await asyncio.to_thread(Loaded.build, config, "push", self.transport)
+            loaded = await asyncio.to_thread(
+                Loaded.build, config, "push", self.transport, current
+            )
             await asyncio.to_thread(loaded.warm)
             warning = None
             if self.state_dir is not None:

@@ -38,6 +38,16 @@ def test_sidecar_bench() -> None:
     assert "sidecar start-up to ready" in out
 
 
+def test_admission_bench() -> None:
+    out = run("bench/admission_bench.py", "--admissions", "50")
+    for line in ("| in process, sync ", "| in process, async ", "| Redis on loopback, sync ",
+                 "| Redis, agent + route limits, sync ", "| Redis on loopback, async "):
+        assert line in out
+    # Redis counts the scripts it ran: one per admission, for an agent's and a route's
+    # limits together too.
+    assert out.count("|      1.00 |") == 3, out
+
+
 @pytest.mark.controlplane
 def test_propagation_bench() -> None:
     from support.controlplane import find_assets  # fails, never skips, without binaries

@@ -82,7 +82,7 @@ EVERY_BLOCK_RUNS = frozenset({
     "index.md", "getting-started.md", "middleware.md", "errors.md", "providers.md",
     "structured-output.md", "config.md", "tracing.md", "sidecar.md", "helm.md",
     "operator.md", "testing-control-plane.md", "writing-docs.md", "routing.md",
-    "walkthrough.md", "benchmarks.md", "testing.md",
+    "walkthrough.md", "benchmarks.md", "testing.md", "limits.md",
 })  # fmt: skip
 # The pages still allowed unmarked illustrations, until they join EVERY_BLOCK_RUNS; every
 # other page with code blocks must be in it (test_every_page_is_checked).

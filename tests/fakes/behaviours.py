@@ -40,6 +40,7 @@ class Reply:
                    translated to the provider's vocabulary.
     model:         model name reported in the response; None = echo the request's model.
     thinking:      Anthropic only: a `thinking` block (with a signature) before the text.
+    headers:       extra response headers (a provider's `x-ratelimit-*`, ...).
     """
 
     text: str = ""
@@ -51,6 +52,7 @@ class Reply:
     finish_reason: str | None = None
     model: str | None = None
     thinking: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -433,8 +433,8 @@ class FakeProvider:
                 await asyncio.sleep(b.delay)
             r = self._rendered(b, call)
             if not r.is_stream:
-                return self._plain(r, st)
-            return await self._stream(request, r, r.batches(), b.chunk_delay, st)
+                return self._plain(r, st, dict(b.headers))
+            return await self._stream(request, r, r.batches(), b.chunk_delay, st, dict(b.headers))
 
         if isinstance(b, Fail):
             if b.delay > 0:
@@ -498,9 +498,11 @@ class FakeProvider:
         raise TypeError(f"not a behaviour: {b!r}")
 
     async def _stream(
-        self, request: web.Request, r: Rendered, batches: list[bytes], chunk_delay: float, st: _State
+        self, request: web.Request, r: Rendered, batches: list[bytes], chunk_delay: float, st: _State,
+        extra: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(status=r.status, headers={**r.headers, **self._id_headers()})
+        headers = {**r.headers, **self._id_headers(), **(extra or {})}
+        resp = web.StreamResponse(status=r.status, headers=headers)
         await self._write(request, resp, batches, chunk_delay, st)
         try:
             await resp.write_eof()

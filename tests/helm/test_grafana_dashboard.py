@@ -141,7 +141,8 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
     claude = FakeProvider("anthropic", default=Reply(text="unused"))
     gpt = FakeProvider("openai", default=Reply(text="Hello there", usage=(3, 2)))
     with claude.running(), gpt.running():
-        agents = [agent_spec(claude, "claude"), agent_spec(gpt, "gpt")]
+        # gpt's limit is far from reached: it only gives the quota metric a sample.
+        agents = [agent_spec(claude, "claude"), agent_spec(gpt, "gpt", limits={"tpm": 10**6})]
         routes = [fast_route("default", ["claude", "gpt"], circuit_breaker={"failures": 1})]
         config = tmp_path_factory.mktemp("sidecar") / "router.yaml"
         config.write_text(yaml.safe_dump(document(agents, routes)))
