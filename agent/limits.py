@@ -364,12 +364,7 @@ class Quota:
     def for_agent(
         cls, name: str, limits: AgentLimitsConfig | None, store: LimitsStore, output: int
     ) -> Quota:
-        windows = []
-        if limits is not None:
-            if limits.rpm:
-                windows.append(Window("rpm", "requests", limits.rpm, "minute"))
-            if limits.tpm:
-                windows.append(Window("tpm", "tokens", limits.tpm, "minute"))
+        windows = _per_minute(limits)
         concurrent = limits.concurrent if limits is not None else None
         return cls(f"agent:{name}", windows, store, concurrent, output)
 
@@ -377,12 +372,8 @@ class Quota:
     def for_route(
         cls, name: str, limits: RouteLimitsConfig | None, store: LimitsStore, output: int
     ) -> Quota:
-        windows = []
+        windows = _per_minute(limits)
         if limits is not None:
-            if limits.rpm:
-                windows.append(Window("rpm", "requests", limits.rpm, "minute"))
-            if limits.tpm:
-                windows.append(Window("tpm", "tokens", limits.tpm, "minute"))
             budget = limits.budget
             for period, usd in (
                 ("hour", budget and budget.hourly),
@@ -590,3 +581,14 @@ def refill(c: Counter, current: float, previous: float) -> float:
         return max(0.0, c.length * (1 - (room - current) / previous) - c.elapsed)
     # ...and when this bucket ends it becomes the previous one and slides out in turn.
     return left + c.length * max(0.0, 1 - room / current)
+
+
+def _per_minute(limits: AgentLimitsConfig | RouteLimitsConfig | None) -> list[Window]:
+    """The requests- and tokens-per-minute windows both agents and routes can have."""
+    windows = []
+    if limits is not None:
+        if limits.rpm:
+            windows.append(Window("rpm", "requests", limits.rpm, "minute"))
+        if limits.tpm:
+            windows.append(Window("tpm", "tokens", limits.tpm, "minute"))
+    return windows
