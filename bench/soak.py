@@ -139,9 +139,7 @@ async def soak(args: argparse.Namespace, work: Path) -> None:
             )
             rss.append(("at the end", memory_mb(sidecar.proc.pid)))
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
         await primary.stop()
         await secondary.stop()
     non_2xx = sum(n for code, n in tally.statuses.items() if code != 200)

@@ -90,6 +90,19 @@ class Tally:
             self.lost.append("...")
 
 
+def agent(fake: Any, name: str, **overrides: Any) -> dict[str, Any]:
+    """An OpenAI-format agent of a config document, in front of a fake provider."""
+    return {
+        "name": name,
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "base_url": fake.base_url,
+        "api_key": "test-key",
+        "timeout": 10,
+        **overrides,
+    }
+
+
 def chat(model: str = "default", stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {
         "model": model,

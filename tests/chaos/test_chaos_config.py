@@ -68,9 +68,7 @@ def sidecar(upstream: FakeProcess, tmp_path: Path) -> Iterator[SidecarProcess]:
     try:
         yield process
     finally:
-        process.terminate()
-        process.wait()
-        process.kill()
+        process.stop()
 
 
 async def push(admin_url: str, body: bytes) -> httpx.Response:

@@ -13,6 +13,7 @@ import httpx
 from chaos_support import (
     AUTH,
     Tally,
+    agent,
     chat,
     memory_mb,
     openai_call,
@@ -24,18 +25,6 @@ from chaos_support import (
 from fakes import Fail, FakeProvider, Hang, Reply, Reset
 
 PRIMARY, SECONDARY = "Hello from primary", "Hello from secondary"
-
-
-def agent(fake: FakeProvider, name: str, **overrides: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "base_url": fake.base_url,
-        "api_key": "test-key",
-        "timeout": 10,
-        **overrides,
-    }
 
 
 def config(
@@ -146,9 +135,7 @@ async def test_an_upstream_killed_and_restarted(fake_factory: Any, tmp_path: Pat
                 await asyncio.sleep(0.1)
             await revived.stop()
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert not tally.lost, tally.lost
     assert tally.statuses == {200: tally.sent}
     assert texts[-1] == PRIMARY, texts
@@ -178,9 +165,7 @@ async def test_hung_upstreams_under_a_route_deadline(fake_factory: Any, tmp_path
                 concurrency=8,
             )
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert not tally.lost, tally.lost
     assert max(tally.latencies) < 5, max(tally.latencies)
     report(
@@ -224,9 +209,7 @@ async def test_config_pushes_under_load(fake_factory: Any, tmp_path: Path) -> No
             )
             ready = (await client.get(sidecar.admin_url + "/readyz")).json()
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert outcomes == ["applied"] * 20
     assert ready["version"] == 21
     assert not tally.lost and tally.statuses == {200: tally.sent}, tally.lost

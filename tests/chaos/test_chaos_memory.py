@@ -72,9 +72,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess
     try:
         yield process
     finally:
-        process.terminate()
-        process.wait()
-        process.kill()
+        process.stop()
         big.stop()
         small.stop()
 

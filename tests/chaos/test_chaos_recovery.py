@@ -11,21 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from chaos_support import Tally, chat, openai_call, percentile, report, run_load, start_sidecar
-from fakes import Fail, FakeProvider, Hang, Reply
+from chaos_support import (
+    Tally,
+    agent,
+    chat,
+    openai_call,
+    percentile,
+    report,
+    run_load,
+    start_sidecar,
+)
+from fakes import Fail, Hang, Reply
 
 PRIMARY, SECONDARY = "Hello from primary", "Hello from secondary"
-
-
-def agent(fake: FakeProvider, name: str, timeout: float = 10) -> dict[str, Any]:
-    return {
-        "name": name,
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "base_url": fake.base_url,
-        "api_key": "test-key",
-        "timeout": timeout,
-    }
 
 
 def config(primary: dict[str, Any], secondary: dict[str, Any], **route: Any) -> dict[str, Any]:
@@ -74,9 +72,7 @@ async def test_every_breaker_open_recovers_when_an_upstream_is_back(
                 tally.lost.clear()  # failures before the first success are the outage's
                 await asyncio.sleep(0.05)
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert first_ok is not None and first_ok < 2, (first_ok, tally.statuses)
     failed_after = sum(n for status, n in tally.statuses.items() if status != 200)
     report(
@@ -114,9 +110,7 @@ async def test_no_user_request_waits_out_a_hung_agent(fake_factory: Any, tmp_pat
                 concurrency=4,
             )
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert not tally.lost, tally.lost
     slowest = max(tally.latencies)
     assert slowest < 3, slowest  # far below the hung agent's 4 s timeout
@@ -151,9 +145,7 @@ async def test_a_deadline_leaves_the_fallback_its_time(fake_factory: Any, tmp_pa
                 lambda: openai_call(client, tally, chat(), [SECONDARY]), seconds=4, concurrency=4
             )
     finally:
-        sidecar.terminate()
-        sidecar.wait()
-        sidecar.kill()
+        sidecar.stop()
     assert not tally.lost, tally.lost
     assert tally.statuses == {200: tally.sent}
     report(

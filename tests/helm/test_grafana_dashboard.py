@@ -184,9 +184,7 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
                 assert pushed.status_code == 200, pushed.text
                 yield scrape(admin.get("/metrics").text)
         finally:
-            sidecar.terminate()
-            sidecar.wait(20)
-            sidecar.kill()
+            sidecar.stop(20)
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +225,7 @@ def operator_metrics(
         yield scrape(text)
     finally:
         if sidecar is not None:
-            sidecar.terminate()
-            sidecar.wait(20)
-            sidecar.kill()
+            sidecar.stop(20)
         cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

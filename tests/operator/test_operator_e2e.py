@@ -146,9 +146,7 @@ def test_apply_inject_push_route_and_report(control_plane, operator, namespace, 
         cp.kubectl("delete", "routingpolicy", "chat", "-n", namespace)
         wait_for(lambda: served(sidecar)["routes"] == [], 20, "routes removed")
     finally:
-        sidecar.terminate()
-        sidecar.wait(20)
-        sidecar.kill()
+        sidecar.stop(20)
 
 
 def test_unlabelled_pods_are_left_alone(control_plane, operator, namespace) -> None:
@@ -286,9 +284,7 @@ def test_no_failed_request_while_the_policy_changes(control_plane, operator, nam
         assert failures == []
         assert len(answered) > 20 and "anthropic" in answered and "openai" in answered
     finally:
-        sidecar.terminate()
-        sidecar.wait(20)
-        sidecar.kill()
+        sidecar.stop(20)
 
 
 def test_restarts_resync_without_duplicate_work(control_plane, operator, namespace,
@@ -318,15 +314,11 @@ def test_restarts_resync_without_duplicate_work(control_plane, operator, namespa
         # The sidecar restarts with its state gone (a new pod, an emptyDir lost).
         args = sidecar.proc.args
         state = args[args.index("--state-dir") + 1]
-        sidecar.terminate()
-        sidecar.wait(20)
-        sidecar.kill()
+        sidecar.stop(20)
         shutil.rmtree(state, ignore_errors=True)
         sidecar = start_sidecar(cp, namespace, ip)
         assert served(sidecar) is None
         again = wait_for(lambda: served(sidecar), 20, "the resync push")
         assert again["version"] > version
     finally:
-        sidecar.terminate()
-        sidecar.wait(20)
-        sidecar.kill()
+        sidecar.stop(20)

@@ -62,9 +62,7 @@ def test_webhook_and_push_over_ipv6(control_plane, namespace) -> None:
             assert "pod chat-0 now serves config version" in operator.output()
     finally:
         if sidecar is not None:
-            sidecar.terminate()
-            sidecar.wait(20)
-            sidecar.kill()
+            sidecar.stop(20)
         operator.stop()
         cp.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found",
                    check=False)

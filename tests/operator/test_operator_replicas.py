@@ -92,9 +92,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> 
             assert lease_holder(cp) in ("None", "")
         finally:
             if sidecar is not None:
-                sidecar.terminate()
-                sidecar.wait(20)
-                sidecar.kill()
+                sidecar.stop(20)
             leader.stop()
             follower.stop()
 

@@ -105,6 +105,14 @@ class SidecarProcess:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, a drain of up to `timeout` seconds, then SIGKILL if it is still there."""
+        self.terminate()
+        try:
+            self.wait(timeout)
+        finally:
+            self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
