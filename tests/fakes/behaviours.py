@@ -134,9 +134,47 @@ class StreamError:
     message: str | None = None
 
 
-Behaviour: TypeAlias = Reply | Fail | Hang | Reset | Malformed | CutStream | StreamError
+@dataclass(frozen=True)
+class Stall:
+    """Stream `after` content chunks of `reply` (0: only what precedes the first content,
+    e.g. OpenAI's role chunk, Anthropic's message_start), then go silent with the
+    connection open until the client closes it (counted as a disconnect)."""
+
+    after: int = 1
+    reply: Reply = field(default_factory=lambda: Reply(text="one two three four five six"))
+
+
+@dataclass(frozen=True)
+class EndWithoutFinish:
+    """Stream `after` content chunks of `reply`, then end the HTTP response cleanly (a
+    proper last chunk) without the stream's finish: no `finish_reason` / `[DONE]`, no
+    `message_delta` / `message_stop`, no `finishReason`."""
+
+    after: int = 1
+    reply: Reply = field(default_factory=lambda: Reply(text="one two three four five six"))
+
+
+@dataclass(frozen=True)
+class MalformedEvent:
+    """Stream `after` content chunks of `reply`, then the next event with its JSON cut in
+    half (framed as a complete event), then end the response cleanly."""
+
+    after: int = 1
+    reply: Reply = field(default_factory=lambda: Reply(text="one two three four five six"))
+
+
+StreamFault: TypeAlias = CutStream | StreamError | Stall | EndWithoutFinish | MalformedEvent
+"""The ways a stream fails once it has begun, each placed by its `after`."""
+
+Behaviour: TypeAlias = (
+    Reply | Fail | Hang | Reset | Malformed | CutStream | StreamError | Stall | EndWithoutFinish
+    | MalformedEvent
+)
 """A behaviour, or a callable computing one from the recorded request."""
 
 BehaviourLike: TypeAlias = Behaviour | Callable[["Recorded"], Behaviour]
 
-BEHAVIOUR_TYPES: tuple[type, ...] = (Reply, Fail, Hang, Reset, Malformed, CutStream, StreamError)
+BEHAVIOUR_TYPES: tuple[type, ...] = (
+    Reply, Fail, Hang, Reset, Malformed, CutStream, StreamError, Stall, EndWithoutFinish,
+    MalformedEvent,
+)

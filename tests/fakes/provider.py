@@ -27,11 +27,14 @@ from .behaviours import (
     Behaviour,
     BehaviourLike,
     CutStream,
+    EndWithoutFinish,
     Fail,
     Hang,
     Malformed,
+    MalformedEvent,
     Reply,
     Reset,
+    Stall,
     StreamError,
 )
 
@@ -231,8 +234,8 @@ class FakeProvider:
                 b = self._model_defaults[model]
             else:
                 b = self._default
-        if isinstance(b, (Reply, Fail, Hang, Reset, Malformed, CutStream, StreamError)):
-            return b
+        if isinstance(b, BEHAVIOUR_TYPES):
+            return b  # type: ignore[return-value]
         return b(rec)  # a callable computing the behaviour
 
     # ------------------------------------------------------------------ disconnects
@@ -495,6 +498,23 @@ class FakeProvider:
             batches = r.batches(frames)
             return await self._stream(request, r, batches, b.reply.chunk_delay, st)
 
+        if isinstance(b, Stall | EndWithoutFinish | MalformedEvent):
+            if not call.stream:  # a plain request is answered whole: the fault is a stream's
+                return await self._perform(request, b.reply, call, st)
+            if b.reply.delay > 0:
+                await asyncio.sleep(b.reply.delay)
+            r = self._rendered(b.reply, call)
+            cut = r.prefix_len(b.after)
+            frames = r.frames[:cut]
+            if isinstance(b, MalformedEvent):
+                frames.append(_broken(r.frames[cut] if cut < len(r.frames) else r.frames[-1]))
+            if not isinstance(b, Stall):
+                return await self._stream(request, r, r.batches(frames), b.reply.chunk_delay, st)
+            resp = web.StreamResponse(status=r.status, headers={**r.headers, **self._id_headers()})
+            await self._write(request, resp, r.batches(frames), b.reply.chunk_delay, st)
+            await asyncio.sleep(24 * 3600)  # silent until the client gives up (a disconnect)
+            raise asyncio.CancelledError
+
         raise TypeError(f"not a behaviour: {b!r}")
 
     async def _stream(
@@ -539,6 +559,15 @@ class FakeProvider:
         """Wait for the connection-lost cancellation after closing the connection on purpose."""
         await asyncio.sleep(30)
         raise asyncio.CancelledError
+
+
+def _broken(frame: bytes) -> bytes:
+    """An event with its JSON cut in half, still framed as a whole event (the blank line
+    that ends it kept): what a provider's broken serializer or proxy sends."""
+    body = frame.rstrip(b"\r\n")
+    end = frame[len(body) :]
+    head, sep, data = body.rpartition(b"data: ")
+    return head + sep + data[: max(1, len(data) // 2)] + end
 
 
 @contextlib.asynccontextmanager

@@ -19,13 +19,16 @@ import pytest
 import pytest_asyncio
 from fakes import (
     CutStream,
+    EndWithoutFinish,
     Fail,
     FakeProvider,
     Hang,
     Malformed,
+    MalformedEvent,
     Recorded,
     Reply,
     Reset,
+    Stall,
     StreamError,
     split_text,
 )
@@ -788,3 +791,96 @@ def test_serve_script() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+# ---- stream faults: each placed before or after the first content -----------------------
+
+_STREAMS = {
+    "openai": ("/v1/chat/completions", {"model": "m", "messages": USER, "stream": True},
+               {"Authorization": "Bearer test-key"}, b"\n\n"),
+    "anthropic": ("/v1/messages", {"model": "m", "max_tokens": 5, "messages": USER, "stream": True},
+                  {"x-api-key": "test-key", "anthropic-version": "v"}, b"\n\n"),
+    "gemini": ("/v1beta/models/g:streamGenerateContent?alt=sse", GEMINI_BODY,
+               {"x-goog-api-key": "test-key"}, b"\r\n\r\n"),
+}
+_FINISH_MARKS = (b"[DONE]", b"finish_reason\":\"", b"message_stop", b"message_delta", b"finishReason")
+
+
+async def _raw_stream(fake: FakeProvider, kind: str) -> bytes:
+    path, body, headers, _ = _STREAMS[kind]
+    async with httpx.AsyncClient() as h:
+        return (await h.post(fake.url + path, headers=headers, json=body)).content
+
+
+@pytest.mark.parametrize("kind", list(_STREAMS))
+@pytest.mark.parametrize("after", [0, 2])
+async def test_end_without_finish(fake_factory: Any, kind: str, after: int) -> None:
+    # A clean HTTP end (no transport error) with `after` content chunks and no finish.
+    fake: FakeProvider = await fake_factory(kind, api_key=None)
+    fake.script(EndWithoutFinish(after=after, reply=Reply(text="one two three four")))
+    raw = await _raw_stream(fake, kind)
+    assert not any(mark in raw for mark in _FINISH_MARKS)
+    assert (b" two" in raw) == (after == 2) and b"three" not in raw
+    assert not raw or raw.endswith(_STREAMS[kind][3])  # whole frames (gemini has none before content)
+
+
+@pytest.mark.parametrize("kind", list(_STREAMS))
+@pytest.mark.parametrize("after", [0, 1])
+async def test_malformed_event(fake_factory: Any, kind: str, after: int) -> None:
+    # The event after `after` content chunks is framed whole but its JSON is cut in half.
+    fake: FakeProvider = await fake_factory(kind, api_key=None)
+    fake.script(MalformedEvent(after=after, reply=Reply(text="one two three")))
+    raw = await _raw_stream(fake, kind)
+    sep = _STREAMS[kind][3]
+    frames = [f for f in raw.split(sep) if f]
+    datas = [line[6:] for f in frames for line in f.splitlines() if line.startswith(b"data: ")]
+    for good in datas[:-1]:
+        json.loads(good)
+    with pytest.raises(ValueError):
+        json.loads(datas[-1])
+    assert (b"one" in b"".join(datas[:-1])) == (after == 1)
+
+
+@pytest.mark.parametrize("kind", list(_STREAMS))
+@pytest.mark.parametrize("after", [0, 1])
+async def test_stall_keeps_the_connection_silent(fake_factory: Any, kind: str, after: int) -> None:
+    # The fake sends `after` content chunks, then nothing: the client's read times out,
+    # and its close is what the fake sees.
+    fake: FakeProvider = await fake_factory(kind, api_key=None)
+    fake.script(Stall(after=after, reply=Reply(text="one two three")))
+    path, body, headers, _ = _STREAMS[kind]
+    received = b""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.3)) as h:
+        async with h.stream("POST", fake.url + path, headers=headers, json=body) as resp:
+            with pytest.raises(httpx.ReadTimeout):
+                async for part in resp.aiter_bytes():
+                    received += part
+    assert (b"one" in received) == (after == 1) and b"two" not in received
+    assert await fake.wait_disconnect(5) == 1
+
+
+async def test_stream_faults_through_sdks(fake_openai: FakeProvider, fake_anthropic: FakeProvider) -> None:
+    # What an SDK makes of each fault after one content chunk: the end without a finish
+    # looks complete to both SDKs (why the sidecar must never produce it); a broken event
+    # is a JSON error; a stall is a read timeout.
+    fake_openai.script(EndWithoutFinish(after=1))
+    stream = await oai(fake_openai).chat.completions.create(model="m", messages=USER, stream=True)
+    chunks = [c async for c in stream]
+    assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == ["one"]
+    assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
+    fake_anthropic.script(EndWithoutFinish(after=1))
+    async with ant(fake_anthropic).messages.stream(model="m", max_tokens=5, messages=USER) as s:
+        assert [t async for t in s.text_stream] == ["one"]
+    fake_openai.script(MalformedEvent(after=1))
+    stream = await oai(fake_openai).chat.completions.create(model="m", messages=USER, stream=True)
+    with pytest.raises(json.JSONDecodeError):
+        async for _ in stream:
+            pass
+    fake_anthropic.script(Stall(after=1))
+    with pytest.raises(Exception) as ei:
+        client = ant(fake_anthropic, timeout=0.5)
+        async with client.messages.stream(model="m", max_tokens=5, messages=USER) as s:
+            async for _ in s.text_stream:
+                pass
+    # mid-stream the anthropic SDK lets its transport's error through
+    assert isinstance(ei.value, anthropic.APITimeoutError) or type(ei.value).__name__ == "ReadTimeout"
