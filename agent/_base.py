@@ -9,7 +9,7 @@ the lifecycle (`close`, `aclose`, `with`, `async with`) closes what it owns.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pydantic
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from agent.pricing import Price
     from agent.types import ToolSpec
 
-__all__ = ["TOP", "BaseAgent", "Caller", "Prompt"]
+__all__ = ["TOP", "BaseAgent", "Caller", "Prompt", "shortest"]
 
 T = TypeVar("T")
 Prompt = str | Sequence[Message | dict[str, Any]]
@@ -44,9 +44,25 @@ class Caller:
     timeout: float | None = None  # at most this many seconds per wait (a router's time left)
     transport: AnyTransport | None = None  # for the requests of agents that name none
     nested: bool = False  # called by a router, which traces the call inside its decision
+    # A stream's limits set by the routes around the agent (the agent's own may be shorter).
+    first_token_timeout: float | None = None  # seconds to the first content
+    stall_timeout: float | None = None  # longest silence between events after it
+
+    def tighter(self, first_token: float | None, stall: float | None) -> Caller:
+        """This caller with stream limits no looser than `first_token` and `stall`."""
+        return replace(
+            self,
+            first_token_timeout=shortest(self.first_token_timeout, first_token),
+            stall_timeout=shortest(self.stall_timeout, stall),
+        )
 
 
 TOP = Caller()
+
+
+def shortest(*seconds: float | None) -> float | None:
+    """The smallest limit of those set (None: none is)."""
+    return min((s for s in seconds if s is not None), default=None)
 
 
 class BaseAgent:

@@ -43,18 +43,26 @@ class Send:
 
 @dataclass(slots=True)
 class Open:
-    """Open a streaming request: returns a stream to `Read`, or a Reply for HTTP errors."""
+    """Open a streaming request: returns a stream to `Read`, or a Reply for HTTP errors.
+
+    `watched`: its reads may carry a `within` (a stream timeout); the sync driver then
+    performs the stream on the owner's loop, where any wait can be cut short. `within`:
+    TimeoutError when the answer's headers take longer than that many seconds."""
 
     wire: WireRequest
     timeout: float
     transport: AnyTransport
+    watched: bool = False
+    within: float | None = None
 
 
 @dataclass(slots=True)
 class Read:
-    """Read the next chunk of an open stream (b"" at its end)."""
+    """Read the next chunk of an open stream (b"" at its end); TimeoutError when none
+    comes `within` seconds (the stream stays open: its owner closes it)."""
 
     stream: Any
+    within: float | None = None
 
 
 @dataclass(slots=True)
@@ -215,7 +223,8 @@ def _drive(gen: Steps[R], owner: Resources, box: list[R]) -> Iterator[list[Strea
             value, error = None, None
             if isinstance(step, Emit):
                 yield step.events
-            elif isinstance(step, Race):
+            elif isinstance(step, Race) or (isinstance(step, Open) and step.watched):
+                # What needs waits that can be cut short runs on the loop from here on.
                 yield from _on_loop(owner, _drive_async(gen, owner, box, step))
                 return
             else:
@@ -296,13 +305,21 @@ class _AsyncStream:
 
 async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
-        return await step.stream.read()
+        if step.within is None:
+            return await step.stream.read()
+        async with asyncio.timeout(step.within):
+            return await step.stream.read()
     if isinstance(step, Count):
         return await step.async_()
     if isinstance(step, Send):
         return await _method(step, "send_async")(step.wire, step.timeout)
     if isinstance(step, Open):
-        opened = await _method(step, "open_stream_async")(step.wire, step.timeout)
+        opening = _method(step, "open_stream_async")(step.wire, step.timeout)
+        if step.within is None:
+            opened = await opening
+        else:
+            async with asyncio.timeout(step.within):
+                opened = await opening
         return _kept(opened, streams, _AsyncStream)
     if isinstance(step, Close):
         if step.stream in streams:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -17,11 +18,18 @@ from agent._base import (
     Prompt,
     build_request,
     output_schema,
+    shortest,
     with_middleware,
 )
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
-from agent.errors import AgentError, ConfigurationError, OutputValidationError, url_credentials
+from agent.errors import (
+    AgentError,
+    APITimeoutError,
+    ConfigurationError,
+    OutputValidationError,
+    url_credentials,
+)
 from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
@@ -35,6 +43,7 @@ from agent.types import (
     Relay,
     Request,
     Response,
+    TextDelta,
     ToolCall,
     ToolResult,
     ToolSpec,
@@ -45,7 +54,7 @@ from agent.types import (
 if TYPE_CHECKING:
     from agent.config import AgentConfig, AgentLimitsConfig
 
-__all__ = ["Agent", "Prompt", "build_request", "output_schema"]
+__all__ = ["Agent", "Prompt", "StreamLimits", "build_request", "output_schema"]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -77,9 +86,13 @@ class Agent(BaseAgent):
         extra: dict[str, Any] | None = None,
         transport: AnyTransport | None = None,
         limits: AgentLimitsConfig | dict[str, Any] | None = None,
+        first_token_timeout: float | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         """`limits`: the provider account's rpm, tpm and concurrent requests, which a
-        router holds this agent to (see `agent.limits`)."""
+        router holds this agent to (see `agent.limits`). `first_token_timeout`: seconds
+        a stream may take to its first content; `stall_timeout`: the longest silence
+        between its events after that (see `StreamLimits`)."""
         from agent.config import AgentLimitsConfig, validated
 
         self.limits = validated(AgentLimitsConfig, limits) if limits is not None else None
@@ -88,6 +101,8 @@ class Agent(BaseAgent):
         self.requested_model = model
         self.base_url = base_url
         self.timeout = timeout
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
         self.max_tool_rounds = max_tool_rounds
         self.headers = dict(headers or {})
         self.name = name or f"{provider}/{model}"
@@ -189,23 +204,35 @@ class Agent(BaseAgent):
             self.transport or caller.transport or default_transport() or self._resources.pool()
         )
         seconds = caller.timeout or self.timeout
+        limits = StreamLimits(
+            shortest(self.first_token_timeout, caller.first_token_timeout),
+            shortest(self.stall_timeout, caller.stall_timeout),
+        )
         if not self.middleware:
-            return self._exchange(request, seconds, transport)
+            return self._exchange(request, seconds, transport, limits)
         return with_middleware(
-            self.middleware, request, lambda r: self._exchange(r, seconds, transport)
+            self.middleware, request, lambda r: self._exchange(r, seconds, transport, limits)
         )
 
     def _exchange(
-        self, request: Request, timeout: float, transport: AnyTransport
+        self, request: Request, timeout: float, transport: AnyTransport, limits: StreamLimits
     ) -> _steps.Steps[Response[Any]]:
+        delivered: list[str] = []  # the text a stream handed to the caller
         try:
-            return (yield from self._rounds(request, timeout, transport))
+            return (yield from self._rounds(request, timeout, transport, limits, delivered))
         except AgentError as error:
             error.at(self.provider, self.model).redact(*self._secrets())
+            if delivered:
+                error.partial_text = "".join(delivered)
             raise
 
     def _rounds(
-        self, request: Request, timeout: float, transport: AnyTransport
+        self,
+        request: Request,
+        timeout: float,
+        transport: AnyTransport,
+        limits: StreamLimits,
+        delivered: list[str],
     ) -> _steps.Steps[Response[Any]]:
         target = self.target()
         codec = codec_for(self.provider)
@@ -231,9 +258,9 @@ class Agent(BaseAgent):
             else:
                 wire = codec.build(request, target)
             if request.stream:
+                opening = _steps.Open(wire, timeout, transport, limits.watched)
                 parsed = yield from _stream_once(
-                    codec, _steps.Open(wire, timeout, transport), start, first, relay is not None,
-                    heard,
+                    codec, opening, start, first, relay is not None, heard, limits, delivered
                 )
             else:
                 reply: Reply = yield _steps.Send(wire, timeout, transport)
@@ -318,6 +345,38 @@ def _heard(headers: Any, heard: list[ProviderLimits]) -> None:
         heard.append(limits)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """How long a stream may keep its caller waiting, beside the per-wait `timeout`:
+    `first_token` seconds from sending the request to the first content event (what
+    comes before it, a role chunk, message_start, pings, does not count), and `stall`
+    seconds of silence between events after it. Either ends the attempt as an
+    `APITimeoutError` and closes its connection at once: before the first content the
+    router falls back; after it the stream fails (or continues elsewhere)."""
+
+    first_token: float | None = None
+    stall: float | None = None
+
+    @property
+    def watched(self) -> bool:
+        return self.first_token is not None or self.stall is not None
+
+    def within(self, first_by: float | None, content: bool) -> float | None:
+        """Seconds the next wait may take (None: only the per-wait timeout bounds it)."""
+        if content:
+            return self.stall
+        return None if first_by is None else max(0.0, first_by - time.monotonic())
+
+    def expired(self, content: bool) -> APITimeoutError:
+        if content:
+            return APITimeoutError(
+                f"the stream stalled: no event for {self.stall:g}s (stall_timeout)"
+            )
+        return APITimeoutError(
+            f"no content within {self.first_token:g}s of the request (first_token_timeout)"
+        )
+
+
 def _stream_once(
     codec: Codec,
     open_: _steps.Open,
@@ -325,19 +384,33 @@ def _stream_once(
     first: list[float],
     relay: bool,
     heard: list[ProviderLimits],
+    limits: StreamLimits,
+    delivered: list[str],
 ) -> _steps.Steps[Parsed]:
     """One streamed exchange. Relayed (`relay`), the provider's bytes go to the caller
     too, each batch of events after the bytes they came in; bytes before the first
     content event (message_start, pings) wait for it, so a stream that fails before any
-    content can still fall back to another agent unseen."""
-    opened = yield open_
+    content can still fall back to another agent unseen. The text handed on is added to
+    `delivered`."""
+    first_by = None if limits.first_token is None else time.monotonic() + limits.first_token
+    open_.within = limits.within(first_by, bool(first))
+    try:
+        opened = yield open_
+    except TimeoutError:
+        raise limits.expired(bool(first)) from None
     if isinstance(opened, Reply):
         raise codec.error(opened.status, opened.headers, opened.body)
     _heard(getattr(opened.response, "headers", {}), heard)
     reader = StreamReader(codec, relay)
     held: list[bytes] = []  # relayed bytes not handed on yet
     try:
-        while chunk := (yield _steps.Read(opened)):
+        while True:
+            try:
+                chunk = yield _steps.Read(opened, limits.within(first_by, bool(first)))
+            except TimeoutError:
+                raise limits.expired(bool(first)) from None
+            if not chunk:
+                break
             events = reader.feed(chunk)
             if relay:
                 held.append(reader.relayed())
@@ -347,6 +420,7 @@ def _stream_once(
             if events:
                 if not first:
                     first.append(time.perf_counter())
+                delivered += [e.text for e in events if isinstance(e, TextDelta)]
                 yield _steps.Emit(events)
             reader.check()
         last, parsed = reader.close()
@@ -357,6 +431,7 @@ def _stream_once(
         if last:
             if not first:
                 first.append(time.perf_counter())
+            delivered += [e.text for e in last if isinstance(e, TextDelta)]
             yield _steps.Emit(last)
     except GeneratorExit:
         raise

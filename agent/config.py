@@ -215,6 +215,12 @@ class AgentConfig(_Model):
         f"(OPENAI_API_KEY, ...) or one starting with {KEY_ENV_PREFIX}",
     )
     timeout: Annotated[float, SECONDS] = Field(default=60.0, gt=0, description="Per attempt")
+    first_token_timeout: Annotated[float | None, SECONDS] = Field(
+        default=None, gt=0, description="A stream's longest wait for its first content"
+    )
+    stall_timeout: Annotated[float | None, SECONDS] = Field(
+        default=None, gt=0, description="A stream's longest silence after its first content"
+    )
     weight: float = Field(default=1.0, ge=0, description="Share of traffic for `weighted`")
     price: PriceConfig | None = Field(default=None, description="Overrides the price data")
     capabilities: CapabilitiesConfig | None = Field(
@@ -267,6 +273,8 @@ class AgentConfig(_Model):
             api_key=key,
             base_url=self.base_url,
             timeout=self.timeout,
+            first_token_timeout=self.first_token_timeout,
+            stall_timeout=self.stall_timeout,
             weight=self.weight,
             price=price,
             capabilities=caps or None,
@@ -376,6 +384,21 @@ class RouteOptions(_Model):
     )
     limits: RouteLimitsConfig | None = Field(
         default=None, description="Requests, tokens and spend allowed on this route"
+    )
+    first_token_timeout: Annotated[float | None, SECONDS] = Field(
+        default=None,
+        gt=0,
+        description="Per agent: a stream's longest wait for its first content (then fall back)",
+    )
+    stall_timeout: Annotated[float | None, SECONDS] = Field(
+        default=None,
+        gt=0,
+        description="Per agent: a stream's longest silence after its first content",
+    )
+    stream_recovery: Literal["error", "continue"] = Field(
+        default="error",
+        description="A stream failing after content: end it with an error, or continue "
+        "the answer on the next agent",
     )
 
 

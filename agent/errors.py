@@ -99,7 +99,12 @@ def scrub(text: str, *secrets: str | None) -> str:
 
 
 class AgentError(Exception):
-    """Base of every error raised by the library."""
+    """Base of every error raised by the library.
+
+    `partial_text`: on a stream that failed after content reached the caller, the text
+    it had received (None otherwise): the caller knows exactly what it holds."""
+
+    partial_text: str | None = None
 
     def __init__(
         self,

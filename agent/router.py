@@ -17,6 +17,7 @@ losing text, so the stream ends by raising that agent's typed error.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
@@ -82,6 +83,9 @@ class AgentRouter(BaseAgent):
         circuit_breaker: CircuitBreakerConfig | dict[str, Any] | None = None,
         limits: RouteLimitsConfig | dict[str, Any] | None = None,
         limits_store: LimitsStore | None = None,
+        first_token_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        stream_recovery: str = "error",
         middleware: Iterable[Middleware] | None = None,
         name: str = "router",
         transport: AnyTransport | None = None,
@@ -102,6 +106,9 @@ class AgentRouter(BaseAgent):
                 "hedge_delay": hedge_delay,
                 "circuit_breaker": circuit_breaker or CircuitBreakerConfig(),
                 "limits": limits,
+                "first_token_timeout": first_token_timeout,
+                "stall_timeout": stall_timeout,
+                "stream_recovery": stream_recovery,
             },
         )
         if isinstance(weights, dict):
@@ -109,6 +116,9 @@ class AgentRouter(BaseAgent):
         self.strategy = make_strategy(strategy, custom_router, hedge_delay, weights)
         self.retry = RetryPolicy(retries, backoff, max_retry_after=max_retry_after)
         self.deadline = deadline
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
+        self.stream_recovery = options.stream_recovery
         self.middleware = list(middleware or ())
         self.name = self.model = name
         self.transport = transport  # None: the outer router's, the process default, or its own
@@ -190,14 +200,15 @@ class AgentRouter(BaseAgent):
         """The whole routed call as steps (router middleware around the routing). A
         caller's timeout (an outer router's time left) is a deadline here."""
         if self.transport is not None:
-            caller = Caller(caller.timeout, self.transport, caller.nested)
+            caller = dataclasses.replace(caller, transport=self.transport)
+        caller = caller.tighter(self.first_token_timeout, self.stall_timeout)
         if not self.middleware:
             return self._route(request, caller)
         return with_middleware(self.middleware, request, lambda r: self._route(r, caller))
 
     def _route(self, request: Request, caller: Caller) -> _steps.Steps[Response[Any]]:
         limit = min((s for s in (self.deadline, caller.timeout) if s), default=None)
-        call = _Call(self, request, limit, caller.transport, caller.nested)
+        call = _Call(self, request, limit, caller)
         plan = self.strategy.plan(request, self.agents, self._health)
         if inspect.isawaitable(plan):  # a custom router's coroutine: the driver awaits it
             plan = yield _steps.Invoke(_settle, (plan,))
@@ -326,7 +337,7 @@ class AgentRouter(BaseAgent):
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
             try:
-                steps = member.steps(request, Caller(seconds, call.transport, nested=True))
+                steps = member.steps(request, call.caller(seconds))
                 if progress is None:
                     response = yield from steps
                 else:
@@ -517,24 +528,21 @@ class _Call:
         "router",
         "started",
         "started_ns",
+        "streams",
         "transport",
     )
 
     def __init__(
-        self,
-        router: AgentRouter,
-        request: Request,
-        limit: float | None,
-        transport: AnyTransport | None,
-        nested: bool = False,
+        self, router: AgentRouter, request: Request, limit: float | None, caller: Caller
     ) -> None:
         self.router = router
-        self.nested = nested
+        self.nested = caller.nested
+        self.streams = caller  # the stream limits every attempt keeps
         self.request = request
         self.limit = limit
         self.started_ns = time.time_ns()
         self.ends = None if limit is None else time.monotonic() + limit
-        self.transport = transport
+        self.transport = caller.transport
         self.plan = Plan([], "")
         self.order: list[int] = []
         self.started: set[int] = set()
@@ -547,6 +555,13 @@ class _Call:
 
     def remaining(self) -> float | None:
         return None if self.ends is None else self.ends - time.monotonic()
+
+    def caller(self, seconds: float) -> Caller:
+        """What an attempt of `seconds` at most is called with."""
+        streams = self.streams
+        return Caller(
+            seconds, self.transport, True, streams.first_token_timeout, streams.stall_timeout
+        )
 
     def deadline_passed(self) -> bool:
         return self.ends is not None and time.monotonic() >= self.ends

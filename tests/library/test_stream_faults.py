@@ -1,0 +1,182 @@
+"""Streams that never lie, in the library, over real sockets: every way a provider's
+stream fails (cut, stall, in-band error event, clean end without its finish, broken
+event), before and after the first content, for each wire format. Before the first
+content the router falls back unseen; after it the stream raises the agent's typed
+error carrying the text the caller holds, and never ends like a complete answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from fakes import (
+    CutStream,
+    EndWithoutFinish,
+    FakeProvider,
+    MalformedEvent,
+    Reply,
+    Stall,
+    StreamError,
+    StreamFault,
+)
+
+from agent import Agent, AgentRouter
+from agent.config import parse_config
+from agent.errors import AgentError, APIConnectionError, APITimeoutError, InvalidResponseError
+from agent.types import Done, Started, TextDelta
+
+TEXT = "one two three four"
+FAULTS: dict[str, type[StreamFault]] = {
+    "cut": CutStream,
+    "stall": Stall,
+    "error_event": StreamError,
+    "no_finish": EndWithoutFinish,
+    "malformed": MalformedEvent,
+}
+# What each fault is raised as, after the first content.
+RAISED: dict[str, type[AgentError]] = {
+    "cut": APIConnectionError,
+    "stall": APITimeoutError,
+    "error_event": AgentError,
+    "no_finish": APIConnectionError,
+    "malformed": InvalidResponseError,
+}
+KINDS = ("openai", "anthropic", "gemini")
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
+# Generous next to the stream timeouts, far below the per-attempt timeout (30 s): a stall
+# ended by anything but the stream timeouts would show.
+BOUND = 15.0
+
+
+def agent(fake: FakeProvider, name: str, **kw: Any) -> Agent:
+    return Agent(fake.kind, MODELS[fake.kind], base_url=fake.base_url, api_key="test-key",
+                 name=name, timeout=30, **kw)
+
+
+def router(*agents: Agent, **kw: Any) -> AgentRouter:
+    kw.setdefault("first_token_timeout", 2.0)
+    kw.setdefault("stall_timeout", 1.0)
+    return AgentRouter(list(agents), retries=0, **kw)
+
+
+async def collect(r: AgentRouter, prompt: str = "hi") -> tuple[list[Any], BaseException | None]:
+    events: list[Any] = []
+    try:
+        async for event in await r.stream_async(prompt):
+            events.append(event)
+    except AgentError as exc:
+        return events, exc
+    return events, None
+
+
+def text_of(events: list[Any]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_a_fault_before_the_first_content_falls_back_unseen(
+    fake_factory: Any, kind: str, fault: str
+) -> None:
+    """What was tried: the first agent's stream fails before any content (after its
+    role chunk / message_start, where the format has one); the second answers. The caller
+    sees one clean stream from the second agent, announced once, and the first agent's
+    attempt is recorded with its error."""
+    a, b = await fake_factory(kind), await fake_factory(kind)
+    a.script(FAULTS[fault](after=0, reply=Reply(text=TEXT)))
+    b.script(Reply(text="from b"))
+    t0 = time.monotonic()
+    events, error = await collect(router(agent(a, "a"), agent(b, "b")))
+    assert error is None
+    assert time.monotonic() - t0 < BOUND
+    started = [e for e in events if isinstance(e, Started)]
+    assert [s.agent for s in started] == ["b"]
+    assert text_of(events) == "from b"
+    done = events[-1]
+    assert isinstance(done, Done) and done.response.text == "from b"
+    assert [(x.agent, x.outcome) for x in done.response.route.attempts] == [("a", "error"), ("b", "ok")]
+    if fault == "stall":  # the silent connection was closed by us, at once
+        assert isinstance(done.response.route.attempts[0].error, APITimeoutError)
+        assert await a.wait_disconnect(5) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_a_fault_after_the_first_content_raises_with_the_partial_text(
+    fake_factory: Any, kind: str, fault: str
+) -> None:
+    """What was tried: the first agent sends one word, then fails. The stream raises
+    that agent's typed error carrying exactly the text delivered; it never ends with
+    Done (a truncated answer never looks complete), and the second agent is not asked."""
+    a, b = await fake_factory(kind), await fake_factory(kind)
+    a.script(FAULTS[fault](after=1, reply=Reply(text=TEXT)))
+    t0 = time.monotonic()
+    events, error = await collect(router(agent(a, "a"), agent(b, "b")))
+    assert time.monotonic() - t0 < BOUND
+    assert isinstance(error, RAISED[fault]), repr(error)
+    assert text_of(events) == "one"
+    assert error.partial_text == "one"
+    assert error.agent == f"{kind}/{MODELS[kind]}"
+    assert not any(isinstance(e, Done) for e in events)
+    assert b.requests == []
+    if fault == "stall":
+        assert await a.wait_disconnect(5) == 1
+
+
+def test_a_sync_stream_stall_is_cut_too(fake_openai_sync: FakeProvider) -> None:
+    """What was tried: a sync stream (iterated without an event loop) whose provider goes
+    silent after one word: the stall timeout ends it (the wait is cut short on the
+    router's loop thread) and the provider sees its connection closed."""
+    fake_openai_sync.script(Stall(after=1, reply=Reply(text=TEXT)))
+    r = router(agent(fake_openai_sync, "a"))
+    got: list[str] = []
+    with pytest.raises(APITimeoutError, match="stall_timeout") as ei:
+        for event in r.stream("hi"):
+            if isinstance(event, TextDelta):
+                got.append(event.text)
+    r.close()
+    assert got == ["one"] and ei.value.partial_text == "one"
+    assert fake_openai_sync.wait_disconnect_sync(5) == 1
+
+
+async def test_first_token_timeout_counts_from_the_request(fake_factory: Any) -> None:
+    """What was tried: the provider takes 3 s to send its headers; the route allows 0.5 s
+    to the first content. The attempt is cut (its connection closed) and the next agent
+    answers; a stream whose pieces come 0.3 s apart within a 1 s stall limit is not cut."""
+    a, b = await fake_factory("anthropic"), await fake_factory("anthropic")
+    a.script(Reply(text=TEXT, delay=3.0))
+    b.script(Reply(text=TEXT, chunk_delay=0.3))
+    events, error = await collect(router(agent(a, "a"), agent(b, "b"), first_token_timeout=0.5))
+    assert error is None and text_of(events) == TEXT
+    attempt = events[-1].response.route.attempts[0]
+    assert isinstance(attempt.error, APITimeoutError) and "first_token_timeout" in attempt.error.message
+    assert await a.wait_disconnect(5) == 1
+
+
+async def test_an_agents_own_stall_timeout_applies_without_a_routes(fake_factory: Any) -> None:
+    """What was tried: the route sets no stream limits, the agent a 0.5 s stall limit."""
+    a = await fake_factory("gemini")
+    a.script(Stall(after=1, reply=Reply(text=TEXT)))
+    r = AgentRouter([agent(a, "a", stall_timeout=0.5)], retries=0)
+    _, error = await collect(r)
+    assert isinstance(error, APITimeoutError) and error.partial_text == "one"
+    assert await a.wait_disconnect(5) == 1
+
+
+def test_the_stream_limits_come_from_the_config_document() -> None:
+    """What was tried: the limits set in a document, per agent and per route."""
+    doc = parse_config(
+        {
+            "agents": [{"name": "a", "provider": "openai", "model": "gpt-4o", "stall_timeout": 3}],
+            "routes": [
+                {"name": "r", "agents": ["a"], "first_token_timeout": 5, "stall_timeout": 2,
+                 "stream_recovery": "continue"}
+            ],
+        }
+    )
+    r = doc.router("r")
+    assert (r.first_token_timeout, r.stall_timeout, r.stream_recovery) == (5, 2, "continue")
+    assert r.agents[0].stall_timeout == 3
+    with pytest.raises(Exception, match="stream_recovery"):
+        parse_config({"agents": [], "routes": [{"name": "r", "agents": ["a"], "stream_recovery": "x"}]})

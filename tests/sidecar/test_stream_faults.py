@@ -1,0 +1,142 @@
+"""Streams that never lie, through the sidecar, with the official SDKs: every way an
+upstream stream fails (cut, stall, in-band error event, clean end without its finish,
+broken event), before and after the first content, for every way in (`WAYS`) and every
+provider format behind it (the caller's own format is relayed as it came). Before the
+first content the caller gets the next agent's answer, whole; after it, an error in its
+own format that its SDK raises, and never a stream that ends like a complete answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from agent_sidecar import Sidecar
+from fakes import (
+    CutStream,
+    EndWithoutFinish,
+    FakeProvider,
+    MalformedEvent,
+    Reply,
+    Stall,
+    StreamError,
+    StreamFault,
+)
+from sidecar_support import agent_spec, document, fast_route
+
+TEXT = "one two three four"
+FAULTS: dict[str, type[StreamFault]] = {
+    "cut": CutStream,
+    "stall": Stall,
+    "error_event": StreamError,
+    "no_finish": EndWithoutFinish,
+    "malformed": MalformedEvent,
+}
+KINDS = ("openai", "anthropic", "gemini")
+BOUND = 15.0  # far below the agents' 10 s timeout plus a fallback: only the stream limits act
+
+
+@dataclass
+class Seen:
+    """What a caller's SDK made of a stream."""
+
+    text: str
+    error: Exception | None
+    finished: bool  # it saw the format's finish (finish_reason / message_stop)
+
+
+async def chat(sidecar: Sidecar) -> Seen:
+    client = openai.AsyncOpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
+    text, finished = "", False
+    try:
+        stream = await client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finished = finished or choice.finish_reason is not None
+    except openai.OpenAIError as exc:
+        return Seen(text, exc, finished)
+    finally:
+        await client.close()
+    return Seen(text, None, finished)
+
+
+async def messages(sidecar: Sidecar) -> Seen:
+    client = anthropic.AsyncAnthropic(base_url=sidecar.app_url, api_key="unused", max_retries=0)
+    text, finished = "", False
+    try:
+        async with client.messages.stream(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            async for event in stream:
+                if event.type == "text":
+                    text += event.text
+                finished = finished or event.type == "message_stop"
+    except anthropic.AnthropicError as exc:
+        return Seen(text, exc, finished)
+    finally:
+        await client.close()
+    return Seen(text, None, finished)
+
+
+# Every way into the sidecar: its SDK's view of one streamed call to the route "default".
+WAYS: dict[str, Callable[[Sidecar], Awaitable[Seen]]] = {"chat": chat, "messages": messages}
+
+
+async def two_agents(
+    fake_factory: Any, sidecar_factory: Any, kind: str, **route: Any
+) -> tuple[FakeProvider, FakeProvider, Sidecar]:
+    a, b = await fake_factory(kind), await fake_factory(kind)
+    limits = {"first_token_timeout": 2, "stall_timeout": 1, **route}
+    doc = document(
+        [agent_spec(a, "a"), agent_spec(b, "b")], [fast_route("default", ["a", "b"], **limits)]
+    )
+    return a, b, await sidecar_factory(doc)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_a_fault_before_the_first_content_falls_back_unseen(
+    fake_factory: Any, sidecar_factory: Any, way: str, kind: str, fault: str
+) -> None:
+    """What was tried: agent a's stream fails before any content; agent b answers. The
+    caller's SDK reads b's whole answer, finished, and nothing of a's."""
+    a, b, sidecar = await two_agents(fake_factory, sidecar_factory, kind)
+    a.script(FAULTS[fault](after=0, reply=Reply(text="from a")))
+    b.script(Reply(text=TEXT))
+    t0 = time.monotonic()
+    seen = await WAYS[way](sidecar)
+    assert time.monotonic() - t0 < BOUND
+    assert (seen.text, seen.error, seen.finished) == (TEXT, None, True)
+    assert len(a.requests) == 1 and len(b.requests) == 1
+    if fault == "stall":
+        assert await a.wait_disconnect(5) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_a_fault_after_the_first_content_is_an_error_in_band(
+    fake_factory: Any, sidecar_factory: Any, way: str, kind: str, fault: str
+) -> None:
+    """What was tried: agent a sends one word, then fails. The caller's SDK raises an
+    error after exactly that word (never a finish), and agent b is not asked."""
+    a, b, sidecar = await two_agents(fake_factory, sidecar_factory, kind)
+    a.script(FAULTS[fault](after=1, reply=Reply(text=TEXT)))
+    t0 = time.monotonic()
+    seen = await WAYS[way](sidecar)
+    assert time.monotonic() - t0 < BOUND
+    assert seen.text == "one"
+    assert seen.error is not None and not seen.finished
+    assert "api_key" not in str(seen.error) and "test-key" not in str(seen.error)
+    assert b.requests == []
+    if fault == "stall":
+        assert "stall_timeout" in str(seen.error)
+        assert await a.wait_disconnect(5) == 1
