@@ -49,7 +49,20 @@ from agent.limits import (
 from agent.middleware import Middleware
 from agent.strategies import CustomRouter, Plan, Strategy, make_strategy
 from agent.transport import AnyTransport
-from agent.types import Attempt, Request, Response, RouteInfo, Started, StreamEvent, Usage
+from agent.types import (
+    Attempt,
+    Continuation,
+    Message,
+    Request,
+    Response,
+    RouteInfo,
+    Started,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolResult,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -255,6 +268,11 @@ class AgentRouter(BaseAgent):
                 answer.usage if answer else Usage(), answer.cost_estimate if answer else 0.0
             )
         if won is None:
+            if call.resume is not None:  # content went out: the last failure, in band
+                error = call.errors[-1]
+                error.partial_text = call.resume.text
+                self._trace(call, error=error)
+                raise error
             raise self._failed(call)
         return self._answered(won[1], call, won[0])
 
@@ -337,12 +355,13 @@ class AgentRouter(BaseAgent):
             progress = _Progress(self, idx, call) if request.stream else None
             t0, t0_ns = time.perf_counter(), time.time_ns()
             try:
-                steps = member.steps(request, call.caller(seconds))
+                asked = request if call.resume is None else request.copy(continues=call.resume.text)
+                steps = member.steps(asked, call.caller(seconds))
                 if progress is None:
                     response = yield from steps
                 else:
                     response = yield from _watch(steps, progress)
-                    if not progress.emitted:  # an answer without content
+                    if not progress.emitted and call.resume is None:  # an answer without content
                         yield _steps.Commit()
                         yield _steps.Emit([progress.started(None)])
             except AgentError as error:
@@ -355,9 +374,14 @@ class AgentRouter(BaseAgent):
                     yield from hold.settle(None if emitted else Usage(), None if emitted else 0.0)
                 inner = error.route if isinstance(error, RoutingError) else None
                 call.attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns, inner))
+                if progress is not None and (progress.emitted or call.resume is not None):
+                    error.partial_text = progress.text()  # all the caller holds
                 if progress is not None and progress.emitted:
-                    self._trace(call, error=error)
-                    raise  # content already reached the caller: no silent switch
+                    if not self._continues(idx, call, progress, error):
+                        self._trace(call, error=error)
+                        raise  # content already reached the caller: no silent switch
+                    call.errors.append(error)
+                    return None
                 delay = self._retry_delay(error, retry, idx, call)
                 if delay is None:
                     call.errors.append(error)
@@ -382,11 +406,36 @@ class AgentRouter(BaseAgent):
                 raise
             ms = (time.perf_counter() - t0) * 1000
             health.observe(ms, None)
+            if call.resume is not None and progress is not None:
+                call.resume.finish(response, progress.text(), call.request)
             quota.heard(response.provider_limits)
             if hold is not None:
                 yield from hold.settle(response.usage, response.cost_estimate)
             call.attempts.append(Attempt(label, idx, "ok", ms, None, retry, t0_ns, response.route))
             return response
+
+    def _continues(self, idx: int, call: _Call, progress: _Progress, error: AgentError) -> bool:
+        """Whether a stream that failed after content goes on at the next agent
+        (`stream_recovery: continue`): only plain text can be continued (never a tool
+        call or a structured answer), only one agent after another (a race has no next),
+        and only on a body of the engine's making (a relayed one is the caller's)."""
+        request = call.request
+        if (
+            self.stream_recovery != "continue"
+            or self.strategy.races
+            or progress.tools
+            or request.output_schema is not None
+            or request.relay is not None
+            or not progress.text()
+            or call.order.index(idx) == len(call.order) - 1
+            or call.deadline_passed()
+        ):
+            return False
+        if call.resume is None:
+            call.resume = _Resume()
+        nxt = self.labels[call.order[call.order.index(idx) + 1]]
+        call.resume.failed(self.labels[idx], nxt, progress, self.agents[idx], request, error)
+        return True
 
     def _retry_delay(self, error: AgentError, retry: int, idx: int, call: _Call) -> float | None:
         """Seconds to wait before retrying this agent, or None to give up on it. With a
@@ -453,8 +502,15 @@ class AgentRouter(BaseAgent):
             reason += f"; {winner} answered after {failed} failed attempt(s)"
         elif failed:
             reason += f"; fell back to {winner} after {failed} failed attempt(s)"
+        continued = list(call.resume.continuations) if call.resume else []
+        for c in continued:
+            reason += f"; {c.agent} continued the answer {c.failed} broke off at {c.offset} chars"
         return RouteInfo(
-            self.strategy.name, reason, attempts, [self.labels[i] for i in call.plan.order]
+            self.strategy.name,
+            reason,
+            attempts,
+            [self.labels[i] for i in call.plan.order],
+            continued,
         )
 
     def _failed(self, call: _Call) -> RoutingError:
@@ -523,6 +579,7 @@ class _Call:
         "panic",
         "plan",
         "request",
+        "resume",
         "route_hold",
         "route_pending",
         "router",
@@ -552,6 +609,7 @@ class _Call:
         self.route_hold: Reservation | None = None  # the route's part, settled at the end
         self.route_pending = False  # the route's part is to be reserved with an agent's
         self.panic: str | None = None
+        self.resume: _Resume | None = None  # set once a stream is being continued
 
     def remaining(self) -> float | None:
         return None if self.ends is None else self.ends - time.monotonic()
@@ -582,14 +640,22 @@ class _Call:
 
 
 class _Progress:
-    """One streamed attempt: whether content reached the caller, and how to announce
-    the agent when it does."""
+    """One streamed attempt: whether content reached the caller (and what: its text,
+    whether a tool call), and how to announce the agent when it does. Continuing an
+    answer, its start is checked for a repeat of the answer so far (`Overlap`)."""
 
-    __slots__ = ("_call", "_idx", "_router", "emitted")
+    __slots__ = ("_call", "_idx", "_router", "emitted", "overlap", "pieces", "tools")
 
     def __init__(self, router: AgentRouter, idx: int, call: _Call) -> None:
         self.emitted = False
+        self.tools = False
+        self.pieces: list[str] = [call.resume.text] if call.resume else []
+        self.overlap = Overlap(call.resume.text) if call.resume else None
         self._router, self._idx, self._call = router, idx, call
+
+    def text(self) -> str:
+        """The answer's text the caller holds (a continued one's from its start)."""
+        return "".join(self.pieces)
 
     def started(self, inner: Started | None) -> Started:
         """This router's announcement; an inner router's (`inner`) gives the agent that
@@ -602,36 +668,154 @@ class _Progress:
             return Started(label, inner.provider, inner.model, route)
         return Started(label, agent.provider, agent.model, route)
 
+    def passed(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """What of an attempt's events goes on to the caller (a continuation's repeat of
+        the answer so far cut off), noting what it is."""
+        out: list[StreamEvent] = []
+        for event in events:
+            if isinstance(event, TextDelta):
+                text = self.overlap.feed(event.text) if self.overlap else event.text
+                if not text:
+                    continue
+                event = TextDelta(text) if text is not event.text else event
+                self.pieces.append(text)
+            elif isinstance(event, ToolCallDelta | ToolResult):
+                self.tools = True
+            out.append(event)
+        return out
+
+    def rest(self) -> list[StreamEvent]:
+        """At the end of a continuation: the text still held, in case it repeated."""
+        text = self.overlap.flush() if self.overlap else ""
+        if not text:
+            return []
+        self.pieces.append(text)
+        return [TextDelta(text)]
+
+
+class _Resume:
+    """A stream being continued: the answer so far, what the failed attempts cost
+    (estimated: a stream cut short never reports its usage), and each continuation."""
+
+    __slots__ = ("continuations", "cost", "text", "usage")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.usage = Usage()
+        self.cost = 0.0
+        self.continuations: list[Continuation] = []
+
+    def failed(
+        self,
+        label: str,
+        nxt: str,
+        progress: _Progress,
+        agent: BaseAgent,
+        request: Request,
+        error: AgentError,
+    ) -> None:
+        text = progress.text()
+        # The library's estimate (4 characters a token) for what the cut stream used.
+        usage = Usage(request.approx_input_tokens(), (len(text) - len(self.text)) // 4 + 1)
+        price = agent.price
+        self.usage = self.usage + usage
+        self.cost += price.cost(usage) if price else 0.0
+        self.continuations.append(Continuation(label, nxt, len(text), str(error)))
+        self.text = text
+
+    def finish(self, response: Response[Any], text: str, request: Request) -> None:
+        """The continuing agent's answer, made the whole answer: all its text, both
+        attempts' usage and cost, the exchange as the caller asked it."""
+        response.text = response.output = text
+        response.usage = response.usage + self.usage
+        response.cost_estimate += self.cost
+        response.messages = [*request.messages, Message("assistant", text)]
+
+
+class Overlap:
+    """Cuts what a continuing model repeats of the answer so far from the start of its
+    text. It holds the new text while it could still be such a repeat, then cuts the
+    longest end of the answer its start repeats: whole when at least `SURE` characters
+    long, else only from the start of a word (so "fo" + "fox" gives "fox", but "aa" +
+    "ab" stays "aab")."""
+
+    SURE = 8
+    __slots__ = ("_done", "_held", "_so_far")
+
+    def __init__(self, so_far: str) -> None:
+        self._so_far = so_far
+        self._held = ""
+        self._done = False
+
+    def feed(self, text: str) -> str:
+        """What of `text` goes on now ("" while held)."""
+        if self._done:
+            return text
+        self._held += text
+        so_far, held = self._so_far, self._held
+        if so_far.find(held, 0, len(so_far) - 1) != -1:
+            return ""  # all of it is in the answer so far: it may still be a repeat
+        return self.flush()
+
+    def flush(self) -> str:
+        """Decide now: the held text without its repeat."""
+        if self._done:
+            return ""
+        self._done = True
+        so_far, held = self._so_far, self._held
+        cut = 0
+        for k in range(min(len(held), len(so_far)), 0, -1):
+            if so_far.endswith(held[:k]):
+                begins_word = (
+                    k == len(so_far) or not so_far[-k - 1].isalnum() or not held[0].isalnum()
+                )
+                if k >= self.SURE or begins_word:
+                    cut = k
+                    break
+        rest = held[cut:]
+        if not cut and so_far[-1:].isspace():
+            rest = rest.lstrip()  # the space the answer so far ends with, not twice
+        return rest
+
 
 def _watch(steps: _steps.Steps[Response[Any]], progress: _Progress) -> _steps.Steps[Response[Any]]:
-    """Pass steps through until the first content event; emit `Started` before it, and
-    hand the rest of the attempt over whole (nothing is left to watch)."""
+    """Pass steps through, watching what the attempt streams: commit and emit `Started`
+    before its first content (not when continuing a committed answer), keep track of
+    what the caller received, and cut a continuation's repeat."""
     value: Any = None
     error: BaseException | None = None
+    resuming = progress.overlap is not None
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
         except StopIteration as stop:
+            if rest := progress.rest():
+                yield _steps.Emit(rest)
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(step, _steps.Emit):
                 events: list[StreamEvent] = list(step.events)
-                head = events[0]
+                head = events[0] if events else None
                 inner = head if isinstance(head, Started) else None
                 if inner is not None:
                     events.pop(0)
+                events = progress.passed(events)
                 # Committing and emitting return nothing and throw nothing in (a race's
                 # losers are cancelled in between): no value to pass on.
-                yield _steps.Commit()
-                yield _steps.Emit([progress.started(inner), *events])
-                break
+                if not progress.emitted and not resuming:
+                    yield _steps.Commit()
+                    events.insert(0, progress.started(inner))
+                if events:
+                    progress.emitted = True
+                    yield _steps.Emit(events)
+                value, error = None, None
+                continue
             value, error = (yield step), None
         except GeneratorExit:
             steps.close()
             raise
         except BaseException as exc:
             value, error = None, exc
-    return (yield from steps)
 
 
 async def _settle(value: Any) -> Any:

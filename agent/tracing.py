@@ -18,7 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.catalog import PROVIDERS
-from agent.types import Attempt, Request, Response
+from agent.types import Attempt, Continuation, Request, Response
 
 _NOT_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # One tracer per provider seen (a router's own, or the global one): a tracer is made
@@ -69,14 +69,15 @@ def record_decision(
     tracer = _active_tracer(tracer_provider)
     if tracer is None:
         return
-    decision = _Decision(route_name, strategy, reason, attempts, agents)
+    continued = response.route.continuations if response and response.route else []
+    decision = _Decision(route_name, strategy, reason, attempts, agents, continued)
     decision.write(
         tracer, None, request, started_ns, time.time_ns(), response, error, extra() if extra else {}
     )
 
 
 class _Decision:
-    __slots__ = ("agents", "attempts", "reason", "route_name", "strategy")
+    __slots__ = ("agents", "attempts", "continued", "reason", "route_name", "strategy")
 
     def __init__(
         self,
@@ -85,9 +86,10 @@ class _Decision:
         reason: str,
         attempts: Sequence[Attempt],
         agents: Sequence[Any],
+        continued: Sequence[Continuation] = (),
     ) -> None:
         self.route_name, self.strategy, self.reason = route_name, strategy, reason
-        self.attempts, self.agents = attempts, agents
+        self.attempts, self.agents, self.continued = attempts, agents, continued
 
     def write(
         self,
@@ -126,6 +128,17 @@ class _Decision:
         if error is not None:
             decision.set_attribute("error.type", type(error).__name__)
             decision.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        for c in self.continued:  # a stream broke off and the next agent went on with it
+            decision.add_event(
+                "agent_router.stream.continued",
+                {
+                    "agent_router.continued.failed": c.failed,
+                    "agent_router.continued.agent": c.agent,
+                    "agent_router.continued.offset": c.offset,
+                    # the error's own (scrubbed) words: never prompt text or keys
+                    "agent_router.continued.reason": c.reason[:300],
+                },
+            )
         parent = trace.set_span_in_context(decision)
         for attempt in attempts:
             agent = self.agents[attempt.index]
@@ -139,6 +152,7 @@ class _Decision:
                     attempt.route.reason,
                     attempt.route.attempts,
                     agent.agents,
+                    attempt.route.continuations,
                 )
                 inner.write(tracer, parent, request, start, end, won, attempt.error)
                 continue

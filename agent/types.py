@@ -122,6 +122,8 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
     metadata: dict[str, Any] = field(default_factory=dict)
     relay: Relay | None = None  # the caller's own body, for agents that speak its format
+    # The assistant's answer so far, which another agent failed to finish: to continue it.
+    continues: str | None = None
 
     @property
     def input(self) -> str:
@@ -179,6 +181,17 @@ class Attempt:
         return f"{self.agent} {self.outcome} in {self.latency_ms:.1f}ms{tail}"
 
 
+@dataclass(slots=True, frozen=True)
+class Continuation:
+    """A stream that failed after content, continued by the next agent (`stream_recovery:
+    continue`): `failed` stopped after `offset` characters of the answer for `reason`."""
+
+    failed: str
+    agent: str
+    offset: int
+    reason: str
+
+
 @dataclass(slots=True)
 class RouteInfo:
     """Why a router answered the way it did."""
@@ -187,6 +200,7 @@ class RouteInfo:
     reason: str
     attempts: list[Attempt] = field(default_factory=list)
     candidates: list[str] = field(default_factory=list)
+    continuations: list[Continuation] = field(default_factory=list)
 
     @property
     def fallbacks(self) -> int:

@@ -231,7 +231,8 @@ class AppHandlers:
         if call.relay_only is not None and route.wires != {api.name}:
             log.info("refused a request: %s", call.relay_only.message)
             return self._failure(api, call.relay_only, headers)
-        if api.name in route.wires:  # its agents of the caller's format send the body as it is
+        if api.name in route.wires and not _continuable(route, call):
+            # its agents of the caller's format send the body as it is
             call.request.relay = Relay(api.name, call.body, forwarded(request.headers))
         if call.extra and route.wires == {api.name}:
             call.request.extra = call.extra  # for an agent that must build its own body
@@ -398,6 +399,17 @@ class AppHandlers:
             headers=out,
             content_type="application/json",
         )
+
+
+def _continuable(route: Route, call: Call) -> bool:
+    """A stream the route may continue on another agent: it must be framed by the
+    sidecar (one id, one format), never relayed (a provider's frames cannot be spliced
+    with another's), unless only the caller's own format can answer it at all."""
+    return (
+        call.request.stream
+        and route.router.stream_recovery == "continue"
+        and call.relay_only is None
+    )
 
 
 def _describe(headers: dict[str, str], response: Response[Any]) -> None:

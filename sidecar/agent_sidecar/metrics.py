@@ -8,6 +8,7 @@ in tests, never collide).
     agent_sidecar_attempts_total{route,agent,outcome}        ok, error, skipped, cancelled
     agent_sidecar_fallbacks_total{route}                     requests that moved past an agent
     agent_sidecar_stream_errors_total{route}                 streams that failed after content
+    agent_sidecar_stream_continuations_total{route,failed,agent}  ...and went on at `agent`
     agent_sidecar_tokens_total{route,agent,type}             input / output
     agent_sidecar_cost_usd_total{route,agent}                estimated
     agent_sidecar_in_flight_requests
@@ -98,6 +99,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.continuations = Counter(
+            "agent_sidecar_stream_continuations",
+            "Streams that failed after content and were continued by the next agent",
+            ["route", "failed", "agent"],
+            registry=r,
+        )
         self.pushes = Counter(
             "agent_sidecar_config_pushes", "Config pushes by result", ["result"], registry=r
         )
@@ -140,6 +147,8 @@ class Metrics:
             self.fallbacks.add((route,))
         if response is None or winner is None:
             return
+        for c in response.route.continuations if response.route else ():
+            self.continuations.labels(route, c.failed, c.agent).inc()
         usage = response.usage
         if usage.input_tokens:
             self.tokens.add((route, winner, "input"), usage.input_tokens)

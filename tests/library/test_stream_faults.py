@@ -180,3 +180,105 @@ def test_the_stream_limits_come_from_the_config_document() -> None:
     assert r.agents[0].stall_timeout == 3
     with pytest.raises(Exception, match="stream_recovery"):
         parse_config({"agents": [], "routes": [{"name": "r", "agents": ["a"], "stream_recovery": "x"}]})
+
+
+# ---- stream_recovery: continue ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_recovery_continues_the_answer_on_the_next_agent(
+    fake_factory: Any, kind: str, fault: str
+) -> None:
+    """What was tried: agent a sends "one two", then fails; the route continues on b,
+    which repeats the last word before going on (as models asked to continue do). The
+    caller reads one stream, announced once, with every word exactly once and a proper
+    end; b was asked with the answer so far (Anthropic: as the assistant's prefill; the
+    others: as an assistant turn and an instruction); usage adds both attempts."""
+    a, b = await fake_factory(kind), await fake_factory(kind)
+    a.script(FAULTS[fault](after=2, reply=Reply(text=TEXT)))
+    b.script(Reply(text=" two three four", usage=(10, 3)))
+    r = router(agent(a, "a"), agent(b, "b"), stream_recovery="continue")
+    events, error = await collect(r)
+    assert error is None
+    assert [e.agent for e in events if isinstance(e, Started)] == ["a"]
+    assert text_of(events) == TEXT
+    done = events[-1]
+    assert isinstance(done, Done)
+    response = done.response
+    assert response.text == TEXT and response.messages[-1].text == TEXT
+    assert response.usage.input_tokens > 10 and response.usage.output_tokens > 3
+    (continued,) = response.route.continuations
+    assert (continued.failed, continued.agent, continued.offset) == ("a", "b", len("one two"))
+    assert "continued the answer" in response.route.reason
+    asked = b.requests[0].json
+    if kind == "anthropic":
+        assert asked["messages"][-1] == {"role": "assistant", "content": "one two"}
+    elif kind == "openai":
+        assert asked["messages"][-2] == {"role": "assistant", "content": "one two"}
+        assert "Continue" in asked["messages"][-1]["content"]
+    else:
+        assert asked["contents"][-2] == {"role": "model", "parts": [{"text": "one two"}]}
+    if fault == "stall":
+        assert await a.wait_disconnect(5) == 1
+
+
+async def test_recovery_never_continues_a_tool_call(fake_factory: Any) -> None:
+    """What was tried: a stream that fails inside a tool call, on a route that continues
+    streams: it ends with the error (b is never asked)."""
+    a, b = await fake_factory("openai"), await fake_factory("openai")
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
+    a.script(CutStream(after=2, reply=Reply(tool_calls=[call])))
+    r = router(agent(a, "a"), agent(b, "b"), stream_recovery="continue")
+    request = r.request("weather?", stream=True)
+    events: list[Any] = []
+    with pytest.raises(APIConnectionError):
+        async for event in r.stream_request(request):
+            events.append(event)
+    assert b.requests == []
+
+
+async def test_recovery_never_continues_a_structured_answer(fake_factory: Any) -> None:
+    """What was tried: a structured-output stream cut after content: it ends with the
+    error rather than be spliced from two models' JSON."""
+    a, b = await fake_factory("openai"), await fake_factory("openai")
+    a.script(CutStream(after=2, reply=Reply(text='{"city": "Paris", "temp": 21}', chunks=4)))
+    r = router(agent(a, "a"), agent(b, "b"), stream_recovery="continue")
+    request = r.request("weather?", stream=True, schema=dict)
+    with pytest.raises(APIConnectionError) as ei:
+        async for _ in r.stream_request(request):
+            pass
+    assert ei.value.partial_text and b.requests == []
+
+
+async def test_a_failing_continuation_is_the_last_error_with_all_the_text(fake_factory: Any) -> None:
+    """What was tried: a breaks off, b continues with a few words then breaks off too,
+    and no agent is left: the stream raises b's error carrying all the text delivered."""
+    a, b = await fake_factory("anthropic"), await fake_factory("anthropic")
+    a.script(CutStream(after=1, reply=Reply(text=TEXT)))
+    b.script(StreamError(after=1, reply=Reply(text=" two three four")))
+    events, error = await collect(router(agent(a, "a"), agent(b, "b"), stream_recovery="continue"))
+    assert text_of(events) == "one two"
+    assert error is not None and error.partial_text == "one two"
+    assert error.agent.startswith("anthropic/") and not any(isinstance(e, Done) for e in events)
+
+
+@pytest.mark.parametrize(
+    ("so_far", "new", "kept"),
+    [
+        ("The quick brown fo", "fox jumps", "x jumps"),  # the cut word, restarted
+        ("The quick brown fox", " brown fox jumps", " jumps"),  # a repeat of 10 characters
+        ("I have two apples", "I have two apples and a pear", " and a pear"),  # all again
+        ("aa", "ab", "ab"),  # one letter is no repeat inside a word
+        ("one two ", " three", "three"),  # the space is not doubled
+        ("one two", "one", "one"),  # ended inside the answer so far, not at its end
+    ],
+)
+def test_the_overlap_cut(so_far: str, new: str, kept: str) -> None:
+    """What was tried: continuations that repeat some, all or none of the answer so far,
+    arriving a character at a time."""
+    from agent.router import Overlap
+
+    overlap = Overlap(so_far)
+    out = "".join(overlap.feed(c) for c in new) + overlap.flush()
+    assert out == kept

@@ -47,42 +47,46 @@ class Seen:
     text: str
     error: Exception | None
     finished: bool  # it saw the format's finish (finish_reason / message_stop)
+    ids: set[str]  # the answer's ids (chunk ids; message_start's message id)
 
 
 async def chat(sidecar: Sidecar) -> Seen:
     client = openai.AsyncOpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
-    text, finished = "", False
+    text, finished, ids = "", False, set()
     try:
         stream = await client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         async for chunk in stream:
+            ids.add(chunk.id)
             for choice in chunk.choices:
                 text += choice.delta.content or ""
                 finished = finished or choice.finish_reason is not None
     except openai.OpenAIError as exc:
-        return Seen(text, exc, finished)
+        return Seen(text, exc, finished, ids)
     finally:
         await client.close()
-    return Seen(text, None, finished)
+    return Seen(text, None, finished, ids)
 
 
 async def messages(sidecar: Sidecar) -> Seen:
     client = anthropic.AsyncAnthropic(base_url=sidecar.app_url, api_key="unused", max_retries=0)
-    text, finished = "", False
+    text, finished, ids = "", False, set()
     try:
         async with client.messages.stream(
             model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
             async for event in stream:
+                if event.type == "message_start":
+                    ids.add(event.message.id)
                 if event.type == "text":
                     text += event.text
                 finished = finished or event.type == "message_stop"
     except anthropic.AnthropicError as exc:
-        return Seen(text, exc, finished)
+        return Seen(text, exc, finished, ids)
     finally:
         await client.close()
-    return Seen(text, None, finished)
+    return Seen(text, None, finished, ids)
 
 
 # Every way into the sidecar: its SDK's view of one streamed call to the route "default".
@@ -140,3 +144,45 @@ async def test_a_fault_after_the_first_content_is_an_error_in_band(
     if fault == "stall":
         assert "stall_timeout" in str(seen.error)
         assert await a.wait_disconnect(5) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_recovery_continues_in_one_stream(
+    fake_factory: Any, sidecar_factory: Any, way: str, kind: str, fault: str
+) -> None:
+    """What was tried: on a route with `stream_recovery: continue`, agent a sends "one
+    two" and fails; b continues, repeating the last word first. The caller's SDK reads
+    one stream (one id), every word once, and a proper finish; the metric counts it."""
+    a, b, sidecar = await two_agents(
+        fake_factory, sidecar_factory, kind, stream_recovery="continue"
+    )
+    a.script(FAULTS[fault](after=2, reply=Reply(text=TEXT)))
+    b.script(Reply(text=" two three four"))
+    t0 = time.monotonic()
+    seen = await WAYS[way](sidecar)
+    assert time.monotonic() - t0 < BOUND
+    assert (seen.text, seen.error, seen.finished) == (TEXT, None, True)
+    assert len(seen.ids) == 1
+    assert len(b.requests) == 1
+    metrics = sidecar.metrics.render().decode()
+    assert 'agent_sidecar_stream_continuations_total{agent="b",failed="a",route="default"} 1.0' in metrics
+    if fault == "stall":
+        assert await a.wait_disconnect(5) == 1
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_recovery_never_continues_a_tool_call(
+    fake_factory: Any, sidecar_factory: Any, way: str
+) -> None:
+    """What was tried: a stream that breaks off inside a tool call, on a route that
+    continues streams: the caller gets the error in band, b is never asked."""
+    a, b, sidecar = await two_agents(
+        fake_factory, sidecar_factory, "openai", stream_recovery="continue"
+    )
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
+    a.script(CutStream(after=2, reply=Reply(text="Let me look.", tool_calls=[call], chunks=1)))
+    seen = await WAYS[way](sidecar)
+    assert seen.error is not None and not seen.finished
+    assert b.requests == []
