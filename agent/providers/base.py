@@ -83,6 +83,27 @@ class Parsed:
 
 
 class StreamDecoder(Protocol):
+    """A codec's stream decoder: SSE events in, the caller's events out. The engine's
+    fault handling (fallback before the first content, an error in band after it, the
+    stream timeouts, `stream_recovery: continue`) holds for every format whose decoder
+    and sidecar encoder keep this contract:
+
+    * `feed` returns only content: `TextDelta`, `ToolCallDelta`. What comes before (a
+      role chunk, `message_start`, `response.created`, pings) returns []: the first
+      event it returns is the commit point, before which a failure falls back unseen.
+    * An in-band error (an OpenAI error chunk, Anthropic `event: error`, Responses
+      `error` / `response.failed`) raises the typed `ProviderError`; a malformed event
+      raises `InvalidResponseError`. A relayed frame is passed on only when `feed`
+      returned, so an error frame never reaches the caller raw.
+    * `finish` raises `APIConnectionError` when the stream ended without its format's
+      finish marker (`finish_reason` / `[DONE]`, `message_stop`, `response.completed`).
+    * A cut connection and a stall are the transport's and the engine's (`StreamLimits`).
+
+    In the sidecar, a `StreamEncoder` frames the caller's side: `done` alone writes the
+    format's finish, and `error(failure)` is an in-band error the caller's SDK raises,
+    never a finish: a truncated answer never ends like a complete one.
+    """
+
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
         """Events for the caller; raises a ProviderError for an in-stream error."""
         ...

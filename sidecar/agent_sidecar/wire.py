@@ -144,6 +144,10 @@ class Call:
 
 
 class StreamEncoder(Protocol):
+    """Engine events as one inbound format's stream. `done` alone writes the format's
+    finish; `error` is an in-band error its SDK raises, never a finish (the stream
+    contract: `agent.providers.base.StreamDecoder`)."""
+
     def start(self) -> bytes:
         """Bytes before the first event (Anthropic's message_start, OpenAI's role chunk)."""
         ...

@@ -18,7 +18,7 @@ Conventions (also described for writers in docs/writing-docs.md):
   ``<!-- test: setup ... -->`` or ``<!-- test: check ... -->``
       hidden Python run at that point of the page, in the page's namespace (the fake
       providers are ``fake["openai"]`` and so on; ``Reply``, ``Fail``, ``CutStream``,
-      ``StreamError`` and ``Hang`` are defined).
+      ``StreamError``, ``Stall`` and ``Hang`` are defined).
   ``<!-- test: skip REASON -->``
       the next block is not run; the reason is required.
   ``<!-- test: controlplane -->``

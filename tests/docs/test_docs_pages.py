@@ -39,7 +39,7 @@ from docs_runner import (
     parse,
     yaml_documents,
 )
-from fakes import CutStream, Fail, FakeProvider, Hang, Reply, StreamError
+from fakes import CutStream, Fail, FakeProvider, Hang, Reply, Stall, StreamError
 
 from agent.config import parse_config
 
@@ -56,7 +56,7 @@ def run_page(page: Page, fake: dict[str, FakeProvider]) -> dict[str, Any]:
     """Run the page's local blocks (python, shell and hidden code not marked controlplane)
     in order; returns the page's namespace."""
     names = {"fake": fake, "Reply": Reply, "Fail": Fail, "CutStream": CutStream,
-             "StreamError": StreamError, "Hang": Hang}  # fmt: skip
+             "StreamError": StreamError, "Hang": Hang, "Stall": Stall}  # fmt: skip
     with fresh_process_state(), PageRun(page, LOCAL, **names) as run:
         return run.run_all()
 

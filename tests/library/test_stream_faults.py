@@ -282,3 +282,32 @@ def test_the_overlap_cut(so_far: str, new: str, kept: str) -> None:
     overlap = Overlap(so_far)
     out = "".join(overlap.feed(c) for c in new) + overlap.flush()
     assert out == kept
+
+
+async def test_a_continuation_is_an_event_on_the_route_span(fake_factory: Any) -> None:
+    """What was tried: a continued stream, traced by the router's own provider: the
+    route span carries one `agent_router.stream.continued` event naming both agents,
+    the offset and the reason, and no prompt or key."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    a, b = await fake_factory("openai"), await fake_factory("openai")
+    a.script(CutStream(after=2, reply=Reply(text=TEXT)))
+    b.script(Reply(text=" three four"))
+    r = router(agent(a, "a"), agent(b, "b"), stream_recovery="continue", name="chat",
+               tracer_provider=provider)
+    events, error = await collect(r, "the secret prompt")
+    assert error is None and text_of(events) == TEXT
+    (route,) = [s for s in exporter.get_finished_spans() if s.name == "route chat"]
+    (event,) = route.events
+    assert event.name == "agent_router.stream.continued"
+    attrs = dict(event.attributes or {})
+    assert (attrs["agent_router.continued.failed"], attrs["agent_router.continued.agent"]) == ("a", "b")
+    assert attrs["agent_router.continued.offset"] == len("one two")
+    assert "APIConnectionError" in str(attrs["agent_router.continued.reason"])
+    assert "secret prompt" not in str(attrs) and "test-key" not in str(attrs)
+    provider.shutdown()
