@@ -21,9 +21,10 @@ pools of the agent or router you called, which it makes when first needed and cl
 `close()` / `aclose()` (or `with` / `async with`). Transports you pass in are yours: a
 router never closes them.
 
-Racing strategies (`fastest`, `hedged`) and background probes run on an event loop even
-when called synchronously (the router's own loop thread, see `AgentRouter.close`), so
-they need the async protocol. A call that reaches a transport without the protocol it
+Racing strategies (`fastest`, `hedged`), streams with a `first_token_timeout` or a
+`stall_timeout` (a wait cut short needs a loop) and background probes run on an event
+loop even when called synchronously (the router's own loop thread, see
+`AgentRouter.close`), so they need the async protocol. A call that reaches a transport without the protocol it
 needs fails with a `ConfigurationError` naming it (and a router falls back past it).
 
 Contract:

@@ -311,3 +311,15 @@ async def test_a_continuation_is_an_event_on_the_route_span(fake_factory: Any) -
     assert "APIConnectionError" in str(attrs["agent_router.continued.reason"])
     assert "secret prompt" not in str(attrs) and "test-key" not in str(attrs)
     provider.shutdown()
+
+
+def test_a_plain_agents_sync_stream_stall_is_cut(fake_anthropic_sync: FakeProvider) -> None:
+    """What was tried: an Agent (no router) streamed synchronously, its provider silent
+    after one word: the agent's own stall limit ends it, its connection closed."""
+    fake_anthropic_sync.script(Stall(after=1, reply=Reply(text=TEXT)))
+    with agent(fake_anthropic_sync, "a", stall_timeout=0.5) as solo:
+        with pytest.raises(APITimeoutError) as ei:
+            for _ in solo.stream("hi"):
+                pass
+    assert ei.value.partial_text == "one"
+    assert fake_anthropic_sync.wait_disconnect_sync(5) == 1

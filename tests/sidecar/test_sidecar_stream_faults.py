@@ -7,12 +7,14 @@ own format that its SDK raises, and never a stream that ends like a complete ans
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 from agent_sidecar import Sidecar
@@ -186,3 +188,27 @@ async def test_recovery_never_continues_a_tool_call(
     seen = await WAYS[way](sidecar)
     assert seen.error is not None and not seen.finished
     assert b.requests == []
+
+
+@pytest.mark.parametrize(("kind", "path", "headers"), [
+    ("openai", "/v1/chat/completions", {}),
+    ("anthropic", "/v1/messages", {"anthropic-version": "2023-06-01"}),
+])
+async def test_a_providers_error_frame_is_never_relayed_raw(
+    fake_factory: Any, sidecar_factory: Any, kind: str, path: str, headers: dict[str, str]
+) -> None:
+    """What was tried: a caller whose format the agent speaks (its stream relayed byte
+    for byte) and an in-band error from the provider after one word. The provider's
+    error frame is not passed on: the stream ends with the sidecar's own error, in the
+    caller's format, naming the agent that failed."""
+    a, _, sidecar = await two_agents(fake_factory, sidecar_factory, kind)
+    a.script(StreamError(after=1, reply=Reply(text=TEXT), error_type="api_error", message="boom"))
+    body = {"model": "default", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as client:
+        raw = (await client.post(sidecar.app_url + path, json=body, headers=headers)).content
+    assert b'"one"' in raw or b'"text":"one"' in raw
+    last = raw.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    data = json.loads(last.split(b"data: ", 1)[1])
+    assert [e["agent"] for e in data["error"]["errors"]] == [f"{kind}/{a.model_default}"]
+    assert b"[DONE]" not in raw and b"message_stop" not in raw
