@@ -12,7 +12,9 @@ attempt (`Attempt.route`).
 
 Streams fall back exactly like plain calls until the first content event has been
 handed to the caller. After that a failure cannot be hidden without duplicating or
-losing text, so the stream ends by raising that agent's typed error.
+losing text, so the stream ends by raising that agent's typed error, carrying the text
+delivered; or, on a route with `stream_recovery="continue"`, the next agent is asked to
+go on with the same answer and the caller keeps one stream (see `Overlap`, `_Resume`).
 """
 
 from __future__ import annotations
@@ -406,11 +408,11 @@ class AgentRouter(BaseAgent):
                 raise
             ms = (time.perf_counter() - t0) * 1000
             health.observe(ms, None)
-            if call.resume is not None and progress is not None:
-                call.resume.finish(response, progress.text(), call.request)
             quota.heard(response.provider_limits)
             if hold is not None:
                 yield from hold.settle(response.usage, response.cost_estimate)
+            if call.resume is not None and progress is not None:
+                call.resume.finish(response, progress.text(), call.request)
             call.attempts.append(Attempt(label, idx, "ok", ms, None, retry, t0_ns, response.route))
             return response
 

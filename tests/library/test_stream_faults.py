@@ -76,10 +76,11 @@ def text_of(events: list[Any]) -> str:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("recovery", ["error", "continue"])
 async def test_a_fault_before_the_first_content_falls_back_unseen(
-    fake_factory: Any, kind: str, fault: str
+    fake_factory: Any, kind: str, fault: str, recovery: str
 ) -> None:
-    """What was tried: the first agent's stream fails before any content (after its
+    """What was tried (with and without recovery): the first agent's stream fails before any content (after its
     role chunk / message_start, where the format has one); the second answers. The caller
     sees one clean stream from the second agent, announced once, and the first agent's
     attempt is recorded with its error."""
@@ -87,7 +88,7 @@ async def test_a_fault_before_the_first_content_falls_back_unseen(
     a.script(FAULTS[fault](after=0, reply=Reply(text=TEXT)))
     b.script(Reply(text="from b"))
     t0 = time.monotonic()
-    events, error = await collect(router(agent(a, "a"), agent(b, "b")))
+    events, error = await collect(router(agent(a, "a"), agent(b, "b"), stream_recovery=recovery))
     assert error is None
     assert time.monotonic() - t0 < BOUND
     started = [e for e in events if isinstance(e, Started)]

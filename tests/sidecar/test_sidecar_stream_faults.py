@@ -109,12 +109,15 @@ async def two_agents(
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("way", list(WAYS))
+@pytest.mark.parametrize("recovery", ["error", "continue"])
 async def test_a_fault_before_the_first_content_falls_back_unseen(
-    fake_factory: Any, sidecar_factory: Any, way: str, kind: str, fault: str
+    fake_factory: Any, sidecar_factory: Any, way: str, kind: str, fault: str, recovery: str
 ) -> None:
     """What was tried: agent a's stream fails before any content; agent b answers. The
     caller's SDK reads b's whole answer, finished, and nothing of a's."""
-    a, b, sidecar = await two_agents(fake_factory, sidecar_factory, kind)
+    a, b, sidecar = await two_agents(
+        fake_factory, sidecar_factory, kind, stream_recovery=recovery
+    )
     a.script(FAULTS[fault](after=0, reply=Reply(text="from a")))
     b.script(Reply(text=TEXT))
     t0 = time.monotonic()
