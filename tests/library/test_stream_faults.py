@@ -80,10 +80,10 @@ def text_of(events: list[Any]) -> str:
 async def test_a_fault_before_the_first_content_falls_back_unseen(
     fake_factory: Any, kind: str, fault: str, recovery: str
 ) -> None:
-    """What was tried (with and without recovery): the first agent's stream fails before any content (after its
-    role chunk / message_start, where the format has one); the second answers. The caller
-    sees one clean stream from the second agent, announced once, and the first agent's
-    attempt is recorded with its error."""
+    """What was tried, with and without recovery: the first agent's stream fails
+    before any content (after its role chunk / message_start, where the format has
+    one); the second answers. The caller sees one clean stream from the second agent,
+    announced once, and the first agent's attempt is recorded with its error."""
     a, b = await fake_factory(kind), await fake_factory(kind)
     a.script(FAULTS[fault](after=0, reply=Reply(text=TEXT)))
     b.script(Reply(text="from b"))
