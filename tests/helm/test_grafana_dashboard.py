@@ -23,7 +23,7 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from fakes import Fail, FakeProvider, Reply, StreamError
+from fakes import CutStream, Fail, FakeProvider, Reply, StreamError
 from helm_support import CHART, OfflineHelm, by_kind, one
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -136,14 +136,21 @@ def scrape(text: str) -> Exported:
 @pytest.fixture(scope="module")
 def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     """A real sidecar's /metrics after a fallback, a stream, a stream that fails after its
-    first content, an admin request with a wrong token and a config push: every family it has
-    shows samples, labels and all."""
+    first content, one continued on the next agent, an admin request with a wrong token and
+    a config push: every family it has shows samples, labels and all."""
     claude = FakeProvider("anthropic", default=Reply(text="unused"))
     gpt = FakeProvider("openai", default=Reply(text="Hello there", usage=(3, 2)))
     with claude.running(), gpt.running():
         # gpt's limit is far from reached: it only gives the quota metric a sample.
-        agents = [agent_spec(claude, "claude"), agent_spec(gpt, "gpt", limits={"tpm": 10**6})]
-        routes = [fast_route("default", ["claude", "gpt"], circuit_breaker={"failures": 1})]
+        agents = [
+            agent_spec(claude, "claude"),
+            agent_spec(gpt, "gpt", limits={"tpm": 10**6}),
+            agent_spec(gpt, "gpt-next"),
+        ]
+        routes = [
+            fast_route("default", ["claude", "gpt"], circuit_breaker={"failures": 1}),
+            fast_route("resumed", ["gpt", "gpt-next"], stream_recovery="continue"),
+        ]
         config = tmp_path_factory.mktemp("sidecar") / "router.yaml"
         config.write_text(yaml.safe_dump(document(agents, routes)))
         sidecar = SidecarProcess(
@@ -173,6 +180,10 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
                     "POST", "/v1/chat/completions", json={**chat, "stream": True}
                 ) as failing:
                     assert "error" in failing.read().decode()
+                gpt.script(CutStream(after=1), Reply(text=" there"))
+                resumed = {**chat, "model": "resumed", "stream": True}
+                with app.stream("POST", "/v1/chat/completions", json=resumed) as continued:
+                    assert "[DONE]" in continued.read().decode()
             with httpx.Client(base_url=sidecar.admin_url, timeout=30) as admin:
                 wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
                 assert admin.get("/config", headers=wrong).status_code == 401
