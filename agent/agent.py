@@ -21,6 +21,7 @@ from agent._base import (
     shortest,
     with_middleware,
 )
+from agent._continuation import continuing
 from agent._resources import Resources
 from agent.catalog import PROVIDERS, Capabilities, capabilities_for, resolve_model
 from agent.errors import (
@@ -340,24 +341,6 @@ class Agent(BaseAgent):
             time_to_first_token_ms=round((first[0] - start) * 1000, 3) if first else None,
             messages=messages,
         )
-
-
-# What an agent that cannot take a prefilled answer is told after the answer so far.
-CONTINUE = (
-    "Your answer above was cut off. Continue it exactly where it stopped: do not repeat "
-    "any of it, do not comment, just write the rest."
-)
-
-
-def continuing(request: Request, so_far: str, wire: str) -> Request:
-    """`request` asking for the rest of an answer another agent began (`so_far`).
-    Anthropic continues an assistant turn the request ends with (its prefill, which must
-    not end in whitespace); the others get the turn and an instruction to go on."""
-    if wire == "anthropic":
-        tail = [Message("assistant", so_far.rstrip())]
-    else:
-        tail = [Message("assistant", so_far), Message("user", CONTINUE)]
-    return request.copy(messages=[*request.messages, *tail], continues=None, relay=None)
 
 
 def _heard(headers: Any, heard: list[ProviderLimits]) -> None:

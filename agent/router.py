@@ -14,7 +14,7 @@ Streams fall back exactly like plain calls until the first content event has bee
 handed to the caller. After that a failure cannot be hidden without duplicating or
 losing text, so the stream ends by raising that agent's typed error, carrying the text
 delivered; or, on a route with `stream_recovery="continue"`, the next agent is asked to
-go on with the same answer and the caller keeps one stream (see `Overlap`, `_Resume`).
+go on with the same answer and the caller keeps one stream (`agent._continuation`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import _steps, limits, tracing
 from agent._base import TOP, BaseAgent, Caller, build_request, with_middleware
+from agent._continuation import Overlap, Resume
 from agent._resources import Resources
 from agent.catalog import Capabilities
 from agent.config import CircuitBreakerConfig, RouteLimitsConfig, RouteOptions, validated
@@ -53,8 +54,6 @@ from agent.strategies import CustomRouter, Plan, Strategy, make_strategy
 from agent.transport import AnyTransport
 from agent.types import (
     Attempt,
-    Continuation,
-    Message,
     Request,
     Response,
     RouteInfo,
@@ -434,9 +433,10 @@ class AgentRouter(BaseAgent):
         ):
             return False
         if call.resume is None:
-            call.resume = _Resume()
+            call.resume = Resume()
         nxt = self.labels[call.order[call.order.index(idx) + 1]]
-        call.resume.failed(self.labels[idx], nxt, progress, self.agents[idx], request, error)
+        price = self.agents[idx].price
+        call.resume.broke(progress.text(), self.labels[idx], nxt, price, request, error)
         return True
 
     def _retry_delay(self, error: AgentError, retry: int, idx: int, call: _Call) -> float | None:
@@ -611,7 +611,7 @@ class _Call:
         self.route_hold: Reservation | None = None  # the route's part, settled at the end
         self.route_pending = False  # the route's part is to be reserved with an agent's
         self.panic: str | None = None
-        self.resume: _Resume | None = None  # set once a stream is being continued
+        self.resume: Resume | None = None  # set once a stream is being continued
 
     def remaining(self) -> float | None:
         return None if self.ends is None else self.ends - time.monotonic()
@@ -693,91 +693,6 @@ class _Progress:
             return []
         self.pieces.append(text)
         return [TextDelta(text)]
-
-
-class _Resume:
-    """A stream being continued: the answer so far, what the failed attempts cost
-    (estimated: a stream cut short never reports its usage), and each continuation."""
-
-    __slots__ = ("continuations", "cost", "text", "usage")
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.usage = Usage()
-        self.cost = 0.0
-        self.continuations: list[Continuation] = []
-
-    def failed(
-        self,
-        label: str,
-        nxt: str,
-        progress: _Progress,
-        agent: BaseAgent,
-        request: Request,
-        error: AgentError,
-    ) -> None:
-        text = progress.text()
-        # The library's estimate (4 characters a token) for what the cut stream used.
-        usage = Usage(request.approx_input_tokens(), (len(text) - len(self.text)) // 4 + 1)
-        price = agent.price
-        self.usage = self.usage + usage
-        self.cost += price.cost(usage) if price else 0.0
-        self.continuations.append(Continuation(label, nxt, len(text), str(error)))
-        self.text = text
-
-    def finish(self, response: Response[Any], text: str, request: Request) -> None:
-        """The continuing agent's answer, made the whole answer: all its text, both
-        attempts' usage and cost, the exchange as the caller asked it."""
-        response.text = response.output = text
-        response.usage = response.usage + self.usage
-        response.cost_estimate += self.cost
-        response.messages = [*request.messages, Message("assistant", text)]
-
-
-class Overlap:
-    """Cuts what a continuing model repeats of the answer so far from the start of its
-    text. It holds the new text while it could still be such a repeat, then cuts the
-    longest end of the answer its start repeats: whole when at least `SURE` characters
-    long, else only from the start of a word (so "fo" + "fox" gives "fox", but "aa" +
-    "ab" stays "aab")."""
-
-    SURE = 8
-    __slots__ = ("_done", "_held", "_so_far")
-
-    def __init__(self, so_far: str) -> None:
-        self._so_far = so_far
-        self._held = ""
-        self._done = False
-
-    def feed(self, text: str) -> str:
-        """What of `text` goes on now ("" while held)."""
-        if self._done:
-            return text
-        self._held += text
-        so_far, held = self._so_far, self._held
-        if so_far.find(held, 0, len(so_far) - 1) != -1:
-            return ""  # all of it is in the answer so far: it may still be a repeat
-        return self.flush()
-
-    def flush(self) -> str:
-        """Decide now: the held text without its repeat."""
-        if self._done:
-            return ""
-        self._done = True
-        so_far, held = self._so_far, self._held
-        cut = 0
-        for k in range(min(len(held), len(so_far)), 0, -1):
-            if so_far.endswith(held[:k]):
-                begins_word = (
-                    k == len(so_far) or not so_far[-k - 1].isalnum() or not held[0].isalnum()
-                )
-                if k >= self.SURE or begins_word:
-                    cut = k
-                    break
-        rest = held[cut:]
-        if not cut and so_far[-1:].isspace():
-            rest = rest.lstrip()  # the space the answer so far ends with, not twice
-        return rest
 
 
 def _watch(steps: _steps.Steps[Response[Any]], progress: _Progress) -> _steps.Steps[Response[Any]]:

@@ -278,7 +278,7 @@ async def test_a_failing_continuation_is_the_last_error_with_all_the_text(fake_f
 def test_the_overlap_cut(so_far: str, new: str, kept: str) -> None:
     """What was tried: continuations that repeat some, all or none of the answer so far,
     arriving a character at a time."""
-    from agent.router import Overlap
+    from agent._continuation import Overlap
 
     overlap = Overlap(so_far)
     out = "".join(overlap.feed(c) for c in new) + overlap.flush()
