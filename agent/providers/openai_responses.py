@@ -168,9 +168,7 @@ class ResponsesStreamDecoder:
         index, call_id, name = self._calls.get(output_index, (output_index, "", ""))
         first = output_index not in self._named
         self._named.add(output_index)
-        delta = ToolCallDelta(
-            index, call_id if first else None, name if first else None, arguments
-        )
+        delta = ToolCallDelta(index, call_id if first else None, name if first else None, arguments)
         self._tools.add(delta)
         return [delta]
 
@@ -286,7 +284,6 @@ def input_items(messages: list[Message]) -> list[dict[str, Any]]:
             }
         )
     return items
-
 
 
 def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
