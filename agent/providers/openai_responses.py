@@ -117,6 +117,22 @@ class ResponsesCodec:
         return error_for_status(status, message, retry_after=retry_after(headers), body=parsed)
 
 
+# The events the decoder reads; the others (created, in_progress, content parts, the
+# `.done` repeats of what the deltas said, ...) are skipped by their `event:` name unread.
+_READ = frozenset(
+    {
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "error",
+    }
+)
+
+
 class ResponsesStreamDecoder:
     """Events in, content events out; the answer from `response.completed`."""
 
@@ -130,6 +146,8 @@ class ResponsesStreamDecoder:
         self._final: dict[str, Any] | None = None
 
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        if event.event != "message" and event.event not in _READ:
+            return []
         data = loads(event.data, "stream event")
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "response.output_text.delta":
