@@ -477,13 +477,17 @@ class ResponsesStream:
         return out + self._event(kind, response=final)
 
     def error(self, failure: Failure) -> bytes:
-        # OpenAI ends a failing stream with an `error` event and `response.failed`.
+        # OpenAI ends a failing stream with an `error` event and `response.failed`. A
+        # relayed stream (nothing of this encoder's was sent: OpenAI's own events were)
+        # gets the `error` event only: its response, and id, are OpenAI's.
         code = failure.code or (
             "rate_limit_exceeded" if failure.kind == "rate_limit" else "server_error"
         )
+        relayed = self._seq == 0
+        out = self._event("error", code=code, message=failure.message, param=failure.param)
+        if relayed:
+            return out
         failed = self._answer.response(
             None, self._items, "failed", {"code": code, "message": failure.message}
         )
-        return self._event(
-            "error", code=code, message=failure.message, param=failure.param
-        ) + self._event("response.failed", response=failed)
+        return out + self._event("response.failed", response=failed)

@@ -293,6 +293,21 @@ async def test_in_band_failure_after_content_is_error_then_failed(sidecar: Sidec
     assert failed["id"] == events[0]["response"]["id"]
 
 
+async def test_relayed_stream_failing_after_content_ends_with_an_error_event(
+    sidecar: Sidecar, fake_openai: FakeProvider
+) -> None:
+    """Relayed, OpenAI's own events reach the caller, then the sidecar's scrubbed `error`
+    event (OpenAI's error frame itself is never relayed: providers echo keys into them)."""
+    leaked = "failed for sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    fake_openai.script(StreamError(after=1, reply=Reply(text="a b c"), message=leaked))
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{sidecar.app_url}/v1/responses", json={"model": "resp", "input": "x", "stream": True})
+    events = [json.loads(f.split("\ndata: ")[1]) for f in filter(None, r.text.split("\n\n"))]
+    assert [e["type"] for e in events] == [*EVENTS[:5], "error"]
+    assert events[-1]["code"] == "server_error" and "failed for" in events[-1]["message"]
+    assert "sk-proj" not in r.text
+
+
 async def test_bad_bodies_get_openais_error_shape(sidecar: Sidecar) -> None:
     """A missing model, a bad item, a GET: OpenAI-format errors naming what is wrong."""
     async with httpx.AsyncClient() as http:
