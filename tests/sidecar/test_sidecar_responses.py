@@ -246,6 +246,11 @@ async def test_structured_output_translates_to_chat_completions(
         ({"store": True}, "store"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"background": True}, "background"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]}, "input"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_2"}]}]}, "input"),
     ],
 )
 async def test_what_only_openai_can_do_is_a_clear_400_on_a_translated_route(
