@@ -34,7 +34,7 @@ from agent.errors import (
 from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
-from agent.providers import codec_for
+from agent.providers import codec_for, wire_for
 from agent.providers.base import Codec, Parsed, Relaying, Reply, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
 from agent.transport import AnyTransport, default_transport
@@ -89,15 +89,18 @@ class Agent(BaseAgent):
         limits: AgentLimitsConfig | dict[str, Any] | None = None,
         first_token_timeout: float | None = None,
         stall_timeout: float | None = None,
+        api: str = "chat",
     ) -> None:
         """`limits`: the provider account's rpm, tpm and concurrent requests, which a
         router holds this agent to (see `agent.limits`). `first_token_timeout`: seconds
         a stream may take to its first content; `stall_timeout`: the longest silence
-        between its events after that (see `StreamLimits`)."""
+        between its events after that (see `StreamLimits`). `api`: for an OpenAI-format
+        agent, "chat" (Chat Completions) or "responses" (OpenAI's Responses API)."""
         from agent.config import AgentLimitsConfig, validated
 
         self.limits = validated(AgentLimitsConfig, limits) if limits is not None else None
         self.provider = provider
+        self.api = api
         self.model = resolve_model(model)
         self.requested_model = model
         self.base_url = base_url
@@ -152,6 +155,11 @@ class Agent(BaseAgent):
             return None
         out = request.max_tokens or 500
         return price.cost(Usage(request.approx_input_tokens(), out))
+
+    @property
+    def wire(self) -> str:
+        """The wire format this agent speaks ("openai", "responses", "anthropic", ...)."""
+        return wire_for(self.provider, self.api)
 
     def _secrets(self) -> tuple[str | None, ...]:
         """What an upstream may echo back that must never reach an error: the key, every
@@ -236,7 +244,7 @@ class Agent(BaseAgent):
         delivered: list[str],
     ) -> _steps.Steps[Response[Any]]:
         target = self.target()
-        codec = codec_for(self.provider)
+        codec = codec_for(self.provider, self.api)
         if request.continues is not None:
             request = continuing(request, request.continues, codec.wire)
         relay = self._relay(request, codec)

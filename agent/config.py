@@ -233,6 +233,11 @@ class AgentConfig(_Model):
     limits: AgentLimitsConfig | None = Field(
         default=None, description="The provider account's limits for this agent"
     )
+    api: Literal["chat", "responses"] = Field(
+        default="chat",
+        description="The API an OpenAI-format agent calls: chat (Chat Completions) or "
+        "responses (OpenAI's Responses API)",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -260,6 +265,15 @@ class AgentConfig(_Model):
             )
         return value
 
+    @model_validator(mode="after")
+    def _api_of_its_format(self) -> AgentConfig:
+        if self.api == "responses" and PROVIDERS[self.provider].wire != "openai":
+            raise ValueError(
+                f"api: responses is OpenAI's Responses API; a {self.provider} agent "
+                "speaks its own format (leave api out)"
+            )
+        return self
+
     def build(self, **options: Any) -> Agent:
         """The agent; `options` add what a document cannot carry (transport=, tools=...)."""
         key = self.api_key.get_secret_value() if self.api_key else None
@@ -282,6 +296,7 @@ class AgentConfig(_Model):
             name=self.name,
             extra=self.extra,
             limits=self.limits,
+            api=self.api,
             **options,
         )
 

@@ -10,6 +10,9 @@ One run, side by side, plain and streamed calls against a zero-delay OpenAI-form
                in, chat completions out, so the body and the answer pass through as they are
     x-format   wrk -> agent-sidecar (uvloop) -> upstream: Anthropic Messages in, translated
                to chat completions and the answer back to Messages
+    responses  the same for OpenAI's Responses API: thin relaying /v1/responses; the
+               sidecar relaying it to an agent with `api: responses` (same format); and
+               translating it to chat completions (x-format)
 
 Load comes from `wrk` (apt-get install wrk): a throughput run with a fixed number of
 connections and a latency run with one connection. Then the sidecar's RSS after every
@@ -42,6 +45,9 @@ PYTHON = sys.executable
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 CROSS = "sidecar x-format"  # the row of an Anthropic caller on the OpenAI-format route
+RESPONSES = "/v1/responses"
+THIN_RESPONSES = "thin responses"  # the bare relay, for the Responses API's body and answer
+RESPONSES_ROWS = {"responses relay": 0.85, "responses x-format": 0.65}  # and their targets
 
 
 @dataclass
@@ -207,9 +213,20 @@ def main() -> int:
                             "model": "gpt-4o-mini",
                             "base_url": upstream.url + "/v1",
                             "api_key": "bench",
-                        }
+                        },
+                        {
+                            "name": "up-responses",
+                            "provider": "openai",
+                            "model": "gpt-4o-mini",
+                            "base_url": upstream.url + "/v1",
+                            "api_key": "bench",
+                            "api": "responses",
+                        },
                     ],
-                    "routes": [{"name": "bench", "agents": ["up"]}],
+                    "routes": [
+                        {"name": "bench", "agents": ["up"]},
+                        {"name": "bench-responses", "agents": ["up-responses"]},
+                    ],
                 }
             )
         )
@@ -247,6 +264,8 @@ def main() -> int:
             "thin": thin,
             **sidecars,
             CROSS: sidecars["sidecar (uvloop)"],
+            THIN_RESPONSES: thin,
+            **{name: sidecars["sidecar (uvloop)"] for name in RESPONSES_ROWS},
         }
 
         rows: list[tuple[str, str, Result, Result]] = []
@@ -259,6 +278,11 @@ def main() -> int:
                 body["stream"] = True
             calls = {name: (CHAT, body) for name in targets}
             calls[CROSS] = (MESSAGES, {**body, "max_tokens": 64})
+            asked: dict[str, object] = {"model": "bench-responses", "input": "Hello"}
+            if mode == "stream":
+                asked["stream"] = True
+            calls[THIN_RESPONSES] = calls["responses relay"] = (RESPONSES, asked)
+            calls["responses x-format"] = (RESPONSES, {**asked, "model": "bench"})
             for name, server in targets.items():
                 wrk(server.url, calls[name][1], args.connections, 1, calls[name][0])  # warm-up
             runs: dict[str, list[tuple[Result, Result]]] = {name: [] for name in targets}
@@ -276,11 +300,13 @@ def main() -> int:
                     (mode, name, _median([m for m, _ in results]), _median([o for _, o in results]))
                 )
         rss = {name: s.rss_mb() for name, s in sidecars.items()}
+        responses_served = sum(r.requests + o.requests for _, n, r, o in rows if n in RESPONSES_ROWS)
         thin_rss = thin.rss_mb()
         served = {
             name: sum(r.requests + o.requests for _, n, r, o in rows if n in (name, CROSS))
             for name in sidecars
         }
+        served["sidecar (uvloop)"] += responses_served  # it serves the responses rows too
     finally:
         for server in reversed(servers):
             server.stop()
@@ -312,6 +338,15 @@ def main() -> int:
             print(
                 f"{name} {mode}: {share:.0%} of thin's throughput (target >= {target:.0%}: "
                 f"{_verdict(share >= target)}), +{added:.3f} ms p50 over direct at c=1{latency}"
+            )
+    for name, target in RESPONSES_ROWS.items():
+        for mode in ("plain", "stream"):
+            share = results[(mode, name)][0].rps / results[(mode, THIN_RESPONSES)][0].rps
+            added = results[(mode, name)][1].p50_ms - results[(mode, THIN_RESPONSES)][1].p50_ms
+            print(
+                f"{name} {mode}: {share:.0%} of thin's throughput on /v1/responses "
+                f"(target >= {target:.0%}: {_verdict(share >= target)}), "
+                f"+{added:.3f} ms p50 over thin at c=1"
             )
     for name in sidecars:
         print(

@@ -3,7 +3,8 @@
     python bench/sidecar_servers.py upstream [--port 0]
         A canned OpenAI-compatible upstream: precomputed bytes on a raw asyncio protocol
         (uvloop), so that on a small machine it is never the bottleneck. Plain answers are
-        JSON; a body asking for `"stream":true` gets a precomputed SSE stream.
+        JSON; a body asking for `"stream":true` gets a precomputed SSE stream. A path
+        ending in `/responses` gets OpenAI's Responses API answer and events instead.
 
     python bench/sidecar_servers.py thin --upstream URL [--port 0]
         The thinnest aiohttp pass-through: forwards the body to the upstream over a
@@ -70,8 +71,50 @@ def _response(content_type: bytes, body: bytes) -> bytes:
     )
 
 
+def _responses_bodies() -> tuple[bytes, bytes]:
+    """The Responses API's plain answer and stream of the same words."""
+    words = ["Hello", " from", " the", " bench", " upstream"]
+    text = "".join(words)
+    item = {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant"}
+    done_item = {**item, "content": [{"type": "output_text", "annotations": [], "text": text}]}
+    response = {
+        "id": "resp_bench",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": "completed",
+        "model": "gpt-4o-mini",
+        "output": [done_item],
+        "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11},
+    }
+    start = {**response, "status": "in_progress", "output": [], "usage": None}
+    at = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "annotations": [], "text": ""}
+    events: list[dict[str, object]] = [
+        {"type": "response.created", "response": start},
+        {"type": "response.in_progress", "response": start},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **at, "part": part},
+        *({"type": "response.output_text.delta", **at, "delta": w} for w in words),
+        {"type": "response.output_text.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed", "response": response},
+    ]
+    stream = b"".join(
+        f"event: {e['type']}\ndata: ".encode()
+        + json.dumps({**e, "sequence_number": n}).encode()
+        + b"\n\n"
+        for n, e in enumerate(events)
+    )
+    return json.dumps(response).encode(), stream
+
+
 PLAIN_RESPONSE = _response(b"application/json", PLAIN)
 STREAM_RESPONSE = _response(b"text/event-stream", _stream_body())
+_RESPONSES_PLAIN, _RESPONSES_STREAM = _responses_bodies()
+RESPONSES_PLAIN = _response(b"application/json", _RESPONSES_PLAIN)
+RESPONSES_STREAM = _response(b"text/event-stream", _RESPONSES_STREAM)
 
 
 class Canned(asyncio.Protocol):
@@ -97,7 +140,10 @@ class Canned(asyncio.Protocol):
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             streamed = b'"stream":true' in body or b'"stream": true' in body
-            self.transport.write(STREAM_RESPONSE if streamed else PLAIN_RESPONSE)
+            if b"/responses " in head.split(b"\r\n", 1)[0]:
+                self.transport.write(RESPONSES_STREAM if streamed else RESPONSES_PLAIN)
+            else:
+                self.transport.write(STREAM_RESPONSE if streamed else PLAIN_RESPONSE)
 
 
 async def upstream(port: int) -> None:

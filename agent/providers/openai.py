@@ -264,10 +264,16 @@ def _message(m: Message) -> dict[str, Any]:
     return item
 
 
-def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
+def _wire(
+    target: Target,
+    forwarded: dict[str, str],
+    body: bytes,
+    stream: bool,
+    path: str = "/chat/completions",
+) -> WireRequest:
     headers = {"content-type": "application/json", "accept": "application/json", **forwarded}
     if target.api_key:
         headers["authorization"] = f"Bearer {target.api_key}"
     headers.update(target.headers)
-    url = target.base_url.rstrip("/") + "/chat/completions"
+    url = target.base_url.rstrip("/") + path
     return WireRequest("POST", url, headers, body, stream)

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   OpenAI format, plain and streamed
     POST /v1/messages           Anthropic format, plain and streamed
+    POST /v1/responses          OpenAI's Responses API, plain and streamed
     POST /v1/messages/count_tokens  the route's Anthropic agent's count, else an estimate
     GET  /v1/models[/{id}]      the routes (Anthropic's shape when `anthropic-version` is sent)
 
@@ -23,7 +24,6 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agent.catalog import PROVIDERS
 from agent.errors import AgentError, RoutingError
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
 from agent_sidecar import counting, eager
@@ -33,6 +33,7 @@ from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.openai_api import OpenAIApi
 from agent_sidecar.relay import Relayed, forwarded
+from agent_sidecar.responses_api import ResponsesApi
 from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
@@ -53,6 +54,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPENAI = OpenAIApi()
 ANTHROPIC = AnthropicApi()
+RESPONSES = ResponsesApi()
 
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 _CHAT_PATHS = (
@@ -60,6 +62,8 @@ _CHAT_PATHS = (
     "/chat/completions",
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/responses",
 )
 
 
@@ -99,6 +103,9 @@ class AppHandlers:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, ANTHROPIC)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, RESPONSES)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         s = self.settings
@@ -257,7 +264,8 @@ class AppHandlers:
         attempts = response.route.attempts if response.route else []
         self.metrics.routed(route.name, attempts, response)
         _describe(headers, response)
-        _name_ignored(headers, api, call, response.provider)
+        answered = response.route.path[0] if response.route and response.route.path else ""
+        _name_ignored(headers, api, call, route.wire_of(answered, response.provider))
         body = response.body if response.body is not None else api.render(response, call)
         return web.Response(body=body, headers=headers, content_type="application/json")
 
@@ -277,7 +285,7 @@ class AppHandlers:
                 return self._failure(api, self._timed_out(), headers)
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
-            _name_ignored(headers, api, call, started.provider)
+            _name_ignored(headers, api, call, route.wire_of(started.agent, started.provider))
             encoder = Relayed(api.encoder(call, started.model))
             task = asyncio.current_task()
             assert task is not None
@@ -431,10 +439,10 @@ def _announce(headers: dict[str, str], started: Started) -> None:
     headers["x-agent-attempts"] = str(_tried(started.route.attempts) + 1)  # and this one
 
 
-def _name_ignored(headers: dict[str, str], api: Api, call: Call, provider: str) -> None:
+def _name_ignored(headers: dict[str, str], api: Api, call: Call, wire: str) -> None:
     """The caller's fields the answering agent could not carry: it speaks another wire
     format, so it got the engine's request, without them."""
-    if call.extra and PROVIDERS[provider].wire != api.name:
+    if call.extra and wire != api.name:
         headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
 
 
@@ -452,6 +460,8 @@ def _usd(response: Response[Any]) -> str:
 def _api_for(request: web.Request) -> Api:
     if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
         return ANTHROPIC
+    if request.path.startswith(("/v1/responses", "/responses")):
+        return RESPONSES
     return OPENAI
 
 
@@ -511,6 +521,8 @@ def create_app(
     app.router.add_post("/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/messages", handlers.messages)
     app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
+    app.router.add_post("/v1/responses", handlers.responses)
+    app.router.add_post("/responses", handlers.responses)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_route("*", "/{tail:.*}", handlers.other)

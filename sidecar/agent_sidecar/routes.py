@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from agent._base import BaseAgent
 from agent.catalog import PROVIDERS
 from agent.config import RouterConfig, build_route
 from agent.limits import LimitsStore, make_store
@@ -25,6 +26,14 @@ class Route:
     router: AgentRouter
     wires: frozenset[str]  # the wire formats its agents speak ("openai", "anthropic", ...)
     headers: dict[str, str]  # on every answer of this route
+
+    def wire_of(self, agent: str, provider: str) -> str:
+        """The wire format of the agent the router names `agent` (its provider's, unless
+        it is an OpenAI agent calling the Responses API)."""
+        for a in self.router.agents:
+            if a.name == agent:
+                return _wire(a)
+        return PROVIDERS[provider].wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +80,7 @@ class Loaded:
         routes: dict[str, Route] = {}
         for spec in config.routes:
             router = build_route(spec, agents, transport=transport, limits_store=store)
-            wires = frozenset(PROVIDERS[a.provider].wire for a in router.agents)
+            wires = frozenset(_wire(a) for a in router.agents)
             headers = {
                 "x-agent-route": header_value(spec.name),
                 "x-agent-config-version": str(config.version),
@@ -85,3 +94,8 @@ class Loaded:
         for route in self.routes.values():
             for agent in route.router.agents:
                 _ = agent.price, agent.capabilities
+
+
+def _wire(agent: BaseAgent) -> str:
+    wire = getattr(agent, "wire", None)  # an Agent knows; a nested router speaks its provider's
+    return wire if isinstance(wire, str) else PROVIDERS[agent.provider].wire

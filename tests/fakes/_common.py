@@ -36,6 +36,7 @@ class Call:
     input_tokens: int = 1
     choices: int = 1  # OpenAI n
     logprobs: bool = False  # OpenAI logprobs
+    request: dict[str, Any] = field(default_factory=dict)  # Responses API: fields it echoes
 
 
 @dataclass

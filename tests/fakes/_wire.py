@@ -66,5 +66,15 @@ class Wire(ABC):
     def not_found(self, method: str, path: str) -> Rendered:
         """The provider's answer to an unknown path."""
 
+    def stream_error_for(
+        self, call: Call, error_type: str, message: str | None, sequence: int
+    ) -> tuple[bytes, Fail]:
+        """`stream_error` for this call's endpoint, `sequence` frames into the stream."""
+        return self.stream_error(error_type, message)
+
+    def issued(self, call: Call, core: str) -> None:
+        """A response with this id core was sent (a provider that stores answers keeps it)."""
+        return None
+
     def count_tokens(self, call: Call) -> Rendered:
         return self.not_found("POST", "count_tokens")

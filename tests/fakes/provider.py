@@ -21,6 +21,7 @@ from ._anthropic import AnthropicWire
 from ._common import Call, Rendered, new_core, parse_json_body
 from ._gemini import GeminiWire
 from ._openai import OpenAIWire
+from ._responses import ResponsesWire
 from ._wire import Wire
 from .behaviours import (
     BEHAVIOUR_TYPES,
@@ -40,7 +41,7 @@ from .behaviours import (
 
 # kind -> (wire, default model, env prefix, base-url suffix as the real provider's base URL)
 _KINDS: dict[str, tuple[type[Wire], str, str, str]] = {
-    "openai": (OpenAIWire, "gpt-4o-mini", "OPENAI", "/v1"),
+    "openai": (ResponsesWire, "gpt-4o-mini", "OPENAI", "/v1"),
     "anthropic": (AnthropicWire, "claude-haiku-4-5", "ANTHROPIC", ""),
     "gemini": (GeminiWire, "gemini-2.5-flash", "GEMINI", ""),
     # OpenAI-compatible providers: the OpenAI format under their own env names and base paths
@@ -53,7 +54,7 @@ _KINDS: dict[str, tuple[type[Wire], str, str, str]] = {
     "vllm": (OpenAIWire, "Qwen/Qwen2.5-0.5B-Instruct", "VLLM", "/v1"),
     "openai_compatible": (OpenAIWire, "local-model", "OPENAI_COMPATIBLE", "/v1"),
 }
-_OPENAI_LIKE = tuple(k for k, v in _KINDS.items() if v[0] is OpenAIWire)
+_OPENAI_LIKE = tuple(k for k, v in _KINDS.items() if issubclass(v[0], OpenAIWire))
 KINDS = tuple(_KINDS)
 
 
@@ -376,7 +377,7 @@ class FakeProvider:
             headers=CIMultiDict(headers) if self.record else CIMultiDict(),
             json=body,
             raw=raw if self.record else b"",
-            model=call.model if call and call.endpoint == "chat" else None,
+            model=call.model if call and call.endpoint in ("chat", "responses") else None,
             stream=bool(call and call.stream),
         )
         if self.record:
@@ -419,7 +420,7 @@ class FakeProvider:
 
     def _rendered(self, reply: Reply, call: Call) -> Rendered:
         key = (id(reply), call.model, call.stream, call.include_usage, call.include_obfuscation,
-               call.sse, call.input_tokens)
+               call.sse, call.input_tokens, repr(call.request) if call.request else None)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is reply:
             r = hit[1]
@@ -428,7 +429,9 @@ class FakeProvider:
             if len(self._cache) > 512:
                 self._cache.clear()
             self._cache[key] = (reply, r)
-        return r.with_core(new_core())
+        core = new_core()
+        self._wire.issued(call, core)
+        return r.with_core(core)
 
     async def _perform(self, request: web.Request, b: Behaviour, call: Call, st: _State) -> web.StreamResponse:
         if isinstance(b, Reply):
@@ -488,13 +491,15 @@ class FakeProvider:
             await self._park()
 
         if isinstance(b, StreamError):
-            frame, fail = self._wire.stream_error(b.error_type, b.message)
             if not call.stream:
+                _, fail = self._wire.stream_error(b.error_type, b.message)
                 return self._plain(self._wire.fail(fail, call).with_core(new_core()), st)
             if b.reply.delay > 0:
                 await asyncio.sleep(b.reply.delay)
             r = self._rendered(b.reply, call)
-            frames = [*r.frames[: r.prefix_len(b.after)], frame]
+            sent = r.prefix_len(b.after)
+            frame, _ = self._wire.stream_error_for(call, b.error_type, b.message, sent)
+            frames = [*r.frames[:sent], frame]
             batches = r.batches(frames)
             return await self._stream(request, r, batches, b.reply.chunk_delay, st)
 

@@ -1,0 +1,493 @@
+"""OpenAI's Responses API, inbound (`POST /v1/responses`): what the openai SDK's
+`client.responses`, the OpenAI Agents SDK, pydantic-ai's and LangChain's Responses models
+send, and what they expect back (a `response` object; typed `event:` frames with
+`sequence_number`s; OpenAI's `{"error": {...}}`).
+
+To an agent that calls the Responses API itself the body goes as it came (`Relay`).
+For the others it becomes the engine's request: `instructions` and leading system or
+developer messages are the system prompt, input messages, images, `function_call` and
+`function_call_output` items are the conversation, function tools are tools,
+`text.format` json_schema is structured output. What only OpenAI's servers can do
+(continue a stored response, store one, hosted tools, files by id) is refused with a 400
+saying why when the route has an agent that would be sent a translation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, Required
+
+import orjson
+from pydantic import Field, TypeAdapter
+from typing_extensions import TypedDict
+
+from agent.types import (
+    ContentPart,
+    ImagePart,
+    Message,
+    OutputSchema,
+    Request,
+    Response,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+)
+from agent_sidecar.openai_api import OpenAIApi
+from agent_sidecar.wire import (
+    Call,
+    CallerError,
+    Failure,
+    arguments_text,
+    invalid,
+    name_tool_results,
+    new_id,
+    offered_tools,
+    read_body,
+)
+
+
+class _Body(TypedDict, total=False):
+    model: Required[str]
+    input: str | list[dict[str, Any]]
+    instructions: str | None
+    tools: list[dict[str, Any]] | None
+    text: dict[str, Any] | None
+    temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None
+    stream: bool | None
+    metadata: dict[str, str] | None
+
+
+_BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
+_MODELED = frozenset(
+    {"model", "input", "instructions", "tools", "temperature", "max_output_tokens", "stream"}
+)
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
+
+# What a translated route cannot do, and why: the answer is OpenAI's to keep or find.
+_STORED = (
+    "it continues a response stored by OpenAI, which only an agent calling OpenAI's "
+    "Responses API can read"
+)
+_RELAY_ONLY = {
+    "previous_response_id": _STORED,
+    "conversation": _STORED,
+    "store": "it asks OpenAI to store the response, which only an agent calling OpenAI's "
+    "Responses API does (send store: false, or leave it out)",
+    "background": "background responses run and wait on OpenAI's servers",
+    "prompt": "a prompt template is stored on OpenAI's servers",
+}
+
+
+class ResponsesApi:
+    name = "responses"
+    fields = _FIELDS
+
+    def parse(self, body: Any) -> Call:
+        data, extra = read_body(body, _BODY, _MODELED)
+        only = _relay_only(body)
+        try:
+            system, messages = _conversation(data.get("input", []), data.get("instructions"))
+        except CallerError as exc:  # items only OpenAI can read: fine for a same-format route
+            only, messages, system = only or exc.failure, [], None
+        name_tool_results(messages)
+        functions, hosted = _tools(data.get("tools"))
+        if hosted and only is None:
+            only = _refusal("tools", f"it offers OpenAI's hosted tool {hosted!r}")
+        tools = offered_tools(functions, extra, extra.get("tool_choice") == "none")
+        schema = None
+        fmt = (data.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema":
+            if not isinstance(fmt.get("schema"), dict) or not isinstance(fmt.get("name"), str):
+                raise invalid("text.format json_schema needs a name and a schema", "text.format")
+            schema = OutputSchema(fmt["name"], fmt["schema"])
+        if fmt.get("type") != "json_object":  # json_object has no schema for the others
+            extra.pop("text", None)
+        request = Request(
+            messages=messages,
+            system=system,
+            temperature=data.get("temperature"),
+            max_tokens=data.get("max_output_tokens"),
+            tools=tools,
+            output_schema=schema,
+            stream=bool(data.get("stream")),
+            metadata=dict(data.get("metadata") or {}),
+        )
+        return Call(data["model"], request, extra, body, relay_only=only)
+
+    def render(self, response: Response[Any], call: Call) -> bytes:
+        return orjson.dumps(_Answer(call, response.model).response(response))
+
+    def encoder(self, call: Call, model: str) -> ResponsesStream:
+        return ResponsesStream(_Answer(call, model))
+
+    def status(self, failure: Failure) -> int:
+        return failure.status
+
+    def error_body(self, failure: Failure) -> bytes:
+        return _OPENAI.error_body(failure)
+
+    def models(self, routes: Sequence[str], created: int) -> bytes:
+        return _OPENAI.models(routes, created)
+
+    def model(self, route: str, created: int) -> bytes:
+        return _OPENAI.model(route, created)
+
+
+_OPENAI = OpenAIApi()  # the same error body and model list as chat completions
+
+
+def _refusal(param: str, why: str) -> Failure:
+    return Failure(
+        "invalid_request",
+        f"this request needs a route whose agents all call OpenAI's Responses API "
+        f"(api: responses): {why}",
+        param,
+        "responses_api_only",
+    )
+
+
+def _relay_only(body: dict[str, Any]) -> Failure | None:
+    for name, why in _RELAY_ONLY.items():
+        if body.get(name) not in (None, False):
+            return _refusal(name, why)
+    return None
+
+
+def _tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Function tools in chat completions' shape (what the engine reads), and the first
+    hosted tool (web search, file search, ...) if any."""
+    functions: list[dict[str, Any]] = []
+    for tool in tools or ():
+        if tool.get("type") != "function":
+            return functions, str(tool.get("type"))
+        if not isinstance(tool.get("name"), str):
+            raise invalid("a function tool needs a name", "tools")
+        spec = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+        functions.append({"type": "function", "function": spec})
+    return functions, None
+
+
+# ---- input items -> the engine's conversation ---------------------------------------------
+
+
+def _conversation(
+    items: str | list[dict[str, Any]], instructions: str | None
+) -> tuple[str | None, list[Message]]:
+    """The system prompt (instructions, then leading system or developer messages) and
+    the messages; consecutive function calls join the assistant turn before them."""
+    if isinstance(items, str):
+        return instructions, [Message("user", items)]
+    system = [instructions] if instructions else []
+    messages: list[Message] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise invalid(f"input[{i}] must be an object", "input")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise invalid(
+                    f"input[{i}].role must be user, assistant, system or developer", "input"
+                )
+            content = _content(item.get("content"), i)
+            if role == "user" or role == "assistant":
+                messages.append(Message(role, content))
+            elif messages:  # a later system or developer message stays in its place
+                messages.append(Message("system", content))
+            else:
+                system.append(_text(content))
+        elif kind == "function_call":
+            call = ToolCall(
+                str(item.get("call_id") or ""),
+                str(item.get("name") or ""),
+                _arguments(item.get("arguments"), i),
+            )
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls.append(call)
+            else:
+                messages.append(Message("assistant", "", [call]))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _text(_content(output, i))
+            messages.append(Message("tool", text, tool_call_id=str(item.get("call_id") or "")))
+        elif kind == "reasoning":
+            continue  # the model's own reasoning: only the model that wrote it reads it back
+        else:
+            raise CallerError(_refusal("input", f"input[{i}] is a {kind!r} item"))
+    return ("\n\n".join(system) if system else None), messages
+
+
+def _content(content: Any, i: int) -> str | list[ContentPart]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid(f"input[{i}].content must be text or a list of parts", "input")
+    parts: list[ContentPart] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            parts.append(TextPart(str(part.get("text") or "")))
+        elif kind == "refusal":
+            parts.append(TextPart(str(part.get("refusal") or "")))
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            parts.append(_image(part["image_url"]))
+        elif kind == "input_image":
+            raise CallerError(
+                _refusal("input", "an image by file_id is stored on OpenAI's servers")
+            )
+        else:
+            raise CallerError(_refusal("input", f"a {kind!r} content part"))
+    return parts
+
+
+def _image(url: str) -> ImagePart:
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return ImagePart(data=data, media_type=head or "image/png")
+    return ImagePart(url=url)
+
+
+def _text(content: str | list[ContentPart]) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+def _arguments(text: Any, i: int) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        raise invalid(f"input[{i}].arguments is not valid JSON", "input") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+# ---- answers -------------------------------------------------------------------------------
+
+
+class _Answer:
+    """The response object of one call: its id (the sidecar's own), the request's fields
+    it repeats, and its output items."""
+
+    __slots__ = ("created", "echo", "id", "model")
+
+    def __init__(self, call: Call, model: str) -> None:
+        self.id = new_id("resp_")
+        self.created = int(time.time())
+        self.model = model
+        body = call.body
+        text = body.get("text") if isinstance(body.get("text"), dict) else {}
+        self.echo = {
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "store": False,  # a translated answer is stored nowhere
+            "temperature": body.get("temperature", 1.0),
+            "text": {"format": (text or {}).get("format") or {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "metadata": body.get("metadata") or {},
+        }
+
+    def response(
+        self,
+        done: Response[Any] | None,
+        output: list[dict[str, Any]] | None = None,
+        status: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        incomplete = None
+        if done is not None:
+            reason = {"length": "max_output_tokens", "content_filter": "content_filter"}
+            incomplete = reason.get(done.finish_reason)
+            status = status or ("incomplete" if incomplete else "completed")
+            if output is None:
+                output = message_items(done)
+        usage = None
+        if done is not None:
+            u = done.usage
+            usage = {
+                "input_tokens": u.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": u.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u.total_tokens,
+            }
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status or "in_progress",
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": done.model if done is not None else self.model,
+            "output": output or [],
+            **self.echo,
+            "usage": usage,
+        }
+
+
+def message_items(response: Response[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if response.text or not response.tool_calls:
+        out.append(_message(new_id("msg_"), response.text, "completed"))
+    out += [
+        _function_call(new_id("fc_"), c.id, c.name, arguments_text(c)) for c in response.tool_calls
+    ]
+    return out
+
+
+def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [_part(text)]
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "content": content,
+        "role": "assistant",
+    }
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def _function_call(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+class ResponsesStream:
+    """Engine stream events as the Responses API's typed events: an output item per
+    message or function call, opened at its first piece and closed before the next."""
+
+    __slots__ = ("_answer", "_call", "_items", "_open", "_seq", "_text")
+
+    def __init__(self, answer: _Answer) -> None:
+        self._answer = answer
+        self._seq = 0
+        self._items: list[dict[str, Any]] = []  # output items, completed or streaming
+        self._open: dict[str, Any] | None = None  # the item being streamed
+        self._call = -1  # the engine's index of the function call being streamed
+        self._text: list[str] = []  # the open message's text
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        data = orjson.dumps({"type": kind, "sequence_number": self._seq, **fields})
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+    def start(self) -> bytes:
+        now = self._answer.response(None)
+        return self._event("response.created", response=now) + self._event(
+            "response.in_progress", response=now
+        )
+
+    def event(self, event: StreamEvent) -> bytes:
+        if isinstance(event, TextDelta):
+            out = b""
+            if self._open is None or self._open["type"] != "message":
+                out = self._close() + self._add(_message(new_id("msg_"), None, "in_progress"))
+                out += self._event("response.content_part.added", **self._at(), part=_part(""))
+            self._text.append(event.text)
+            return out + self._event(
+                "response.output_text.delta", **self._at(), delta=event.text, logprobs=[]
+            )
+        if isinstance(event, ToolCallDelta):
+            out = b""
+            if (
+                self._open is None
+                or self._open["type"] != "function_call"
+                or self._call != event.index
+            ):
+                item = _function_call(
+                    new_id("fc_"), event.id or "", event.name or "", "", "in_progress"
+                )
+                out = self._close() + self._add(item)
+                self._call = event.index
+            assert self._open is not None
+            self._open["arguments"] += event.arguments
+            return out + self._event(
+                "response.function_call_arguments.delta",
+                item_id=self._open["id"],
+                output_index=len(self._items) - 1,
+                delta=event.arguments,
+            )
+        return b""  # ToolResult: the sidecar never runs tools
+
+    def _at(self) -> dict[str, Any]:
+        assert self._open is not None
+        return {
+            "item_id": self._open["id"],
+            "output_index": len(self._items) - 1,
+            "content_index": 0,
+        }
+
+    def _add(self, item: dict[str, Any]) -> bytes:
+        self._items.append(item)
+        self._open = item
+        return self._event(
+            "response.output_item.added", output_index=len(self._items) - 1, item=item
+        )
+
+    def _close(self) -> bytes:
+        item, self._open = self._open, None
+        if item is None:
+            return b""
+        at = len(self._items) - 1
+        if item["type"] == "message":
+            text = "".join(self._text)
+            self._text.clear()
+            where = {"item_id": item["id"], "output_index": at, "content_index": 0}
+            out = self._event("response.output_text.done", **where, text=text, logprobs=[])
+            out += self._event("response.content_part.done", **where, part=_part(text))
+            item.update(status="completed", content=[_part(text)])
+        else:
+            out = self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                name=item["name"],
+                output_index=at,
+                arguments=item["arguments"],
+            )
+            item["status"] = "completed"
+        return out + self._event("response.output_item.done", output_index=at, item=item)
+
+    def done(self, response: Response[Any]) -> bytes:
+        out = self._close()
+        if not self._items:  # an empty answer still has its message
+            out += self.event(TextDelta("")) + self._close()
+        final = self._answer.response(response, self._items)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        return out + self._event(kind, response=final)
+
+    def error(self, failure: Failure) -> bytes:
+        # OpenAI ends a failing stream with an `error` event and `response.failed`. A
+        # relayed stream (nothing of this encoder's was sent: OpenAI's own events were)
+        # gets the `error` event only: its response, and id, are OpenAI's.
+        code = failure.code or (
+            "rate_limit_exceeded" if failure.kind == "rate_limit" else "server_error"
+        )
+        relayed = self._seq == 0
+        out = self._event("error", code=code, message=failure.message, param=failure.param)
+        if relayed:
+            return out
+        failed = self._answer.response(
+            None, self._items, "failed", {"code": code, "message": failure.message}
+        )
+        return out + self._event("response.failed", response=failed)
