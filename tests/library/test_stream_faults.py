@@ -42,7 +42,9 @@ RAISED: dict[str, type[AgentError]] = {
     "no_finish": APIConnectionError,
     "malformed": InvalidResponseError,
 }
-KINDS = ("openai", "anthropic", "gemini")
+# The provider formats; "openai-responses" is an OpenAI agent on the Responses API (the
+# OpenAI fake serves both).
+KINDS = ("openai", "anthropic", "gemini", "openai-responses")
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 # Generous next to the stream timeouts, far below the per-attempt timeout (30 s): a stall
 # ended by anything but the stream timeouts would show.
@@ -52,6 +54,14 @@ BOUND = 15.0
 def agent(fake: FakeProvider, name: str, **kw: Any) -> Agent:
     return Agent(fake.kind, MODELS[fake.kind], base_url=fake.base_url, api_key="test-key",
                  name=name, timeout=30, **kw)
+
+
+async def pair(fake_factory: Any, kind: str) -> tuple[Agent, Agent, FakeProvider, FakeProvider]:
+    """Agents "a" and "b" of `kind`, each on a fake of its own."""
+    fake_kind, _, api = kind.partition("-")
+    a, b = await fake_factory(fake_kind), await fake_factory(fake_kind)
+    extra = {"api": api} if api else {}
+    return agent(a, "a", **extra), agent(b, "b", **extra), a, b
 
 
 def router(*agents: Agent, **kw: Any) -> AgentRouter:
@@ -84,11 +94,11 @@ async def test_a_fault_before_the_first_content_falls_back_unseen(
     before any content (after its role chunk / message_start, where the format has
     one); the second answers. The caller sees one clean stream from the second agent,
     announced once, and the first agent's attempt is recorded with its error."""
-    a, b = await fake_factory(kind), await fake_factory(kind)
+    agent_a, agent_b, a, b = await pair(fake_factory, kind)
     a.script(FAULTS[fault](after=0, reply=Reply(text=TEXT)))
     b.script(Reply(text="from b"))
     t0 = time.monotonic()
-    events, error = await collect(router(agent(a, "a"), agent(b, "b"), stream_recovery=recovery))
+    events, error = await collect(router(agent_a, agent_b, stream_recovery=recovery))
     assert error is None
     assert time.monotonic() - t0 < BOUND
     started = [e for e in events if isinstance(e, Started)]
@@ -110,15 +120,15 @@ async def test_a_fault_after_the_first_content_raises_with_the_partial_text(
     """What was tried: the first agent sends one word, then fails. The stream raises
     that agent's typed error carrying exactly the text delivered; it never ends with
     Done (a truncated answer never looks complete), and the second agent is not asked."""
-    a, b = await fake_factory(kind), await fake_factory(kind)
+    agent_a, agent_b, a, b = await pair(fake_factory, kind)
     a.script(FAULTS[fault](after=1, reply=Reply(text=TEXT)))
     t0 = time.monotonic()
-    events, error = await collect(router(agent(a, "a"), agent(b, "b")))
+    events, error = await collect(router(agent_a, agent_b))
     assert time.monotonic() - t0 < BOUND
     assert isinstance(error, RAISED[fault]), repr(error)
     assert text_of(events) == "one"
     assert error.partial_text == "one"
-    assert error.agent == f"{kind}/{MODELS[kind]}"
+    assert error.agent == f"{a.kind}/{MODELS[a.kind]}"
     assert not any(isinstance(e, Done) for e in events)
     assert b.requests == []
     if fault == "stall":
@@ -196,10 +206,10 @@ async def test_recovery_continues_the_answer_on_the_next_agent(
     caller reads one stream, announced once, with every word exactly once and a proper
     end; b was asked with the answer so far (Anthropic: as the assistant's prefill; the
     others: as an assistant turn and an instruction); usage adds both attempts."""
-    a, b = await fake_factory(kind), await fake_factory(kind)
+    agent_a, agent_b, a, b = await pair(fake_factory, kind)
     a.script(FAULTS[fault](after=2, reply=Reply(text=TEXT)))
     b.script(Reply(text=" two three four", usage=(10, 3)))
-    r = router(agent(a, "a"), agent(b, "b"), stream_recovery="continue")
+    r = router(agent_a, agent_b, stream_recovery="continue")
     events, error = await collect(r)
     assert error is None
     assert [e.agent for e in events if isinstance(e, Started)] == ["a"]
@@ -215,9 +225,10 @@ async def test_recovery_continues_the_answer_on_the_next_agent(
     asked = b.requests[0].json
     if kind == "anthropic":
         assert asked["messages"][-1] == {"role": "assistant", "content": "one two"}
-    elif kind == "openai":
-        assert asked["messages"][-2] == {"role": "assistant", "content": "one two"}
-        assert "Continue" in asked["messages"][-1]["content"]
+    elif kind in ("openai", "openai-responses"):
+        turns = asked["messages" if kind == "openai" else "input"]
+        assert turns[-2] == {"role": "assistant", "content": "one two"}
+        assert "Continue" in turns[-1]["content"]
     else:
         assert asked["contents"][-2] == {"role": "model", "parts": [{"text": "one two"}]}
     if fault == "stall":

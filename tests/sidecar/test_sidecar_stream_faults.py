@@ -38,7 +38,9 @@ FAULTS: dict[str, type[StreamFault]] = {
     "no_finish": EndWithoutFinish,
     "malformed": MalformedEvent,
 }
-KINDS = ("openai", "anthropic", "gemini")
+# The provider formats behind the route; "openai-responses" is an OpenAI agent on the
+# Responses API (`api: responses`).
+KINDS = ("openai", "anthropic", "gemini", "openai-responses")
 BOUND = 15.0  # far below the agents' 10 s timeout plus a fallback: only the stream limits act
 
 
@@ -91,17 +93,48 @@ async def messages(sidecar: Sidecar) -> Seen:
     return Seen(text, None, finished, ids)
 
 
+class _FailedEvent(Exception):
+    """An `error` or `response.failed` event the SDK handed over as an event."""
+
+
+async def responses(sidecar: Sidecar) -> Seen:
+    client = openai.AsyncOpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
+    text, finished, ids = "", False, set()
+    try:
+        stream = await client.responses.create(model="default", input="hi", stream=True)
+        async for event in stream:
+            if event.type in ("response.created", "response.completed"):
+                ids.add(event.response.id)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            if event.type in ("error", "response.failed"):
+                raise _FailedEvent(event.model_dump_json())
+            finished = finished or event.type == "response.completed"
+    except (openai.OpenAIError, _FailedEvent) as exc:
+        return Seen(text, exc, finished, ids)
+    finally:
+        await client.close()
+    return Seen(text, None, finished, ids)
+
+
 # Every way into the sidecar: its SDK's view of one streamed call to the route "default".
-WAYS: dict[str, Callable[[Sidecar], Awaitable[Seen]]] = {"chat": chat, "messages": messages}
+WAYS: dict[str, Callable[[Sidecar], Awaitable[Seen]]] = {
+    "chat": chat,
+    "messages": messages,
+    "responses": responses,
+}
 
 
 async def two_agents(
     fake_factory: Any, sidecar_factory: Any, kind: str, **route: Any
 ) -> tuple[FakeProvider, FakeProvider, Sidecar]:
-    a, b = await fake_factory(kind), await fake_factory(kind)
+    api = {"api": "responses"} if kind == "openai-responses" else {}
+    fake_kind = "openai" if api else kind
+    a, b = await fake_factory(fake_kind), await fake_factory(fake_kind)
     limits = {"first_token_timeout": 2, "stall_timeout": 1, **route}
     doc = document(
-        [agent_spec(a, "a"), agent_spec(b, "b")], [fast_route("default", ["a", "b"], **limits)]
+        [agent_spec(a, "a", **api), agent_spec(b, "b", **api)],
+        [fast_route("default", ["a", "b"], **limits)],
     )
     return a, b, await sidecar_factory(doc)
 
