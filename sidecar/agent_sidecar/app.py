@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.catalog import PROVIDERS
 from agent.errors import AgentError, RoutingError
+from agent.providers.carry import uncarried
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
 from agent_sidecar import counting, eager
 from agent_sidecar.anthropic_api import AnthropicApi
@@ -421,9 +422,14 @@ def _announce(headers: dict[str, str], started: Started) -> None:
 
 def _name_ignored(headers: dict[str, str], api: Api, call: Call, provider: str) -> None:
     """The caller's fields the answering agent could not carry: it speaks another wire
-    format, so it got the engine's request, without them."""
-    if call.extra and PROVIDERS[provider].wire != api.name:
-        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+    format, so it got the engine's request, without them (and without what of the
+    engine's request its own format has no place for)."""
+    wire = PROVIDERS[provider].wire
+    if wire == api.name:
+        return
+    names = {*call.extra, *call.dropped, *uncarried(call.request, wire)}
+    if names:
+        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(names)))
 
 
 def _tried(attempts: Sequence[Attempt]) -> int:
