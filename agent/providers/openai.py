@@ -155,8 +155,16 @@ class OpenAICodec:
         return _wire(target, {}, dumps(body), request.stream)
 
     def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest:
+        stream = relay.body.get("stream") is True
+        options = relay.body.get("stream_options")
+        if stream and not (isinstance(options, dict) and options.get("include_usage")):
+            # The route's usage and cost need the count, which OpenAI streams only when
+            # asked: ask, and whoever relays the bytes drops that last chunk for a caller
+            # who did not (see `without_usage_chunk`).
+            options = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            relay = Relay(relay.wire, {**relay.body, "stream_options": options}, relay.headers)
         body = relayed_body(relay, extra, target)
-        return _wire(target, relay.headers, body, relay.body.get("stream") is True)
+        return _wire(target, relay.headers, body, stream)
 
     def parse(self, body: bytes) -> Parsed:
         data = loads(body)
@@ -253,6 +261,17 @@ class OpenAIStreamDecoder:
             id=self._id,
             raw=None,
         )
+
+
+def without_usage_chunk(frames: bytes) -> bytes:
+    """Relayed stream bytes (whole SSE frames) without the usage chunk, the only one
+    whose `choices` is empty: for a caller who did not ask for it, asked for upstream
+    all the same (see `OpenAICodec.relay`). Quotes inside content are escaped, so the
+    marker matches that chunk only."""
+    if b'"choices":[]' not in frames:
+        return frames
+    kept = [f for f in frames.split(b"\n\n") if f and b'"choices":[]' not in f]
+    return b"".join(f + b"\n\n" for f in kept)
 
 
 def _usage(usage: Any) -> Usage:

@@ -278,7 +278,8 @@ class AppHandlers:
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
             _name_ignored(headers, api, call, started.provider)
-            encoder = Relayed(api.encoder(call, started.model))
+            strip_usage = api is OPENAI and not call.include_usage
+            encoder = Relayed(api.encoder(call, started.model), strip_usage)
             task = asyncio.current_task()
             assert task is not None
             self.streams.add(task)

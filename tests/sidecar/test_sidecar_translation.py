@@ -658,3 +658,29 @@ async def test_an_openai_stream_from_claude_reports_cached_input_in_its_usage_ch
     assert usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 0
     assert all(c.id.startswith("chatcmpl-") for c in chunks)
+
+
+# ---- usage of a relayed OpenAI stream -----------------------------------------------------
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["caller-did-not-ask", "caller-asked"])
+async def test_a_relayed_openai_stream_counts_its_usage_whether_or_not_the_caller_asked(
+    sidecar: Sidecar, http: httpx.AsyncClient, fake_openai: FakeProvider, asked: bool
+) -> None:
+    # Upstream is always asked for usage (the route's tokens and cost need it); a caller
+    # who did not ask gets the stream without the usage chunk, as OpenAI would send it.
+    fake_openai.script(Reply(text="Sunny in Paris", usage=(321, 4)))
+    body: dict[str, Any] = {"model": "gpt", "messages": USER, "stream": True}
+    if asked:
+        body["stream_options"] = {"include_usage": True}
+    answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200
+    sent = fake_openai.last_request.json
+    assert sent["stream_options"] == {"include_usage": True}
+    assert (b'"choices":[]' in answer.content) is asked
+    assert (b'"prompt_tokens":321' in answer.content) is asked
+    assert answer.content.endswith(b"data: [DONE]\n\n")
+    async with httpx.AsyncClient(base_url=sidecar.admin_url) as admin:
+        metrics = (await admin.get("/metrics")).text
+    assert 'agent_sidecar_tokens_total{agent="gpt",route="gpt",type="input"} 321.0' in metrics
+    assert 'agent_sidecar_tokens_total{agent="gpt",route="gpt",type="output"} 4.0' in metrics
