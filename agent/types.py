@@ -195,6 +195,14 @@ class Usage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def __repr__(self) -> str:  # the details only when a provider reported some
+        shown = ["input_tokens", "output_tokens"] + [
+            name
+            for name in ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
+            if getattr(self, name)
+        ]
+        return f"Usage({', '.join(f'{name}={getattr(self, name)}' for name in shown)})"
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,

@@ -459,3 +459,21 @@ async def test_anthropic_thinking_on_an_openai_route(
     sent = fake_openai.last_request.json
     assert sent["messages"][1] == {"role": "assistant", "content": "Sunny."}
     assert "thinking" not in sent
+
+
+# ---- the page that lists these --------------------------------------------------------------
+
+
+def test_the_compatibility_table_names_tests_that_exist() -> None:
+    # Every cell of docs/sidecar.md's table names a test; a renamed or deleted test
+    # would leave a cell that nothing backs.
+    import re
+
+    here = Path(__file__).parent
+    page = (here.parents[1] / "docs" / "sidecar.md").read_text()
+    table = page.split("## Client compatibility", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(\w+)::(test_\w+)(?:\[[^\]]*\])?`", table)
+    assert len(named) >= 20
+    for short, name in named:
+        source = (here / f"test_sidecar_{short}.py").read_text()
+        assert f"def {name}(" in source, f"{short}::{name} is in the table but not a test"
