@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-from pydantic import Field, TypeAdapter
+from pydantic import Discriminator, Field, Tag, TypeAdapter
 from typing_extensions import TypedDict
 
 from agent.errors import InvalidResponseError
@@ -23,6 +23,7 @@ from agent.types import (
     TextDelta,
     ToolCallDelta,
     ToolChoice,
+    ToolSpec,
     as_messages,
 )
 from agent_sidecar.wire import (
@@ -80,8 +81,28 @@ class _RefusalPart(TypedDict):
     refusal: str
 
 
+class _OtherPart(TypedDict):
+    # A kind of part newer than this sidecar: an OpenAI agent gets it in the body as
+    # sent; it is named when an agent of another format answers.
+    type: str
+
+
+_PARTS = frozenset({"text", "image_url", "file", "input_audio", "refusal"})
+
+
+def _part_kind(part: Any) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if kind in _PARTS else "other"
+
+
 _Part = Annotated[
-    _TextPart | _ImagePart | _FilePart | _AudioPart | _RefusalPart, Field(discriminator="type")
+    Annotated[_TextPart, Tag("text")]
+    | Annotated[_ImagePart, Tag("image_url")]
+    | Annotated[_FilePart, Tag("file")]
+    | Annotated[_AudioPart, Tag("input_audio")]
+    | Annotated[_RefusalPart, Tag("refusal")]
+    | Annotated[_OtherPart, Tag("other")],
+    Discriminator(_part_kind),
 ]
 
 
@@ -112,8 +133,8 @@ class _FunctionDef(TypedDict, total=False):
     strict: bool | None
 
 
-class _Tool(TypedDict):
-    type: Literal["function"]
+class _Tool(TypedDict, total=False):
+    type: Required[str]  # "function", or a kind of tool only OpenAI has ("custom", ...)
     function: _FunctionDef
 
 
@@ -143,6 +164,7 @@ class _Body(TypedDict, total=False):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None
     stop: str | list[str] | None
     tools: list[_Tool] | None
+    functions: list[_FunctionDef] | None  # tools, before `tools` existed
     response_format: _ResponseFormat | None
     parallel_tool_calls: bool | None
     n: int | None
@@ -151,7 +173,7 @@ class _Body(TypedDict, total=False):
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 # Every member the sidecar reads (validated, or looked at among the extras).
-_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice", "function_call"}
 
 # Fields the sidecar turns into the engine's request; everything else is `extra`.
 _MODELED = frozenset(
@@ -165,6 +187,7 @@ _MODELED = frozenset(
         "max_completion_tokens",
         "stop",
         "tools",
+        "functions",
         "parallel_tool_calls",
         "n",
     }
@@ -207,9 +230,9 @@ class OpenAIApi:
             temperature=data.get("temperature"),
             max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
             stop=[stop] if isinstance(stop, str) else (stop or None),
-            tools=to_tool_specs(body.get("tools")),
+            tools=_tools(data, dropped),
             output_schema=_output_schema(data.get("response_format"), extra),
-            tool_choice=_tool_choice(extra),
+            tool_choice=_tool_choice(extra, "tool_choice") or _tool_choice(extra, "function_call"),
             parallel_tool_calls=data.get("parallel_tool_calls"),
             stream=stream,
             metadata=dict(data.get("metadata") or {}),
@@ -331,28 +354,51 @@ def _history(messages: list[_Message]) -> tuple[str | None, list[dict[str, Any]]
             name = m.get("name", "")
             item.update(role="tool", tool_call_id=calls.get(name, f"call_{name}"))
         content = m.get("content")
-        if isinstance(content, list) and any(_stored_file(p) for p in content):
-            dropped.add("file_id")
-            item["content"] = [p for p in content if not _stored_file(p)]
+        if isinstance(content, list):
+            kept = [p for p in content if _translatable(p, dropped)]
+            if len(kept) < len(content):
+                item["content"] = kept
         rest.append(item)
         for tool_call in item.get("tool_calls") or ():
             tool_call["function"]["arguments"] = _arguments(tool_call["function"].get("arguments"))
     return ("\n\n".join(system) if system else None), rest, dropped
 
 
-def _stored_file(part: Any) -> bool:
-    return part["type"] == "file" and "file_data" not in part["file"]
+def _translatable(part: Any, dropped: set[str]) -> bool:
+    """Whether another format can be given this part; if not, it is named in `dropped`.
+    A `file` by `file_id` names a file stored at OpenAI: no other provider can read it."""
+    if part["type"] == "file" and "file_data" not in part["file"]:
+        dropped.add("file_id")
+        return False
+    if part["type"] not in _PARTS:
+        dropped.add(part["type"])
+        return False
+    return True
 
 
-def _tool_choice(extra: dict[str, Any]) -> ToolChoice | None:
-    choice = extra.get("tool_choice")
+def _tools(data: _Body, dropped: set[str]) -> list[ToolSpec]:
+    """Function tools (or the older `functions`); tools of other kinds are OpenAI's own."""
+    tools: list[Any] = [*(data.get("functions") or ())]
+    for tool in data.get("tools") or ():
+        if tool["type"] != "function":
+            dropped.add(f"tools.{tool['type']}")
+        elif "function" not in tool:
+            raise invalid("a function tool needs its function", "tools")
+        else:
+            tools.append(tool)
+    return to_tool_specs(tools)
+
+
+def _tool_choice(extra: dict[str, Any], key: str) -> ToolChoice | None:
+    """`tool_choice` (or the older `function_call`: "auto", "none", {"name": ...})."""
+    choice = extra.get(key)
     if isinstance(choice, str) and choice in _TOOL_CHOICE:
-        del extra["tool_choice"]
+        del extra[key]
         return _TOOL_CHOICE[choice]
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+    if isinstance(choice, dict) and choice.get("type", "function") == "function":
+        name = (choice.get("function") or choice).get("name")
         if isinstance(name, str):
-            del extra["tool_choice"]
+            del extra[key]
             return ToolChoice("tool", name)
     return None
 

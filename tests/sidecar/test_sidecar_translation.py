@@ -430,6 +430,36 @@ async def test_the_function_role_becomes_a_tool_call_and_its_result(
     ]
 
 
+async def test_the_older_functions_and_function_call_fields_reach_claude(
+    http: httpx.AsyncClient, fake_anthropic: FakeProvider
+) -> None:
+    function = OPENAI_TOOL["function"]
+    await chat(
+        http, "claude", messages=USER, functions=[function], function_call={"name": "get_weather"}
+    )
+    sent = fake_anthropic.last_request.json
+    assert [t["name"] for t in sent["tools"]] == ["get_weather"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "get_weather"}
+
+
+async def test_what_only_openai_has_is_relayed_to_it_and_named_elsewhere(
+    http: httpx.AsyncClient, fake_openai: FakeProvider, fake_anthropic: FakeProvider
+) -> None:
+    # A kind of part and a kind of tool newer than the sidecar (or OpenAI's own): no 400,
+    # the OpenAI route gets them as sent, the Claude route without them, named.
+    parts = [{"type": "input_video", "video": {"url": "v.mp4"}}, {"type": "text", "text": "Hi"}]
+    custom = {"type": "custom", "custom": {"name": "grep"}}
+    body = {"messages": [{"role": "user", "content": parts}], "tools": [custom, OPENAI_TOOL]}
+    answer = await chat(http, "gpt", **body)
+    assert fake_openai.last_request.json["messages"][0]["content"] == parts
+    assert fake_openai.last_request.json["tools"] == [custom, OPENAI_TOOL]
+    answer = await chat(http, "claude", **body)
+    sent = fake_anthropic.last_request.json
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "Hi"}]
+    assert [t["name"] for t in sent["tools"]] == ["get_weather"]
+    assert answer.headers["x-agent-ignored-fields"] == "input_video,tools.custom"
+
+
 async def test_an_earlier_refusal_is_the_assistant_s_words_to_another_model(
     http: httpx.AsyncClient, fake_anthropic: FakeProvider
 ) -> None:
