@@ -28,6 +28,7 @@ from agent.types import (
     TextPart,
     ToolCall,
     ToolChoice,
+    ToolSpec,
 )
 from agent_sidecar.wire import (
     Call,
@@ -126,8 +127,8 @@ class _Tool(TypedDict, total=False):
 
 
 class _OutputFormat(TypedDict, total=False):
-    type: Required[Literal["json_schema"]]
-    schema: Required[dict[str, Any]]
+    type: Required[str]  # "json_schema" (another kind stays Anthropic's own)
+    schema: dict[str, Any]
 
 
 class _OutputConfig(TypedDict, total=False):
@@ -193,14 +194,6 @@ class AnthropicApi:
         dropped: set[str] = set()
         messages = _messages(data["messages"], dropped)
         name_tool_results(messages)
-        tools: list[Any] = []
-        for tool in data.get("tools") or ():
-            if "input_schema" in tool:
-                tools.append(tool)
-            elif tool.get("type", "custom") != "custom":
-                dropped.add(f"tools.{tool.get('type')}")  # a server tool: Claude runs it
-            else:
-                raise invalid("a tool needs an input_schema", "tools")
         system = data.get("system")
         if isinstance(system, list):
             system = "\n\n".join(b["text"] for b in system)
@@ -211,7 +204,7 @@ class AnthropicApi:
             temperature=data.get("temperature"),
             max_tokens=data["max_tokens"],
             stop=data.get("stop_sequences") or None,
-            tools=to_tool_specs(tools),
+            tools=_tools(data, dropped),
             output_schema=_output_schema(data, extra),
             tool_choice=choice,
             parallel_tool_calls=parallel,
@@ -278,6 +271,20 @@ def _model(route: str, created: int) -> dict[str, Any]:
     return {"type": "model", "id": route, "display_name": route, "created_at": when}
 
 
+def _tools(data: _Body, dropped: set[str]) -> list[ToolSpec]:
+    """The tools the model may call; Anthropic's server tools (Claude runs them itself)
+    are Anthropic's own."""
+    tools: list[Any] = []
+    for tool in data.get("tools") or ():
+        if "input_schema" in tool:
+            tools.append(tool)
+        elif tool.get("type", "custom") != "custom":
+            dropped.add(f"tools.{tool.get('type')}")
+        else:
+            raise invalid("a tool needs an input_schema", "tools")
+    return to_tool_specs(tools)
+
+
 def _tool_choice(extra: dict[str, Any]) -> tuple[ToolChoice | None, bool | None]:
     """tool_choice as the engine's choice and whether parallel calls are allowed."""
     choice = extra.get("tool_choice")
@@ -295,17 +302,20 @@ def _tool_choice(extra: dict[str, Any]) -> tuple[ToolChoice | None, bool | None]
 def _output_schema(data: _Body, extra: dict[str, Any]) -> OutputSchema | None:
     """output_format, or output_config.format (its name since structured outputs left
     beta), as the engine's structured output; the rest of output_config stays an extra."""
-    fmt = data.get("output_format")
-    extra.pop("output_format", None)
-    config = data.get("output_config")
-    if config is not None and "format" in config:
-        rest = {k: v for k, v in extra["output_config"].items() if k != "format"}
-        if rest:
-            extra["output_config"] = rest
-        else:
-            del extra["output_config"]
-        fmt = config["format"]
-    return OutputSchema("output", fmt["schema"]) if fmt is not None else None
+    fmt, config = data.get("output_format"), data.get("output_config")
+    if fmt is None and config is not None:
+        fmt = config.get("format")
+    if fmt is None or fmt["type"] != "json_schema":
+        return None
+    if "schema" not in fmt:
+        raise invalid("a json_schema output format needs its schema", "output_format")
+    if "output_format" in extra:
+        del extra["output_format"]
+    elif rest := {k: v for k, v in extra["output_config"].items() if k != "format"}:
+        extra["output_config"] = rest
+    else:
+        del extra["output_config"]
+    return OutputSchema("output", fmt["schema"])
 
 
 def _messages(items: list[_Message], dropped: set[str]) -> list[Message]:
