@@ -535,7 +535,11 @@ async def test_cache_counts_from_claude_reach_an_openai_caller(
             }
         )
     )
-    body = (await chat(http, "claude", messages=USER)).json()
+    answer = await chat(http, "claude", messages=USER)
+    # claude-haiku-4-5: $1 a million input tokens, $0.10 read from the cache, $1.25
+    # written to it, $5 output: 10 + 100 + 125 + 25 millionths of a dollar.
+    assert answer.headers["x-agent-cost-usd"] == "0.00026"
+    body = answer.json()
     assert body["usage"] == {
         "prompt_tokens": 1110,  # OpenAI counts cached input in the prompt
         "completion_tokens": 5,
