@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -370,6 +371,10 @@ def _block(p: ContentPart) -> dict[str, Any]:
             source = {"type": "url", "url": p.url}
         elif isinstance(p, DocumentPart) and p.text is not None:
             source = {"type": "text", "media_type": "text/plain", "data": p.text}
+        elif isinstance(p, DocumentPart) and p.media_type.startswith("text/") and p.data:
+            # Claude takes inline documents as PDF only; a text file is its text.
+            text = base64.b64decode(p.data).decode("utf-8", "replace")
+            source = {"type": "text", "media_type": "text/plain", "data": text}
         else:
             source = {"type": "base64", "media_type": p.media_type, "data": p.data}
         if isinstance(p, ImagePart):

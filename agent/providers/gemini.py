@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Mapping
 from typing import Any
 
@@ -286,7 +287,8 @@ def _part(p: ContentPart) -> dict[str, Any]:
     if isinstance(p, ImagePart | DocumentPart):
         if isinstance(p, DocumentPart) and p.text is not None:
             return {"text": p.text}
-        if p.url:
-            return {"fileData": {"mimeType": p.media_type, "fileUri": p.url}}
+        if p.url:  # the URL's own type when it shows one (a .jpg is no image/png)
+            mime = mimetypes.guess_type(p.url)[0] or p.media_type
+            return {"fileData": {"mimeType": mime, "fileUri": p.url}}
         return {"inlineData": {"mimeType": p.media_type, "data": p.data}}
     return {"text": p.text}

@@ -255,7 +255,7 @@ async def test_images_by_url_and_inline_both_ways(
     fake_anthropic: FakeProvider,
     fake_gemini: FakeProvider,
 ) -> None:
-    url = "https://example.com/cat.png"
+    url = "https://example.com/cat.jpg"
     parts = [
         {"type": "text", "text": "Compare"},
         {"type": "image_url", "image_url": {"url": url}},
@@ -270,7 +270,7 @@ async def test_images_by_url_and_inline_both_ways(
     await chat(http, "gemini", messages=[{"role": "user", "content": parts}])
     assert fake_gemini.last_request.json["contents"][0]["parts"] == [
         {"text": "Compare"},
-        {"fileData": {"mimeType": "image/png", "fileUri": url}},
+        {"fileData": {"mimeType": "image/jpeg", "fileUri": url}},  # the URL's type
         {"inlineData": {"mimeType": "image/png", "data": PNG}},
     ]
     blocks = [
@@ -321,15 +321,24 @@ async def test_documents_both_ways_and_what_a_format_cannot_take_is_named(
     ]
     assert "x-agent-ignored-fields" not in answer.headers
 
-    # An OpenAI file part to Claude: a document block.
+    # OpenAI file parts to Claude: document blocks (a text file as its text: Claude
+    # takes inline documents as PDF only).
     file = {"file_data": f"data:application/pdf;base64,{PDF}", "filename": "report.pdf"}
-    parts = [{"type": "file", "file": file}, {"type": "text", "text": "Summarize"}]
+    notes = {"file_data": "data:text/plain;base64,SGVsbG8=", "filename": "notes.txt"}
+    parts = [{"type": "file", "file": file}, {"type": "file", "file": notes}]
     await chat(http, "claude", messages=[{"role": "user", "content": parts}])
-    assert fake_anthropic.last_request.json["messages"][0]["content"][0] == {
-        "type": "document",
-        "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
-        "title": "report.pdf",
-    }
+    assert fake_anthropic.last_request.json["messages"][0]["content"] == [
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
+            "title": "report.pdf",
+        },
+        {
+            "type": "document",
+            "source": {"type": "text", "media_type": "text/plain", "data": "Hello"},
+            "title": "notes.txt",
+        },
+    ]
 
 
 async def test_stored_files_pass_on_their_own_format_and_are_named_elsewhere(
