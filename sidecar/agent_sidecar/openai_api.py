@@ -88,6 +88,7 @@ class _OtherPart(TypedDict):
 
 
 _PARTS = frozenset({"text", "image_url", "file", "input_audio", "refusal"})
+_PLAIN = _PARTS - {"file"}  # parts every format is given (or that carry.py names)
 
 
 def _part_kind(part: Any) -> str:
@@ -354,10 +355,8 @@ def _history(messages: list[_Message]) -> tuple[str | None, list[dict[str, Any]]
             name = m.get("name", "")
             item.update(role="tool", tool_call_id=calls.get(name, f"call_{name}"))
         content = m.get("content")
-        if isinstance(content, list):
-            kept = [p for p in content if _translatable(p, dropped)]
-            if len(kept) < len(content):
-                item["content"] = kept
+        if isinstance(content, list) and not all(p["type"] in _PLAIN for p in content):
+            item["content"] = [p for p in content if _translatable(p, dropped)]
         rest.append(item)
         for tool_call in item.get("tool_calls") or ():
             tool_call["function"]["arguments"] = _arguments(tool_call["function"].get("arguments"))
