@@ -295,6 +295,22 @@ def _in_band_error(data: dict[str, Any]) -> ProviderError:
     return error_for_status(status, message, overloaded="overload" in str(message).lower())
 
 
+def _part(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, ImagePart):
+        return {
+            "type": "image_url",
+            "image_url": {"url": p.url or f"data:{p.media_type};base64,{p.data}"},
+        }
+    if isinstance(p, DocumentPart):
+        if p.text is not None:  # a plain-text document is text to every model
+            return {"type": "text", "text": p.text}
+        file = {"file_data": f"data:{p.media_type};base64,{p.data}"}
+        return {"type": "file", "file": {**file, "filename": p.name or "document.pdf"}}
+    if isinstance(p, AudioPart):
+        return {"type": "input_audio", "input_audio": {"data": p.data, "format": p.format}}
+    return {"type": "text", "text": p.text}
+
+
 def _messages(request: Request) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if request.system:
@@ -326,22 +342,6 @@ def _message(m: Message) -> dict[str, Any]:
         if not m.text:
             item["content"] = None
     return item
-
-
-def _part(p: ContentPart) -> dict[str, Any]:
-    if isinstance(p, ImagePart):
-        return {
-            "type": "image_url",
-            "image_url": {"url": p.url or f"data:{p.media_type};base64,{p.data}"},
-        }
-    if isinstance(p, DocumentPart):
-        if p.text is not None:  # a plain-text document is text to every model
-            return {"type": "text", "text": p.text}
-        file = {"file_data": f"data:{p.media_type};base64,{p.data}"}
-        return {"type": "file", "file": {**file, "filename": p.name or "document.pdf"}}
-    if isinstance(p, AudioPart):
-        return {"type": "input_audio", "input_audio": {"data": p.data, "format": p.format}}
-    return {"type": "text", "text": p.text}
 
 
 def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
