@@ -36,7 +36,29 @@ class ImagePart:
     type: Literal["image"] = "image"
 
 
-ContentPart = TextPart | ImagePart
+@dataclass(slots=True, frozen=True)
+class DocumentPart:
+    """A document (a PDF, a text file) inline as base64 `data`, by `url`, or as plain
+    `text`; `name` is its file name when the caller gave one."""
+
+    data: str | None = None
+    url: str | None = None
+    text: str | None = None
+    media_type: str = "application/pdf"
+    name: str | None = None
+    type: Literal["document"] = "document"
+
+
+@dataclass(slots=True, frozen=True)
+class AudioPart:
+    """Audio inline as base64 `data` in `format` ("wav", "mp3")."""
+
+    data: str
+    format: str = "wav"
+    type: Literal["audio"] = "audio"
+
+
+ContentPart = TextPart | ImagePart | DocumentPart | AudioPart
 
 
 @dataclass(slots=True)
@@ -85,11 +107,23 @@ class ToolSpec:
 
 @dataclass(slots=True, frozen=True)
 class OutputSchema:
-    """Structured output requested by `json()`: a JSON schema and its name."""
+    """Structured output requested by `json()`: a JSON schema and its name. `any_object`
+    asks for any JSON object (OpenAI's json_object mode): `schema` is then just
+    `{"type": "object"}`, for the formats that need one."""
 
     name: str
     schema: dict[str, Any]
     parse: Callable[[str], Any] | None = None  # validates the model's JSON text
+    any_object: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class ToolChoice:
+    """Whether the model must call a tool: "auto" (it decides), "none", "required" (some
+    tool), or "tool" (the one called `name`)."""
+
+    mode: Literal["auto", "none", "required", "tool"]
+    name: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,6 +152,8 @@ class Request:
     stop: list[str] | None = None
     tools: list[ToolSpec] = field(default_factory=list)
     output_schema: OutputSchema | None = None
+    tool_choice: ToolChoice | None = None  # None: the provider's default (auto)
+    parallel_tool_calls: bool | None = None  # None: the provider's default (allowed)
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -147,16 +183,35 @@ class Request:
 
 @dataclass(slots=True, frozen=True)
 class Usage:
+    """Tokens of one exchange. `input_tokens` counts every input token, the cached ones
+    (`cached_input_tokens` read from the provider's cache, `cache_write_tokens` written to
+    it) included; `output_tokens` counts the reasoning ones (`reasoning_tokens`) too."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def __repr__(self) -> str:  # the details only when a provider reported some
+        shown = ["input_tokens", "output_tokens"] + [
+            name
+            for name in ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
+            if getattr(self, name)
+        ]
+        return f"Usage({', '.join(f'{name}={getattr(self, name)}' for name in shown)})"
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
@@ -356,21 +411,7 @@ def _message_from_dict(d: dict[str, Any]) -> Message:
     if not isinstance(content, str | list):
         raise TypeError(f"content must be text or a list of parts, not {type(content).__name__}")
     if isinstance(content, list):
-        parts: list[ContentPart] = []
-        for p in content:
-            kind = p.get("type")
-            if kind == "text":
-                parts.append(TextPart(p.get("text", "")))
-            elif kind == "image_url":
-                url = p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"]
-                parts.append(_image_from_url(url))
-            elif kind == "image":  # Anthropic-style block
-                src = p.get("source", {})
-                if src.get("type") == "base64":
-                    parts.append(ImagePart(data=src["data"], media_type=src["media_type"]))
-                else:
-                    parts.append(ImagePart(url=src.get("url")))
-        content = parts
+        content = [part for p in content if (part := _part_from_dict(p)) is not None]
     calls = [
         ToolCall(c["id"], c["function"]["name"], _loads(c["function"].get("arguments")))
         for c in d.get("tool_calls") or ()
@@ -378,10 +419,53 @@ def _message_from_dict(d: dict[str, Any]) -> Message:
     return Message(role, content, calls, d.get("tool_call_id"), d.get("name"))
 
 
-def _image_from_url(url: str) -> ImagePart:
+def _part_from_dict(p: dict[str, Any]) -> ContentPart | None:
+    """One content part, OpenAI-style (text, image_url, file, input_audio, refusal) or an
+    Anthropic-style image or document block."""
+    kind = p.get("type")
+    if kind == "text":
+        return TextPart(p.get("text", ""))
+    if kind == "refusal":  # an assistant's earlier refusal: its words, to any model
+        return TextPart(p.get("refusal", ""))
+    if kind == "image_url":
+        url = p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"]
+        return _image_from_url(url)
+    if kind == "input_audio":
+        audio = p["input_audio"]
+        return AudioPart(data=audio["data"], format=audio.get("format", "wav"))
+    if kind == "file":
+        file = p["file"]
+        if "file_data" not in file:
+            raise ValueError("a file part without file_data (a file_id) works with OpenAI only")
+        head, data = _data_url(file["file_data"], "application/pdf")
+        return DocumentPart(data=data, media_type=head, name=file.get("filename"))
+    if kind in ("image", "document"):  # Anthropic-style blocks
+        src = p.get("source", {})
+        title = p.get("title")
+        if src.get("type") == "base64":
+            if kind == "image":
+                return ImagePart(data=src["data"], media_type=src["media_type"])
+            return DocumentPart(data=src["data"], media_type=src["media_type"], name=title)
+        if src.get("type") == "text":
+            return DocumentPart(text=src["data"], media_type="text/plain", name=title)
+        if kind == "image":
+            return ImagePart(url=src.get("url"))
+        return DocumentPart(url=src.get("url"), name=title)
+    return None
+
+
+def _data_url(url: str, default: str) -> tuple[str, str]:
+    """A `data:` URL's media type and base64 data; anything else is taken as bare base64."""
     if url.startswith("data:") and ";base64," in url:
         head, data = url[5:].split(";base64,", 1)
-        return ImagePart(data=data, media_type=head or "image/png")
+        return head or default, data
+    return default, url
+
+
+def _image_from_url(url: str) -> ImagePart:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = _data_url(url, "image/png")
+        return ImagePart(data=data, media_type=media_type)
     return ImagePart(url=url)
 
 

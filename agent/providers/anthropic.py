@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,10 @@ from agent.providers.base import (
     relayed_body,
     retry_after,
 )
+from agent.providers.carry import carries, part_kind
 from agent.types import (
+    ContentPart,
+    DocumentPart,
     FinishReason,
     ImagePart,
     Message,
@@ -30,6 +34,7 @@ from agent.types import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 
@@ -37,14 +42,49 @@ API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; this is what a caller gets who sets none.
 DEFAULT_MAX_TOKENS = 4096
 
-_FINISH: dict[str, FinishReason] = {
+# ---- the format's tables, both ways (the sidecar's inbound half reads them too) ----------
+
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# The engine's finish reason as Anthropic says it ("error" and "other" end the turn).
+STOP_REASON: dict[FinishReason, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
+# tool_choice.type for each of the engine's modes.
+TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}
+
+
+def tool_choice(choice: ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+    """The `tool_choice` object; parallel calls are switched off inside it."""
+    if choice is None and parallel is not False:
+        return None
+    out: dict[str, Any] = {"type": TOOL_CHOICE[choice.mode if choice else "auto"]}
+    if choice is not None and choice.mode == "tool":
+        out["name"] = choice.name
+    if parallel is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """`usage` as Anthropic reports it: input_tokens without the cache's reads and writes."""
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
+    return {
+        "input_tokens": max(0, uncached),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
 
 # Structured output rides on forced tool use, which every Claude model supports: the
 # model must call this tool, and its input is the JSON answer.
@@ -90,6 +130,10 @@ class AnthropicCodec:
                 }
             )
             body["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL}
+        elif request.tools and (
+            choice := tool_choice(request.tool_choice, request.parallel_tool_calls)
+        ):
+            body["tool_choice"] = choice
         if tools:
             body["tools"] = tools
         if request.stream:
@@ -124,7 +168,7 @@ class AnthropicCodec:
                     text.append(dumps(block.get("input") or {}).decode())
                 else:
                     calls.append(ToolCall(block["id"], block["name"], block.get("input") or {}))
-        finish = _FINISH.get(data.get("stop_reason") or "", "other")
+        finish = FINISH.get(data.get("stop_reason") or "", "other")
         if finish == "tool_calls" and not calls:
             finish = "stop"  # the structured-output tool is our mechanism, not a tool call
         return Parsed(
@@ -157,12 +201,11 @@ class AnthropicStreamDecoder:
         "_blocks",
         "_finish",
         "_id",
-        "_input",
         "_model",
-        "_output",
         "_stopped",
         "_text",
         "_tools",
+        "_usage",
     )
 
     def __init__(self) -> None:
@@ -174,8 +217,7 @@ class AnthropicStreamDecoder:
         self._finish: str | None = None
         self._id: str | None = None
         self._model: str | None = None
-        self._input = 0
-        self._output = 0
+        self._usage: dict[str, Any] = {}  # message_start's, updated by message_delta's
         self._stopped = False
 
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
@@ -224,14 +266,11 @@ class AnthropicStreamDecoder:
             message = data.get("message") or {}
             self._id = message.get("id")
             self._model = message.get("model")
-            usage = message.get("usage") or {}
-            self._input = _input_tokens(usage)
-            self._output = usage.get("output_tokens") or 0
+            self._usage = dict(message.get("usage") or {})
         elif kind == "message_delta":
             self._finish = (data.get("delta") or {}).get("stop_reason") or self._finish
-            usage = data.get("usage") or {}
-            self._output = usage.get("output_tokens") or self._output
-            self._input = _input_tokens(usage) or self._input
+            # message_delta's counts are cumulative; those it leaves out stand.
+            self._usage.update((k, v) for k, v in (data.get("usage") or {}).items() if v)
         elif kind == "message_stop":
             self._stopped = True
         elif kind == "error":
@@ -242,14 +281,14 @@ class AnthropicStreamDecoder:
         if not self._stopped:
             raise APIConnectionError("the stream ended before message_stop")
         calls = self._tools.calls()
-        finish = _FINISH.get(self._finish or "", "other")
+        finish = FINISH.get(self._finish or "", "other")
         if finish == "tool_calls" and not calls:
             finish = "stop"
         return Parsed(
             "".join(self._text),
             calls,
             finish,
-            Usage(self._input, self._output),
+            _usage(self._usage),
             self._model,
             self._id,
             None,
@@ -265,7 +304,14 @@ def _input_tokens(usage: dict[str, Any]) -> int:
 
 
 def _usage(usage: Any) -> Usage:
-    return Usage(_input_tokens(usage), usage.get("output_tokens") or 0) if usage else Usage()
+    if not usage:
+        return Usage()
+    return Usage(
+        _input_tokens(usage),
+        usage.get("output_tokens") or 0,
+        cached_input_tokens=usage.get("cache_read_input_tokens") or 0,
+        cache_write_tokens=usage.get("cache_creation_input_tokens") or 0,
+    )
 
 
 def _error_from_payload(data: dict[str, Any]) -> ProviderError:
@@ -308,21 +354,34 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
                 if isinstance(p, str):
                     if p:
                         content.append({"type": "text", "text": p})
-                elif isinstance(p, ImagePart):
-                    source = (
-                        {"type": "url", "url": p.url}
-                        if p.url
-                        else {"type": "base64", "media_type": p.media_type, "data": p.data}
-                    )
-                    content.append({"type": "image", "source": source})
-                else:
-                    content.append({"type": "text", "text": p.text})
+                elif carries("anthropic", part_kind(p)):
+                    content.append(_block(p))
             content += [
                 {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
                 for c in m.tool_calls
             ]
         out.append({"role": m.role, "content": content})
     return out
+
+
+def _block(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, ImagePart | DocumentPart):
+        source: dict[str, Any]
+        if p.url:
+            source = {"type": "url", "url": p.url}
+        elif isinstance(p, DocumentPart) and p.text is not None:
+            source = {"type": "text", "media_type": "text/plain", "data": p.text}
+        elif isinstance(p, DocumentPart) and p.media_type.startswith("text/") and p.data:
+            # Claude takes inline documents as PDF only; a text file is its text.
+            text = base64.b64decode(p.data).decode("utf-8", "replace")
+            source = {"type": "text", "media_type": "text/plain", "data": text}
+        else:
+            source = {"type": "base64", "media_type": p.media_type, "data": p.data}
+        if isinstance(p, ImagePart):
+            return {"type": "image", "source": source}
+        block = {"type": "document", "source": source}
+        return {**block, "title": p.name} if p.name else block
+    return {"type": "text", "text": getattr(p, "text", "")}
 
 
 def _wire(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,11 @@ from agent.providers.base import (
     loads_exact,
     retry_after,
 )
+from agent.providers.carry import carries, part_kind
 from agent.types import (
+    AudioPart,
+    ContentPart,
+    DocumentPart,
     FinishReason,
     ImagePart,
     Message,
@@ -27,10 +32,13 @@ from agent.types import (
     StreamEvent,
     TextDelta,
     ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 
-_FINISH: dict[str, FinishReason] = {
+# ---- the format's tables ------------------------------------------------------------------
+
+FINISH: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
     "SAFETY": "content_filter",
@@ -38,7 +46,18 @@ _FINISH: dict[str, FinishReason] = {
     "BLOCKLIST": "content_filter",
     "PROHIBITED_CONTENT": "content_filter",
     "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "LANGUAGE": "content_filter",
 }
+# functionCallingConfig.mode for each of the engine's tool choices.
+TOOL_MODE = {"auto": "AUTO", "none": "NONE", "required": "ANY", "tool": "ANY"}
+
+
+def tool_config(choice: ToolChoice) -> dict[str, Any]:
+    config: dict[str, Any] = {"mode": TOOL_MODE[choice.mode]}
+    if choice.mode == "tool":
+        config["allowedFunctionNames"] = [choice.name]
+    return {"functionCallingConfig": config}
 
 _STATUS_BY_NAME = {
     "INVALID_ARGUMENT": 400,
@@ -69,8 +88,9 @@ class GeminiCodec:
             config["stopSequences"] = request.stop
         if request.output_schema is not None:
             config["responseMimeType"] = "application/json"
-            # responseJsonSchema takes full JSON Schema ($defs, refs) unlike responseSchema.
-            config["responseJsonSchema"] = request.output_schema.schema
+            if not request.output_schema.any_object:
+                # responseJsonSchema takes full JSON Schema ($defs, refs), responseSchema not.
+                config["responseJsonSchema"] = request.output_schema.schema
         if config:
             body["generationConfig"] = config
         if request.tools:
@@ -82,6 +102,8 @@ class GeminiCodec:
                     ]
                 }
             ]
+            if request.tool_choice is not None:
+                body["toolConfig"] = tool_config(request.tool_choice)
         body.update(request.extra)
         headers = {"content-type": "application/json", "accept": "application/json"}
         if target.api_key:
@@ -175,13 +197,15 @@ class _Accumulator:
         calls = self.tools.calls()
         for index, signature in self.signatures.items():
             calls[index].provider_data["thoughtSignature"] = signature
-        finish: FinishReason = _FINISH.get(self.finish or "", "other")
+        finish: FinishReason = FINISH.get(self.finish or "", "other")
         if calls and finish == "stop":
             finish = "tool_calls"
+        thoughts = self.usage.get("thoughtsTokenCount") or 0
         usage = Usage(
             self.usage.get("promptTokenCount") or 0,
-            (self.usage.get("candidatesTokenCount") or 0)
-            + (self.usage.get("thoughtsTokenCount") or 0),
+            (self.usage.get("candidatesTokenCount") or 0) + thoughts,
+            cached_input_tokens=self.usage.get("cachedContentTokenCount") or 0,
+            reasoning_tokens=thoughts,
         )
         return Parsed("".join(self.text), calls, finish, usage, self.model, self.id, raw)
 
@@ -247,17 +271,24 @@ def _contents(messages: list[Message]) -> list[dict[str, Any]]:
             if isinstance(p, str):
                 if p:
                     parts.append({"text": p})
-            elif isinstance(p, ImagePart):
-                parts.append(
-                    {"fileData": {"mimeType": p.media_type, "fileUri": p.url}}
-                    if p.url
-                    else {"inlineData": {"mimeType": p.media_type, "data": p.data}}
-                )
-            else:
-                parts.append({"text": p.text})
+            elif carries("gemini", part_kind(p)):
+                parts.append(_part(p))
         parts += [
             {"functionCall": {"name": c.name, "args": c.arguments}, **c.provider_data}
             for c in m.tool_calls
         ]
         out.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
     return out
+
+
+def _part(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, AudioPart):
+        return {"inlineData": {"mimeType": f"audio/{p.format}", "data": p.data}}
+    if isinstance(p, ImagePart | DocumentPart):
+        if isinstance(p, DocumentPart) and p.text is not None:
+            return {"text": p.text}
+        if p.url:  # the URL's own type when it shows one (a .jpg is no image/png)
+            mime = mimetypes.guess_type(p.url)[0] or p.media_type
+            return {"fileData": {"mimeType": mime, "fileUri": p.url}}
+        return {"inlineData": {"mimeType": p.media_type, "data": p.data}}
+    return {"text": p.text}

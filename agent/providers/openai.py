@@ -19,7 +19,11 @@ from agent.providers.base import (
     relayed_body,
     retry_after,
 )
+from agent.providers.carry import carries, part_kind
 from agent.types import (
+    AudioPart,
+    ContentPart,
+    DocumentPart,
     FinishReason,
     ImagePart,
     Message,
@@ -29,16 +33,45 @@ from agent.types import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 
-_FINISH: dict[str, FinishReason] = {
+# ---- the format's tables, both ways (the sidecar's inbound half reads them too) ----------
+
+FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
     "tool_calls": "tool_calls",
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+# The engine's finish reason as OpenAI says it ("error" and "other" have no word of their own).
+FINISH_REASON: dict[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+# tool_choice strings; a named tool is {"type": "function", "function": {"name": ...}}.
+TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "required"}
+
+
+def tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return TOOL_CHOICE[choice.mode]
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """`usage` as OpenAI reports it: cached input and reasoning output in their details."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -98,7 +131,14 @@ class OpenAICodec:
                 }
                 for t in request.tools
             ]
-        if request.output_schema is not None:
+        if request.tools and request.tool_choice is not None:
+            body["tool_choice"] = tool_choice(request.tool_choice)
+        if request.tools and request.parallel_tool_calls is not None:
+            # OpenAI refuses parallel_tool_calls in a request without tools.
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.output_schema is not None and request.output_schema.any_object:
+            body["response_format"] = {"type": "json_object"}
+        elif request.output_schema is not None:
             strict = strict_schema(request.output_schema.schema)
             body["response_format"] = {
                 "type": "json_schema",
@@ -115,8 +155,16 @@ class OpenAICodec:
         return _wire(target, {}, dumps(body), request.stream)
 
     def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest:
+        stream = relay.body.get("stream") is True
+        options = relay.body.get("stream_options")
+        if stream and not (isinstance(options, dict) and options.get("include_usage")):
+            # The route's usage and cost need the count, which OpenAI streams only when
+            # asked: ask, and whoever relays the bytes drops that last chunk for a caller
+            # who did not (see `without_usage_chunk`).
+            options = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            relay = Relay(relay.wire, {**relay.body, "stream_options": options}, relay.headers)
         body = relayed_body(relay, extra, target)
-        return _wire(target, relay.headers, body, relay.body.get("stream") is True)
+        return _wire(target, relay.headers, body, stream)
 
     def parse(self, body: bytes) -> Parsed:
         data = loads(body)
@@ -134,10 +182,14 @@ class OpenAICodec:
             )
             for c in message.get("tool_calls") or ()
         ]
+        finish = FINISH.get(choice.get("finish_reason") or "", "other")
+        text = message.get("content") or ""
+        if not text and message.get("refusal"):  # the model declined: say so, in its words
+            text, finish = message["refusal"], "content_filter"
         return Parsed(
-            text=message.get("content") or "",
+            text=text,
             tool_calls=calls,
-            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "other"),
+            finish_reason=finish,
             usage=_usage(data.get("usage")),
             model=data.get("model"),
             id=data.get("id"),
@@ -203,7 +255,7 @@ class OpenAIStreamDecoder:
         return Parsed(
             text="".join(self._text),
             tool_calls=self._tools.calls(),
-            finish_reason=_FINISH.get(self._finish or "", "other"),
+            finish_reason=FINISH.get(self._finish or "", "other"),
             usage=_usage(self._usage),
             model=self._model,
             id=self._id,
@@ -211,10 +263,28 @@ class OpenAIStreamDecoder:
         )
 
 
+def without_usage_chunk(frames: bytes) -> bytes:
+    """Relayed stream bytes (whole SSE frames) without the usage chunk, the only one
+    whose `choices` is empty: for a caller who did not ask for it, asked for upstream
+    all the same (see `OpenAICodec.relay`). Quotes inside content are escaped, so the
+    marker matches that chunk only."""
+    if b'"choices":[]' not in frames:
+        return frames
+    kept = [f for f in frames.split(b"\n\n") if f and b'"choices":[]' not in f]
+    return b"".join(f + b"\n\n" for f in kept)
+
+
 def _usage(usage: Any) -> Usage:
     if not usage:
         return Usage()
-    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    return Usage(
+        usage.get("prompt_tokens") or 0,
+        usage.get("completion_tokens") or 0,
+        cached_input_tokens=prompt.get("cached_tokens") or 0,
+        reasoning_tokens=completion.get("reasoning_tokens") or 0,
+    )
 
 
 def _in_band_error(data: dict[str, Any]) -> ProviderError:
@@ -223,6 +293,22 @@ def _in_band_error(data: dict[str, Any]) -> ProviderError:
     code = err.get("code") if isinstance(err, dict) else None
     status = code if isinstance(code, int) else 500
     return error_for_status(status, message, overloaded="overload" in str(message).lower())
+
+
+def _part(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, ImagePart):
+        return {
+            "type": "image_url",
+            "image_url": {"url": p.url or f"data:{p.media_type};base64,{p.data}"},
+        }
+    if isinstance(p, DocumentPart):
+        if p.text is not None:  # a plain-text document is text to every model
+            return {"type": "text", "text": p.text}
+        file = {"file_data": f"data:{p.media_type};base64,{p.data}"}
+        return {"type": "file", "file": {**file, "filename": p.name or "document.pdf"}}
+    if isinstance(p, AudioPart):
+        return {"type": "input_audio", "input_audio": {"data": p.data, "format": p.format}}
+    return {"type": "text", "text": p.text}
 
 
 def _messages(request: Request) -> list[dict[str, Any]]:
@@ -242,13 +328,7 @@ def _message(m: Message) -> dict[str, Any]:
         item["content"] = m.content
     else:
         item["content"] = [
-            {"type": "text", "text": p.text}
-            if not isinstance(p, ImagePart)
-            else {
-                "type": "image_url",
-                "image_url": {"url": p.url or f"data:{p.media_type};base64,{p.data}"},
-            }
-            for p in m.content
+            _part(p) for p in m.content if carries("openai", part_kind(p))
         ]
     if m.tool_calls:
         item["tool_calls"] = [

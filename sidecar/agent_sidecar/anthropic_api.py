@@ -9,29 +9,35 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-from pydantic import Field, TypeAdapter
+from pydantic import Discriminator, Field, Tag, TypeAdapter
 from typing_extensions import TypedDict
 
+from agent.providers.anthropic import STOP_REASON, TOOL_CHOICE, usage_body
 from agent.providers.base import dumps
+from agent.tools import to_tool_specs
 from agent.types import (
     ContentPart,
+    DocumentPart,
     ImagePart,
     Message,
+    OutputSchema,
     Request,
     Response,
     StreamEvent,
     TextDelta,
     TextPart,
     ToolCall,
+    ToolChoice,
+    ToolSpec,
 )
 from agent_sidecar.wire import (
     Call,
     Failure,
     Kind,
     arguments_text,
+    invalid,
     name_tool_results,
     new_id,
-    offered_tools,
     read_body,
 )
 
@@ -76,14 +82,35 @@ class _ToolResultBlock(TypedDict, total=False):
     is_error: bool
 
 
-class _ThinkingBlock(TypedDict, total=False):
-    # Earlier turns' reasoning: only the provider that wrote it can read it back.
-    type: Required[Literal["thinking", "redacted_thinking"]]
+class _DocumentBlock(TypedDict, total=False):
+    type: Required[Literal["document"]]
+    source: Required[dict[str, Any]]  # base64, url, text, or a file_id of Anthropic's
+    title: str
+
+
+class _OtherBlock(TypedDict):
+    # Earlier turns' reasoning (only the provider that wrote it can read it back), server
+    # tools' calls and results, and kinds of block newer than this sidecar: they reach an
+    # Anthropic agent in the body as sent, and are named when another format answers.
+    type: str
+
+
+_KNOWN = frozenset({"text", "image", "tool_use", "tool_result", "document"})
+
+
+def _block_kind(block: Any) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    return kind if kind in _KNOWN else "other"
 
 
 _Block = Annotated[
-    _TextBlock | _ImageBlock | _ToolUseBlock | _ToolResultBlock | _ThinkingBlock,
-    Field(discriminator="type"),
+    Annotated[_TextBlock, Tag("text")]
+    | Annotated[_ImageBlock, Tag("image")]
+    | Annotated[_ToolUseBlock, Tag("tool_use")]
+    | Annotated[_ToolResultBlock, Tag("tool_result")]
+    | Annotated[_DocumentBlock, Tag("document")]
+    | Annotated[_OtherBlock, Tag("other")],
+    Discriminator(_block_kind),
 ]
 
 
@@ -94,8 +121,18 @@ class _Message(TypedDict):
 
 class _Tool(TypedDict, total=False):
     name: Required[str]
+    type: str  # "custom", or one of Anthropic's server tools (web_search_20250305, ...)
     description: str
-    input_schema: Required[dict[str, Any]]
+    input_schema: dict[str, Any]
+
+
+class _OutputFormat(TypedDict, total=False):
+    type: Required[str]  # "json_schema" (another kind stays Anthropic's own)
+    schema: dict[str, Any]
+
+
+class _OutputConfig(TypedDict, total=False):
+    format: _OutputFormat
 
 
 class _Body(TypedDict, total=False):
@@ -108,6 +145,8 @@ class _Body(TypedDict, total=False):
     tools: list[_Tool] | None
     stream: bool | None
     metadata: dict[str, Any] | None
+    output_format: _OutputFormat | None  # structured outputs, first as a beta
+    output_config: _OutputConfig | None
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
@@ -127,12 +166,8 @@ _MODELED = frozenset(
     }
 )
 
-_STOP = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "content_filter": "refusal",
-}
+# tool_choice.type as the engine's; other shapes stay an Anthropic-only extra.
+_TOOL_CHOICE = {wire: mode for mode, wire in TOOL_CHOICE.items()}
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
@@ -156,25 +191,27 @@ class AnthropicApi:
 
     def parse(self, body: Any) -> Call:
         data, extra = read_body(body, _BODY, _MODELED)
-        messages = _messages(data["messages"])
+        dropped: set[str] = set()
+        messages = _messages(data["messages"], dropped)
         name_tool_results(messages)
-        choice = extra.get("tool_choice")
-        none = isinstance(choice, dict) and choice.get("type") == "none"
-        tools = offered_tools(data.get("tools"), extra, none)
         system = data.get("system")
         if isinstance(system, list):
             system = "\n\n".join(b["text"] for b in system)
+        choice, parallel = _tool_choice(extra)
         request = Request(
             messages=messages,
             system=system or None,
             temperature=data.get("temperature"),
             max_tokens=data["max_tokens"],
             stop=data.get("stop_sequences") or None,
-            tools=tools,
+            tools=_tools(data, dropped),
+            output_schema=_output_schema(data, extra),
+            tool_choice=choice,
+            parallel_tool_calls=parallel,
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
         )
-        return Call(data["model"], request, extra, body)
+        return Call(data["model"], request, extra, body, dropped=dropped)
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         content: list[dict[str, Any]] = []
@@ -186,22 +223,21 @@ class AnthropicApi:
         ]
         return dumps(  # tool_use inputs may hold integers beyond 64 bits
             {
-                "id": response.id if (response.id or "").startswith("msg_") else new_id("msg_"),
+                # An answer of the sidecar's making (the provider's went untouched as
+                # `response.body`) gets an id of its own, in this format's shape.
+                "id": new_id("msg_"),
                 "type": "message",
                 "role": "assistant",
                 "model": response.model,
                 "content": content,
-                "stop_reason": _STOP.get(response.finish_reason, "end_turn"),
+                "stop_reason": STOP_REASON.get(response.finish_reason, "end_turn"),
                 "stop_sequence": None,
-                "usage": {
-                    "input_tokens": response.usage.input_tokens,
-                    "output_tokens": response.usage.output_tokens,
-                },
+                "usage": usage_body(response.usage),
             }
         )
 
     def encoder(self, call: Call, model: str) -> AnthropicStream:
-        return AnthropicStream(model)
+        return AnthropicStream(model, call.request.approx_input_tokens())
 
     def status(self, failure: Failure) -> int:
         return 529 if failure.kind == "overloaded" else failure.status
@@ -235,9 +271,57 @@ def _model(route: str, created: int) -> dict[str, Any]:
     return {"type": "model", "id": route, "display_name": route, "created_at": when}
 
 
-def _messages(items: list[_Message]) -> list[Message]:
+def _tools(data: _Body, dropped: set[str]) -> list[ToolSpec]:
+    """The tools the model may call; Anthropic's server tools (Claude runs them itself)
+    are Anthropic's own."""
+    tools: list[Any] = []
+    for tool in data.get("tools") or ():
+        if "input_schema" in tool:
+            tools.append(tool)
+        elif tool.get("type", "custom") != "custom":
+            dropped.add(f"tools.{tool.get('type')}")
+        else:
+            raise invalid("a tool needs an input_schema", "tools")
+    return to_tool_specs(tools)
+
+
+def _tool_choice(extra: dict[str, Any]) -> tuple[ToolChoice | None, bool | None]:
+    """tool_choice as the engine's choice and whether parallel calls are allowed."""
+    choice = extra.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICE:
+        return None, None
+    mode = _TOOL_CHOICE[choice["type"]]
+    name = choice.get("name")
+    if mode == "tool" and not isinstance(name, str):
+        raise invalid("tool_choice.name is required for a tool choice of type tool", "tool_choice")
+    del extra["tool_choice"]
+    parallel = False if choice.get("disable_parallel_tool_use") else None
+    return ToolChoice(mode, name if mode == "tool" else None), parallel  # type: ignore[arg-type]
+
+
+def _output_schema(data: _Body, extra: dict[str, Any]) -> OutputSchema | None:
+    """output_format, or output_config.format (its name since structured outputs left
+    beta), as the engine's structured output; the rest of output_config stays an extra."""
+    fmt, config = data.get("output_format"), data.get("output_config")
+    if fmt is None and config is not None:
+        fmt = config.get("format")
+    if fmt is None or fmt["type"] != "json_schema":
+        return None
+    if "schema" not in fmt:
+        raise invalid("a json_schema output format needs its schema", "output_format")
+    if "output_format" in extra:
+        del extra["output_format"]
+    elif rest := {k: v for k, v in extra["output_config"].items() if k != "format"}:
+        extra["output_config"] = rest
+    else:
+        del extra["output_config"]
+    return OutputSchema("output", fmt["schema"])
+
+
+def _messages(items: list[_Message], dropped: set[str]) -> list[Message]:
     """Content blocks as engine messages: tool results become tool messages (they come
-    first in a user turn), tool_use blocks the assistant's tool calls."""
+    first in a user turn), tool_use blocks the assistant's tool calls. Blocks the engine
+    has no place for are named in `dropped`."""
     out: list[Message] = []
     for item in items:
         role, content = item["role"], item["content"]
@@ -249,22 +333,39 @@ def _messages(items: list[_Message]) -> list[Message]:
         answered = False
         for block in content:
             kind = block["type"]
+            b: Any = block
             if kind == "text":
-                parts.append(TextPart(block["text"]))  # type: ignore[typeddict-item]
+                parts.append(TextPart(b["text"]))
             elif kind == "image":
-                parts.append(_image(block["source"]))  # type: ignore[typeddict-item]
+                parts.append(_image(b["source"]))
+            elif kind == "document" and b["source"].get("type") in _DOCUMENT_SOURCES:
+                parts.append(_document(b))
             elif kind == "tool_use":
-                b: Any = block
                 calls.append(ToolCall(b["id"], b["name"], b["input"]))
             elif kind == "tool_result":
                 answered = True
-                out.append(_tool_result(block))  # type: ignore[arg-type]
+                out.append(_tool_result(b))
+            else:
+                dropped.add(f"{kind}.file" if kind == "document" else kind)
         if parts or calls or not answered:
-            if all(isinstance(p, TextPart) for p in parts):
-                out.append(Message(role, "".join(p.text for p in parts), calls))  # type: ignore[union-attr]
+            texts = [p.text for p in parts if isinstance(p, TextPart)]
+            if len(texts) == len(parts):
+                out.append(Message(role, "".join(texts), calls))
             else:
                 out.append(Message(role, parts, calls))
     return out
+
+
+_DOCUMENT_SOURCES = frozenset({"base64", "url", "text"})
+
+
+def _document(block: Any) -> DocumentPart:
+    source, title = block["source"], block.get("title")
+    if source["type"] == "base64":
+        return DocumentPart(data=source["data"], media_type=source["media_type"], name=title)
+    if source["type"] == "text":
+        return DocumentPart(text=source["data"], media_type="text/plain", name=title)
+    return DocumentPart(url=source["url"], name=title)
 
 
 def _image(source: Any) -> ImagePart:
@@ -294,11 +395,14 @@ class AnthropicStream:
     calls are sent whole when the answer is complete (a tool_use block cannot be
     reopened, and upstream formats may interleave calls)."""
 
-    __slots__ = ("_blocks", "_id", "_model", "_text_open")
+    __slots__ = ("_blocks", "_id", "_input", "_model", "_text_open")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, input_tokens: int) -> None:
         self._id = new_id("msg_")
         self._model = model
+        # message_start carries the input count, known to a translated stream only at its
+        # end: an estimate here, the provider's count in message_delta.
+        self._input = input_tokens
         self._blocks = 0  # content blocks started so far
         self._text_open = False
 
@@ -311,7 +415,7 @@ class AnthropicStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": self._input, "output_tokens": 0},
         }
         return _event(b"message_start", {"type": "message_start", "message": message})
 
@@ -354,11 +458,11 @@ class AnthropicStream:
                 ),
                 _event(b"content_block_stop", {"type": "content_block_stop", "index": index}),
             ]
-        usage = {
-            "input_tokens": response.usage.input_tokens,
-            "output_tokens": response.usage.output_tokens,
+        usage = usage_body(response.usage)
+        stop = {
+            "stop_reason": STOP_REASON.get(response.finish_reason, "end_turn"),
+            "stop_sequence": None,
         }
-        stop = {"stop_reason": _STOP.get(response.finish_reason, "end_turn"), "stop_sequence": None}
         out.append(
             _event(b"message_delta", {"type": "message_delta", "delta": stop, "usage": usage})
         )

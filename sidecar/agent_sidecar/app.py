@@ -25,6 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.errors import AgentError, RoutingError
+from agent.providers.carry import uncarried
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
 from agent_sidecar import counting, eager
 from agent_sidecar.anthropic_api import AnthropicApi
@@ -286,7 +287,8 @@ class AppHandlers:
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
             _name_ignored(headers, api, call, route.wire_of(started.agent, started.provider))
-            encoder = Relayed(api.encoder(call, started.model))
+            strip_usage = api is OPENAI and not call.include_usage
+            encoder = Relayed(api.encoder(call, started.model), strip_usage)
             task = asyncio.current_task()
             assert task is not None
             self.streams.add(task)
@@ -441,9 +443,13 @@ def _announce(headers: dict[str, str], started: Started) -> None:
 
 def _name_ignored(headers: dict[str, str], api: Api, call: Call, wire: str) -> None:
     """The caller's fields the answering agent could not carry: it speaks another wire
-    format, so it got the engine's request, without them."""
-    if call.extra and wire != api.name:
-        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(call.extra)))
+    format, so it got the engine's request, without them (and without what of the
+    engine's request its own format has no place for)."""
+    if wire == api.name:
+        return
+    names = {*call.extra, *call.dropped, *uncarried(call.request, wire)}
+    if names:
+        headers["x-agent-ignored-fields"] = header_value(",".join(sorted(names)))
 
 
 def _tried(attempts: Sequence[Attempt]) -> int:

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-from pydantic import Field, TypeAdapter
+from pydantic import Discriminator, Field, Tag, TypeAdapter
 from typing_extensions import TypedDict
 
 from agent.errors import InvalidResponseError
 from agent.providers.base import dumps, loads_exact
+from agent.providers.openai import FINISH_REASON, TOOL_CHOICE, usage_body
+from agent.tools import to_tool_specs
 from agent.types import (
     OutputSchema,
     Request,
@@ -20,6 +22,8 @@ from agent.types import (
     StreamEvent,
     TextDelta,
     ToolCallDelta,
+    ToolChoice,
+    ToolSpec,
     as_messages,
 )
 from agent_sidecar.wire import (
@@ -30,7 +34,6 @@ from agent_sidecar.wire import (
     invalid,
     name_tool_results,
     new_id,
-    offered_tools,
     read_body,
 )
 
@@ -52,7 +55,56 @@ class _ImagePart(TypedDict):
     image_url: _ImageURL | str
 
 
-_Part = Annotated[_TextPart | _ImagePart, Field(discriminator="type")]
+class _File(TypedDict, total=False):
+    file_data: str
+    file_id: str
+    filename: str
+
+
+class _FilePart(TypedDict):
+    type: Literal["file"]
+    file: _File
+
+
+class _InputAudio(TypedDict):
+    data: str
+    format: str
+
+
+class _AudioPart(TypedDict):
+    type: Literal["input_audio"]
+    input_audio: _InputAudio
+
+
+class _RefusalPart(TypedDict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class _OtherPart(TypedDict):
+    # A kind of part newer than this sidecar: an OpenAI agent gets it in the body as
+    # sent; it is named when an agent of another format answers.
+    type: str
+
+
+_PARTS = frozenset({"text", "image_url", "file", "input_audio", "refusal"})
+_PLAIN = _PARTS - {"file"}  # parts every format is given (or that carry.py names)
+
+
+def _part_kind(part: Any) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if kind in _PARTS else "other"
+
+
+_Part = Annotated[
+    Annotated[_TextPart, Tag("text")]
+    | Annotated[_ImagePart, Tag("image_url")]
+    | Annotated[_FilePart, Tag("file")]
+    | Annotated[_AudioPart, Tag("input_audio")]
+    | Annotated[_RefusalPart, Tag("refusal")]
+    | Annotated[_OtherPart, Tag("other")],
+    Discriminator(_part_kind),
+]
 
 
 class _Function(TypedDict, total=False):
@@ -67,10 +119,11 @@ class _ToolCall(TypedDict, total=False):
 
 
 class _Message(TypedDict, total=False):
-    role: Required[Literal["system", "developer", "user", "assistant", "tool"]]
+    role: Required[Literal["system", "developer", "user", "assistant", "tool", "function"]]
     content: str | list[_Part] | None
     name: str
     tool_calls: list[_ToolCall] | None
+    function_call: _Function | None  # the assistant's call before tool_calls existed
     tool_call_id: str
 
 
@@ -81,8 +134,8 @@ class _FunctionDef(TypedDict, total=False):
     strict: bool | None
 
 
-class _Tool(TypedDict):
-    type: Literal["function"]
+class _Tool(TypedDict, total=False):
+    type: Required[str]  # "function", or a kind of tool only OpenAI has ("custom", ...)
     function: _FunctionDef
 
 
@@ -112,14 +165,16 @@ class _Body(TypedDict, total=False):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None
     stop: str | list[str] | None
     tools: list[_Tool] | None
+    functions: list[_FunctionDef] | None  # tools, before `tools` existed
     response_format: _ResponseFormat | None
+    parallel_tool_calls: bool | None
     n: int | None
     metadata: dict[str, str] | None
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 # Every member the sidecar reads (validated, or looked at among the extras).
-_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
+_FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice", "function_call"}
 
 # Fields the sidecar turns into the engine's request; everything else is `extra`.
 _MODELED = frozenset(
@@ -133,16 +188,14 @@ _MODELED = frozenset(
         "max_completion_tokens",
         "stop",
         "tools",
+        "functions",
+        "parallel_tool_calls",
         "n",
     }
 )
-
-_FINISH = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "content_filter": "content_filter",
-}
+# A tool_choice string or {"type": "function", ...} as the engine's; any other shape
+# (a newer kind of choice) stays an OpenAI-only extra.
+_TOOL_CHOICE = {wire: ToolChoice(mode) for mode, wire in TOOL_CHOICE.items()}  # type: ignore[arg-type]
 
 _TYPES: dict[Kind, str] = {
     "invalid_request": "invalid_request_error",
@@ -166,21 +219,9 @@ class OpenAIApi:
 
     def parse(self, body: Any) -> Call:
         data, extra = read_body(body, _BODY, _MODELED)
-        system, history = _split_system(data["messages"])
+        system, history, dropped = _history(data["messages"])
         messages = as_messages(history)
         name_tool_results(messages)
-        tools = offered_tools(data.get("tools"), extra, extra.get("tool_choice") == "none")
-        schema = None
-        fmt = data.get("response_format")
-        if fmt is not None and fmt["type"] != "json_object":
-            # json_schema is modeled (every provider gets structured output); json_object
-            # has no schema to give the others, so it stays an OpenAI-only extra.
-            del extra["response_format"]
-            if fmt["type"] == "json_schema":
-                if "json_schema" not in fmt:
-                    raise invalid("response_format.json_schema is required", "response_format")
-                spec = fmt["json_schema"]
-                schema = OutputSchema(spec["name"], spec["schema"])
         stop = data.get("stop")
         stream = bool(data.get("stream"))
         options = data.get("stream_options") or {}
@@ -190,8 +231,10 @@ class OpenAIApi:
             temperature=data.get("temperature"),
             max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
             stop=[stop] if isinstance(stop, str) else (stop or None),
-            tools=tools,
-            output_schema=schema,
+            tools=_tools(data, dropped),
+            output_schema=_output_schema(data.get("response_format"), extra),
+            tool_choice=_tool_choice(extra, "tool_choice") or _tool_choice(extra, "function_call"),
+            parallel_tool_calls=data.get("parallel_tool_calls"),
             stream=stream,
             metadata=dict(data.get("metadata") or {}),
         )
@@ -202,7 +245,15 @@ class OpenAIApi:
                 "n > 1 needs a route whose agents all speak OpenAI's format: ask once per choice",
                 "n",
             )
-        return Call(data["model"], request, extra, body, bool(options.get("include_usage")), only)
+        return Call(
+            data["model"],
+            request,
+            extra,
+            body,
+            bool(options.get("include_usage")),
+            only,
+            dropped,
+        )
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}
@@ -217,10 +268,11 @@ class OpenAIApi:
             ]
             if not response.text:
                 message["content"] = None
-        usage = response.usage
         return orjson.dumps(
             {
-                "id": response.id or new_id("chatcmpl-"),
+                # An answer of the sidecar's making (the provider's went untouched as
+                # `response.body`) gets an id of its own, in this format's shape.
+                "id": new_id("chatcmpl-"),
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": response.model,
@@ -229,14 +281,10 @@ class OpenAIApi:
                         "index": 0,
                         "message": message,
                         "logprobs": None,
-                        "finish_reason": _FINISH.get(response.finish_reason, "stop"),
+                        "finish_reason": FINISH_REASON.get(response.finish_reason, "stop"),
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": usage.input_tokens,
-                    "completion_tokens": usage.output_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
+                "usage": usage_body(response.usage),
             }
         )
 
@@ -278,11 +326,20 @@ def _error_body(failure: Failure) -> bytes:
     return orjson.dumps({"error": error})
 
 
-def _split_system(messages: list[_Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Leading system/developer messages become the request's system prompt (every
-    provider has one); later ones stay in place as system messages."""
+def _history(messages: list[_Message]) -> tuple[str | None, list[dict[str, Any]], set[str]]:
+    """The system prompt, the rest of the history as the engine reads it, and what of it
+    the engine has no place for.
+
+    Leading system/developer messages become the request's system prompt (every provider
+    has one); later ones stay in place as system messages. The `function` role and an
+    assistant's `function_call` (the API's older tool calls, which carry no id) become a
+    tool result and a tool call paired by an id of the sidecar's own. A `file` part by
+    `file_id` names a file stored at OpenAI: no other provider can read it.
+    """
     system: list[str] = []
     rest: list[dict[str, Any]] = []
+    dropped: set[str] = set()
+    calls: dict[str, str] = {}  # function name -> id of its last call
     for m in messages:
         role = m["role"]
         if role in ("system", "developer"):
@@ -290,10 +347,74 @@ def _split_system(messages: list[_Message]) -> tuple[str | None, list[dict[str, 
                 system.append(_text(m.get("content")))
                 continue
             m = {**m, "role": "system"}
-        rest.append(dict(m))
-        for call in m.get("tool_calls") or ():
-            call["function"]["arguments"] = _arguments(call["function"].get("arguments"))
-    return ("\n\n".join(system) if system else None), rest
+        item: dict[str, Any] = dict(m)
+        if (call := m.get("function_call")) is not None:
+            calls[call["name"]] = f"call_{len(rest)}"
+            item["tool_calls"] = [{"id": calls[call["name"]], "function": call}]
+        if role == "function":
+            name = m.get("name", "")
+            item.update(role="tool", tool_call_id=calls.get(name, f"call_{name}"))
+        content = m.get("content")
+        if isinstance(content, list) and not all(p["type"] in _PLAIN for p in content):
+            item["content"] = [p for p in content if _translatable(p, dropped)]
+        rest.append(item)
+        for tool_call in item.get("tool_calls") or ():
+            tool_call["function"]["arguments"] = _arguments(tool_call["function"].get("arguments"))
+    return ("\n\n".join(system) if system else None), rest, dropped
+
+
+def _translatable(part: Any, dropped: set[str]) -> bool:
+    """Whether another format can be given this part; if not, it is named in `dropped`.
+    A `file` by `file_id` names a file stored at OpenAI: no other provider can read it."""
+    if part["type"] == "file" and "file_data" not in part["file"]:
+        dropped.add("file_id")
+        return False
+    if part["type"] not in _PARTS:
+        dropped.add(part["type"])
+        return False
+    return True
+
+
+def _tools(data: _Body, dropped: set[str]) -> list[ToolSpec]:
+    """Function tools (or the older `functions`); tools of other kinds are OpenAI's own."""
+    tools: list[Any] = [*(data.get("functions") or ())]
+    for tool in data.get("tools") or ():
+        if tool["type"] != "function":
+            dropped.add(f"tools.{tool['type']}")
+        elif "function" not in tool:
+            raise invalid("a function tool needs its function", "tools")
+        else:
+            tools.append(tool)
+    return to_tool_specs(tools)
+
+
+def _tool_choice(extra: dict[str, Any], key: str) -> ToolChoice | None:
+    """`tool_choice` (or the older `function_call`: "auto", "none", {"name": ...})."""
+    choice = extra.get(key)
+    if isinstance(choice, str) and choice in _TOOL_CHOICE:
+        del extra[key]
+        return _TOOL_CHOICE[choice]
+    if isinstance(choice, dict) and choice.get("type", "function") == "function":
+        name = (choice.get("function") or choice).get("name")
+        if isinstance(name, str):
+            del extra[key]
+            return ToolChoice("tool", name)
+    return None
+
+
+def _output_schema(fmt: _ResponseFormat | None, extra: dict[str, Any]) -> OutputSchema | None:
+    """response_format as the engine's structured output (every provider has some)."""
+    if fmt is None:
+        return None
+    del extra["response_format"]
+    if fmt["type"] == "json_object":
+        return OutputSchema("json_object", {"type": "object"}, any_object=True)
+    if fmt["type"] == "json_schema":
+        if "json_schema" not in fmt:
+            raise invalid("response_format.json_schema is required", "response_format")
+        spec = fmt["json_schema"]
+        return OutputSchema(spec["name"], spec["schema"])
+    return None
 
 
 def _arguments(text: str | None) -> str:
@@ -355,10 +476,9 @@ class OpenAIStream:
         return b""  # ToolResult: the sidecar never runs tools
 
     def done(self, response: Response[Any]) -> bytes:
-        finish = orjson.dumps(_FINISH.get(response.finish_reason, "stop"))
+        finish = orjson.dumps(FINISH_REASON.get(response.finish_reason, "stop"))
         out = self._head + b'{},"finish_reason":' + finish + b"}]}\n\n"
         if self._include_usage:
-            usage = response.usage
             out += (
                 b"data: "
                 + orjson.dumps(
@@ -368,11 +488,7 @@ class OpenAIStream:
                         "created": self._created,
                         "model": response.model,
                         "choices": [],
-                        "usage": {
-                            "prompt_tokens": usage.input_tokens,
-                            "completion_tokens": usage.output_tokens,
-                            "total_tokens": usage.total_tokens,
-                        },
+                        "usage": usage_body(response.usage),
                     }
                 )
                 + b"\n\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agent.providers.openai import without_usage_chunk
 from agent.types import Response, StreamEvent, WireBytes
 from agent_sidecar.wire import Failure, StreamEncoder
 
@@ -30,12 +31,15 @@ class Relayed:
     goes to the caller's format encoder. Which one it is shows at the first event: a
     relayed stream's first batch always begins with its bytes."""
 
-    __slots__ = ("_inner", "_relayed", "_started")
+    __slots__ = ("_inner", "_relayed", "_started", "_strip_usage")
 
-    def __init__(self, inner: StreamEncoder) -> None:
+    def __init__(self, inner: StreamEncoder, strip_usage: bool = False) -> None:
         self._inner = inner
         self._relayed = False
         self._started = False
+        # An OpenAI caller who did not ask for stream usage: the chunk the agent asked
+        # for on its behalf stays here (see `agent.providers.openai.without_usage_chunk`).
+        self._strip_usage = strip_usage
 
     def start(self) -> bytes:
         return b""  # known at the first event
@@ -47,7 +51,7 @@ class Relayed:
     def event(self, event: StreamEvent) -> bytes:
         if isinstance(event, WireBytes):
             self._started = self._relayed = True
-            return event.data
+            return without_usage_chunk(event.data) if self._strip_usage else event.data
         if self._relayed:
             return b""
         head = b"" if self._started else self._begin()

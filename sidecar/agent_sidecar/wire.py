@@ -24,8 +24,7 @@ from agent.errors import (
     RoutingError,
 )
 from agent.providers.base import dumps
-from agent.tools import to_tool_specs
-from agent.types import Message, Request, Response, StreamEvent, ToolCall, ToolSpec
+from agent.types import Message, Request, Response, StreamEvent, ToolCall
 
 B = TypeVar("B")  # a format's request body, as its typed dict
 
@@ -103,15 +102,6 @@ def read_body(
     return data, {k: v for k, v in body.items() if k not in modeled}
 
 
-def offered_tools(tools: Iterable[Any] | None, extra: dict[str, Any], none: bool) -> list[ToolSpec]:
-    """The tools the model may call. A tool choice of "none" means the same for every
-    provider: offer no tools, rather than pass the choice on as an extra."""
-    if none:
-        del extra["tool_choice"]
-        return []
-    return to_tool_specs(tools or ())
-
-
 def from_validation(exc: pydantic.ValidationError) -> CallerError:
     """A body that failed validation, as one readable message (never echoing values)."""
     problems = []
@@ -141,6 +131,9 @@ class Call:
     body: dict[str, Any]
     include_usage: bool = False  # OpenAI stream_options.include_usage
     relay_only: Failure | None = None
+    # Parts of the body the engine's request has no place for (a file_id, a server tool's
+    # block): named, like `extra`, when an agent of another format answers.
+    dropped: set[str] = field(default_factory=set)
 
 
 class StreamEncoder(Protocol):

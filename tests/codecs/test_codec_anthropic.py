@@ -243,7 +243,7 @@ def test_input_usage_counts_cache_reads_and_writes() -> None:
         ("max_tokens", "length"),
         ("tool_use", "tool_calls"),
         ("refusal", "content_filter"),
-        ("model_context_window_exceeded", "other"),
+        ("model_context_window_exceeded", "length"),
         (None, "other"),
     ],
 )

@@ -319,10 +319,12 @@ def test_parse_recorded_length_finish() -> None:
     assert p.usage.output_tokens == 1
 
 
-def test_parse_recorded_refusal_has_no_text() -> None:
+def test_parse_recorded_refusal_is_the_refusal_text_and_a_content_filter_finish() -> None:
+    # A refusal comes with no content: its words are the answer, and the finish says why
+    # (an Anthropic caller then sees stop_reason "refusal").
     p = codec.parse(data_bytes("openai", "chat_completion_refusal.json"))
-    assert p.text == ""
-    assert p.finish_reason == "stop"
+    assert p.text == "I'm very sorry, but I can't assist with that."
+    assert p.finish_reason == "content_filter"
 
 
 @pytest.mark.parametrize(

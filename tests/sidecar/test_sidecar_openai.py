@@ -325,20 +325,14 @@ async def test_unmodeled_fields_pass_through_only_to_the_same_wire(
         sent = fake_openai.last_request.json
         assert (sent["seed"], sent["top_p"], sent["tool_choice"]) == (7, 0.5, "auto")
 
+        # tool_choice is translated (tests/sidecar/test_sidecar_translation.py); the
+        # others have no place in Anthropic's format.
         mixed = await client.post("/v1/chat/completions", json={"model": "claude", **body})
         assert mixed.status_code == 200
-        assert mixed.headers["x-agent-ignored-fields"] == "seed,tool_choice,top_p"
+        assert mixed.headers["x-agent-ignored-fields"] == "seed,top_p"
         sent = fake_anthropic.last_request.json
-        assert "seed" not in sent and "top_p" not in sent and "tool_choice" not in sent
-
-
-async def test_tool_choice_none_offers_no_tools_anywhere(
-    openai_client: openai.AsyncOpenAI, fake_anthropic: FakeProvider
-) -> None:
-    await openai_client.chat.completions.create(
-        model="claude", messages=USER, tools=[WEATHER], tool_choice="none"
-    )
-    assert "tools" not in fake_anthropic.last_request.json
+        assert "seed" not in sent and "top_p" not in sent
+        assert sent["tool_choice"] == {"type": "auto"}
 
 
 async def test_bad_bodies_are_400_in_openai_format(openai_client: openai.AsyncOpenAI) -> None:
