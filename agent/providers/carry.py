@@ -17,6 +17,8 @@ _CANNOT: dict[str, frozenset[str]] = {
     "anthropic": frozenset({"input_audio"}),
     # Gemini decides for itself whether to call several functions at once.
     "gemini": frozenset({"parallel_tool_calls"}),
+    # The Responses API takes no audio input and has no stop sequences.
+    "responses": frozenset({"input_audio", "stop"}),
 }
 
 
@@ -49,4 +51,6 @@ def uncarried(request: Request, wire: str) -> set[str]:
     }
     if request.parallel_tool_calls is False and "parallel_tool_calls" in cannot:
         found.add("parallel_tool_calls")
+    if request.stop and "stop" in cannot:
+        found.add("stop")
     return found

@@ -28,9 +28,12 @@ from agent.providers.base import (
     relayed_body,
     retry_after,
 )
+from agent.providers.openai import TOOL_CHOICE, strict_schema
 from agent.providers.openai import _wire as openai_wire
-from agent.providers.openai import strict_schema
 from agent.types import (
+    AudioPart,
+    ContentPart,
+    DocumentPart,
     FinishReason,
     ImagePart,
     Message,
@@ -38,8 +41,10 @@ from agent.types import (
     Request,
     StreamEvent,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 
@@ -82,6 +87,10 @@ class ResponsesCodec:
                 }
                 for t in request.tools
             ]
+        if request.tools and request.tool_choice is not None:
+            body["tool_choice"] = tool_choice(request.tool_choice)
+        if request.tools and request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         if request.output_schema is not None:
             strict = strict_schema(request.output_schema.schema)
             body["text"] = {
@@ -287,21 +296,30 @@ def input_items(messages: list[Message]) -> list[dict[str, Any]]:
         if isinstance(m.content, str):
             items.append({"role": m.role, "content": m.content})
             continue
-        items.append(
-            {
-                "role": m.role,
-                "content": [
-                    {"type": "input_text", "text": p.text}
-                    if not isinstance(p, ImagePart)
-                    else {
-                        "type": "input_image",
-                        "image_url": p.url or f"data:{p.media_type};base64,{p.data}",
-                    }
-                    for p in m.content
-                ],
-            }
-        )
+        parts = [_part(p) for p in m.content if not isinstance(p, AudioPart)]  # see carry
+        items.append({"role": m.role, "content": parts})
     return items
+
+
+def _part(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, ImagePart):
+        return {"type": "input_image", "image_url": p.url or f"data:{p.media_type};base64,{p.data}"}
+    if isinstance(p, DocumentPart):
+        if p.text is not None:  # a plain-text document is text to every model
+            return {"type": "input_text", "text": p.text}
+        if p.url is not None:
+            return {"type": "input_file", "file_url": p.url}
+        data = f"data:{p.media_type};base64,{p.data}"
+        return {"type": "input_file", "file_data": data, "filename": p.name or "document.pdf"}
+    assert isinstance(p, TextPart)
+    return {"type": "input_text", "text": p.text}
+
+
+def tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    """The Responses API's tool_choice: Chat Completions' strings; a named tool is flat."""
+    if choice.mode == "tool":
+        return {"type": "function", "name": choice.name}
+    return TOOL_CHOICE[choice.mode]
 
 
 def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:

@@ -233,7 +233,7 @@ class OpenAIApi:
             stop=[stop] if isinstance(stop, str) else (stop or None),
             tools=_tools(data, dropped),
             output_schema=_output_schema(data.get("response_format"), extra),
-            tool_choice=_tool_choice(extra, "tool_choice") or _tool_choice(extra, "function_call"),
+            tool_choice=tool_choice_of(extra, "tool_choice") or tool_choice_of(extra, "function_call"),
             parallel_tool_calls=data.get("parallel_tool_calls"),
             stream=stream,
             metadata=dict(data.get("metadata") or {}),
@@ -388,8 +388,9 @@ def _tools(data: _Body, dropped: set[str]) -> list[ToolSpec]:
     return to_tool_specs(tools)
 
 
-def _tool_choice(extra: dict[str, Any], key: str) -> ToolChoice | None:
-    """`tool_choice` (or the older `function_call`: "auto", "none", {"name": ...})."""
+def tool_choice_of(extra: dict[str, Any], key: str) -> ToolChoice | None:
+    """`tool_choice` (or the older `function_call`: "auto", "none", {"name": ...}; the
+    Responses API's named tool is flat, {"type": "function", "name": ...})."""
     choice = extra.get(key)
     if isinstance(choice, str) and choice in _TOOL_CHOICE:
         del extra[key]

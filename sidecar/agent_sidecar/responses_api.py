@@ -22,6 +22,7 @@ import orjson
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from agent.tools import to_tool_specs
 from agent.types import (
     ContentPart,
     ImagePart,
@@ -35,7 +36,7 @@ from agent.types import (
     ToolCall,
     ToolCallDelta,
 )
-from agent_sidecar.openai_api import OpenAIApi
+from agent_sidecar.openai_api import OpenAIApi, tool_choice_of
 from agent_sidecar.wire import (
     Call,
     CallerError,
@@ -44,7 +45,6 @@ from agent_sidecar.wire import (
     invalid,
     name_tool_results,
     new_id,
-    offered_tools,
     read_body,
 )
 
@@ -57,13 +57,23 @@ class _Body(TypedDict, total=False):
     text: dict[str, Any] | None
     temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
     max_output_tokens: Annotated[int, Field(ge=1)] | None
+    parallel_tool_calls: bool | None
     stream: bool | None
     metadata: dict[str, str] | None
 
 
 _BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 _MODELED = frozenset(
-    {"model", "input", "instructions", "tools", "temperature", "max_output_tokens", "stream"}
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "temperature",
+        "max_output_tokens",
+        "parallel_tool_calls",
+        "stream",
+    }
 )
 _FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
@@ -97,7 +107,7 @@ class ResponsesApi:
         functions, hosted = _tools(data.get("tools"))
         if hosted and only is None:
             only = _refusal("tools", f"it offers OpenAI's hosted tool {hosted!r}")
-        tools = offered_tools(functions, extra, extra.get("tool_choice") == "none")
+        tools = to_tool_specs(functions)
         schema = None
         fmt = (data.get("text") or {}).get("format") or {}
         if fmt.get("type") == "json_schema":
@@ -112,6 +122,8 @@ class ResponsesApi:
             temperature=data.get("temperature"),
             max_tokens=data.get("max_output_tokens"),
             tools=tools,
+            tool_choice=tool_choice_of(extra, "tool_choice"),
+            parallel_tool_calls=data.get("parallel_tool_calls"),
             output_schema=schema,
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),

@@ -170,3 +170,39 @@ def test_sync_call_and_config_option(fake_openai_sync: FakeProvider) -> None:
         AgentConfig.model_validate({"name": "c", "provider": "anthropic", "model": "claude-haiku", "api": "responses"})
     with pytest.raises(ConfigurationError, match="only OpenAI-format agents"):
         Agent("anthropic", "claude-haiku", api="responses", api_key="k").run("hi")
+
+
+async def test_documents_images_and_a_forced_tool_in_the_responses_shape(
+    fake_openai: FakeProvider,
+) -> None:
+    """What was tried: a message with text, an image, an inline PDF, a document by URL and
+    a plain-text document, and a named tool choice without parallel calls: each part
+    goes as the Responses API's input part, the choice flat, as OpenAI documents them."""
+    from agent.types import DocumentPart, ImagePart, Message, TextPart, ToolChoice, ToolSpec
+    from agent.types import Request as EngineRequest
+
+    fake_openai.script(Reply(text="ok"))
+    parts = [
+        TextPart("Read these"),
+        ImagePart(url="https://example.invalid/cat.png"),
+        DocumentPart(data="JVBERi0=", name="a.pdf"),
+        DocumentPart(url="https://example.invalid/b.pdf"),
+        DocumentPart(text="plain notes"),
+    ]
+    request = EngineRequest(
+        messages=[Message("user", parts)],
+        tools=[ToolSpec("lookup", "Looks up", {"type": "object", "properties": {}})],
+        tool_choice=ToolChoice("tool", "lookup"),
+        parallel_tool_calls=False,
+    )
+    await responses_agent(fake_openai).run_request_async(request)
+    sent = fake_openai.last_request.json
+    assert sent["input"][0]["content"] == [
+        {"type": "input_text", "text": "Read these"},
+        {"type": "input_image", "image_url": "https://example.invalid/cat.png"},
+        {"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"},
+        {"type": "input_file", "file_url": "https://example.invalid/b.pdf"},
+        {"type": "input_text", "text": "plain notes"},
+    ]
+    assert sent["tool_choice"] == {"type": "function", "name": "lookup"}
+    assert sent["parallel_tool_calls"] is False

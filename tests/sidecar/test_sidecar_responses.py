@@ -273,7 +273,8 @@ async def test_fallback_to_claude_names_the_fields_it_dropped(
     client: openai.AsyncOpenAI, fake_openai: FakeProvider, fake_anthropic: FakeProvider
 ) -> None:
     """The Responses agent fails; Claude answers the translation, without the fields
-    Anthropic's format cannot carry, which the answer's header names."""
+    Anthropic's format cannot carry, which the answer's header names (`tool_choice`
+    translates, so it is not among them)."""
     fake_openai.script(Fail(500))
     raw = await client.responses.with_raw_response.create(
         model="mixed", input="Hi", top_p=0.5, tool_choice="auto", store=False
@@ -281,7 +282,7 @@ async def test_fallback_to_claude_names_the_fields_it_dropped(
     answer = raw.parse()
     assert answer.output_text == "Hello from anthropic"
     assert raw.headers["x-agent-provider"] == "anthropic"
-    assert raw.headers["x-agent-ignored-fields"] == "store,tool_choice,top_p"
+    assert raw.headers["x-agent-ignored-fields"] == "store,top_p"
     assert "top_p" not in fake_anthropic.last_request.json
     assert fake_openai.last_request.json["top_p"] == 0.5  # the Responses agent had it all
 
@@ -323,3 +324,28 @@ async def test_bad_bodies_get_openais_error_shape(sidecar: Sidecar) -> None:
     assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
     assert bad_item.status_code == 400 and "role" in bad_item.json()["error"]["message"]
     assert get.status_code == 405 and get.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_forced_tool_and_parallel_calls_reach_claude_and_the_responses_agent(
+    client: openai.AsyncOpenAI, fake_openai: FakeProvider, fake_anthropic: FakeProvider
+) -> None:
+    """What was tried: a named `tool_choice` (flat, as the Responses API writes it) and
+    `parallel_tool_calls: false`, to Claude by translation and to a Responses agent by
+    relay: Claude gets its own forced tool without parallel use, the relay the body as
+    sent; neither is named as ignored."""
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    choice = {"type": "function", "name": "get_weather"}
+    raw = await client.responses.with_raw_response.create(
+        model="claude", input="Paris?", tools=[tool], tool_choice=choice, parallel_tool_calls=False
+    )
+    assert "x-agent-ignored-fields" not in raw.headers
+    assert fake_anthropic.last_request.json["tool_choice"] == {
+        "type": "tool",
+        "name": "get_weather",
+        "disable_parallel_tool_use": True,
+    }
+    await client.responses.create(
+        model="resp", input="Paris?", tools=[tool], tool_choice=choice, parallel_tool_calls=False
+    )
+    sent = fake_openai.last_request.json
+    assert (sent["tool_choice"], sent["parallel_tool_calls"]) == (choice, False)
