@@ -14,10 +14,14 @@ class Settings:
     config: Path | None = None
     host: str = "127.0.0.1"  # the app port is for the pod's own containers only
     port: int = 4000
-    # The operator reaches it from outside the pod; "" is every address of both families
-    # (IPv4, IPv6, dual-stack).
-    admin_host: str = ""
+    # Config and reload: for the pod's own processes only.
+    admin_host: str = "127.0.0.1"
     admin_port: int = 4001
+    # Health, readiness and metrics, which hold no secret: what the kubelet and Prometheus
+    # reach from outside the pod. "" is every address of both families (IPv4, IPv6,
+    # dual-stack); None: not served on a port of its own (the admin port has them too).
+    health_host: str = ""
+    health_port: int | None = None
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     state_dir: Path | None = None
@@ -45,16 +49,23 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         prog="agent-sidecar",
         description=(
             "Per-pod LLM routing sidecar: OpenAI- and Anthropic-compatible endpoints on the "
-            "app port, config pushes, health and metrics on the admin port. Without "
-            "--config it serves the persisted config (--state-dir) or waits for a push."
+            "app port, config pushes on the loopback admin port, health and metrics on the "
+            "health port. Without --config it serves the persisted config (--state-dir) or "
+            "waits for a push."
         ),
     )
     p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
     p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
-    p.add_argument("--admin-host", default=e("ADMIN_HOST", ""),
-                   help="admin address (default: every address, IPv4 and IPv6)")
+    p.add_argument("--admin-host", default=e("ADMIN_HOST", "127.0.0.1"),
+                   help="admin address (config, reload; default loopback)")
     p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
+    p.add_argument("--health-host", default=e("HEALTH_HOST", ""),
+                   help="health port address (default: every address, IPv4 and IPv6)")
+    health = e("HEALTH_PORT")
+    p.add_argument("--health-port", type=int, default=int(health) if health else None,
+                   help="port of /healthz, /readyz and /metrics for the kubelet and "
+                   "Prometheus (default: none of its own)")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -107,6 +118,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         port=args.port,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
+        health_host=args.health_host,
+        health_port=args.health_port,
         token=env.get("AGENT_SIDECAR_TOKEN") or None,
         token_file=args.token_file,
         state_dir=args.state_dir,
