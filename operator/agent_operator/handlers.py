@@ -19,6 +19,7 @@ from aiohttp import web
 
 from agent_operator import kube
 from agent_operator.certs import CertSource, FileCerts, SecretCerts
+from agent_operator.delivery import Delivery
 from agent_operator.inject import (
     ADMIN_PORT_ANNOTATION,
     INJECT_LABEL,
@@ -28,7 +29,7 @@ from agent_operator.inject import (
 from agent_operator.leader import Lease
 from agent_operator.metrics import Metrics, healthz, serve_http
 from agent_operator.options import Options
-from agent_operator.reconcile import Reconciler
+from agent_operator.reconcile import Reconciler, refusals
 from agent_operator.resources import GROUP
 from agent_operator.webhook import InjectionServer
 
@@ -44,6 +45,7 @@ class Operator:
     reconciler: Reconciler = field(init=False)
     lease: Lease | None = None
     webhook: InjectionServer | None = None
+    delivery: Delivery | None = None
     # What last triggered a reconcile, per object uid: a watch event that changes nothing
     # the reconcile reads (a status write, a pod's probe) triggers none.
     seen: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +55,10 @@ class Operator:
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics,
                                      limits=self.options.limits)
+        if self.options.webhook:  # the sidecars' watches share the webhook's TLS port
+            self.delivery = Delivery(self.options.delivery_audience, self.metrics,
+                                     kube.review_token, self.reconciler.report)
+            self.reconciler.delivery = self.delivery
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:
@@ -127,7 +133,7 @@ async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> No
                                        certs=memo.cert_source(),
                                        publish=memo.publish_ca_bundle,
                                        check_seconds=o.webhook_cert_check_seconds,
-                                       metrics=memo.metrics)
+                                       metrics=memo.metrics, delivery=memo.delivery)
         # Listening, with the CA bundle published, before kopf reports the operator alive.
         await memo.webhook.start()
         settings.admission.server = memo.webhook
@@ -159,7 +165,8 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
     if event.get("type") == "DELETED":
         memo.seen.pop(meta.get("uid", ""), None)
     elif not memo.is_new(meta.get("uid", ""), (meta.get("generation"),
-                                                bool(meta.get("deletionTimestamp")))):
+                                                bool(meta.get("deletionTimestamp")),
+                                                refusals(dict(body)))):
         return  # a status write: nothing the reconcile reads
     await memo.reconciler.reconcile(namespace)
 

@@ -177,6 +177,21 @@ async def set_ca_bundle(configuration: str, ca_bundle: bytes) -> bool:
     return True
 
 
+async def review_token(token: str, audience: str) -> dict[str, Any]:
+    """The TokenReview's status for `token`, accepted for `audience` only."""
+    review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token,
+                                                                audiences=[audience]))
+    answer = await call(client.AuthenticationV1Api(api()).create_token_review, review)
+    return _plain(answer.status) if answer.status is not None else {}
+
+
+async def mark_refused(namespace: str, plural: str, name: str, pod: str,
+                       why: str | None) -> None:
+    """Set (or, with None, remove) one pod's entry of the object's `status.refused`: a
+    merge patch of that key only, so replicas never overwrite each other's."""
+    await patch_status(namespace, plural, name, {"refused": {pod: why}})
+
+
 def _leases() -> client.CoordinationV1Api:
     return client.CoordinationV1Api(api())
 

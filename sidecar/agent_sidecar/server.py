@@ -21,6 +21,7 @@ from agent.transport import HttpxTransport
 from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app
 from agent_sidecar.app import HANDLERS, AppHandlers, create_app
 from agent_sidecar.connections import cap_connections
+from agent_sidecar.delivery import ConfigWatch, Operator
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -50,6 +51,12 @@ class Sidecar:
         self._handlers: AppHandlers | None = None
         self._admin: web.AppRunner | None = None
         self._health: web.AppRunner | None = None
+        self.watch: ConfigWatch | None = None
+        if settings.operator_url and settings.operator_ca and settings.identity_token_file:
+            self.watch = ConfigWatch(self.store, self.metrics, Operator(
+                settings.operator_url, settings.operator_ca, settings.identity_token_file),
+                settings.max_config_bytes)
+        self._watching: asyncio.Task[None] | None = None
 
     def load_config(self) -> Loaded | None:
         """The --config file or the persisted state, whichever is newer (see `state`)."""
@@ -93,7 +100,9 @@ class Sidecar:
             # "": every address of both families, None to aiohttp.
             await web.TCPSite(self._health, s.health_host or None, s.health_port,
                               reuse_address=True).start()
-        if self.token.current() is None:
+        if self.watch is not None:
+            self._watching = asyncio.create_task(self.watch.run(), name="config-watch")
+        elif self.token.current() is None:
             log.warning("no usable admin token: /config is refused")
 
     def _is_draining(self) -> bool:
@@ -128,6 +137,8 @@ class Sidecar:
         """Drain: readiness fails, the app port stops accepting, requests and streams in
         flight finish (up to the drain timeout), then both ports close."""
         self.draining = True
+        if self._watching is not None:
+            self._watching.cancel()
         if self._app is not None and self._handlers is not None:
             # aiohttp closes what is still running at the drain timeout; just before
             # that, the streams end themselves with an error event the app can read.

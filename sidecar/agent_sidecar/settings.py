@@ -25,6 +25,11 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     state_dir: Path | None = None
+    # Config delivery: the operator's URL, the CA bundle that signs its certificate, and
+    # the pod's projected service-account token for the operator's audience.
+    operator_url: str | None = None
+    operator_ca: Path | None = None
+    identity_token_file: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024  # large bodies held at once (see bodies.py)
     max_config_bytes: int = 4 * 1024 * 1024
@@ -76,6 +81,15 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     p.add_argument(
         "--state-dir", type=Path, default=e("STATE_DIR"), help="keeps the last good config"
     )
+    p.add_argument("--operator-url", default=e("OPERATOR_URL"),
+                   help="watch this operator (https://...) for the pod's config")
+    p.add_argument("--operator-ca", type=Path, default=e("OPERATOR_CA"),
+                   help="CA bundle the operator's certificate must chain to (pinned)")
+    p.add_argument("--identity-token-file", type=Path, default=e("IDENTITY_TOKEN_FILE"),
+                   help="the pod's projected service-account token for the operator")
+    p.add_argument("--max-config-mb", type=float,
+                   default=float(e("MAX_CONFIG_MB", "4") or 4),
+                   help="largest config document taken (pushed or delivered)")
     p.add_argument("--max-body-mb", type=float, default=float(e("MAX_BODY_MB", "32") or 32))
     p.add_argument(
         "--body-budget-mb",
@@ -112,6 +126,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "--access-log", action="store_true", default=e("ACCESS_LOG", "") in ("1", "true")
     )
     args = p.parse_args(argv)
+    if args.operator_url and not (args.operator_url.startswith("https://")
+                                  and args.operator_ca and args.identity_token_file):
+        p.error("--operator-url needs https://, --operator-ca and --identity-token-file: "
+                "the config holds API keys")
     return Settings(
         config=args.config,
         host=args.host,
@@ -123,6 +141,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         token=env.get("AGENT_SIDECAR_TOKEN") or None,
         token_file=args.token_file,
         state_dir=args.state_dir,
+        operator_url=(args.operator_url or "").rstrip("/") or None,
+        operator_ca=args.operator_ca,
+        identity_token_file=args.identity_token_file,
+        max_config_bytes=int(args.max_config_mb * 1024 * 1024),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         body_budget_bytes=int(args.body_budget_mb * 1024 * 1024),
         read_timeout=args.read_timeout,

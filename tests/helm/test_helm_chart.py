@@ -183,6 +183,9 @@ def test_no_cluster_wide_power_beyond_what_the_operator_calls(offline_helm: Offl
     for forbidden in ("serviceaccounts", "serviceaccounts/token", "roles", "clusterroles",
                       "rolebindings", "clusterrolebindings", "pods/exec", "nodes"):
         assert not [x for x in granted if x[1] == forbidden], forbidden
+    # TokenReviews: asking who a sidecar's token belongs to (it mints nothing).
+    assert {(g, v) for g, r, v, n in granted if r == "tokenreviews"} == {
+        ("authentication.k8s.io", "create")}
     # Secrets: no list or watch anywhere (only by name); update only of its own, in its
     # namespace (the Role).
     assert {v for g, r, v, n in granted if r == "secrets"} == {"get", "create"}
