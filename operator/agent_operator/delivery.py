@@ -43,7 +43,9 @@ log = logging.getLogger("agent_operator.delivery")
 
 PATH = "/v1/config"
 MAX_WAIT = 60.0  # seconds a watch may hold its request open
-REVIEW_TTL = 60.0  # seconds an accepted token is trusted before it is reviewed again
+# Seconds an accepted token is trusted before it is reviewed again (never past its
+# expiry). A deleted pod's token gets nothing sooner: its config is forgotten at once.
+REVIEW_TTL = 300.0
 REFUSAL_TTL = 5.0  # a refused token is not reviewed again this soon (no review floods)
 REVIEWS_KEPT = 20_000
 POD_NAME = "authentication.kubernetes.io/pod-name"
@@ -105,6 +107,7 @@ class Delivery:
         self._changed: dict[Key, asyncio.Event] = {}
         self._reviews: OrderedDict[bytes, tuple[Identity | None, float]] = OrderedDict()
         self.acks: dict[Key, tuple[str, str | None]] = {}  # what each sidecar said last
+        self._encoded: dict[str, bytes] = {}  # version: the answer, for every pod it is
 
     # ---- what the reconciler compiled -------------------------------------------------
 
@@ -116,7 +119,10 @@ class Delivery:
         if old is not None and (old.version, old.uid, old.policies) == (
                 version, uid, tuple(policies)):
             return
-        body = orjson.dumps({"version": version, "config": config.document()})
+        body = self._encoded.get(version)
+        if body is None:  # pods with one document (a Deployment's) share its bytes
+            body = self._encoded[version] = orjson.dumps(
+                {"version": version, "config": config.document()})
         self._entries[key] = Entry(version, uid, body, tuple(policies))
         self._wake(key)
 
@@ -126,6 +132,9 @@ class Delivery:
             del self._entries[key]
             self.acks.pop(key, None)
             self._wake(key)
+        used = {entry.version for entry in self._entries.values()}
+        for version in [v for v in self._encoded if v not in used]:
+            del self._encoded[version]
 
     def served(self, namespace: str, pod: str) -> str | None:
         """The version the pod's sidecar last acknowledged, if it is the current one."""

@@ -173,17 +173,26 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
 
 # ---- pods: a sidecar that became reachable, or went away ----------------------------------
 
-@kopf.on.event("pods", labels={INJECT_LABEL: "true"})
+@kopf.on.event("pods")
 async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                     memo: Any, **_: Any) -> None:
+    """Every pod's events, so that one that loses the injection label is forgotten too
+    (a label filter would hide that event)."""
     assert isinstance(memo, Operator) and namespace is not None
-    uid = body.get("metadata", {}).get("uid", "")
-    if event.get("type") == "DELETED":
+    meta = body.get("metadata", {})
+    uid = meta.get("uid", "")
+    injected = (meta.get("labels") or {}).get(INJECT_LABEL) == "true"
+    if event.get("type") == "DELETED" or not injected:
         memo.seen.pop(uid, None)
+        if memo.reconciler.lost_pod(namespace, meta.get("name", "")):
+            await memo.reconciler.reconcile(namespace)
         return
+    memo.reconciler.saw_pod(namespace, dict(body))
     address = sidecar_address(dict(body), memo.options.sidecar.admin_port)
+    # A watching sidecar needs its config compiled as soon as its pod exists; a pushed
+    # one once it has an address.
     if memo.is_new(uid, (address, dict(body.get("metadata", {}).get("labels") or {}))) \
-            and address:
+            and (address or memo.delivery is not None):
         await memo.reconciler.reconcile(namespace)
 
 

@@ -96,12 +96,6 @@ async def patch_status(namespace: str, plural: str, name: str, status: dict[str,
         pass  # deleted meanwhile: nothing to report on
 
 
-async def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    """Pods as the API returns them (camelCase dicts, the shape kopf hands to handlers)."""
-    result = await call(_core().list_namespaced_pod, namespace, label_selector=label_selector)
-    return [_plain(pod) for pod in result.items]
-
-
 def _plain(obj: Any) -> dict[str, Any]:
     """A client model as the API's JSON (camelCase dicts)."""
     return dict(api().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]

@@ -32,7 +32,7 @@ from agent_operator.compile import (
     selects,
 )
 from agent_operator.delivery import Delivery
-from agent_operator.inject import INJECT_LABEL, sidecar_address
+from agent_operator.inject import sidecar_address
 from agent_operator.limits import SharedLimits, remaining, sharing
 from agent_operator.metrics import Metrics
 from agent_operator.push import PushResult, push
@@ -67,6 +67,9 @@ class Reconciler:
         self.limits = limits or SharedLimits()  # where every sidecar counts its limits
         self.delivery: Delivery | None = None  # the sidecars' watches, when served
         self._refused: dict[tuple[str, str], set[str]] = {}  # (namespace, policy): pods
+        # The injected pods as the watch last showed them, by namespace and name: what a
+        # reconcile reads instead of listing every pod again (an informer's cache).
+        self._injected: dict[str, dict[str, dict[str, Any]]] = {}
         # Whether this replica acts (holds the Lease); always, when it runs alone.
         self.leading: Callable[[], bool] = lambda: True
         self._spaces: dict[str, _Namespace] = {}
@@ -105,6 +108,17 @@ class Reconciler:
                 if not space.pending:
                     break
 
+    def saw_pod(self, namespace: str, pod: dict[str, Any]) -> None:
+        """Keep what a reconcile reads of an injected pod (a watch event's body)."""
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        self._injected.setdefault(namespace, {})[meta["name"]] = {
+            "metadata": {k: meta[k] for k in _POD_META if k in meta},
+            "status": {k: status[k] for k in _POD_STATUS if k in status}}
+
+    def lost_pod(self, namespace: str, name: str) -> bool:
+        """The pod is gone, or no longer injected; whether it was known."""
+        return self._injected.get(namespace, {}).pop(name, None) is not None
+
     def namespaces(self) -> list[str]:
         """Every namespace an event has named so far: what the periodic resync covers."""
         return list(self._spaces)
@@ -142,7 +156,7 @@ class Reconciler:
                 continue
             policies.append(Policy(meta["name"], spec, meta.get("generation", 1)))
         secrets = await self._secrets(namespace, policies, pools)
-        labelled = await kube.list_pods(namespace, f"{INJECT_LABEL}=true")
+        labelled = list(self._injected.get(namespace, {}).values())
         everyone = self._pods(labelled)
         pods = [pod for pod in everyone if pod.admin_url]
 
@@ -153,11 +167,17 @@ class Reconciler:
         shares = sharing({pod.name: [p.name for p in policies if selects(p.spec.selector,
                                                                         pod.labels)]
                           for pod in everyone})
+        # Pods with the same labels and sharing get the same document: the replicas of a
+        # Deployment are compiled once, not once each.
+        same: dict[tuple[frozenset[tuple[str, str]], int], Compiled] = {}
         every: dict[str, Compiled] = {}
         for pod in everyone:
-            every[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace,
-                                          problems=own,
-                                          limits=self.limits.store(namespace, shares[pod.name]))
+            key = (frozenset(pod.labels.items()), shares[pod.name])
+            if key not in same:
+                same[key] = compile_pod(pod.labels, policies, pools, secrets, namespace,
+                                        problems=own,
+                                        limits=self.limits.store(namespace, shares[pod.name]))
+            every[pod.name] = same[key]
         if self.delivery is not None:
             self._offer(self.delivery, namespace, everyone, every)
         if not leading:
@@ -314,6 +334,10 @@ class Reconciler:
             "policies": users,
             "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
         })
+
+
+_POD_META = ("name", "uid", "labels", "annotations", "deletionTimestamp")
+_POD_STATUS = ("podIP", "conditions", "initContainerStatuses")
 
 
 def refusals(obj: dict[str, Any]) -> dict[str, str]:

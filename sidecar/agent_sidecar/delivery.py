@@ -32,7 +32,9 @@ log = logging.getLogger("agent_sidecar.delivery")
 
 WAIT = 30.0  # seconds the operator may hold a watch
 VERSION_HEADER = "x-config-version"  # the operator's version of the config it sends
-BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
+# Up to 10 s: a thousand sidecars spread their return over that long, and none waits
+# much longer than that for the operator that is back.
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 10.0
 
 
 class WatchFailed(Exception):
