@@ -62,7 +62,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
     p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
-    p.add_argument("--admin-host", default=e("ADMIN_HOST", "127.0.0.1"),
+    # Set but empty is "every address", not "unset": `env.get`, not `e`.
+    p.add_argument("--admin-host", default=env.get("AGENT_SIDECAR_ADMIN_HOST", "127.0.0.1"),
                    help="admin address (config, reload; default loopback)")
     p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
     p.add_argument("--health-host", default=e("HEALTH_HOST", ""),

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import httpx
+from agent_operator.inject import SidecarSettings, sidecar_container
+from agent_sidecar.settings import parse_args
 from sidecar_support import TOKEN, SidecarProcess
 from support.controlplane import free_ports
 
@@ -64,3 +66,14 @@ def test_only_the_health_port_listens_beyond_loopback(tmp_path: Path) -> None:
                          timeout=5).status_code == 404  # the admin port: nothing loaded yet
     finally:
         sidecar.stop()
+
+
+def test_the_injected_environment_opens_the_admin_port_while_the_operator_pushes() -> None:
+    """The variables the injection sets, read as the sidecar reads them: an empty admin
+    address is every address (the push comes from outside the pod), not the default."""
+    container = sidecar_container(SidecarSettings(), "chat")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = parse_args([], env=env)
+    assert (settings.admin_host, settings.admin_port) == ("", 4001)
+    assert (settings.health_host, settings.health_port) == ("", 4002)
+    assert parse_args([], env={}).admin_host == "127.0.0.1"
