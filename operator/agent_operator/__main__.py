@@ -9,6 +9,8 @@ sidecars into opted-in pods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import sys
 
@@ -19,6 +21,7 @@ from agent_operator import handlers, options
 
 def main(argv: list[str] | None = None) -> int:
     opts = options.parse(argv)
+    _few_malloc_arenas()
     if opts.webhook:
         handlers.serve_injection()
     kopf.configure(verbose=opts.verbose, log_format=kopf.LogFormat.PLAIN)
@@ -31,6 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         memo=handlers.Operator(opts),
     ))
     return 0
+
+
+def _few_malloc_arenas() -> None:
+    """API calls run in worker threads, and glibc gives each thread a heap (arena) of its
+    own, up to 8 per core: with a thousand sidecars' token reviews the process kept
+    hundreds of MB in half-empty arenas. Two arenas hold the same work."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 if __name__ == "__main__":

@@ -239,6 +239,9 @@ def routing_policy_crd() -> dict[str, Any]:
         "configVersion": {"type": "integer", "format": "int64",
                           "description": "Version of the last compiled config"},
         "synced": {"type": "string", "description": "syncedPods/targetPods, for kubectl"},
+        "refused": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Pods whose sidecar refused the config delivered to it, "
+                    "and why (the previous config keeps serving there)"},
         "quota": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                   "description": "Remaining room per limit of the routes (routes) and their "
                   "agents (agents), for every pod: with the chart's shared Redis only"},

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from agent_operator import kube
 from agent_operator.certs import CertSource, FileCerts, SecretCerts
+from agent_operator.delivery import Delivery
 from agent_operator.inject import (
     ADMIN_PORT_ANNOTATION,
     INJECT_LABEL,
@@ -28,7 +29,7 @@ from agent_operator.inject import (
 from agent_operator.leader import Lease
 from agent_operator.metrics import Metrics, healthz, serve_http
 from agent_operator.options import Options
-from agent_operator.reconcile import Reconciler
+from agent_operator.reconcile import Reconciler, refusals
 from agent_operator.resources import GROUP
 from agent_operator.webhook import InjectionServer
 
@@ -44,6 +45,7 @@ class Operator:
     reconciler: Reconciler = field(init=False)
     lease: Lease | None = None
     webhook: InjectionServer | None = None
+    delivery: Delivery | None = None
     # What last triggered a reconcile, per object uid: a watch event that changes nothing
     # the reconcile reads (a status write, a pod's probe) triggers none.
     seen: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +55,10 @@ class Operator:
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics,
                                      limits=self.options.limits)
+        if self.options.webhook:  # the sidecars' watches share the webhook's TLS port
+            self.delivery = Delivery(self.options.delivery_audience, self.metrics,
+                                     kube.review_token, self.reconciler.report)
+            self.reconciler.delivery = self.delivery
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:
@@ -127,7 +133,7 @@ async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> No
                                        certs=memo.cert_source(),
                                        publish=memo.publish_ca_bundle,
                                        check_seconds=o.webhook_cert_check_seconds,
-                                       metrics=memo.metrics)
+                                       metrics=memo.metrics, delivery=memo.delivery)
         # Listening, with the CA bundle published, before kopf reports the operator alive.
         await memo.webhook.start()
         settings.admission.server = memo.webhook
@@ -159,24 +165,34 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
     if event.get("type") == "DELETED":
         memo.seen.pop(meta.get("uid", ""), None)
     elif not memo.is_new(meta.get("uid", ""), (meta.get("generation"),
-                                                bool(meta.get("deletionTimestamp")))):
+                                                bool(meta.get("deletionTimestamp")),
+                                                refusals(dict(body)))):
         return  # a status write: nothing the reconcile reads
     await memo.reconciler.reconcile(namespace)
 
 
 # ---- pods: a sidecar that became reachable, or went away ----------------------------------
 
-@kopf.on.event("pods", labels={INJECT_LABEL: "true"})
+@kopf.on.event("pods")
 async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                     memo: Any, **_: Any) -> None:
+    """Every pod's events, so that one that loses the injection label is forgotten too
+    (a label filter would hide that event)."""
     assert isinstance(memo, Operator) and namespace is not None
-    uid = body.get("metadata", {}).get("uid", "")
-    if event.get("type") == "DELETED":
+    meta = body.get("metadata", {})
+    uid = meta.get("uid", "")
+    injected = (meta.get("labels") or {}).get(INJECT_LABEL) == "true"
+    if event.get("type") == "DELETED" or not injected:
         memo.seen.pop(uid, None)
+        if memo.reconciler.lost_pod(namespace, meta.get("name", "")):
+            await memo.reconciler.reconcile(namespace)
         return
+    memo.reconciler.saw_pod(namespace, dict(body))
     address = sidecar_address(dict(body), memo.options.sidecar.admin_port)
+    # A watching sidecar needs its config compiled as soon as its pod exists; a pushed
+    # one once it has an address.
     if memo.is_new(uid, (address, dict(body.get("metadata", {}).get("labels") or {}))) \
-            and address:
+            and (address or memo.delivery is not None):
         await memo.reconciler.reconcile(namespace)
 
 

@@ -36,6 +36,7 @@ class SidecarSettings:
     image: str = "ghcr.io/agent-router/agent-sidecar:0.1.0"
     app_port: int = 4000
     admin_port: int = 4001
+    health_port: int = 4002
     cpu_request: str = "50m"
     memory_request: str = "64Mi"
     memory_limit: str = "256Mi"
@@ -53,6 +54,7 @@ class SidecarSettings:
             image=e.get("AGENT_SIDECAR_IMAGE", d.image),
             app_port=int(e.get("AGENT_SIDECAR_APP_PORT", d.app_port)),
             admin_port=int(e.get("AGENT_SIDECAR_ADMIN_PORT", d.admin_port)),
+            health_port=int(e.get("AGENT_SIDECAR_HEALTH_PORT", d.health_port)),
             cpu_request=e.get("AGENT_SIDECAR_CPU_REQUEST", d.cpu_request),
             memory_request=e.get("AGENT_SIDECAR_MEMORY_REQUEST", d.memory_request),
             memory_limit=e.get("AGENT_SIDECAR_MEMORY_LIMIT", d.memory_limit),
@@ -101,12 +103,16 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
     # /readyz answers once a config is loaded. As the startup probe it holds the app's
     # containers until routing is in place (the operator pushes to a started sidecar);
     # 5 minutes, then the kubelet restarts the sidecar, which keeps its last good config.
-    probe = {"httpGet": {"path": "/readyz", "port": "agent-admin"}, "periodSeconds": 2}
+    # The probes and Prometheus use the health port, which holds no secret.
+    probe = {"httpGet": {"path": "/readyz", "port": "agent-health"}, "periodSeconds": 2}
     env = [
         {"name": "AGENT_SIDECAR_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
         {"name": "AGENT_SIDECAR_STATE_DIR", "value": STATE_DIR},
         {"name": "AGENT_SIDECAR_PORT", "value": str(settings.app_port)},
         {"name": "AGENT_SIDECAR_ADMIN_PORT", "value": str(settings.admin_port)},
+        # The operator pushes to the admin port from outside the pod.
+        {"name": "AGENT_SIDECAR_ADMIN_HOST", "value": ""},
+        {"name": "AGENT_SIDECAR_HEALTH_PORT", "value": str(settings.health_port)},
         {"name": "OTEL_SERVICE_NAME", "value": service_name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -120,11 +126,12 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
         "name": CONTAINER,
         "image": settings.image,
         "restartPolicy": "Always",
-        "ports": [{"name": "agent-admin", "containerPort": settings.admin_port}],
+        "ports": [{"name": "agent-admin", "containerPort": settings.admin_port},
+                  {"name": "agent-health", "containerPort": settings.health_port}],
         "env": env,
         "startupProbe": {**probe, "failureThreshold": 150},
         "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent-admin"},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent-health"},
                           "periodSeconds": 10},
         "resources": {
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},

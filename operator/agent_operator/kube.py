@@ -96,12 +96,6 @@ async def patch_status(namespace: str, plural: str, name: str, status: dict[str,
         pass  # deleted meanwhile: nothing to report on
 
 
-async def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    """Pods as the API returns them (camelCase dicts, the shape kopf hands to handlers)."""
-    result = await call(_core().list_namespaced_pod, namespace, label_selector=label_selector)
-    return [_plain(pod) for pod in result.items]
-
-
 def _plain(obj: Any) -> dict[str, Any]:
     """A client model as the API's JSON (camelCase dicts)."""
     return dict(api().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
@@ -175,6 +169,21 @@ async def set_ca_bundle(configuration: str, ca_bundle: bytes) -> bool:
     await call(admission.patch_mutating_webhook_configuration, configuration,
                {"webhooks": [{"name": n, "clientConfig": {"caBundle": encoded}} for n in stale]})
     return True
+
+
+async def review_token(token: str, audience: str) -> dict[str, Any]:
+    """The TokenReview's status for `token`, accepted for `audience` only."""
+    review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token,
+                                                                audiences=[audience]))
+    answer = await call(client.AuthenticationV1Api(api()).create_token_review, review)
+    return _plain(answer.status) if answer.status is not None else {}
+
+
+async def mark_refused(namespace: str, plural: str, name: str, pod: str,
+                       why: str | None) -> None:
+    """Set (or, with None, remove) one pod's entry of the object's `status.refused`: a
+    merge patch of that key only, so replicas never overwrite each other's."""
+    await patch_status(namespace, plural, name, {"refused": {pod: why}})
 
 
 def _leases() -> client.CoordinationV1Api:

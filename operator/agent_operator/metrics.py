@@ -8,6 +8,9 @@
     agent_operator_certificate_expiry_timestamp_seconds     the served webhook certificate's
     agent_operator_certificate_renewals_total               certificates this replica issued
     agent_operator_leader                                   1 on the replica that acts
+    agent_operator_watching_sidecars                        watches this replica holds open
+    agent_operator_configs_served_total{result}             sent, unchanged, none, unauthorized
+    agent_operator_config_acks_total{result}                applied, refused (by the sidecars)
 """
 
 from __future__ import annotations
@@ -45,9 +48,20 @@ class Metrics:
             registry=r)
         self.leader = Gauge("agent_operator_leader", "1 on the replica that reconciles",
                             registry=r)
+        self.watching = Gauge("agent_operator_watching_sidecars",
+                              "Sidecar watches this replica holds open", registry=r)
+        self.served = Counter("agent_operator_configs_served",
+                              "Answers to sidecar watches, by result", ["result"], registry=r)
+        self.acks = Counter("agent_operator_config_acks",
+                            "What sidecars said of the config delivered to them", ["result"],
+                            registry=r)
         self._sidecars_by_namespace: dict[str, dict[str, int]] = {}
         for state in SIDECAR_STATES:
             self.sidecars.labels(state).set(0)
+        for result in ("sent", "unchanged", "none", "unauthorized"):
+            self.served.labels(result)  # each at 0 from the start: a rate has a baseline
+        for result in ("applied", "refused"):
+            self.acks.labels(result)
 
     def sidecars_in(self, namespace: str, counts: dict[str, int]) -> None:
         """The latest counts of one namespace; the gauge is the sum over namespaces."""

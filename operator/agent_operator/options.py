@@ -35,6 +35,8 @@ class Options:
     webhook_cert_secret: tuple[str, str] | None = None  # (namespace, name) we keep
     webhook_cert_validity: datetime.timedelta = datetime.timedelta(days=365)
     webhook_cert_check_seconds: float = 60.0
+    # The audience of the sidecars' projected service-account tokens.
+    delivery_audience: str = "agent-router"
     verbose: bool = False
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
     limits: SharedLimits = field(default_factory=SharedLimits)  # the Redis sidecars share
@@ -112,6 +114,8 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
                    help="lifetime of an issued certificate; renewed with a third left")
     p.add_argument("--webhook-cert-check-seconds", type=float,
                    default=float(e("WEBHOOK_CERT_CHECK_SECONDS", "60")))
+    p.add_argument("--delivery-audience", default=e("DELIVERY_AUDIENCE", "agent-router"),
+                   help="audience the sidecars' projected service-account tokens are for")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     webhook = not a.no_webhook
@@ -128,5 +132,6 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         webhook_configuration=a.webhook_name, webhook_cert_dir=a.webhook_cert_dir,
         webhook_cert_secret=a.webhook_cert_secret,
         webhook_cert_validity=datetime.timedelta(seconds=a.webhook_cert_validity_seconds),
-        webhook_cert_check_seconds=a.webhook_cert_check_seconds, verbose=a.verbose,
+        webhook_cert_check_seconds=a.webhook_cert_check_seconds,
+        delivery_audience=a.delivery_audience, verbose=a.verbose,
         sidecar=SidecarSettings.from_env(env), limits=SharedLimits.from_env(env))

@@ -1,8 +1,9 @@
 """Bring one namespace's sidecars in line with its pools and policies, and say so.
 
 Level-triggered: whatever fired (a pool, a policy, a pod turning ready, the resync
-timer), the whole namespace is recompiled and every sidecar that serves something else
-gets its document. Runs per namespace are serialized and coalesced: a trigger during a
+timer), the whole namespace is recompiled. Every replica compiles and offers each pod's
+document to the sidecars that watch it (`delivery`); the leading replica also pushes
+to the sidecars it can reach and writes the status. Runs per namespace are serialized and coalesced: a trigger during a
 run causes exactly one more run afterwards.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,8 @@ from agent_operator.compile import (
     policy_problems,
     selects,
 )
-from agent_operator.inject import INJECT_LABEL, sidecar_address
+from agent_operator.delivery import Delivery
+from agent_operator.inject import sidecar_address
 from agent_operator.limits import SharedLimits, remaining, sharing
 from agent_operator.metrics import Metrics
 from agent_operator.push import PushResult, push
@@ -45,7 +47,8 @@ EMPTY = RouterConfig(metadata={"source": "", "hash": "empty"})
 class PodTarget:
     name: str
     labels: dict[str, str]
-    admin_url: str
+    uid: str
+    admin_url: str | None  # where to push, once its sidecar runs
 
 
 @dataclass
@@ -62,6 +65,11 @@ class Reconciler:
         self.admin_port = admin_port
         self.metrics = metrics
         self.limits = limits or SharedLimits()  # where every sidecar counts its limits
+        self.delivery: Delivery | None = None  # the sidecars' watches, when served
+        self._refused: dict[tuple[str, str], set[str]] = {}  # (namespace, policy): pods
+        # The injected pods as the watch last showed them, by namespace and name: what a
+        # reconcile reads instead of listing every pod again (an informer's cache).
+        self._injected: dict[str, dict[str, dict[str, Any]]] = {}
         # Whether this replica acts (holds the Lease); always, when it runs alone.
         self.leading: Callable[[], bool] = lambda: True
         self._spaces: dict[str, _Namespace] = {}
@@ -100,6 +108,17 @@ class Reconciler:
                 if not space.pending:
                     break
 
+    def saw_pod(self, namespace: str, pod: dict[str, Any]) -> None:
+        """Keep what a reconcile reads of an injected pod (a watch event's body)."""
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        self._injected.setdefault(namespace, {})[meta["name"]] = {
+            "metadata": {k: meta[k] for k in _POD_META if k in meta},
+            "status": {k: status[k] for k in _POD_STATUS if k in status}}
+
+    def lost_pod(self, namespace: str, name: str) -> bool:
+        """The pod is gone, or no longer injected; whether it was known."""
+        return self._injected.get(namespace, {}).pop(name, None) is not None
+
     def namespaces(self) -> list[str]:
         """Every namespace an event has named so far: what the periodic resync covers."""
         return list(self._spaces)
@@ -110,7 +129,8 @@ class Reconciler:
         return space is not None and time.monotonic() - space.finished < seconds
 
     async def _run(self, namespace: str, space: _Namespace) -> str:
-        if not self.leading():
+        leading = self.leading()
+        if not leading and self.delivery is None:
             log.debug("not the leading replica: leaving namespace %s to it", namespace)
             return "standby"
         pools_raw = await kube.list_custom(namespace, "agentpools")
@@ -126,6 +146,7 @@ class Reconciler:
         invalid: dict[str, str] = {}
         for obj in policies_raw:
             meta = obj["metadata"]
+            self._refused[(namespace, meta["name"])] = set(refusals(obj))
             if meta.get("deletionTimestamp"):
                 continue  # its routes leave the sidecars now
             try:
@@ -135,9 +156,9 @@ class Reconciler:
                 continue
             policies.append(Policy(meta["name"], spec, meta.get("generation", 1)))
         secrets = await self._secrets(namespace, policies, pools)
-        labelled = await kube.list_pods(namespace, f"{INJECT_LABEL}=true")
-        pods = self._targets(labelled)
-        token = await kube.sidecar_token(namespace) if pods else ""
+        labelled = list(self._injected.get(namespace, {}).values())
+        everyone = self._pods(labelled)
+        pods = [pod for pod in everyone if pod.admin_url]
 
         # Problems are judged once per policy, not per targeted pod: a policy that selects
         # no ready pod yet still says that its pool or Secret is missing.
@@ -145,12 +166,24 @@ class Reconciler:
         # How many pods share a pod's limits: those its policies select.
         shares = sharing({pod.name: [p.name for p in policies if selects(p.spec.selector,
                                                                         pod.labels)]
-                          for pod in pods})
-        compiled: dict[str, Compiled] = {}
-        for pod in pods:
-            compiled[pod.name] = compile_pod(pod.labels, policies, pools, secrets, namespace,
-                                             problems=own,
-                                             limits=self.limits.store(namespace, shares[pod.name]))
+                          for pod in everyone})
+        # Pods with the same labels and sharing get the same document: the replicas of a
+        # Deployment are compiled once, not once each.
+        same: dict[tuple[frozenset[tuple[str, str]], int], Compiled] = {}
+        every: dict[str, Compiled] = {}
+        for pod in everyone:
+            key = (frozenset(pod.labels.items()), shares[pod.name])
+            if key not in same:
+                same[key] = compile_pod(pod.labels, policies, pools, secrets, namespace,
+                                        problems=own,
+                                        limits=self.limits.store(namespace, shares[pod.name]))
+            every[pod.name] = same[key]
+        if self.delivery is not None:
+            self._offer(self.delivery, namespace, everyone, every)
+        if not leading:
+            return "standby"
+        compiled = {pod.name: every[pod.name] for pod in pods}
+        token = await kube.sidecar_token(namespace) if pods else ""
         results = await asyncio.gather(*(
             self._push(pod, token, compiled[pod.name]) for pod in pods))
         by_pod = {r.pod: r for r in results if r is not None}
@@ -163,6 +196,10 @@ class Reconciler:
 
         for name, reason in invalid.items():
             own[name] = [Problem("Invalid", reason)]
+        for obj in policies_raw:
+            for gone in [p for p in refusals(obj) if p not in every]:  # nothing to say
+                await kube.mark_refused(namespace, "routingpolicies", obj["metadata"]["name"],
+                                        gone, None)
         for obj in policies_raw:
             await self._policy_status(obj, compiled, by_pod, own, space)
         for obj in pools_raw:
@@ -179,16 +216,36 @@ class Reconciler:
         found = await asyncio.gather(*(kube.read_secret(namespace, n) for n in sorted(names)))
         return {n: data for n, data in zip(sorted(names), found, strict=True) if data is not None}
 
-    def _targets(self, pods: list[dict[str, Any]]) -> list[PodTarget]:
-        out = []
+    def _pods(self, pods: list[dict[str, Any]]) -> list[PodTarget]:
+        return [PodTarget(meta["name"], dict(meta.get("labels") or {}), meta.get("uid", ""),
+                          sidecar_address(pod, self.admin_port))
+                for pod in pods if not (meta := pod["metadata"]).get("deletionTimestamp")]
+
+    async def report(self, namespace: str, pod: str, policies: Sequence[str],
+                     why: str | None) -> None:
+        """A watching sidecar refused its config (`why`), or applied it (None): on the
+        status of the policies it came from, where a refusal is shown or cleared."""
+        for name in policies:
+            if why is None and pod not in self._refused.get((namespace, name), ()):
+                continue  # nothing to clear: no write
+            try:
+                await kube.mark_refused(namespace, "routingpolicies", name, pod, why)
+            except kube.KubeError as exc:
+                log.warning("could not report pod %s's answer on policy %s: %s", pod, name,
+                            exc)
+
+    @staticmethod
+    def _offer(delivery: Delivery, namespace: str, pods: list[PodTarget],
+               compiled: dict[str, Compiled]) -> None:
         for pod in pods:
-            if url := sidecar_address(pod, self.admin_port):
-                meta = pod["metadata"]
-                out.append(PodTarget(meta["name"], dict(meta.get("labels") or {}), url))
-        return out
+            c = compiled[pod.name]
+            if c.problems and c.config is None:
+                continue  # a pool or secret is missing: the pod keeps its last good config
+            delivery.publish(namespace, pod.name, pod.uid, c.config or EMPTY, c.policies)
+        delivery.retain(namespace, {pod.name for pod in pods})
 
     async def _push(self, pod: PodTarget, token: str, compiled: Compiled) -> PushResult | None:
-        if compiled.problems and compiled.config is None:
+        if (compiled.problems and compiled.config is None) or pod.admin_url is None:
             return None  # a pool or secret is missing: the pod keeps its last good config
         config = compiled.config or EMPTY  # no policy selects it (any more): no routes
         async with self._limit:
@@ -216,18 +273,22 @@ class Reconciler:
         failed = [pushed[p] for p in targets if p in pushed and not pushed[p].synced]
         versions = [pushed[p].version or 0 for p in synced]
         resolved = not any(p.reason != "RouteConflict" for p in problems)
-        all_synced = len(synced) == len(targets)
+        refused = refusals(obj)  # what watching sidecars said, written by any replica
+        all_synced = len(synced) == len(targets) and not refused
+        behind = "Refused" if refused else "PushFailed"
         conditions = [
             _condition("Resolved", resolved, problems[0].reason if problems else "Resolved",
                        "; ".join(p.message for p in problems) or "pools and secrets found"),
             _condition("Synced", all_synced and resolved,
-                       "Synced" if all_synced else "PushFailed",
+                       "Synced" if all_synced else behind,
                        f"{len(synced)}/{len(targets)} selected ready pods serve this policy"
-                       + (f"; {failed[0].pod}: {failed[0].detail}" if failed else "")),
+                       + (f"; {failed[0].pod}: {failed[0].detail}" if failed else "")
+                       + "".join(f"; pod {pod} refused {why}"
+                                 for pod, why in sorted(refused.items()))),
         ]
         ready = resolved and all_synced
         conditions.append(_condition("Ready", ready, "Ready" if ready else
-                                     conditions[0]["reason"] if not resolved else "PushFailed",
+                                     conditions[0]["reason"] if not resolved else behind,
                                      conditions[0]["message"] if not resolved
                                      else conditions[1]["message"]))
         status = {
@@ -247,7 +308,8 @@ class Reconciler:
         await _patch_if_changed(obj, "routingpolicies", status)
         # One Event per distinct problem, not one per resync.
         news = problems[0] if problems else (
-            Problem("PushFailed", failed[0].detail) if failed else None)
+            Problem("PushFailed", failed[0].detail) if failed else
+            Problem("Refused", conditions[1]["message"]) if refused else None)
         key = f"policy/{name}"
         if news is None:
             space.reported.pop(key, None)
@@ -272,6 +334,16 @@ class Reconciler:
             "policies": users,
             "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
         })
+
+
+_POD_META = ("name", "uid", "labels", "annotations", "deletionTimestamp")
+_POD_STATUS = ("podIP", "conditions", "initContainerStatuses")
+
+
+def refusals(obj: dict[str, Any]) -> dict[str, str]:
+    """The policy's pods whose sidecar refused its config, and why."""
+    return {pod: why for pod, why in
+            ((obj.get("status") or {}).get("refused") or {}).items() if why}
 
 
 async def _patch_if_changed(obj: dict[str, Any], plural: str, status: dict[str, Any]) -> None:

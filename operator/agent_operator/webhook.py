@@ -1,4 +1,5 @@
-"""The injection webhook's HTTPS server, on every replica.
+"""The injection webhook's HTTPS server, on every replica; the sidecars' config watches
+(`delivery`) are served on it too, with the same certificate.
 
 kopf calls it with its admission function and reads the client configs it yields; the
 webhook configuration itself is the installer's (the chart renders it whole: rules,
@@ -24,6 +25,7 @@ import kopf
 from aiohttp import web
 
 from agent_operator.certs import CertSource, ServingCert
+from agent_operator.delivery import Delivery
 from agent_operator.metrics import Metrics
 
 log = logging.getLogger("agent_operator.webhook")
@@ -57,8 +59,9 @@ class InjectionServer:
 
     def __init__(self, *, addr: str | None, port: int, certs: CertSource,
                  publish: Callable[[bytes], Awaitable[None]], check_seconds: float,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, delivery: Delivery | None = None) -> None:
         self.addr, self.port, self.certs = addr, port, certs
+        self.delivery = delivery  # the sidecars' config watches, on the same TLS port
         self.publish, self.check_seconds, self.metrics = publish, check_seconds, metrics
         self.serving: ServingCert | None = None
         self._context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
@@ -69,6 +72,8 @@ class InjectionServer:
     async def start(self) -> None:
         await self._use(await self.certs.current())
         app = web.Application()
+        if self.delivery is not None:
+            self.delivery.add_routes(app.router)
         app.router.add_post("/{id}", self._review)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

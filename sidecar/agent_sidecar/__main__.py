@@ -1,6 +1,7 @@
 """`agent-sidecar`: run the sidecar until SIGTERM/SIGINT, then drain and exit.
 
-Prints `READY app=<url> admin=<url>` on stdout once both ports listen.
+Prints `READY app=<url> admin=<url>` on stdout once its ports listen (and ` health=<url>`
+when the health port is set).
 Exit codes: 0 after a drain, 2 for a bad --config file or admin token, 1 when it cannot
 start.
 """
@@ -54,7 +55,8 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"READY app={sidecar.app_url} admin={sidecar.admin_url}", flush=True)
+    health = f" health={sidecar.health_url}" if sidecar.health_url else ""
+    print(f"READY app={sidecar.app_url} admin={sidecar.admin_url}{health}", flush=True)
     if loaded is not None:
         await asyncio.to_thread(loaded.warm)
     # What start-up made lives as long as the process: keep it out of the collector's

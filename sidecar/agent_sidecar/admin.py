@@ -1,4 +1,7 @@
-"""The admin port: what the operator and the kubelet talk to.
+"""The admin port (loopback: the pod's own processes) and the health port (the kubelet
+and Prometheus, from outside the pod).
+
+Admin port:
 
     GET  /healthz   the process is alive
     GET  /readyz    ready to route: a config is loaded and the sidecar is not draining;
@@ -6,6 +9,9 @@
     GET  /config    the loaded config (version, source, redacted document)
     PUT  /config    push a config document (JSON or YAML); bearer token required
     GET  /metrics   Prometheus
+
+Health port: `/healthz`, `/readyz` and `/metrics` only, which name versions, routes and
+breaker states but never a key, a token or an upstream's address with credentials.
 
 `/config` takes `Authorization: Bearer <token>` (at least 16 characters), compared in
 constant time. Without a usable token both `/config` endpoints are refused (403). Failed
@@ -269,9 +275,22 @@ def create_admin_app(
     handlers = AdminHandlers(store, metrics, token, draining)
     app = web.Application(client_max_size=max_config_bytes)
     app[ADMIN] = handlers
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics_text)
+    _add_probes(app, handlers)
     app.router.add_get("/config", handlers.get_config)
     app.router.add_put("/config", handlers.put_config)
     return app
+
+
+def create_health_app(admin: web.Application) -> web.Application:
+    """The health port's app: the admin app's probes and metrics, nothing that takes or
+    shows a config."""
+    handlers = admin[ADMIN]
+    app = web.Application()
+    _add_probes(app, handlers)
+    return app
+
+
+def _add_probes(app: web.Application, handlers: AdminHandlers) -> None:
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics_text)

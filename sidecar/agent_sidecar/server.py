@@ -1,4 +1,5 @@
-"""`Sidecar`: the two ports of one sidecar, started and drained together.
+"""`Sidecar`: the ports of one sidecar (app, admin, and health when set), started and
+drained together.
 
     sidecar = Sidecar(settings)
     sidecar.load_config()        # --config file and/or persisted state (may raise)
@@ -17,9 +18,10 @@ import logging
 from aiohttp import web
 
 from agent.transport import HttpxTransport
-from agent_sidecar.admin import AdminToken, create_admin_app
+from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app
 from agent_sidecar.app import HANDLERS, AppHandlers, create_app
 from agent_sidecar.connections import cap_connections
+from agent_sidecar.delivery import ConfigWatch, Operator
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -48,6 +50,13 @@ class Sidecar:
         self._app: web.AppRunner | None = None
         self._handlers: AppHandlers | None = None
         self._admin: web.AppRunner | None = None
+        self._health: web.AppRunner | None = None
+        self.watch: ConfigWatch | None = None
+        if settings.operator_url and settings.operator_ca and settings.identity_token_file:
+            self.watch = ConfigWatch(self.store, self.metrics, Operator(
+                settings.operator_url, settings.operator_ca, settings.identity_token_file),
+                settings.max_config_bytes)
+        self._watching: asyncio.Task[None] | None = None
 
     def load_config(self) -> Loaded | None:
         """The --config file or the persisted state, whichever is newer (see `state`)."""
@@ -84,7 +93,16 @@ class Sidecar:
         )
         await self._admin.setup()
         await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
-        if self.token.current() is None:
+        if s.health_port is not None:
+            self._health = web.AppRunner(create_health_app(admin), access_log=None,
+                                         shutdown_timeout=1.0, keepalive_timeout=s.idle_timeout)
+            await self._health.setup()
+            # "": every address of both families, None to aiohttp.
+            await web.TCPSite(self._health, s.health_host or None, s.health_port,
+                              reuse_address=True).start()
+        if self.watch is not None:
+            self._watching = asyncio.create_task(self.watch.run(), name="config-watch")
+        elif self.token.current() is None:
             log.warning("no usable admin token: /config is refused")
 
     def _is_draining(self) -> bool:
@@ -101,6 +119,13 @@ class Sidecar:
         return int(self._admin.addresses[0][1])
 
     @property
+    def health_url(self) -> str | None:
+        if self._health is None:
+            return None
+        port = int(self._health.addresses[0][1])
+        return f"http://{_connectable(self.settings.health_host)}:{port}"
+
+    @property
     def app_url(self) -> str:
         return f"http://{_connectable(self.settings.host)}:{self.app_port}"
 
@@ -112,6 +137,8 @@ class Sidecar:
         """Drain: readiness fails, the app port stops accepting, requests and streams in
         flight finish (up to the drain timeout), then both ports close."""
         self.draining = True
+        if self._watching is not None:
+            self._watching.cancel()
         if self._app is not None and self._handlers is not None:
             # aiohttp closes what is still running at the drain timeout; just before
             # that, the streams end themselves with an error event the app can read.
@@ -121,9 +148,10 @@ class Sidecar:
             await self._app.cleanup()
             cut.cancel()
             self._app = None
-        if self._admin is not None:
-            await self._admin.cleanup()
-            self._admin = None
+        for runner in (self._admin, self._health):
+            if runner is not None:
+                await runner.cleanup()
+        self._admin = self._health = None
         await self.transport.aclose()
 
 

@@ -14,13 +14,22 @@ class Settings:
     config: Path | None = None
     host: str = "127.0.0.1"  # the app port is for the pod's own containers only
     port: int = 4000
-    # The operator reaches it from outside the pod; "" is every address of both families
-    # (IPv4, IPv6, dual-stack).
-    admin_host: str = ""
+    # Config and reload: for the pod's own processes only.
+    admin_host: str = "127.0.0.1"
     admin_port: int = 4001
+    # Health, readiness and metrics, which hold no secret: what the kubelet and Prometheus
+    # reach from outside the pod. "" is every address of both families (IPv4, IPv6,
+    # dual-stack); None: not served on a port of its own (the admin port has them too).
+    health_host: str = ""
+    health_port: int | None = None
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     state_dir: Path | None = None
+    # Config delivery: the operator's URL, the CA bundle that signs its certificate, and
+    # the pod's projected service-account token for the operator's audience.
+    operator_url: str | None = None
+    operator_ca: Path | None = None
+    identity_token_file: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024  # large bodies held at once (see bodies.py)
     max_config_bytes: int = 4 * 1024 * 1024
@@ -45,16 +54,24 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         prog="agent-sidecar",
         description=(
             "Per-pod LLM routing sidecar: OpenAI- and Anthropic-compatible endpoints on the "
-            "app port, config pushes, health and metrics on the admin port. Without "
-            "--config it serves the persisted config (--state-dir) or waits for a push."
+            "app port, config pushes on the loopback admin port, health and metrics on the "
+            "health port. Without --config it serves the persisted config (--state-dir) or "
+            "waits for a push."
         ),
     )
     p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
     p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
-    p.add_argument("--admin-host", default=e("ADMIN_HOST", ""),
-                   help="admin address (default: every address, IPv4 and IPv6)")
+    # Set but empty is "every address", not "unset": `env.get`, not `e`.
+    p.add_argument("--admin-host", default=env.get("AGENT_SIDECAR_ADMIN_HOST", "127.0.0.1"),
+                   help="admin address (config, reload; default loopback)")
     p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
+    p.add_argument("--health-host", default=e("HEALTH_HOST", ""),
+                   help="health port address (default: every address, IPv4 and IPv6)")
+    health = e("HEALTH_PORT")
+    p.add_argument("--health-port", type=int, default=int(health) if health else None,
+                   help="port of /healthz, /readyz and /metrics for the kubelet and "
+                   "Prometheus (default: none of its own)")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -65,6 +82,15 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     p.add_argument(
         "--state-dir", type=Path, default=e("STATE_DIR"), help="keeps the last good config"
     )
+    p.add_argument("--operator-url", default=e("OPERATOR_URL"),
+                   help="watch this operator (https://...) for the pod's config")
+    p.add_argument("--operator-ca", type=Path, default=e("OPERATOR_CA"),
+                   help="CA bundle the operator's certificate must chain to (pinned)")
+    p.add_argument("--identity-token-file", type=Path, default=e("IDENTITY_TOKEN_FILE"),
+                   help="the pod's projected service-account token for the operator")
+    p.add_argument("--max-config-mb", type=float,
+                   default=float(e("MAX_CONFIG_MB", "4") or 4),
+                   help="largest config document taken (pushed or delivered)")
     p.add_argument("--max-body-mb", type=float, default=float(e("MAX_BODY_MB", "32") or 32))
     p.add_argument(
         "--body-budget-mb",
@@ -101,15 +127,25 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "--access-log", action="store_true", default=e("ACCESS_LOG", "") in ("1", "true")
     )
     args = p.parse_args(argv)
+    if args.operator_url and not (args.operator_url.startswith("https://")
+                                  and args.operator_ca and args.identity_token_file):
+        p.error("--operator-url needs https://, --operator-ca and --identity-token-file: "
+                "the config holds API keys")
     return Settings(
         config=args.config,
         host=args.host,
         port=args.port,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
+        health_host=args.health_host,
+        health_port=args.health_port,
         token=env.get("AGENT_SIDECAR_TOKEN") or None,
         token_file=args.token_file,
         state_dir=args.state_dir,
+        operator_url=(args.operator_url or "").rstrip("/") or None,
+        operator_ca=args.operator_ca,
+        identity_token_file=args.identity_token_file,
+        max_config_bytes=int(args.max_config_mb * 1024 * 1024),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         body_budget_bytes=int(args.body_budget_mb * 1024 * 1024),
         read_timeout=args.read_timeout,

@@ -60,6 +60,17 @@ def test_propagation_bench() -> None:
     assert out.splitlines()[-1].startswith("|    1 |")
 
 
+@pytest.mark.controlplane
+def test_delivery_bench() -> None:
+    from support.controlplane import find_assets  # fails, never skips, without binaries
+
+    env = {**os.environ, "AGENT_ROUTER_ASSETS": str(find_assets())}
+    out = run("bench/delivery_bench.py", "--simulated", "5", "--real", "1", "--rounds", "1",
+              env=env)
+    assert "| sidecars | p50 apply-to-serving (s) | p99 (s) |" in out
+    assert out.splitlines()[-1].startswith("|        6 |")
+
+
 def test_soak() -> None:
     out = run("bench/soak.py", "--seconds", "4", "--push-every", "2", "--big-every", "2",
               "--connections", "4")

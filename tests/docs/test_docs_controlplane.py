@@ -247,7 +247,8 @@ def test_operator_page_status_injection_and_events(
     created = cp.get_json("pod", "chat-0", namespace=namespace)
     sidecar = created["spec"]["initContainers"][0]
     assert sidecar["name"] == "agent-sidecar" and sidecar["restartPolicy"] == "Always"
-    assert sidecar["ports"] == [{"name": "agent-admin", "containerPort": 4001, "protocol": "TCP"}]
+    assert sidecar["ports"] == [{"name": "agent-admin", "containerPort": 4001, "protocol": "TCP"},
+                                {"name": "agent-health", "containerPort": 4002, "protocol": "TCP"}]
     app_env = {e["name"]: e.get("value") for e in created["spec"]["containers"][0]["env"]}
     assert app_env["OPENAI_BASE_URL"] == "http://127.0.0.1:4000/v1"
     assert app_env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:4000"

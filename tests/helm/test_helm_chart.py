@@ -183,6 +183,9 @@ def test_no_cluster_wide_power_beyond_what_the_operator_calls(offline_helm: Offl
     for forbidden in ("serviceaccounts", "serviceaccounts/token", "roles", "clusterroles",
                       "rolebindings", "clusterrolebindings", "pods/exec", "nodes"):
         assert not [x for x in granted if x[1] == forbidden], forbidden
+    # TokenReviews: asking who a sidecar's token belongs to (it mints nothing).
+    assert {(g, v) for g, r, v, n in granted if r == "tokenreviews"} == {
+        ("authentication.k8s.io", "create")}
     # Secrets: no list or watch anywhere (only by name); update only of its own, in its
     # namespace (the Role).
     assert {v for g, r, v, n in granted if r == "secrets"} == {"get", "create"}
@@ -358,6 +361,7 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     assert env["AGENT_SIDECAR_IMAGE"] == "ghcr.io/agent-router/agent-sidecar:0.1.0"
     assert env["AGENT_SIDECAR_APP_PORT"] == "4000"
     assert env["AGENT_SIDECAR_ADMIN_PORT"] == "4001"
+    assert env["AGENT_SIDECAR_HEALTH_PORT"] == "4002"
     assert env["AGENT_SIDECAR_CPU_REQUEST"] == "50m"
     assert env["AGENT_SIDECAR_MEMORY_REQUEST"] == "64Mi"
     assert env["AGENT_SIDECAR_MEMORY_LIMIT"] == "256Mi"
@@ -503,7 +507,7 @@ def test_template_non_default_values(offline_helm: OfflineHelm) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"] == {"matchLabels": {"agentrouter.io/inject": "true"}}
     assert monitor["spec"]["podMetricsEndpoints"] == [
-        {"port": "agent-admin", "path": "/metrics", "interval": "15s"}]
+        {"port": "agent-health", "path": "/metrics", "interval": "15s"}]
     sa = one(objects, "ServiceAccount")
     assert sa["metadata"]["annotations"] == {"example.com/role": "operator"}
     test_pod = one(objects, "Pod")
@@ -611,7 +615,8 @@ def test_schema_rejects_bad_values(offline_helm: OfflineHelm, values: dict[str, 
     ({"webhook": {"port": 8080}}, "operator.healthPort, operator.metricsPort and webhook.port "
      "must differ (got [8080 8081 8080])"),
     ({"operator": {"metricsPort": 8080}}, "must differ (got [8080 8080 9443])"),
-    ({"sidecar": {"appPort": 4001}}, "sidecar.appPort and sidecar.adminPort are both 4001"),
+    ({"sidecar": {"appPort": 4001}}, "sidecar.appPort, sidecar.adminPort and "
+     "sidecar.healthPort must differ (got [4001 4001 4002])"),
     ({"webhook": {"existingCertSecret": "x", "certManager": {"enabled": True}}},
      "either webhook.certManager.enabled or webhook.existingCertSecret"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),

@@ -120,8 +120,10 @@ class OperatorProcess:
         self.args, self.extra_env = args, env or {}
         self.log = Path(tempfile.mkdtemp(prefix="operator-")) / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0  # where this start's output begins in the log (restarts append)
 
     def start(self) -> OperatorProcess:
+        self._started_at = len(self.output()) if self.log.exists() else 0
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
         env.update({"KUBECONFIG": str(self.kubeconfig), "AGENT_OPERATOR_RESYNC_SECONDS": "2",
                     "AGENT_SIDECAR_IMAGE": "registry.example/agent-sidecar:test",
@@ -149,7 +151,8 @@ class OperatorProcess:
     def _trusted(self) -> bool:
         config = self.cp.get_json("mutatingwebhookconfiguration", self.webhook_name)
         return all(w["clientConfig"].get("caBundle") for w in config["webhooks"]) and \
-            f"serving the injection webhook on port {self.port}" in self.output()
+            f"serving the injection webhook on port {self.port}" in \
+            self.output()[self._started_at:]
 
     def metrics(self) -> str:
         """What its `/metrics` serves now (it was started with a `metrics_port`)."""

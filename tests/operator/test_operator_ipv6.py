@@ -46,9 +46,9 @@ def test_webhook_and_push_over_ipv6(control_plane, namespace) -> None:
 
             token = Path(tempfile.mkdtemp(prefix="sidecar-")) / "token"
             token.write_text(sidecar_token(cp, namespace))
-            # No --admin-host: the default binds every address of both families.
+            # --admin-host "": every address of both families, as the injection sets it.
             sidecar = SidecarProcess(["--host", "::1", "--port", str(free_port()),
-                                      "--admin-port", str(admin_port),
+                                      "--admin-host", "", "--admin-port", str(admin_port),
                                       "--token-file", str(token)]).wait_ready()
             cp.mark_pod_ready(namespace, "chat-0", ip="::1")
             headers = {"authorization": f"Bearer {token.read_text()}"}

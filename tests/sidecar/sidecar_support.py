@@ -76,6 +76,7 @@ class SidecarProcess:
         )
         self.app_url = ""
         self.admin_url = ""
+        self.health_url = ""  # when started with --health-port
         self.ready_after = 0.0
 
     def wait_ready(self, timeout: float = 15.0) -> SidecarProcess:
@@ -89,6 +90,7 @@ class SidecarProcess:
                     self.ready_after = time.perf_counter() - self.started
                     fields = dict(p.split("=", 1) for p in line.split()[1:])
                     self.app_url, self.admin_url = fields["app"], fields["admin"]
+                    self.health_url = fields.get("health", "")
                     return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the sidecar exited {self.proc.returncode}: {self.stderr()}")

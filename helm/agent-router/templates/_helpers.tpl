@@ -145,8 +145,9 @@ Checks that a schema cannot express (they depend on more than one value).
 {{- if ne (len $ports) (len (uniq $ports)) }}
 {{- fail (printf "operator.healthPort, operator.metricsPort and webhook.port must differ (got %v): the operator listens on each" $ports) }}
 {{- end }}
-{{- if eq (int .Values.sidecar.appPort) (int .Values.sidecar.adminPort) }}
-{{- fail (printf "sidecar.appPort and sidecar.adminPort are both %d: the sidecar listens on each" (int .Values.sidecar.appPort)) }}
+{{- $sidecarPorts := list (int .Values.sidecar.appPort) (int .Values.sidecar.adminPort) (int .Values.sidecar.healthPort) }}
+{{- if ne (len $sidecarPorts) (len (uniq $sidecarPorts)) }}
+{{- fail (printf "sidecar.appPort, sidecar.adminPort and sidecar.healthPort must differ (got %v): the sidecar listens on each" $sidecarPorts) }}
 {{- end }}
 {{- if and .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret }}
 {{- fail "set either webhook.certManager.enabled or webhook.existingCertSecret, not both" }}
