@@ -23,6 +23,8 @@ from agent_operator.delivery import Delivery
 from agent_operator.inject import (
     ADMIN_PORT_ANNOTATION,
     INJECT_LABEL,
+    Identity,
+    identity_annotations,
     inject,
     sidecar_address,
 )
@@ -59,6 +61,12 @@ class Operator:
             self.delivery = Delivery(self.options.delivery_audience, self.metrics,
                                      kube.review_token, self.reconciler.report)
             self.reconciler.delivery = self.delivery
+
+    def identity(self) -> Identity | None:
+        """What an injected sidecar needs to watch this operator, once it serves TLS."""
+        if self.webhook is None or self.webhook.serving is None or self.delivery is None:
+            return None
+        return Identity(self.options.delivery_audience, self.webhook.serving.ca_bundle)
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:
@@ -210,14 +218,17 @@ async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | 
                          patch: kopf.Patch, annotations: kopf.Annotations, dryrun: bool,
                          memo: Operator, **_: Any) -> None:
     settings = memo.options.sidecar
-    new = inject(dict(spec), dict(labels), settings)
+    identity = memo.identity()
+    new = inject(dict(spec), dict(labels), settings, identity)
     if new is None:
         return  # already injected: idempotent
     if namespace and not dryrun:
         await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
-    for key in ("initContainers", "volumes", "containers", "imagePullSecrets"):
+    for key in ("initContainers", "volumes", "containers", "imagePullSecrets", "hostAliases"):
         if key in new:
             patch.spec[key] = new[key]
+    added = patch.metadata.setdefault("annotations", {})
     if ADMIN_PORT_ANNOTATION not in annotations:
-        patch.metadata.setdefault("annotations", {})[ADMIN_PORT_ANNOTATION] = str(
-            settings.admin_port)
+        added[ADMIN_PORT_ANNOTATION] = str(settings.admin_port)
+    if identity is not None and settings.operator_url:
+        added.update(identity_annotations(identity))
