@@ -210,7 +210,11 @@ def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettin
         return None
     new = copy.deepcopy(spec)
     service = labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
-    watching = identity is not None and settings.operator_url is not None
+    # The API refuses a projected token for a pod without a service account. The
+    # ServiceAccount admission plugin names `default` before webhooks run; only an API
+    # server without it admits such a pod, whose sidecar then waits for the push.
+    watching = identity is not None and settings.operator_url is not None \
+        and bool(spec.get("serviceAccountName"))
     new["initContainers"] = [sidecar_container(settings, service, watching), *init]
     volumes = list(new.get("volumes") or [])
     volumes += [

@@ -79,13 +79,14 @@ def test_pull_secrets_are_added_once_next_to_the_apps_own() -> None:
     assert "imagePullSecrets" not in (inject(APP, {}, SidecarSettings()) or {})
 
 
+ACCOUNT = {**APP, "serviceAccountName": "chat"}
 WATCHING = SidecarSettings(operator_url="https://ar-webhook.ar-system.svc:9443",
                            operator_ip="10.96.0.12")
 IDENTITY = Identity("agent-router", b"-----BEGIN CERTIFICATE-----\nMIIB\n")
 
 
 def test_a_watching_sidecar_gets_its_pods_token_for_the_operator_and_the_ca_it_pins() -> None:
-    pod = inject(APP, {}, WATCHING, IDENTITY)
+    pod = inject(ACCOUNT, {}, WATCHING, IDENTITY)
     assert pod is not None
     (sidecar,) = pod["initContainers"]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
@@ -118,12 +119,16 @@ def test_without_a_service_ip_the_pod_resolves_the_operator_itself(ip: str | Non
     """Tried: no IP, the variable Kubernetes leaves unexpanded when the Service is missing,
     a name. The pod gets no hostAliases (an invalid one would make its creation fail)."""
     settings = SidecarSettings(operator_url=WATCHING.operator_url, operator_ip=ip)
-    pod = inject(APP, {}, settings, IDENTITY)
+    pod = inject(ACCOUNT, {}, settings, IDENTITY)
     assert pod is not None and "hostAliases" not in pod
 
 
-def test_without_an_operator_url_the_sidecar_waits_for_the_push_only() -> None:
-    pod = inject(APP, {}, SidecarSettings(), IDENTITY)
+@pytest.mark.parametrize(("app", "settings"), [(ACCOUNT, SidecarSettings()), (APP, WATCHING)])
+def test_without_an_operator_url_or_an_account_the_sidecar_waits_for_the_push_only(
+        app: dict, settings: SidecarSettings) -> None:
+    """Tried: no operator URL; a pod without a service account (the API refuses a
+    projected token for it)."""
+    pod = inject(app, {}, settings, IDENTITY)
     assert pod is not None
     assert "agent-router-identity" not in {v["name"] for v in pod["volumes"]}
     (sidecar,) = pod["initContainers"]
