@@ -125,6 +125,9 @@ async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> No
     # per policy) lets kopf take it off the objects that still carry it.
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = 300
+    # Only injected pods, filtered by the API server: the cluster's other pods never reach
+    # the operator. A pod that loses the label comes as DELETED (it left the selection).
+    settings.watching.label_selectors["pods"] = f"{INJECT_LABEL}=true"
     if o.metrics_port is not None:
         memo.servers.append(await serve_http(o.metrics_addr, o.metrics_port,
                                              {"/metrics": memo.metrics.metrics}))
@@ -184,8 +187,8 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
 @kopf.on.event("pods")
 async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                     memo: Any, **_: Any) -> None:
-    """Every pod's events, so that one that loses the injection label is forgotten too
-    (a label filter would hide that event)."""
+    """Injected pods' events (the watch's server-side selector); one that loses the label
+    comes as DELETED and is forgotten."""
     assert isinstance(memo, Operator) and namespace is not None
     meta = body.get("metadata", {})
     uid = meta.get("uid", "")

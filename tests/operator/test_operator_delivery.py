@@ -134,6 +134,27 @@ def test_an_injected_pod_carries_what_its_sidecar_needs_to_watch(
         sidecar.stop()
 
 
+def test_a_pod_that_loses_the_injection_label_is_forgotten(
+        control_plane, operator, namespace, fakes, tmp_path) -> None:
+    """The operator watches injected pods only (a label selector the API server applies):
+    a pod whose label is taken off leaves that selection, and its config is no longer
+    served. Tried: the pod's own token, before and after `kubectl label ... inject-`."""
+    cp = control_plane
+    gpt, claude = fakes
+    cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+    create_pod(cp, namespace, "chat-0", {"app": "chat"})
+    headers = {"authorization": f"Bearer {pod_token(cp, namespace, 'chat-0')}"}
+    tls = ssl.create_default_context(cafile=str(operator_ca(cp, tmp_path)))
+
+    def answer() -> int:
+        return httpx.get(f"{url_of(operator)}/v1/config", params={"wait": "0"},
+                         headers=headers, verify=tls, timeout=10).status_code
+
+    wait_for(lambda: answer() == 200, 30, "the pod's config")
+    cp.kubectl("label", "pod", "chat-0", "-n", namespace, "agentrouter.io/inject-")
+    wait_for(lambda: answer() == 404, 30, "the pod forgotten")
+
+
 def test_a_sidecar_gets_its_pods_config_and_follows_changes(
         control_plane, operator, namespace, fakes, tmp_path) -> None:
     cp = control_plane
