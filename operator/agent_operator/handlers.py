@@ -23,6 +23,8 @@ from agent_operator.delivery import Delivery
 from agent_operator.inject import (
     ADMIN_PORT_ANNOTATION,
     INJECT_LABEL,
+    Identity,
+    identity_annotations,
     inject,
     sidecar_address,
 )
@@ -59,6 +61,12 @@ class Operator:
             self.delivery = Delivery(self.options.delivery_audience, self.metrics,
                                      kube.review_token, self.reconciler.report)
             self.reconciler.delivery = self.delivery
+
+    def identity(self) -> Identity | None:
+        """What an injected sidecar needs to watch this operator, once it serves TLS."""
+        if self.webhook is None or self.webhook.serving is None or self.delivery is None:
+            return None
+        return Identity(self.options.delivery_audience, self.webhook.serving.ca_bundle)
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:
@@ -117,6 +125,9 @@ async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> No
     # per policy) lets kopf take it off the objects that still carry it.
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = 300
+    # Only injected pods, filtered by the API server: the cluster's other pods never reach
+    # the operator. A pod that loses the label comes as DELETED (it left the selection).
+    settings.watching.label_selectors["pods"] = f"{INJECT_LABEL}=true"
     if o.metrics_port is not None:
         memo.servers.append(await serve_http(o.metrics_addr, o.metrics_port,
                                              {"/metrics": memo.metrics.metrics}))
@@ -176,8 +187,8 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
 @kopf.on.event("pods")
 async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                     memo: Any, **_: Any) -> None:
-    """Every pod's events, so that one that loses the injection label is forgotten too
-    (a label filter would hide that event)."""
+    """Injected pods' events (the watch's server-side selector); one that loses the label
+    comes as DELETED and is forgotten."""
     assert isinstance(memo, Operator) and namespace is not None
     meta = body.get("metadata", {})
     uid = meta.get("uid", "")
@@ -210,14 +221,17 @@ async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | 
                          patch: kopf.Patch, annotations: kopf.Annotations, dryrun: bool,
                          memo: Operator, **_: Any) -> None:
     settings = memo.options.sidecar
-    new = inject(dict(spec), dict(labels), settings)
+    identity = memo.identity()
+    new = inject(dict(spec), dict(labels), settings, identity)
     if new is None:
         return  # already injected: idempotent
     if namespace and not dryrun:
         await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
-    for key in ("initContainers", "volumes", "containers", "imagePullSecrets"):
+    for key in ("initContainers", "volumes", "containers", "imagePullSecrets", "hostAliases"):
         if key in new:
             patch.spec[key] = new[key]
+    added = patch.metadata.setdefault("annotations", {})
     if ADMIN_PORT_ANNOTATION not in annotations:
-        patch.metadata.setdefault("annotations", {})[ADMIN_PORT_ANNOTATION] = str(
-            settings.admin_port)
+        added[ADMIN_PORT_ANNOTATION] = str(settings.admin_port)
+    if identity is not None and settings.operator_url:
+        added.update(identity_annotations(identity))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +24,14 @@ from agent_operator.kube import TOKEN_KEY, TOKEN_SECRET
 
 INJECT_LABEL = "agentrouter.io/inject"
 ADMIN_PORT_ANNOTATION = "agentrouter.io/admin-port"
+# The operator's CA bundle, which the sidecar pins: on the pod itself, projected into a
+# file by the downward API (no object in the app's namespace to create or keep).
+CA_ANNOTATION = "agentrouter.io/operator-ca"
 CONTAINER = "agent-sidecar"
 TOKEN_DIR = "/var/run/agent-router/token"
+IDENTITY_DIR = "/var/run/agent-router/identity"
+# The shortest lifetime the API allows; the kubelet renews the token at 80% of it.
+IDENTITY_SECONDS = 600
 STATE_DIR = "/var/lib/agent-sidecar"
 SIDECAR_UID = 65532  # the image's user (Dockerfile.sidecar), and its group
 
@@ -45,6 +52,12 @@ class SidecarSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Added to the pod's imagePullSecrets (each must exist in the pod's namespace).
     image_pull_secrets: tuple[str, ...] = ()
+    # Where sidecars watch the operator for their config (https://<service>.<ns>.svc:<port>);
+    # None: they wait for the push only.
+    operator_url: str | None = None
+    # The ClusterIP of the operator's Service: the URL's host name resolves to it in the
+    # pod's /etc/hosts, so that the watch needs no cluster DNS.
+    operator_ip: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarSettings:
@@ -62,7 +75,19 @@ class SidecarSettings:
             set_app_env=e.get("AGENT_SIDECAR_SET_APP_ENV", "true").lower() == "true",
             image_pull_secrets=tuple(n.strip() for n in e.get(
                 "AGENT_SIDECAR_IMAGE_PULL_SECRETS", "").split(",") if n.strip()),
+            operator_url=e.get("AGENT_SIDECAR_OPERATOR_URL") or None,
+            operator_ip=e.get("AGENT_SIDECAR_OPERATOR_IP") or None,
         )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a sidecar watching the operator is given: a projected service-account token for
+    the operator's audience (bound to its pod, rotated by the kubelet) and the CA bundle it
+    pins."""
+
+    audience: str
+    ca_bundle: bytes
 
 
 def sidecar_address(pod: dict[str, Any], default_port: int) -> str | None:
@@ -91,6 +116,14 @@ def sidecar_address(pod: dict[str, Any], default_port: int) -> str | None:
     return f"http://{url_host(ip)}:{int(port)}"
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def url_host(ip: str) -> str:
     """An IP as a URL's host: IPv6 in brackets (RFC 3986)."""
     try:
@@ -99,7 +132,8 @@ def url_host(ip: str) -> str:
         return ip
 
 
-def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str, Any]:
+def sidecar_container(settings: SidecarSettings, service_name: str,
+                      watching: bool = False) -> dict[str, Any]:
     # /readyz answers once a config is loaded. As the startup probe it holds the app's
     # containers until routing is in place (the operator pushes to a started sidecar);
     # 5 minutes, then the kubelet restarts the sidecar, which keeps its last good config.
@@ -119,9 +153,21 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
         {"name": "OTEL_RESOURCE_ATTRIBUTES",
          "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"},
     ]
+    if watching:
+        env += [{"name": "AGENT_SIDECAR_OPERATOR_URL", "value": settings.operator_url},
+                {"name": "AGENT_SIDECAR_OPERATOR_CA", "value": f"{IDENTITY_DIR}/ca.crt"},
+                {"name": "AGENT_SIDECAR_IDENTITY_TOKEN_FILE", "value": f"{IDENTITY_DIR}/token"}]
     if settings.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_env.items())]
+    mounts = [
+        {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
+        {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
+        {"name": "agent-sidecar-tmp", "mountPath": "/tmp"},  # the root is read-only
+    ]
+    if watching:
+        mounts.append({"name": "agent-router-identity", "mountPath": IDENTITY_DIR,
+                       "readOnly": True})
     return {
         "name": CONTAINER,
         "image": settings.image,
@@ -149,24 +195,27 @@ def sidecar_container(settings: SidecarSettings, service_name: str) -> dict[str,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [
-            {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
-            {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
-            {"name": "agent-sidecar-tmp", "mountPath": "/tmp"},  # the root is read-only
-        ],
+        "volumeMounts": mounts,
     }
 
 
-def inject(spec: dict[str, Any], labels: dict[str, str],
-           settings: SidecarSettings) -> dict[str, Any] | None:
+def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettings,
+           identity: Identity | None = None) -> dict[str, Any] | None:
     """The pod spec with the sidecar added, or None if there is nothing to change
-    (already injected: the webhook may be called again for the same pod)."""
+    (already injected: the webhook may be called again for the same pod). With an
+    `identity` and an operator URL, the sidecar also watches the operator (the pod then
+    needs `identity_annotations`)."""
     init = list(spec.get("initContainers") or [])
     if any(c.get("name") == CONTAINER for c in init + list(spec.get("containers") or [])):
         return None
     new = copy.deepcopy(spec)
     service = labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
-    new["initContainers"] = [sidecar_container(settings, service), *init]
+    # The API refuses a projected token for a pod without a service account. The
+    # ServiceAccount admission plugin names `default` before webhooks run; only an API
+    # server without it admits such a pod, whose sidecar then waits for the push.
+    watching = identity is not None and settings.operator_url is not None \
+        and bool(spec.get("serviceAccountName"))
+    new["initContainers"] = [sidecar_container(settings, service, watching), *init]
     volumes = list(new.get("volumes") or [])
     volumes += [
         # World-readable inside the sidecar only (no other container mounts it): the pod
@@ -176,6 +225,20 @@ def inject(spec: dict[str, Any], labels: dict[str, str],
         {"name": "agent-sidecar-state", "emptyDir": {}},
         {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
+    if watching and identity is not None:
+        volumes.append({"name": "agent-router-identity", "projected": {
+            "defaultMode": 0o444,  # as the token above: the sidecar's uid owns no file
+            "sources": [
+                {"serviceAccountToken": {"audience": identity.audience, "path": "token",
+                                         "expirationSeconds": IDENTITY_SECONDS}},
+                {"downwardAPI": {"items": [{"path": "ca.crt", "fieldRef": {
+                    "fieldPath": f"metadata.annotations['{CA_ANNOTATION}']"}}]}},
+            ]}})
+        host = urllib.parse.urlsplit(settings.operator_url or "").hostname
+        if settings.operator_ip and _is_ip(settings.operator_ip) and host \
+                and not _is_ip(host):
+            aliases = list(new.get("hostAliases") or [])
+            new["hostAliases"] = [*aliases, {"ip": settings.operator_ip, "hostnames": [host]}]
     new["volumes"] = volumes
     if settings.image_pull_secrets:
         pulls = list(new.get("imagePullSecrets") or [])
@@ -193,3 +256,8 @@ def inject(spec: dict[str, Any], labels: dict[str, str],
             env += [{"name": k, "value": v} for k, v in urls.items() if k not in have]
             container["env"] = env
     return new
+
+
+def identity_annotations(identity: Identity) -> dict[str, str]:
+    """The annotations a watching sidecar's pod carries: the CA bundle it pins."""
+    return {CA_ANNOTATION: identity.ca_bundle.decode()}

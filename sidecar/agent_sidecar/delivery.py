@@ -108,8 +108,13 @@ class ConfigWatch:
 
     async def _apply(self, version: str, answer: dict[str, Any]) -> str | None:
         """None when the config serves now, else why it was refused."""
-        document = dict(answer.get("config") or {})
         current = self.store.loaded
+        if current is not None and current.config.metadata.get("hash") == version:
+            # It serves this already (pushed, or kept from before a restart).
+            log.info("config %s from the operator serves already as version %d", version,
+                     current.version)
+            return None
+        document = dict(answer.get("config") or {})
         document["version"] = max((current.version + 1) if current else 1,
                                   time.time_ns() // 1_000_000)
         raw = orjson.dumps(document)

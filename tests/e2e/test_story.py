@@ -101,6 +101,10 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert pushed.status["targetPods"] == 1 and pushed.status["synced"] == "1/1"
     assert pushed.status["configVersion"] == pushed.version
     assert pushed.status["observedGeneration"] == 1
+    # The sidecar also watches the operator: the config reached it over TLS (the CA from
+    # the pod's annotation, the operator's name from the host alias) with the pod's token.
+    watched = story.wait_for_watch()
+    assert not [line for line in watched if "not trusted" in line or "401" in line], watched
 
     # The app's request, with the official openai SDK to 127.0.0.1:4000 inside its pod,
     # succeeds through the secondary.

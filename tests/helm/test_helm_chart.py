@@ -351,6 +351,10 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     host = f"{service['metadata']['name']}.ar-system.svc"
     assert env["AGENT_OPERATOR_WEBHOOK_HOSTS"] == f"{host},{host}.cluster.local"
     assert env["AGENT_OPERATOR_WEBHOOK_PORT"] == "9443"
+    # Injected sidecars watch the operator through the same Service, reaching its
+    # ClusterIP by name without cluster DNS (the variable Kubernetes sets for it).
+    assert env["AGENT_SIDECAR_OPERATOR_URL"] == f"https://{host}:9443"
+    assert env["AGENT_SIDECAR_OPERATOR_IP"] == "$(AR_AGENT_ROUTER_WEBHOOK_SERVICE_HOST)"
     assert service["spec"]["ports"] == [{"name": "webhook", "port": 9443,
                                          "targetPort": "webhook", "protocol": "TCP"}]
     # The operator issues the certificate into the Secret every replica serves from.

@@ -235,8 +235,11 @@ def operator(control_plane: Any) -> Iterator[OperatorProcess]:
     name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
     kubeconfig = operator_kubeconfig(control_plane, name)
     webhook_port, metrics_port = free_ports(2)
+    # Injected pods watch the operator where it serves (no Service here: no host alias).
     proc = OperatorProcess(control_plane, kubeconfig, name, webhook_port,
-                           metrics_port=metrics_port).start()
+                           metrics_port=metrics_port, env={
+                               "AGENT_SIDECAR_OPERATOR_URL": f"https://127.0.0.1:{webhook_port}"}
+                           ).start()
     try:
         yield proc
     finally:

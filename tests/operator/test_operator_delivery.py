@@ -98,6 +98,63 @@ def url_of(operator: OperatorProcess) -> str:
     return f"https://{operator.host}:{operator.port}"
 
 
+def test_an_injected_pod_carries_what_its_sidecar_needs_to_watch(
+        control_plane, operator, namespace, fakes, tmp_path) -> None:
+    """The webhook on the real API server: the pod it admits names the operator, mounts a
+    token for the operator's audience and pins the CA the operator serves with. A sidecar
+    given exactly that (the kubelet's part done by hand: the token, the annotation's file)
+    gets its config."""
+    cp = control_plane
+    gpt, claude = fakes
+    cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+    create_pod(cp, namespace, "chat-0", {"app": "chat"})
+    pod = cp.get_json("pod", "chat-0", namespace=namespace)
+    (sidecar_spec,) = pod["spec"]["initContainers"]
+    env = {e["name"]: e.get("value") for e in sidecar_spec["env"]}
+    assert env["AGENT_SIDECAR_OPERATOR_URL"] == url_of(operator)
+    (identity,) = [v["projected"] for v in pod["spec"]["volumes"]
+                   if v["name"] == "agent-router-identity"]
+    assert identity["sources"][0]["serviceAccountToken"]["audience"] == AUDIENCE
+    ca = pod["metadata"]["annotations"]["agentrouter.io/operator-ca"]
+    assert ca.encode() == operator_ca(cp, tmp_path).read_bytes()
+
+    work = tmp_path / "pod"
+    work.mkdir()
+    (work / "ca.crt").write_text(ca)
+    (work / "token").write_text(pod_token(cp, namespace, "chat-0"))
+    sidecar = SidecarProcess(
+        ["--port", "0", "--admin-port", "0", "--state-dir", str(work / "state")],
+        env={"AGENT_SIDECAR_TOKEN": TOKEN,
+             "AGENT_SIDECAR_OPERATOR_URL": env["AGENT_SIDECAR_OPERATOR_URL"],
+             "AGENT_SIDECAR_OPERATOR_CA": str(work / "ca.crt"),
+             "AGENT_SIDECAR_IDENTITY_TOKEN_FILE": str(work / "token")}).wait_ready()
+    try:
+        assert wait_for(lambda: strategy(sidecar), 30, "the first config") == "fallback"
+    finally:
+        sidecar.stop()
+
+
+def test_a_pod_that_loses_the_injection_label_is_forgotten(
+        control_plane, operator, namespace, fakes, tmp_path) -> None:
+    """The operator watches injected pods only (a label selector the API server applies):
+    a pod whose label is taken off leaves that selection, and its config is no longer
+    served. Tried: the pod's own token, before and after `kubectl label ... inject-`."""
+    cp = control_plane
+    gpt, claude = fakes
+    cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
+    create_pod(cp, namespace, "chat-0", {"app": "chat"})
+    headers = {"authorization": f"Bearer {pod_token(cp, namespace, 'chat-0')}"}
+    tls = ssl.create_default_context(cafile=str(operator_ca(cp, tmp_path)))
+
+    def answer() -> int:
+        return httpx.get(f"{url_of(operator)}/v1/config", params={"wait": "0"},
+                         headers=headers, verify=tls, timeout=10).status_code
+
+    wait_for(lambda: answer() == 200, 30, "the pod's config")
+    cp.kubectl("label", "pod", "chat-0", "-n", namespace, "agentrouter.io/inject-")
+    wait_for(lambda: answer() == 404, 30, "the pod forgotten")
+
+
 def test_a_sidecar_gets_its_pods_config_and_follows_changes(
         control_plane, operator, namespace, fakes, tmp_path) -> None:
     cp = control_plane

@@ -593,6 +593,20 @@ class Story:
         return Pushed(int(served["version"]), list(served["routes"]), self._strategy(served),
                       list(served["config"]["agents"]), status)
 
+    def watch_log(self) -> list[str]:
+        """The sidecar's log lines about its watch on the operator (over TLS, through the
+        host alias of the operator's Service, with the pod's projected token)."""
+        out = self.kubectl("logs", "-n", self.namespace, self.pod, "-c", "agent-sidecar")
+        return [line for line in out.splitlines()
+                if "from the operator" in line or "watching https://" in line]
+
+    def wait_for_watch(self) -> list[str]:
+        """The watch's log once a config arrived through it."""
+        return list(self._wait(
+            lambda: (lines := self.watch_log()) and any("from the operator serves" in line
+                                                        for line in lines) and lines,
+            "a config through the sidecar's watch on the operator"))
+
     # -- 6. the app calls its sidecar with the official openai SDK -------------------------------
 
     APP_CODE = (
