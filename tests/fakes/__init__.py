@@ -24,6 +24,7 @@ not consume a behaviour. A behaviour can also be a callable `(Recorded) -> behav
 
 from ._common import split_text
 from .behaviours import (
+    STREAM_FAULTS,
     Behaviour,
     BehaviourLike,
     CutStream,
@@ -42,6 +43,7 @@ from .provider import KINDS, FakeProvider, Recorded, serving
 
 __all__ = [
     "KINDS",
+    "STREAM_FAULTS",
     "Behaviour",
     "BehaviourLike",
     "CutStream",

@@ -164,6 +164,14 @@ class MalformedEvent:
 
 
 StreamFault: TypeAlias = CutStream | StreamError | Stall | EndWithoutFinish | MalformedEvent
+# Every way a stream can fail, by the name the tests give it.
+STREAM_FAULTS: dict[str, type[StreamFault]] = {
+    "cut": CutStream,
+    "stall": Stall,
+    "error_event": StreamError,
+    "no_finish": EndWithoutFinish,
+    "malformed": MalformedEvent,
+}
 """The ways a stream fails once it has begun, each placed by its `after`."""
 
 Behaviour: TypeAlias = (

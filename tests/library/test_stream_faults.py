@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 from fakes import (
+    STREAM_FAULTS,
     CutStream,
-    EndWithoutFinish,
     FakeProvider,
-    MalformedEvent,
     Reply,
     Stall,
     StreamError,
-    StreamFault,
 )
 
 from agent import Agent, AgentRouter
@@ -27,13 +25,7 @@ from agent.errors import AgentError, APIConnectionError, APITimeoutError, Invali
 from agent.types import Done, Started, TextDelta
 
 TEXT = "one two three four"
-FAULTS: dict[str, type[StreamFault]] = {
-    "cut": CutStream,
-    "stall": Stall,
-    "error_event": StreamError,
-    "no_finish": EndWithoutFinish,
-    "malformed": MalformedEvent,
-}
+FAULTS = STREAM_FAULTS
 # What each fault is raised as, after the first content.
 RAISED: dict[str, type[AgentError]] = {
     "cut": APIConnectionError,

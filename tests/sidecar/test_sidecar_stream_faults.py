@@ -19,25 +19,16 @@ import openai
 import pytest
 from agent_sidecar import Sidecar
 from fakes import (
+    STREAM_FAULTS,
     CutStream,
-    EndWithoutFinish,
     FakeProvider,
-    MalformedEvent,
     Reply,
-    Stall,
     StreamError,
-    StreamFault,
 )
 from sidecar_support import agent_spec, document, fast_route
 
 TEXT = "one two three four"
-FAULTS: dict[str, type[StreamFault]] = {
-    "cut": CutStream,
-    "stall": Stall,
-    "error_event": StreamError,
-    "no_finish": EndWithoutFinish,
-    "malformed": MalformedEvent,
-}
+FAULTS = STREAM_FAULTS
 # The provider formats behind the route; "openai-responses" is an OpenAI agent on the
 # Responses API (`api: responses`).
 KINDS = ("openai", "anthropic", "gemini", "openai-responses")
