@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.errors import ConfigurationError
-from agent.providers.base import Reply, WireRequest
 from agent.types import StreamEvent
+from agent.wire.base import Reply, WireRequest
 
 if TYPE_CHECKING:
     from agent._resources import Resources

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from agent.errors import AgentError, APIConnectionError, APITimeoutError, ConfigurationError
-from agent.providers.base import Reply, WireRequest
+from agent.wire.base import Reply, WireRequest
 
 # Keep-alive matters more than anything else for latency; allow many connections because
 # a sidecar multiplexes a whole pod's traffic through these pools.

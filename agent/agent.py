@@ -35,7 +35,6 @@ from agent.limits import ProviderLimits
 from agent.middleware import Middleware
 from agent.pricing import Price, lookup_price
 from agent.providers import codec_for, wire_for
-from agent.providers.base import Codec, Parsed, Relaying, Reply, StreamReader, Target
 from agent.tools import ToolLike, record_result, to_tool_specs, tool_message
 from agent.transport import AnyTransport, default_transport
 from agent.types import (
@@ -51,6 +50,7 @@ from agent.types import (
     Usage,
     WireBytes,
 )
+from agent.wire.base import Codec, Parsed, Relaying, Reply, StreamReader, Target
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig, AgentLimitsConfig

@@ -31,7 +31,6 @@ from agent.agent import validate_output
 from agent.catalog import Capabilities
 from agent.errors import AgentError, APIConnectionError, APITimeoutError
 from agent.middleware import Middleware
-from agent.providers.base import Reply, WireRequest
 from agent.types import (
     FinishReason,
     Request,
@@ -42,6 +41,7 @@ from agent.types import (
     ToolCallDelta,
     Usage,
 )
+from agent.wire.base import Reply, WireRequest
 
 __all__ = ["Answer", "MockTransport", "TestAgent"]
 

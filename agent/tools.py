@@ -9,8 +9,8 @@ from typing import Any, get_type_hints
 import pydantic
 
 from agent.errors import ConfigurationError
-from agent.providers.base import tool_result_text
 from agent.types import Message, ToolCall, ToolSpec
+from agent.wire.base import tool_result_text
 
 __all__ = ["Tool", "to_tool_spec", "to_tool_specs", "tool_message"]
 

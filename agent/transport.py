@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
 from agent._transport import HttpxTransport
-from agent.providers.base import Reply, WireRequest
+from agent.wire.base import Reply, WireRequest
 
 __all__ = [
     "AsyncStreamResponse",

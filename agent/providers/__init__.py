@@ -5,10 +5,10 @@ from __future__ import annotations
 from agent.catalog import PROVIDERS
 from agent.errors import ConfigurationError
 from agent.providers.anthropic import AnthropicCodec
-from agent.providers.base import Codec
 from agent.providers.gemini import GeminiCodec
 from agent.providers.openai import OpenAICodec
 from agent.providers.openai_responses import ResponsesCodec
+from agent.wire.base import Codec
 
 CODECS: dict[str, Codec] = {
     "openai": OpenAICodec(),

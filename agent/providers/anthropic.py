@@ -8,20 +8,6 @@ from typing import Any
 
 from agent._sse import SSEEvent
 from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
-from agent.providers.base import (
-    Parsed,
-    Target,
-    ToolCallAssembler,
-    WireRequest,
-    dumps,
-    error_message,
-    error_object,
-    loads,
-    loads_exact,
-    relayed_body,
-    retry_after,
-)
-from agent.providers.carry import carries, part_kind
 from agent.types import (
     ContentPart,
     DocumentPart,
@@ -37,6 +23,20 @@ from agent.types import (
     ToolChoice,
     Usage,
 )
+from agent.wire.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    error_object,
+    loads,
+    loads_exact,
+    relayed_body,
+    retry_after,
+)
+from agent.wire.carry import carries, part_kind
 
 API_VERSION = "2023-06-01"
 # The Messages API requires max_tokens; this is what a caller gets who sets none.

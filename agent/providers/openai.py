@@ -7,19 +7,6 @@ from typing import Any
 
 from agent._sse import SSEEvent
 from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
-from agent.providers.base import (
-    Parsed,
-    Target,
-    ToolCallAssembler,
-    WireRequest,
-    dumps,
-    error_message,
-    loads,
-    parse_arguments,
-    relayed_body,
-    retry_after,
-)
-from agent.providers.carry import carries, part_kind
 from agent.types import (
     AudioPart,
     ContentPart,
@@ -36,6 +23,19 @@ from agent.types import (
     ToolChoice,
     Usage,
 )
+from agent.wire.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    parse_arguments,
+    relayed_body,
+    retry_after,
+)
+from agent.wire.carry import carries, part_kind
 
 # ---- the format's tables, both ways (the sidecar's inbound half reads them too) ----------
 

@@ -16,18 +16,6 @@ from typing import Any
 
 from agent._sse import SSEEvent
 from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
-from agent.providers.base import (
-    Parsed,
-    Target,
-    ToolCallAssembler,
-    WireRequest,
-    dumps,
-    error_message,
-    loads,
-    parse_arguments,
-    relayed_body,
-    retry_after,
-)
 from agent.providers.openai import TOOL_CHOICE, strict_schema
 from agent.providers.openai import _wire as openai_wire
 from agent.types import (
@@ -46,6 +34,18 @@ from agent.types import (
     ToolCallDelta,
     ToolChoice,
     Usage,
+)
+from agent.wire.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    parse_arguments,
+    relayed_body,
+    retry_after,
 )
 
 # `incomplete_details.reason` -> the engine's finish reason

@@ -13,7 +13,6 @@ from pydantic import Discriminator, Field, Tag, TypeAdapter
 from typing_extensions import TypedDict
 
 from agent.providers.anthropic import STOP_REASON, TOOL_CHOICE, usage_body
-from agent.providers.base import dumps
 from agent.tools import to_tool_specs
 from agent.types import (
     ContentPart,
@@ -30,7 +29,8 @@ from agent.types import (
     ToolChoice,
     ToolSpec,
 )
-from agent_sidecar.wire import (
+from agent.wire.base import dumps
+from agent.wire.inbound import (
     Call,
     Failure,
     Kind,

@@ -25,8 +25,9 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.errors import AgentError, RoutingError
-from agent.providers.carry import uncarried
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
+from agent.wire.carry import uncarried
+from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent_sidecar import counting, eager
 from agent_sidecar.anthropic_api import AnthropicApi
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
@@ -38,16 +39,7 @@ from agent_sidecar.responses_api import ResponsesApi
 from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
-from agent_sidecar.wire import (
-    Api,
-    Call,
-    CallerError,
-    Failure,
-    StreamEncoder,
-    describe_failure,
-    header_value,
-    retry_after_header,
-)
+from agent_sidecar.wire import describe_failure, header_value, retry_after_header
 
 log = logging.getLogger("agent_sidecar.app")
 

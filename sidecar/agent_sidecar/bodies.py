@@ -25,9 +25,9 @@ import orjson
 from aiohttp import web
 
 from agent.errors import InvalidResponseError
-from agent.providers.base import loads_exact
+from agent.wire.base import loads_exact
+from agent.wire.inbound import Api, Call, CallerError, Failure, invalid
 from agent_sidecar.members import NotJSON, members
-from agent_sidecar.wire import Api, Call, CallerError, Failure, invalid
 
 LARGE = 1024 * 1024  # bytes: from here a body is charged to the budget and parsed off-loop
 PASS_ON = 64 * 1024  # bytes: a member of a large body the format does not read, kept unparsed

@@ -12,13 +12,14 @@ from agent.agent import Agent
 from agent.catalog import PROVIDERS
 from agent.errors import AgentError, BadRequestError, url_credentials
 from agent.providers.anthropic import AnthropicCodec
-from agent.providers.base import loads
 from agent.transport import AsyncTransport
 from agent.types import Relay
+from agent.wire.base import loads
+from agent.wire.inbound import CallerError, invalid
 from agent_sidecar import tokens
 from agent_sidecar.relay import forwarded
 from agent_sidecar.routes import Route
-from agent_sidecar.wire import CallerError, describe_failure, invalid
+from agent_sidecar.wire import describe_failure
 
 CODEC = AnthropicCodec()
 LARGE_TEXT = 64 * 1024  # bytes of body from which the estimate runs off the event loop

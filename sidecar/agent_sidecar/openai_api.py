@@ -12,7 +12,6 @@ from pydantic import Discriminator, Field, Tag, TypeAdapter
 from typing_extensions import TypedDict
 
 from agent.errors import InvalidResponseError
-from agent.providers.base import dumps, loads_exact
 from agent.providers.openai import FINISH_REASON, TOOL_CHOICE, usage_body
 from agent.tools import to_tool_specs
 from agent.types import (
@@ -26,7 +25,8 @@ from agent.types import (
     ToolSpec,
     as_messages,
 )
-from agent_sidecar.wire import (
+from agent.wire.base import dumps, loads_exact
+from agent.wire.inbound import (
     Call,
     Failure,
     Kind,

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.providers.openai import without_usage_chunk
 from agent.types import Response, StreamEvent, WireBytes
-from agent_sidecar.wire import Failure, StreamEncoder
+from agent.wire.inbound import Failure, StreamEncoder
 
 # Provider headers that shape what a request means (a beta feature, an API version) or
 # make it safe to retry; never credentials or hop-by-hop headers: the agent sends its own.

@@ -36,8 +36,7 @@ from agent.types import (
     ToolCall,
     ToolCallDelta,
 )
-from agent_sidecar.openai_api import OpenAIApi, tool_choice_of
-from agent_sidecar.wire import (
+from agent.wire.inbound import (
     Call,
     CallerError,
     Failure,
@@ -47,6 +46,7 @@ from agent_sidecar.wire import (
     new_id,
     read_body,
 )
+from agent_sidecar.openai_api import OpenAIApi, tool_choice_of
 
 
 class _Body(TypedDict, total=False):

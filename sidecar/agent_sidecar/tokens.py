@@ -20,7 +20,7 @@ from typing import Any
 
 import tiktoken
 
-from agent.providers.base import dumps
+from agent.wire.base import dumps
 
 ENCODING = "cl100k_base"
 HOW = f"estimate (tiktoken {ENCODING})"  # the x-agent-token-count header of an estimate

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agent._sse import SSEEvent, SSEParser
-from agent.providers.base import Codec, Parsed, StreamReader, Target
 from agent.types import StreamEvent, TextDelta, ToolCallDelta
+from agent.wire.base import Codec, Parsed, StreamReader, Target
 
 DATA = Path(__file__).resolve().parent / "data"
 

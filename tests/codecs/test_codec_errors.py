@@ -20,7 +20,7 @@ from agent.errors import (
     ServerError,
 )
 from agent.providers import AnthropicCodec, GeminiCodec, OpenAICodec
-from agent.providers.base import retry_after
+from agent.wire.base import retry_after
 
 openai, anthropic, gemini = OpenAICodec(), AnthropicCodec(), GeminiCodec()
 CODECS = {"openai": openai, "anthropic": anthropic, "gemini": gemini}

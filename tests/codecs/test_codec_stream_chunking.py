@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from agent.errors import APIConnectionError, InvalidResponseError
 from agent.providers import AnthropicCodec, GeminiCodec, OpenAICodec
-from agent.providers.base import Codec
+from agent.wire.base import Codec
 
 # name -> (codec, recorded bytes, marker of the frame that completes the stream)
 STREAMS: dict[str, tuple[Codec, Callable[[], bytes], bytes]] = {

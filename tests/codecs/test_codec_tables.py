@@ -12,8 +12,6 @@ import pytest
 from codec_support import target
 
 from agent.providers import AnthropicCodec, GeminiCodec, OpenAICodec
-from agent.providers.base import Codec
-from agent.providers.carry import uncarried
 from agent.types import (
     AudioPart,
     DocumentPart,
@@ -24,6 +22,8 @@ from agent.types import (
     ToolChoice,
     ToolSpec,
 )
+from agent.wire.base import Codec
+from agent.wire.carry import uncarried
 
 TOOL = ToolSpec("get_weather", "Weather", {"type": "object", "properties": {}})
 CODECS: dict[str, Codec] = {

@@ -5,7 +5,7 @@ default (OpenAI, then Anthropic).
 
 The tables these tests check live one per format, beside the format's codec
 (`agent/providers/{openai,anthropic,gemini}.py`); what a format cannot carry is in
-`agent/providers/carry.py`."""
+`agent/wire/carry.py`."""
 
 from __future__ import annotations
 
