@@ -6,9 +6,9 @@ from agent.catalog import PROVIDERS
 from agent.errors import ConfigurationError
 from agent.providers.anthropic import AnthropicCodec
 from agent.providers.gemini import GeminiCodec
-from agent.providers.openai import OpenAICodec
 from agent.providers.openai_responses import ResponsesCodec
 from agent.wire.base import Codec
+from agent.wire.openai_chat import OpenAICodec
 
 CODECS: dict[str, Codec] = {
     "openai": OpenAICodec(),

@@ -16,8 +16,6 @@ from typing import Any
 
 from agent._sse import SSEEvent
 from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
-from agent.providers.openai import TOOL_CHOICE, strict_schema
-from agent.providers.openai import _wire as openai_wire
 from agent.types import (
     AudioPart,
     ContentPart,
@@ -47,6 +45,8 @@ from agent.wire.base import (
     relayed_body,
     retry_after,
 )
+from agent.wire.openai_chat import TOOL_CHOICE, strict_schema
+from agent.wire.openai_chat import _wire as openai_wire
 
 # `incomplete_details.reason` -> the engine's finish reason
 _INCOMPLETE: dict[str, FinishReason] = {

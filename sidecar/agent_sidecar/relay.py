@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.providers.openai import without_usage_chunk
 from agent.types import Response, StreamEvent, WireBytes
 from agent.wire.inbound import Failure, StreamEncoder
+from agent.wire.openai_chat import without_usage_chunk
 
 # Provider headers that shape what a request means (a beta feature, an API version) or
 # make it safe to retry; never credentials or hop-by-hop headers: the agent sends its own.
@@ -38,7 +38,7 @@ class Relayed:
         self._relayed = False
         self._started = False
         # An OpenAI caller who did not ask for stream usage: the chunk the agent asked
-        # for on its behalf stays here (see `agent.providers.openai.without_usage_chunk`).
+        # for on its behalf stays here (see `agent.wire.openai_chat.without_usage_chunk`).
         self._strip_usage = strip_usage
 
     def start(self) -> bytes:

@@ -46,7 +46,7 @@ from agent.wire.inbound import (
     new_id,
     read_body,
 )
-from agent_sidecar.openai_api import OpenAIApi, tool_choice_of
+from agent.wire.openai_chat import OpenAIApi, tool_choice_of
 
 
 class _Body(TypedDict, total=False):

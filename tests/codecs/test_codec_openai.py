@@ -19,7 +19,6 @@ from codec_support import (
 from agent._sse import SSEEvent
 from agent.errors import APIConnectionError, InvalidResponseError, ServerError
 from agent.providers import OpenAICodec, codec_for
-from agent.providers.openai import strict_schema
 from agent.types import (
     ImagePart,
     Message,
@@ -31,6 +30,7 @@ from agent.types import (
     ToolCallDelta,
     ToolSpec,
 )
+from agent.wire.openai_chat import strict_schema
 
 codec = OpenAICodec()
 WEATHER = ToolSpec(
