@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from agent.catalog import PROVIDERS
 from agent.errors import ConfigurationError
-from agent.providers.anthropic import AnthropicCodec
 from agent.providers.gemini import GeminiCodec
 from agent.providers.openai_responses import ResponsesCodec
+from agent.wire.anthropic import AnthropicCodec
 from agent.wire.base import Codec
 from agent.wire.openai_chat import OpenAICodec
 

@@ -26,11 +26,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.errors import AgentError, RoutingError
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
+from agent.wire.anthropic import AnthropicApi
 from agent.wire.carry import uncarried
 from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent.wire.openai_chat import OpenAIApi
 from agent_sidecar import counting, eager
-from agent_sidecar.anthropic_api import AnthropicApi
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics

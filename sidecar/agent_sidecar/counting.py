@@ -11,9 +11,9 @@ from typing import Any
 from agent.agent import Agent
 from agent.catalog import PROVIDERS
 from agent.errors import AgentError, BadRequestError, url_credentials
-from agent.providers.anthropic import AnthropicCodec
 from agent.transport import AsyncTransport
 from agent.types import Relay
+from agent.wire.anthropic import AnthropicCodec
 from agent.wire.base import loads
 from agent.wire.inbound import CallerError, invalid
 from agent_sidecar import tokens

@@ -29,7 +29,6 @@ from agent.errors import (
     ServerError,
 )
 from agent.providers import AnthropicCodec, codec_for
-from agent.providers.anthropic import DEFAULT_MAX_TOKENS, OUTPUT_TOOL
 from agent.types import (
     ImagePart,
     Message,
@@ -41,6 +40,7 @@ from agent.types import (
     ToolCallDelta,
     ToolSpec,
 )
+from agent.wire.anthropic import DEFAULT_MAX_TOKENS, OUTPUT_TOOL
 
 codec = AnthropicCodec()
 
