@@ -1,14 +1,15 @@
-"""Wire-format codecs, one per API dialect (sans-I/O)."""
+"""Which codec an agent speaks: its provider's wire format, or the Responses API when an
+OpenAI-format agent is told to use it. The codecs themselves live in `agent.wire`."""
 
 from __future__ import annotations
 
 from agent.catalog import PROVIDERS
 from agent.errors import ConfigurationError
-from agent.providers.gemini import GeminiCodec
-from agent.providers.openai_responses import ResponsesCodec
 from agent.wire.anthropic import AnthropicCodec
 from agent.wire.base import Codec
+from agent.wire.gemini import GeminiCodec
 from agent.wire.openai_chat import OpenAICodec
+from agent.wire.openai_responses import ResponsesCodec
 
 CODECS: dict[str, Codec] = {
     "openai": OpenAICodec(),

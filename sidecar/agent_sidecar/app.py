@@ -30,12 +30,12 @@ from agent.wire.anthropic import AnthropicApi
 from agent.wire.carry import uncarried
 from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent.wire.openai_chat import OpenAIApi
+from agent.wire.openai_responses import ResponsesApi
 from agent_sidecar import counting, eager
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.relay import Relayed, forwarded
-from agent_sidecar.responses_api import ResponsesApi
 from agent_sidecar.routes import Loaded, Route
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore

@@ -1,4 +1,5 @@
-"""Google Gemini, native generateContent / streamGenerateContent."""
+"""Google Gemini, native generateContent / streamGenerateContent: the client half only
+(apps call the sidecar in OpenAI's or Anthropic's format, never in Gemini's)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,20 @@
-"""OpenAI's Responses API, inbound (`POST /v1/responses`): what the openai SDK's
+"""OpenAI's Responses API, both halves: what an OpenAI agent with `api="responses"` is
+sent and answers (the client half, the library's codec), and what the openai SDK's
 `client.responses`, the OpenAI Agents SDK, pydantic-ai's and LangChain's Responses models
-send, and what they expect back (a `response` object; typed `event:` frames with
-`sequence_number`s; OpenAI's `{"error": {...}}`).
+send the sidecar (`POST /v1/responses`) and expect back (the server half).
 
-To an agent that calls the Responses API itself the body goes as it came (`Relay`).
-For the others it becomes the engine's request: `instructions` and leading system or
-developer messages are the system prompt, input messages, images, `function_call` and
-`function_call_output` items are the conversation, function tools are tools,
-`text.format` json_schema is structured output. What only OpenAI's servers can do
+A request is `instructions` plus `input` items: messages, `function_call` items (the
+model's calls) and `function_call_output` items (their results). An answer is `output`
+items: `message`s of `output_text` parts, `function_call`s and `reasoning`. A stream is
+typed events with sequence numbers; only text and function-argument deltas are content
+(`response.created` and `response.in_progress` come before anything is decided, so they
+never commit a route), and a stream that ends without `response.completed` was cut.
+
+Inbound, to an agent that calls the Responses API itself the body goes as it came
+(`Relay`). For the others it becomes the engine's request: `instructions` and leading
+system or developer messages are the system prompt, input messages, images,
+`function_call` and `function_call_output` items are the conversation, function tools are
+tools, `text.format` json_schema is structured output. What only OpenAI's servers can do
 (continue a stored response, store one, hosted tools, files by id) is refused with a 400
 saying why when the route has an agent that would be sent a translation.
 """
@@ -15,19 +22,25 @@ saying why when the route has an agent that would be sent a translation.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Required
 
 import orjson
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from agent._sse import SSEEvent
+from agent.errors import APIConnectionError, InvalidResponseError, ProviderError, error_for_status
 from agent.tools import to_tool_specs
 from agent.types import (
+    AudioPart,
     ContentPart,
+    DocumentPart,
+    FinishReason,
     ImagePart,
     Message,
     OutputSchema,
+    Relay,
     Request,
     Response,
     StreamEvent,
@@ -35,6 +48,20 @@ from agent.types import (
     TextPart,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
+    Usage,
+)
+from agent.wire.base import (
+    Parsed,
+    Target,
+    ToolCallAssembler,
+    WireRequest,
+    dumps,
+    error_message,
+    loads,
+    parse_arguments,
+    relayed_body,
+    retry_after,
 )
 from agent.wire.inbound import (
     Call,
@@ -46,7 +73,315 @@ from agent.wire.inbound import (
     new_id,
     read_body,
 )
-from agent.wire.openai_chat import OpenAIApi, tool_choice_of
+from agent.wire.openai_chat import TOOL_CHOICE, OpenAIApi, strict_schema, tool_choice_of
+from agent.wire.openai_chat import _wire as openai_wire
+
+# ---- the format's tables, both halves read them -----------------------------------------
+
+
+# `incomplete_details.reason` -> the engine's finish reason
+_INCOMPLETE: dict[str, FinishReason] = {
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+}
+
+# ... and the engine's finish reason as the reason a response is incomplete
+INCOMPLETE_REASON: dict[FinishReason, str] = {v: k for k, v in _INCOMPLETE.items()}
+
+# An error event's `code` -> the HTTP status the same failure gets as an answer
+ERROR_STATUS = {
+    "rate_limit_exceeded": 429,
+    "invalid_prompt": 400,
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "server_error": 500,
+    "overloaded": 503,
+}
+
+
+def tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    """The Responses API's tool_choice: Chat Completions' strings; a named tool is flat."""
+    if choice.mode == "tool":
+        return {"type": "function", "name": choice.name}
+    return TOOL_CHOICE[choice.mode]
+
+
+def usage(value: Any) -> Usage:
+    if not isinstance(value, dict):
+        return Usage()
+    cached = value.get("input_tokens_details") or {}
+    reasoning = value.get("output_tokens_details") or {}
+    return Usage(
+        value.get("input_tokens") or 0,
+        value.get("output_tokens") or 0,
+        cached_input_tokens=cached.get("cached_tokens") or 0,
+        reasoning_tokens=reasoning.get("reasoning_tokens") or 0,
+    )
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """`usage` as the Responses API reports it: cached input and reasoning in details."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+# ---- the client half: build a request, parse an answer, decode a stream ------------------
+
+
+class ResponsesCodec:
+    wire = "responses"
+
+    def build(self, request: Request, target: Target) -> WireRequest:
+        body: dict[str, Any] = {"model": target.model, "input": input_items(request.messages)}
+        if request.system:
+            body["instructions"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_output_tokens"] = request.max_tokens
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                    "strict": False,  # the Responses API's default is strict: keep meaning
+                }
+                for t in request.tools
+            ]
+        if request.tools and request.tool_choice is not None:
+            body["tool_choice"] = tool_choice(request.tool_choice)
+        if request.tools and request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.output_schema is not None:
+            strict = strict_schema(request.output_schema.schema)
+            body["text"] = {
+                "format": {
+                    "type": "json_schema",
+                    "name": request.output_schema.name,
+                    "schema": strict or request.output_schema.schema,
+                    "strict": strict is not None,
+                }
+            }
+        if request.stream:
+            body["stream"] = True
+        body.update(request.extra)
+        return _wire(target, {}, dumps(body), request.stream)
+
+    def relay(self, relay: Relay, extra: dict[str, Any], target: Target) -> WireRequest:
+        body = relayed_body(relay, extra, target)
+        return _wire(target, relay.headers, body, relay.body.get("stream") is True)
+
+    def parse(self, body: bytes) -> Parsed:
+        data = loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("output"), list):
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                raise in_band_error(data["error"])
+            raise InvalidResponseError(f"unexpected response shape: {str(data)[:200]}")
+        return _parsed(data)
+
+    def decoder(self) -> ResponsesStreamDecoder:
+        return ResponsesStreamDecoder()
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, parsed = error_message(body)
+        return error_for_status(status, message, retry_after=retry_after(headers), body=parsed)
+
+
+# The events the decoder reads; the others (created, in_progress, content parts, the
+# `.done` repeats of what the deltas said, ...) are skipped by their `event:` name unread.
+_READ = frozenset(
+    {
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "error",
+    }
+)
+
+
+class ResponsesStreamDecoder:
+    """Events in, content events out; the answer from `response.completed`."""
+
+    __slots__ = ("_calls", "_final", "_named", "_text", "_tools")
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tools = ToolCallAssembler()
+        self._calls: dict[int, tuple[int, str, str]] = {}  # output index -> (call index, id, name)
+        self._named: set[int] = set()  # calls whose id and name went out already
+        self._final: dict[str, Any] | None = None
+
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        if event.event != "message" and event.event not in _READ:
+            return []
+        data = loads(event.data, "stream event")
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "response.output_text.delta":
+            text = data.get("delta") or ""
+            self._text.append(text)
+            return [TextDelta(text)] if text else []
+        if kind == "response.function_call_arguments.delta":
+            return self._piece(data.get("output_index", 0), data.get("delta") or "")
+        if kind == "response.output_item.added":
+            item = data.get("item") or {}
+            if item.get("type") == "function_call":
+                index = len(self._calls)
+                self._calls[data.get("output_index", 0)] = (
+                    index,
+                    item.get("call_id") or "",
+                    item.get("name") or "",
+                )
+            return []
+        if kind == "response.output_item.done":
+            item = data.get("item") or {}
+            at = data.get("output_index", 0)
+            if item.get("type") == "function_call" and at in self._calls and at not in self._named:
+                return self._piece(at, "")  # a call with no argument deltas still happened
+            return []
+        if kind in ("response.completed", "response.incomplete"):
+            self._final = data.get("response") or {}
+            return []
+        if kind == "response.failed":
+            error = (data.get("response") or {}).get("error") or {}
+            raise in_band_error(error)
+        if kind == "error":
+            raise in_band_error(data.get("error") if isinstance(data.get("error"), dict) else data)
+        return []
+
+    def _piece(self, output_index: int, arguments: str) -> list[StreamEvent]:
+        index, call_id, name = self._calls.get(output_index, (output_index, "", ""))
+        first = output_index not in self._named
+        self._named.add(output_index)
+        delta = ToolCallDelta(index, call_id if first else None, name if first else None, arguments)
+        self._tools.add(delta)
+        return [delta]
+
+    def finish(self) -> Parsed:
+        if self._final is None:
+            raise APIConnectionError("the stream ended before response.completed")
+        parsed = _parsed(self._final)
+        if not parsed.text and self._text:  # a final event without its output repeated
+            parsed.text = "".join(self._text)
+        if not parsed.tool_calls and self._tools:
+            parsed.tool_calls = self._tools.calls()
+            parsed.finish_reason = "tool_calls"
+        parsed.raw = None
+        return parsed
+
+
+def _parsed(data: dict[str, Any]) -> Parsed:
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    for item in data.get("output") or ():
+        kind = item.get("type")
+        if kind == "message":
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text":
+                    text.append(part.get("text") or "")
+                elif part.get("type") == "refusal":
+                    text.append(part.get("refusal") or "")
+        elif kind == "function_call":
+            calls.append(
+                ToolCall(
+                    item.get("call_id") or item.get("id") or "",
+                    item.get("name") or "",
+                    parse_arguments(item.get("arguments") or ""),
+                )
+            )
+    if data.get("status") == "failed":
+        raise in_band_error(data.get("error") or {})
+    finish = finish_reason(data, bool(calls))
+    return Parsed(
+        text="".join(text),
+        tool_calls=calls,
+        finish_reason=finish,
+        usage=usage(data.get("usage")),
+        model=data.get("model"),
+        id=data.get("id"),
+        raw=data,
+    )
+
+
+def finish_reason(data: dict[str, Any], calls: bool) -> FinishReason:
+    if data.get("status") == "incomplete":
+        reason = (data.get("incomplete_details") or {}).get("reason") or ""
+        return _INCOMPLETE.get(reason, "other")
+    return "tool_calls" if calls else "stop"
+
+
+def in_band_error(error: Any) -> ProviderError:
+    """An `error` event, `response.failed` or a failed response, as the typed error."""
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or "the response failed")
+    code = str(error.get("code") or error.get("type") or "")
+    status = ERROR_STATUS.get(code, 500)
+    return error_for_status(status, message, overloaded="overload" in message.lower())
+
+
+def input_items(messages: list[Message]) -> list[dict[str, Any]]:
+    """The engine's messages as Responses API input items."""
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "tool":
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": m.tool_call_id or "",
+                    "output": m.text,
+                }
+            )
+            continue
+        if m.role == "assistant":
+            if m.text:
+                items.append({"role": "assistant", "content": m.text})
+            items += [
+                {
+                    "type": "function_call",
+                    "call_id": c.id,
+                    "name": c.name,
+                    "arguments": dumps(c.arguments).decode(),
+                }
+                for c in m.tool_calls
+            ]
+            continue
+        if isinstance(m.content, str):
+            items.append({"role": m.role, "content": m.content})
+            continue
+        parts = [_input_part(p) for p in m.content if not isinstance(p, AudioPart)]  # see carry
+        items.append({"role": m.role, "content": parts})
+    return items
+
+
+def _input_part(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, ImagePart):
+        return {"type": "input_image", "image_url": p.url or f"data:{p.media_type};base64,{p.data}"}
+    if isinstance(p, DocumentPart):
+        if p.text is not None:  # a plain-text document is text to every model
+            return {"type": "input_text", "text": p.text}
+        if p.url is not None:
+            return {"type": "input_file", "file_url": p.url}
+        data = f"data:{p.media_type};base64,{p.data}"
+        return {"type": "input_file", "file_data": data, "filename": p.name or "document.pdf"}
+    assert isinstance(p, TextPart)
+    return {"type": "input_text", "text": p.text}
+
+
+def _wire(target: Target, forwarded: dict[str, str], body: bytes, stream: bool) -> WireRequest:
+    return openai_wire(target, forwarded, body, stream, "/responses")
+
+
+# ---- the server half: parse an inbound request, render an answer, encode a stream -------
 
 
 class _Body(TypedDict, total=False):
@@ -318,21 +653,11 @@ class _Answer:
     ) -> dict[str, Any]:
         incomplete = None
         if done is not None:
-            reason = {"length": "max_output_tokens", "content_filter": "content_filter"}
-            incomplete = reason.get(done.finish_reason)
+            incomplete = INCOMPLETE_REASON.get(done.finish_reason)
             status = status or ("incomplete" if incomplete else "completed")
             if output is None:
                 output = message_items(done)
-        usage = None
-        if done is not None:
-            u = done.usage
-            usage = {
-                "input_tokens": u.input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": u.output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": u.total_tokens,
-            }
+        usage = usage_body(done.usage) if done is not None else None
         return {
             "id": self.id,
             "object": "response",
@@ -358,7 +683,7 @@ def message_items(response: Response[Any]) -> list[dict[str, Any]]:
 
 
 def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [_part(text)]
+    content = [] if text is None else [_output_text(text)]
     return {
         "id": item_id,
         "type": "message",
@@ -368,7 +693,7 @@ def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
     }
 
 
-def _part(text: str) -> dict[str, Any]:
+def _output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
 
@@ -415,7 +740,9 @@ class ResponsesStream:
             out = b""
             if self._open is None or self._open["type"] != "message":
                 out = self._close() + self._add(_message(new_id("msg_"), None, "in_progress"))
-                out += self._event("response.content_part.added", **self._at(), part=_part(""))
+                out += self._event(
+                    "response.content_part.added", **self._at(), part=_output_text("")
+                )
             self._text.append(event.text)
             return out + self._event(
                 "response.output_text.delta", **self._at(), delta=event.text, logprobs=[]
@@ -467,8 +794,8 @@ class ResponsesStream:
             self._text.clear()
             where = {"item_id": item["id"], "output_index": at, "content_index": 0}
             out = self._event("response.output_text.done", **where, text=text, logprobs=[])
-            out += self._event("response.content_part.done", **where, part=_part(text))
-            item.update(status="completed", content=[_part(text)])
+            out += self._event("response.content_part.done", **where, part=_output_text(text))
+            item.update(status="completed", content=[_output_text(text)])
         else:
             out = self._event(
                 "response.function_call_arguments.done",
