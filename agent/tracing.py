@@ -18,7 +18,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.catalog import PROVIDERS
+from agent.errors import ConfigurationError
 from agent.types import Attempt, Continuation, Request, Response
+from agent.wire.carry import ignored
 
 _NOT_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # One tracer per provider seen (a router's own, or the global one): a tracer is made
@@ -179,6 +181,10 @@ def _attempt_span(
         "agent_router.attempt.outcome": attempt.outcome,
         "agent_router.attempt.retry": attempt.retry,
     }
+    if wire := _wire(agent):
+        # What of the caller's request this agent went without (another wire format).
+        if names := ignored(request, wire):
+            attrs["agent_router.attempt.ignored_fields"] = sorted(names)
     if request.max_tokens is not None:
         attrs["gen_ai.request.max_tokens"] = request.max_tokens
     if request.temperature is not None:
@@ -204,3 +210,13 @@ def _attempt_span(
         # The message is ours or a scrubbed provider message: never prompt text or keys.
         span.set_status(Status(StatusCode.ERROR, str(attempt.error)[:300]))
     span.end(end_time=end)
+
+
+def _wire(agent: Any) -> str | None:
+    """The wire format an agent speaks; None for an agent of the caller's own making or
+    of an unknown provider (its call fails; its span says why)."""
+    try:
+        wire = agent.wire
+    except (AttributeError, KeyError, ConfigurationError):
+        return None
+    return wire if isinstance(wire, str) else None

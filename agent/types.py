@@ -138,6 +138,18 @@ class Relay:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class Origin:
+    """The wire format a request came in, when it came in one (an app calling the
+    sidecar), and what of the caller's body the engine's request has no place for. An
+    agent of that format is sent the body as it came; an agent of another format goes
+    without those fields, and they are named on its attempt span and to the caller
+    (`agent.wire.carry.ignored`)."""
+
+    wire: str
+    untranslated: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True)
 class Request:
     """One normalized request, the same for every provider.
@@ -158,6 +170,7 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
     metadata: dict[str, Any] = field(default_factory=dict)
     relay: Relay | None = None  # the caller's own body, for agents that speak its format
+    origin: Origin | None = None  # the caller's wire format, when it called in one
     # The assistant's answer so far, which another agent failed to finish: to continue it.
     continues: str | None = None
 

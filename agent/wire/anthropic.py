@@ -24,6 +24,7 @@ from agent.types import (
     FinishReason,
     ImagePart,
     Message,
+    Origin,
     OutputSchema,
     Relay,
     Request,
@@ -622,6 +623,7 @@ class AnthropicApi:
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
         )
+        request.origin = Origin(self.name, frozenset({*extra, *dropped}))
         return Call(data["model"], request, extra, body, dropped=dropped)
 
     def render(self, response: Response[Any], call: Call) -> bytes:

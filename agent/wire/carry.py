@@ -22,6 +22,11 @@ _CANNOT: dict[str, frozenset[str]] = {
 }
 
 
+# wire -> the most stop sequences it takes: OpenAI refuses a request with more (a 400), so
+# the first ones are sent and the rest named.
+_MOST_STOPS: dict[str, int] = {"openai": 4}
+
+
 def part_kind(part: ContentPart) -> str:
     """A content part's kind, in the words `x-agent-ignored-fields` uses."""
     if isinstance(part, ImagePart):
@@ -40,8 +45,6 @@ def carries(wire: str, kind: str) -> bool:
 def uncarried(request: Request, wire: str) -> set[str]:
     """What of `request` an agent speaking `wire` gets without."""
     cannot = _CANNOT.get(wire, frozenset())
-    if not cannot:
-        return set()
     found = {
         kind
         for m in request.messages
@@ -53,4 +56,25 @@ def uncarried(request: Request, wire: str) -> set[str]:
         found.add("parallel_tool_calls")
     if request.stop and "stop" in cannot:
         found.add("stop")
+    most = _MOST_STOPS.get(wire)
+    if most and request.stop and len(request.stop) > most:
+        found.add(f"stop[{most}:]")
     return found
+
+
+def stops(request: Request, wire: str) -> list[str] | None:
+    """The stop sequences an agent speaking `wire` is sent."""
+    most = _MOST_STOPS.get(wire)
+    return request.stop[:most] if request.stop and most else request.stop
+
+
+def ignored(request: Request, wire: str) -> set[str]:
+    """What of a request an agent speaking `wire` goes without: nothing when it speaks
+    the caller's own format (it is sent the body as it came, see `Origin`), else what
+    the engine's request does not hold of the caller's body and what of the engine's
+    request `wire` has no place for."""
+    origin = request.origin
+    if origin is not None and origin.wire == wire:
+        return set()
+    names = uncarried(request, wire)
+    return names | origin.untranslated if origin is not None else names

@@ -24,6 +24,7 @@ from agent.types import (
     FinishReason,
     ImagePart,
     Message,
+    Origin,
     OutputSchema,
     Relay,
     Request,
@@ -50,7 +51,7 @@ from agent.wire.base import (
     relayed_body,
     retry_after,
 )
-from agent.wire.carry import carries, part_kind
+from agent.wire.carry import carries, part_kind, stops
 from agent.wire.inbound import (
     Call,
     Failure,
@@ -179,7 +180,7 @@ class OpenAICodec:
             key = "max_completion_tokens" if target.provider == "openai" else "max_tokens"
             body[key] = request.max_tokens
         if request.stop:
-            body["stop"] = request.stop
+            body["stop"] = stops(request, self.wire)
         if request.tools:
             body["tools"] = [
                 {
@@ -266,7 +267,7 @@ class OpenAICodec:
 
 
 class OpenAIStreamDecoder:
-    __slots__ = ("_done", "_finish", "_id", "_model", "_text", "_tools", "_usage")
+    __slots__ = ("_done", "_finish", "_id", "_model", "_refused", "_text", "_tools", "_usage")
 
     def __init__(self) -> None:
         self._text: list[str] = []
@@ -276,6 +277,7 @@ class OpenAIStreamDecoder:
         self._id: str | None = None
         self._model: str | None = None
         self._done = False
+        self._refused = False
 
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
         if event.data == "[DONE]":
@@ -296,6 +298,10 @@ class OpenAIStreamDecoder:
                 if text := delta.get("content"):
                     self._text.append(text)
                     out.append(TextDelta(text))
+                if refusal := delta.get("refusal"):  # the model declined, in its words
+                    self._refused = True
+                    self._text.append(refusal)
+                    out.append(TextDelta(refusal))
                 for call in delta.get("tool_calls") or ():
                     fn = call.get("function") or {}
                     piece = ToolCallDelta(
@@ -316,7 +322,9 @@ class OpenAIStreamDecoder:
         return Parsed(
             text="".join(self._text),
             tool_calls=self._tools.calls(),
-            finish_reason=FINISH.get(self._finish or "", "other"),
+            finish_reason="content_filter"
+            if self._refused
+            else FINISH.get(self._finish or "", "other"),
             usage=_usage(self._usage),
             model=self._model,
             id=self._id,
@@ -613,6 +621,7 @@ class OpenAIApi:
                 "n > 1 needs a route whose agents all speak OpenAI's format: ask once per choice",
                 "n",
             )
+        request.origin = Origin(self.name, frozenset({*extra, *dropped}))
         return Call(
             data["model"],
             request,

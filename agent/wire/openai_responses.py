@@ -39,6 +39,7 @@ from agent.types import (
     FinishReason,
     ImagePart,
     Message,
+    Origin,
     OutputSchema,
     Relay,
     Request,
@@ -463,6 +464,7 @@ class ResponsesApi:
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
         )
+        request.origin = Origin(self.name, frozenset(extra))
         return Call(data["model"], request, extra, body, relay_only=only)
 
     def render(self, response: Response[Any], call: Call) -> bytes:

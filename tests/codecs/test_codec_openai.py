@@ -30,6 +30,7 @@ from agent.types import (
     ToolCallDelta,
     ToolSpec,
 )
+from agent.wire.carry import uncarried
 from agent.wire.openai_chat import strict_schema
 
 codec = OpenAICodec()
@@ -325,6 +326,34 @@ def test_parse_recorded_refusal_is_the_refusal_text_and_a_content_filter_finish(
     p = codec.parse(data_bytes("openai", "chat_completion_refusal.json"))
     assert p.text == "I'm very sorry, but I can't assist with that."
     assert p.finish_reason == "content_filter"
+
+
+def test_a_streamed_refusal_is_the_answer_s_text_and_a_content_filter_finish() -> None:
+    # Tried: a stream whose deltas carry `refusal` (structured output declined), in the
+    # shape OpenAI streams it: the same answer as the plain path's.
+    head = '{"id":"chatcmpl-r","object":"chat.completion.chunk","model":"gpt-4o","choices":'
+    frames = [
+        '[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]',
+        '[{"index":0,"delta":{"refusal":"I\'m very sorry, "},"finish_reason":null}]',
+        '[{"index":0,"delta":{"refusal":"but I can\'t assist with that."},"finish_reason":null}]',
+        '[{"index":0,"delta":{},"finish_reason":"stop"}]',
+    ]
+    raw = "".join(f"data: {head}{f}}}\n\n" for f in frames) + "data: [DONE]\n\n"
+    events, p = run_stream(codec, one_byte_at_a_time(raw.encode()))
+    assert events == [TextDelta("I'm very sorry, "), TextDelta("but I can't assist with that.")]
+    assert p.text == "I'm very sorry, but I can't assist with that."
+    assert p.finish_reason == "content_filter"
+
+
+def test_more_than_four_stop_sequences_keep_the_first_four() -> None:
+    # Tried: six stop sequences, which OpenAI refuses with a 400: the first four are sent,
+    # and the rest is named as what this format could not carry.
+    request = Request([Message("user", "hi")], stop=["a", "b", "c", "d", "e", "f"])
+    assert body_of(request)["stop"] == ["a", "b", "c", "d"]
+    assert uncarried(request, "openai") == {"stop[4:]"}
+    assert uncarried(request, "anthropic") == set()
+    four = Request([Message("user", "hi")], stop=["a", "b", "c", "d"])
+    assert body_of(four)["stop"] == ["a", "b", "c", "d"] and uncarried(four, "openai") == set()
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,31 @@ async def test_decision_and_attempt_spans_continue_the_callers_trace(
     assert won.attributes["gen_ai.usage.output_tokens"] > 0
 
 
+async def test_an_attempt_span_names_what_a_fallback_to_another_format_went_without(
+    spans: InMemorySpanExporter,
+    sidecar_factory: SidecarFactory,
+    two_provider_config: dict[str, Any],
+    fake_openai: FakeProvider,
+    fake_anthropic: FakeProvider,
+) -> None:
+    """Tried: an OpenAI caller sends `seed` and `logit_bias` (OpenAI's own fields); the
+    OpenAI agent fails and Claude answers. Claude's attempt span names the fields it went
+    without, as the header does; the OpenAI attempt, sent the body as it came, names
+    nothing."""
+    sidecar = await sidecar_factory(two_provider_config, tracing=True)
+    fake_openai.script(Fail(500))
+    body = {**CHAT, "seed": 7, "logit_bias": {"50256": -100}}
+    async with httpx.AsyncClient(base_url=sidecar.app_url) as client:
+        answered = await client.post("/v1/chat/completions", json=body)
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["x-agent-ignored-fields"] == "logit_bias,seed"
+    assert "seed" not in fake_anthropic.last_request.json
+    named = by_name(spans.get_finished_spans())
+    failed, won = named["chat gpt-4o-mini"][0], named["chat claude-haiku-4-5"][0]
+    assert won.attributes["agent_router.attempt.ignored_fields"] == ("logit_bias", "seed")
+    assert "agent_router.attempt.ignored_fields" not in failed.attributes
+
+
 async def test_a_stream_records_its_decision_inside_the_request_span(
     spans: InMemorySpanExporter,
     sidecar_factory: SidecarFactory,

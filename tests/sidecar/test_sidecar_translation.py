@@ -4,7 +4,7 @@ mapping it tries. Routes: gpt (OpenAI), claude (Anthropic), gemini (Gemini), and
 default (OpenAI, then Anthropic).
 
 The tables these tests check live one per format, beside the format's codec
-(`agent/providers/{openai,anthropic,gemini}.py`); what a format cannot carry is in
+(`agent/wire/{openai_chat,anthropic,gemini}.py`); what a format cannot carry is in
 `agent/wire/carry.py`."""
 
 from __future__ import annotations
@@ -517,6 +517,22 @@ async def test_stop_sequences_both_ways(
     assert fake_gemini.last_request.json["generationConfig"]["stopSequences"] == ["END", "STOP"]
     await messages(http, "gpt", messages=USER, stop_sequences=["END"])
     assert fake_openai.last_request.json["stop"] == ["END"]
+
+
+async def test_more_than_four_stop_sequences_reach_openai_as_its_first_four(
+    sidecar: Sidecar, fake_openai: FakeProvider
+) -> None:
+    """Tried: Anthropic's SDK with six stop_sequences on an OpenAI route. OpenAI refuses
+    more than four (a 400): it gets the first four, and the caller is told the rest was
+    left out."""
+    client = anthropic.AsyncAnthropic(base_url=sidecar.app_url, api_key="unused", max_retries=0)
+    stops = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX"]
+    raw = await client.messages.with_raw_response.create(
+        model="gpt", max_tokens=64, messages=USER, stop_sequences=stops
+    )
+    assert (await raw.parse()).content[0].type == "text"
+    assert fake_openai.last_request.json["stop"] == stops[:4]
+    assert raw.headers["x-agent-ignored-fields"] == "stop[4:]"
 
 
 # ---- answers: usage, finish reasons, ids --------------------------------------------------
