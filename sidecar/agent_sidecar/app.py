@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from agent.errors import AgentError, RoutingError
 from agent.types import Attempt, Done, Relay, Response, Started, StreamEvent
 from agent.wire.anthropic import AnthropicApi
-from agent.wire.carry import uncarried
+from agent.wire.carry import ignored
 from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent.wire.openai_chat import OpenAIApi
 from agent.wire.openai_responses import ResponsesApi
@@ -258,7 +258,7 @@ class AppHandlers:
         self.metrics.routed(route.name, attempts, response)
         _describe(headers, response)
         answered = response.route.path[0] if response.route and response.route.path else ""
-        _name_ignored(headers, api, call, route.wire_of(answered, response.provider))
+        _name_ignored(headers, call, route.wire_of(answered, response.provider))
         body = response.body if response.body is not None else api.render(response, call)
         return web.Response(body=body, headers=headers, content_type="application/json")
 
@@ -278,7 +278,7 @@ class AppHandlers:
                 return self._failure(api, self._timed_out(), headers)
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
-            _name_ignored(headers, api, call, route.wire_of(started.agent, started.provider))
+            _name_ignored(headers, call, route.wire_of(started.agent, started.provider))
             strip_usage = api is OPENAI and not call.include_usage
             encoder = Relayed(api.encoder(call, started.model), strip_usage)
             task = asyncio.current_task()
@@ -433,14 +433,11 @@ def _announce(headers: dict[str, str], started: Started) -> None:
     headers["x-agent-attempts"] = str(_tried(started.route.attempts) + 1)  # and this one
 
 
-def _name_ignored(headers: dict[str, str], api: Api, call: Call, wire: str) -> None:
+def _name_ignored(headers: dict[str, str], call: Call, wire: str) -> None:
     """The caller's fields the answering agent could not carry: it speaks another wire
     format, so it got the engine's request, without them (and without what of the
     engine's request its own format has no place for)."""
-    if wire == api.name:
-        return
-    names = {*call.extra, *call.dropped, *uncarried(call.request, wire)}
-    if names:
+    if names := ignored(call.request, wire):
         headers["x-agent-ignored-fields"] = header_value(",".join(sorted(names)))
 
 
