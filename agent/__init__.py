@@ -13,6 +13,8 @@ from agent.tools import Tool
 from agent.types import (
     Done,
     Message,
+    Reasoning,
+    ReasoningDelta,
     Request,
     Response,
     RouteResult,
@@ -35,6 +37,8 @@ __all__ = [
     "Message",
     "Middleware",
     "Price",
+    "Reasoning",
+    "ReasoningDelta",
     "Request",
     "Response",
     "RouteResult",

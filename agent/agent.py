@@ -346,6 +346,7 @@ class Agent(BaseAgent):
             tool_calls=calls,
             raw=parsed.raw,
             id=parsed.id,
+            reasoning=parsed.reasoning,
             time_to_first_token_ms=round((first[0] - start) * 1000, 3) if first else None,
             messages=messages,
         )

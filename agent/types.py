@@ -127,6 +127,18 @@ class ToolChoice:
 
 
 @dataclass(slots=True, frozen=True)
+class Reasoning:
+    """Ask the model to reason before it answers, and to say what it reasoned (the
+    summary comes back as `Response.reasoning`), where its format has both: Anthropic's
+    extended thinking (a budget of tokens) and OpenAI's Responses API (an effort, with
+    summaries). Each format says it in its own words; one that has no place for it
+    (chat completions, Gemini) goes without, named like any uncarried field."""
+
+    budget_tokens: int | None = None  # Anthropic's words
+    effort: str | None = None  # OpenAI's: "minimal", "low", "medium" or "high"
+
+
+@dataclass(slots=True, frozen=True)
 class Relay:
     """A caller's own request body in its wire format ("openai", "anthropic"): an agent
     that speaks that format sends it upstream as it came (its `model` and the agent's own
@@ -166,6 +178,7 @@ class Request:
     output_schema: OutputSchema | None = None
     tool_choice: ToolChoice | None = None  # None: the provider's default (auto)
     parallel_tool_calls: bool | None = None  # None: the provider's default (allowed)
+    reasoning: Reasoning | None = None  # None: the provider's default
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific body fields
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -304,6 +317,7 @@ class Response(Generic[T]):
     messages: list[Message] = field(default_factory=list)  # the full exchange
     body: bytes | None = None  # the provider's answer as it sent it, when relayed
     provider_limits: ProviderLimits | None = None  # the provider's rate-limit headers
+    reasoning: str = ""  # the model's summary of its reasoning, where its format gives one
 
     def __str__(self) -> str:
         return self.text
@@ -333,6 +347,14 @@ class Started:
 class TextDelta:
     text: str
     type: Literal["text_delta"] = "text_delta"
+
+
+@dataclass(slots=True, frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning summary (see `Reasoning`), before its answer."""
+
+    text: str
+    type: Literal["reasoning_delta"] = "reasoning_delta"
 
 
 @dataclass(slots=True, frozen=True)
@@ -371,7 +393,9 @@ class WireBytes:
     type: Literal["wire_bytes"] = "wire_bytes"
 
 
-StreamEvent = Started | TextDelta | ToolCallDelta | ToolResult | WireBytes | Done
+StreamEvent = (
+    Started | TextDelta | ReasoningDelta | ToolCallDelta | ToolResult | WireBytes | Done
+)
 
 
 # ---- routing -------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from agent.types import (
     Message,
     Origin,
     OutputSchema,
+    Reasoning,
+    ReasoningDelta,
     Relay,
     Request,
     Response,
@@ -119,6 +121,38 @@ def _tool_choice(extra: dict[str, Any]) -> tuple[ToolChoice | None, bool | None]
     return ToolChoice(mode, name if mode == "tool" else None), parallel  # type: ignore[arg-type]
 
 
+# A stream's content blocks the decoder does not hand on as text or tool calls.
+_THINKING, _HIDDEN = -2, -1
+# Extended thinking needs at least this budget, and less than the answer's max_tokens.
+MIN_THINKING = 1024
+# OpenAI's reasoning effort as a thinking budget, and back (the largest budget at or under).
+EFFORT_BUDGET = {"minimal": MIN_THINKING, "low": 2048, "medium": 8192, "high": 24576}
+
+
+def thinking(reasoning: Reasoning, max_tokens: int) -> dict[str, Any]:
+    """`thinking` for the engine's reasoning request: a budget of its own, or its effort's,
+    kept under max_tokens as the API requires (a 400 otherwise)."""
+    budget = reasoning.budget_tokens or EFFORT_BUDGET.get(reasoning.effort or "", 8192)
+    return {"type": "enabled", "budget_tokens": max(MIN_THINKING, min(budget, max_tokens - 1))}
+
+
+def reasoning_of(extra: dict[str, Any]) -> Reasoning | None:
+    """A caller's `thinking`, when enabled with a budget, as the engine's reasoning
+    request; another kind of thinking stays Anthropic's own (an extra)."""
+    value = extra.get("thinking")
+    if not isinstance(value, dict) or value.get("type") != "enabled":
+        return None
+    del extra["thinking"]
+    budget = value.get("budget_tokens")
+    if not isinstance(budget, int):
+        raise invalid("thinking.budget_tokens is required when thinking is enabled", "thinking")
+    effort = "minimal"
+    for name, floor in EFFORT_BUDGET.items():  # from the least
+        if budget >= floor:
+            effort = name
+    return Reasoning(budget_tokens=budget, effort=effort)
+
+
 def usage_body(usage: Usage) -> dict[str, Any]:
     """`usage` as Anthropic reports it: input_tokens without the cache's reads and writes."""
     uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
@@ -183,6 +217,8 @@ class AnthropicCodec:
             body["temperature"] = request.temperature
         if request.stop:
             body["stop_sequences"] = request.stop
+        if request.reasoning is not None:
+            body["thinking"] = thinking(request.reasoning, body["max_tokens"])
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
@@ -225,10 +261,13 @@ class AnthropicCodec:
             raise InvalidResponseError(f"unexpected response shape: {str(data)[:200]}")
         text: list[str] = []
         calls: list[ToolCall] = []
+        reasoning: list[str] = []
         for block in data.get("content") or ():
             kind = block.get("type")
             if kind == "text":
                 text.append(block.get("text", ""))
+            elif kind == "thinking":
+                reasoning.append(block.get("thinking") or "")
             elif kind == "tool_use":
                 if block.get("name") == OUTPUT_TOOL:
                     text.append(dumps(block.get("input") or {}).decode())
@@ -245,6 +284,7 @@ class AnthropicCodec:
             data.get("model"),
             data.get("id"),
             data,
+            "\n\n".join(reasoning),
         )
 
     def decoder(self) -> AnthropicStreamDecoder:
@@ -268,6 +308,7 @@ class AnthropicStreamDecoder:
         "_finish",
         "_id",
         "_model",
+        "_reasoning",
         "_stopped",
         "_text",
         "_tools",
@@ -277,9 +318,10 @@ class AnthropicStreamDecoder:
     def __init__(self) -> None:
         self._text: list[str] = []
         self._tools = ToolCallAssembler()
-        # content block index -> tool index; None: text (or our output tool); -1: a block
-        # the caller never sees (server tools, thinking)
+        # content block index -> tool index; None: text (or our output tool); THINKING:
+        # the model's reasoning; HIDDEN: a block the caller never sees (server tools, ...)
         self._blocks: dict[int, int | None] = {}
+        self._reasoning: list[str] = []
         self._finish: str | None = None
         self._id: str | None = None
         self._model: str | None = None
@@ -295,8 +337,12 @@ class AnthropicStreamDecoder:
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             slot = self._blocks.get(data.get("index", 0))
-            if slot == -1:
+            if slot == _HIDDEN:
                 return []
+            if delta.get("type") == "thinking_delta" and slot == _THINKING:
+                piece = delta.get("thinking") or ""
+                self._reasoning.append(piece)
+                return [ReasoningDelta(piece)] if piece else []
             if delta.get("type") == "text_delta":
                 self._text.append(delta.get("text", ""))
                 return [TextDelta(delta.get("text", ""))]
@@ -313,8 +359,11 @@ class AnthropicStreamDecoder:
             block = data.get("content_block") or {}
             index = data.get("index", 0)
             block_type = block.get("type")
+            if block_type == "thinking":
+                self._blocks[index] = _THINKING
+                return []
             if block_type not in ("text", "tool_use"):
-                self._blocks[index] = -1
+                self._blocks[index] = _HIDDEN
                 return []
             if block_type == "tool_use" and block.get("name") != OUTPUT_TOOL:
                 slot = sum(1 for v in self._blocks.values() if v is not None and v >= 0)
@@ -358,6 +407,7 @@ class AnthropicStreamDecoder:
             self._model,
             self._id,
             None,
+            "".join(self._reasoning),
         )
 
 
@@ -620,6 +670,7 @@ class AnthropicApi:
             output_schema=_output_schema(data, extra),
             tool_choice=choice,
             parallel_tool_calls=parallel,
+            reasoning=reasoning_of(extra),
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
         )
@@ -628,6 +679,8 @@ class AnthropicApi:
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         content: list[dict[str, Any]] = []
+        if response.reasoning:
+            content.append(_thinking_block(response.reasoning))
         if response.text or not response.tool_calls:
             content.append({"type": "text", "text": response.text})
         content += [
@@ -785,6 +838,12 @@ def _tool_result(block: _ToolResultBlock) -> Message:
     return Message("tool", text, tool_call_id=block["tool_use_id"])
 
 
+def _thinking_block(text: str) -> dict[str, Any]:
+    """Another format's reasoning summary as a thinking block. Its signature is empty:
+    only Claude signs its own thinking, and a Claude agent relays its blocks untouched."""
+    return {"type": "thinking", "thinking": text, "signature": ""}
+
+
 def _event(name: bytes, payload: dict[str, Any]) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
@@ -794,7 +853,7 @@ class AnthropicStream:
     calls are sent whole when the answer is complete (a tool_use block cannot be
     reopened, and upstream formats may interleave calls)."""
 
-    __slots__ = ("_blocks", "_id", "_input", "_model", "_text_open")
+    __slots__ = ("_blocks", "_id", "_input", "_model", "_open")
 
     def __init__(self, model: str, input_tokens: int) -> None:
         self._id = new_id("msg_")
@@ -803,7 +862,7 @@ class AnthropicStream:
         # end: an estimate here, the provider's count in message_delta.
         self._input = input_tokens
         self._blocks = 0  # content blocks started so far
-        self._text_open = False
+        self._open: str | None = None  # the kind of the block streaming: text or thinking
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -819,28 +878,28 @@ class AnthropicStream:
         return _event(b"message_start", {"type": "message_start", "message": message})
 
     def event(self, event: StreamEvent) -> bytes:
-        if not isinstance(event, TextDelta) or not event.text:
+        if isinstance(event, TextDelta) and event.text:
+            kind, delta = "text", {"type": "text_delta", "text": event.text}
+        elif isinstance(event, ReasoningDelta) and event.text:
+            kind, delta = "thinking", {"type": "thinking_delta", "thinking": event.text}
+        else:
             return b""
         out = b""
-        if not self._text_open:
-            out = _event(
+        if self._open != kind:
+            block = _thinking_block("") if kind == "thinking" else {"type": "text", "text": ""}
+            out = self._close() + _event(
                 b"content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": self._blocks,
-                    "content_block": {"type": "text", "text": ""},
-                },
+                {"type": "content_block_start", "index": self._blocks, "content_block": block},
             )
-            self._text_open = True
+            self._open = kind
             self._blocks += 1
-        delta = {"type": "text_delta", "text": event.text}
         return out + _event(
             b"content_block_delta",
             {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta},
         )
 
     def done(self, response: Response[Any]) -> bytes:
-        out = [self._close_text()]
+        out = [self._close()]
         for call in response.tool_calls:
             index = self._blocks
             self._blocks += 1
@@ -868,10 +927,10 @@ class AnthropicStream:
         out.append(_event(b"message_stop", {"type": "message_stop"}))
         return b"".join(out)
 
-    def _close_text(self) -> bytes:
-        if not self._text_open:
+    def _close(self) -> bytes:
+        if self._open is None:
             return b""
-        self._text_open = False
+        self._open = None
         return _event(
             b"content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1}
         )

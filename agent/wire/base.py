@@ -80,6 +80,7 @@ class Parsed:
     model: str | None
     id: str | None
     raw: Any
+    reasoning: str = ""  # the model's reasoning summary, where its format gives one
 
 
 class StreamDecoder(Protocol):
@@ -88,9 +89,10 @@ class StreamDecoder(Protocol):
     stream timeouts, `stream_recovery: continue`) holds for every format whose decoder
     and sidecar encoder keep this contract:
 
-    * `feed` returns only content: `TextDelta`, `ToolCallDelta`. What comes before (a
-      role chunk, `message_start`, `response.created`, pings) returns []: the first
-      event it returns is the commit point, before which a failure falls back unseen.
+    * `feed` returns only content: `TextDelta`, `ReasoningDelta`, `ToolCallDelta`. What
+      comes before (a role chunk, `message_start`, `response.created`, pings) returns
+      []: the first event it returns is the commit point, before which a failure falls
+      back unseen.
     * An in-band error (an OpenAI error chunk, Anthropic `event: error`, Responses
       `error` / `response.failed`) raises the typed `ProviderError`; a malformed event
       raises `InvalidResponseError`. A relayed frame is passed on only when `feed`

@@ -11,12 +11,14 @@ from agent.types import AudioPart, ContentPart, DocumentPart, ImagePart, Request
 
 # wire -> what of the engine's request it has no place for
 _CANNOT: dict[str, frozenset[str]] = {
-    # Chat Completions takes files inline (file_data) or by its own file ids, not by URL.
-    "openai": frozenset({"document_url"}),
+    # Chat Completions takes files inline (file_data) or by its own file ids, not by URL,
+    # and gives no reasoning summaries.
+    "openai": frozenset({"document_url", "reasoning"}),
     # Messages takes no audio input.
     "anthropic": frozenset({"input_audio"}),
-    # Gemini decides for itself whether to call several functions at once.
-    "gemini": frozenset({"parallel_tool_calls"}),
+    # Gemini decides for itself whether to call several functions at once; its thoughts
+    # are not asked for in either format's words.
+    "gemini": frozenset({"parallel_tool_calls", "reasoning"}),
     # The Responses API takes no audio input and has no stop sequences.
     "responses": frozenset({"input_audio", "stop"}),
 }
@@ -25,6 +27,10 @@ _CANNOT: dict[str, frozenset[str]] = {
 # wire -> the most stop sequences it takes: OpenAI refuses a request with more (a 400), so
 # the first ones are sent and the rest named.
 _MOST_STOPS: dict[str, int] = {"openai": 4}
+
+
+# The engine's name of what a format cannot carry, in the words of a caller's format.
+_CALLERS_WORDS: dict[str, dict[str, str]] = {"anthropic": {"reasoning": "thinking"}}
 
 
 def part_kind(part: ContentPart) -> str:
@@ -56,6 +62,8 @@ def uncarried(request: Request, wire: str) -> set[str]:
         found.add("parallel_tool_calls")
     if request.stop and "stop" in cannot:
         found.add("stop")
+    if request.reasoning is not None and "reasoning" in cannot:
+        found.add("reasoning")
     most = _MOST_STOPS.get(wire)
     if most and request.stop and len(request.stop) > most:
         found.add(f"stop[{most}:]")
@@ -74,7 +82,9 @@ def ignored(request: Request, wire: str) -> set[str]:
     the engine's request does not hold of the caller's body and what of the engine's
     request `wire` has no place for."""
     origin = request.origin
-    if origin is not None and origin.wire == wire:
+    if origin is None:
+        return uncarried(request, wire)
+    if origin.wire == wire:
         return set()
-    names = uncarried(request, wire)
-    return names | origin.untranslated if origin is not None else names
+    words = _CALLERS_WORDS.get(origin.wire, {})
+    return {words.get(name, name) for name in uncarried(request, wire)} | origin.untranslated

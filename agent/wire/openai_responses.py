@@ -41,6 +41,8 @@ from agent.types import (
     Message,
     Origin,
     OutputSchema,
+    Reasoning,
+    ReasoningDelta,
     Relay,
     Request,
     Response,
@@ -170,6 +172,8 @@ class ResponsesCodec:
                     "strict": strict is not None,
                 }
             }
+        if request.reasoning is not None:
+            body["reasoning"] = {"effort": request.reasoning.effort or "medium", "summary": "auto"}
         if request.stream:
             body["stream"] = True
         body.update(request.extra)
@@ -201,6 +205,7 @@ _READ = frozenset(
     {
         "response.output_text.delta",
         "response.function_call_arguments.delta",
+        "response.reasoning_summary_text.delta",
         "response.output_item.added",
         "response.output_item.done",
         "response.completed",
@@ -214,7 +219,7 @@ _READ = frozenset(
 class ResponsesStreamDecoder:
     """Events in, content events out; the answer from `response.completed`."""
 
-    __slots__ = ("_calls", "_final", "_named", "_text", "_tools")
+    __slots__ = ("_calls", "_final", "_named", "_reasoning", "_text", "_tools")
 
     def __init__(self) -> None:
         self._text: list[str] = []
@@ -222,6 +227,7 @@ class ResponsesStreamDecoder:
         self._calls: dict[int, tuple[int, str, str]] = {}  # output index -> (call index, id, name)
         self._named: set[int] = set()  # calls whose id and name went out already
         self._final: dict[str, Any] | None = None
+        self._reasoning: list[str] = []
 
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
         if event.event != "message" and event.event not in _READ:
@@ -232,6 +238,10 @@ class ResponsesStreamDecoder:
             text = data.get("delta") or ""
             self._text.append(text)
             return [TextDelta(text)] if text else []
+        if kind == "response.reasoning_summary_text.delta":
+            piece = data.get("delta") or ""
+            self._reasoning.append(piece)
+            return [ReasoningDelta(piece)] if piece else []
         if kind == "response.function_call_arguments.delta":
             return self._piece(data.get("output_index", 0), data.get("delta") or "")
         if kind == "response.output_item.added":
@@ -274,6 +284,8 @@ class ResponsesStreamDecoder:
         parsed = _parsed(self._final)
         if not parsed.text and self._text:  # a final event without its output repeated
             parsed.text = "".join(self._text)
+        if not parsed.reasoning and self._reasoning:
+            parsed.reasoning = "".join(self._reasoning)
         if not parsed.tool_calls and self._tools:
             parsed.tool_calls = self._tools.calls()
             parsed.finish_reason = "tool_calls"
@@ -284,9 +296,12 @@ class ResponsesStreamDecoder:
 def _parsed(data: dict[str, Any]) -> Parsed:
     text: list[str] = []
     calls: list[ToolCall] = []
+    reasoning: list[str] = []
     for item in data.get("output") or ():
         kind = item.get("type")
-        if kind == "message":
+        if kind == "reasoning":
+            reasoning += [p.get("text") or "" for p in item.get("summary") or ()]
+        elif kind == "message":
             for part in item.get("content") or ():
                 if part.get("type") == "output_text":
                     text.append(part.get("text") or "")
@@ -311,6 +326,7 @@ def _parsed(data: dict[str, Any]) -> Parsed:
         model=data.get("model"),
         id=data.get("id"),
         raw=data,
+        reasoning="\n\n".join(reasoning),
     )
 
 
@@ -460,6 +476,7 @@ class ResponsesApi:
             tools=tools,
             tool_choice=tool_choice_of(extra, "tool_choice"),
             parallel_tool_calls=data.get("parallel_tool_calls"),
+            reasoning=_reasoning_of(extra),
             output_schema=schema,
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
@@ -487,6 +504,16 @@ class ResponsesApi:
 
 
 _OPENAI = OpenAIApi()  # the same error body and model list as chat completions
+
+
+def _reasoning_of(extra: dict[str, Any]) -> Reasoning | None:
+    """`reasoning` ({effort, summary}) as the engine's reasoning request."""
+    value = extra.get("reasoning")
+    if not isinstance(value, dict) or not (value.get("effort") or value.get("summary")):
+        return None
+    del extra["reasoning"]
+    effort = value.get("effort")
+    return Reasoning(effort=effort if isinstance(effort, str) else None)
 
 
 def _refusal(param: str, why: str) -> Failure:
@@ -676,6 +703,8 @@ class _Answer:
 
 def message_items(response: Response[Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    if response.reasoning:
+        out.append(_reasoning_item(new_id("rs_"), response.reasoning))
     if response.text or not response.tool_calls:
         out.append(_message(new_id("msg_"), response.text, "completed"))
     out += [
@@ -693,6 +722,16 @@ def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
         "content": content,
         "role": "assistant",
     }
+
+
+def _reasoning_item(item_id: str, summary: str | None) -> dict[str, Any]:
+    """Another format's reasoning (Claude's thinking) as a reasoning item's summary."""
+    parts = [] if summary is None else [_summary_text(summary)]
+    return {"id": item_id, "type": "reasoning", "summary": parts}
+
+
+def _summary_text(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
 
 
 def _output_text(text: str) -> dict[str, Any]:
@@ -769,7 +808,28 @@ class ResponsesStream:
                 output_index=len(self._items) - 1,
                 delta=event.arguments,
             )
+        if isinstance(event, ReasoningDelta):
+            out = b""
+            if self._open is None or self._open["type"] != "reasoning":
+                out = self._close() + self._add(_reasoning_item(new_id("rs_"), None))
+                out += self._event(
+                    "response.reasoning_summary_part.added",
+                    **self._summary(),
+                    part=_summary_text(""),
+                )
+            self._text.append(event.text)
+            return out + self._event(
+                "response.reasoning_summary_text.delta", **self._summary(), delta=event.text
+            )
         return b""  # ToolResult: the sidecar never runs tools
+
+    def _summary(self) -> dict[str, Any]:
+        assert self._open is not None
+        return {
+            "item_id": self._open["id"],
+            "output_index": len(self._items) - 1,
+            "summary_index": 0,
+        }
 
     def _at(self) -> dict[str, Any]:
         assert self._open is not None
@@ -798,6 +858,15 @@ class ResponsesStream:
             out = self._event("response.output_text.done", **where, text=text, logprobs=[])
             out += self._event("response.content_part.done", **where, part=_output_text(text))
             item.update(status="completed", content=[_output_text(text)])
+        elif item["type"] == "reasoning":
+            text = "".join(self._text)
+            self._text.clear()
+            where = {"item_id": item["id"], "output_index": at, "summary_index": 0}
+            out = self._event("response.reasoning_summary_text.done", **where, text=text)
+            out += self._event(
+                "response.reasoning_summary_part.done", **where, part=_summary_text(text)
+            )
+            item["summary"] = [_summary_text(text)]
         else:
             out = self._event(
                 "response.function_call_arguments.done",

@@ -33,6 +33,7 @@ from agent.types import (
     ImagePart,
     Message,
     OutputSchema,
+    ReasoningDelta,
     Request,
     TextDelta,
     TextPart,
@@ -319,9 +320,16 @@ def test_recorded_tool_use_stream_events() -> None:
     assert (p.usage.input_tokens, p.usage.output_tokens) == (377, 65)
 
 
-def test_recorded_thinking_stream_keeps_only_the_answer() -> None:
+def test_recorded_thinking_stream_is_reasoning_then_the_answer() -> None:
+    # Tried: Anthropic's documented thinking stream. The thinking deltas are the answer's
+    # reasoning (what another format's caller gets as a summary), never its text.
     events, p = run_stream(codec, [data_bytes("anthropic", "stream_docs_thinking.sse")])
-    assert events == [TextDelta("27 * 453 = 12,231")]
+    thought = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    assert thought[0].startswith("Let me solve this step by step")
+    assert [e for e in events if not isinstance(e, ReasoningDelta)] == [
+        TextDelta("27 * 453 = 12,231")
+    ]
+    assert p.reasoning == "".join(thought) and p.reasoning.endswith("= 12,231")
     assert p.text == "27 * 453 = 12,231"
     assert p.usage.input_tokens == 0 and p.usage.output_tokens == 0  # the docs example has none
 

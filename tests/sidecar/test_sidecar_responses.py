@@ -349,3 +349,83 @@ async def test_a_forced_tool_and_parallel_calls_reach_claude_and_the_responses_a
     )
     sent = fake_openai.last_request.json
     assert (sent["tool_choice"], sent["parallel_tool_calls"]) == (choice, False)
+
+
+# ---- reasoning summaries across formats -----------------------------------------------------
+
+
+async def test_reasoning_asked_of_claude_comes_back_as_a_summary_plain_and_streamed(
+    client: openai.AsyncOpenAI, fake_anthropic: FakeProvider
+) -> None:
+    """Tried: the openai SDK asks a Claude route for reasoning with a summary. Claude is
+    asked to think (the effort as a budget under max_tokens), and its thinking comes back
+    as the reasoning item's summary, before the message: plain, then streamed."""
+    fake_anthropic.script(Reply(text="12,231", thinking="27 * 453: 10,800 + 1,350 + 81."))
+    answer = await client.responses.create(
+        model="claude", input="27 * 453?", reasoning={"effort": "low", "summary": "auto"}
+    )
+    assert fake_anthropic.last_request.json["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    reasoning, message = answer.output
+    assert reasoning.type == "reasoning" and message.type == "message"
+    assert [s.text for s in reasoning.summary] == ["27 * 453: 10,800 + 1,350 + 81."]
+    assert answer.output_text == "12,231"
+
+    fake_anthropic.script(Reply(text="12,231", thinking="Multiply, then add."))
+    summary: list[str] = []
+    async with client.responses.stream(
+        model="claude", input="27 * 453?", reasoning={"effort": "low", "summary": "auto"}
+    ) as stream:
+        async for event in stream:
+            if event.type == "response.reasoning_summary_text.delta":
+                summary.append(event.delta)
+        final = await stream.get_final_response()
+    assert "".join(summary) == "Multiply, then add."
+    assert [i.type for i in final.output] == ["reasoning", "message"]
+    assert final.output_text == "12,231"
+
+
+async def test_claude_thinking_asked_of_a_responses_agent_comes_back_as_thinking(
+    sidecar: Sidecar, fake_openai: FakeProvider
+) -> None:
+    """Tried: the anthropic SDK with thinking enabled on a route whose agent calls the
+    Responses API. The agent is asked for reasoning at the budget's effort with a summary,
+    and the summary comes back as a thinking block, unsigned (only Claude signs its own
+    thinking, and a Claude agent's blocks are relayed untouched)."""
+    import anthropic
+
+    summary = [{"type": "summary_text", "text": "Multiply, then add."}]
+    fake_openai.script(
+        Fail(
+            200,
+            body={
+                "id": "resp_upstream",
+                "object": "response",
+                "status": "completed",
+                "model": "gpt-5-mini",
+                "output": [
+                    {"id": "rs_1", "type": "reasoning", "summary": summary},
+                    {
+                        "id": "msg_1",
+                        "type": "message",
+                        "role": "assistant",
+                        "status": "completed",
+                        "content": [{"type": "output_text", "text": "12,231", "annotations": []}],
+                    },
+                ],
+                "usage": {"input_tokens": 9, "output_tokens": 40},
+            },
+        )
+    )
+    async with anthropic.AsyncAnthropic(base_url=sidecar.app_url, api_key="unused", max_retries=0) as claude:
+        answer = await claude.messages.create(
+            model="resp",
+            max_tokens=16000,
+            thinking={"type": "enabled", "budget_tokens": 8192},
+            messages=[{"role": "user", "content": "27 * 453?"}],
+        )
+    assert fake_openai.last_request.json["reasoning"] == {"effort": "medium", "summary": "auto"}
+    thinking, text = answer.content
+    assert thinking.type == "thinking" and thinking.thinking == "Multiply, then add."
+    assert thinking.signature == ""
+    assert text.type == "text" and text.text == "12,231"
+    assert answer.id != "resp_upstream"
