@@ -41,6 +41,7 @@ from agent.types import (
     Usage,
 )
 from agent.wire.base import (
+    PART_BREAK,
     Parsed,
     Target,
     ToolCallAssembler,
@@ -284,7 +285,7 @@ class AnthropicCodec:
             data.get("model"),
             data.get("id"),
             data,
-            "\n\n".join(reasoning),
+            PART_BREAK.join(reasoning),
         )
 
     def decoder(self) -> AnthropicStreamDecoder:
@@ -361,7 +362,10 @@ class AnthropicStreamDecoder:
             block_type = block.get("type")
             if block_type == "thinking":
                 self._blocks[index] = _THINKING
-                return []
+                if not self._reasoning:
+                    return []
+                self._reasoning.append(PART_BREAK)  # as a plain answer joins its blocks
+                return [ReasoningDelta(PART_BREAK)]
             if block_type not in ("text", "tool_use"):
                 self._blocks[index] = _HIDDEN
                 return []

@@ -83,6 +83,11 @@ class Parsed:
     reasoning: str = ""  # the model's reasoning summary, where its format gives one
 
 
+# Between two parts of a reasoning summary (two thinking blocks, two summary parts): the
+# same in a plain answer's `reasoning` and between a stream's `ReasoningDelta`s.
+PART_BREAK = "\n\n"
+
+
 class StreamDecoder(Protocol):
     """A codec's stream decoder: SSE events in, the caller's events out. The engine's
     fault handling (fallback before the first content, an error in band after it, the

@@ -55,6 +55,7 @@ from agent.types import (
     Usage,
 )
 from agent.wire.base import (
+    PART_BREAK,
     Parsed,
     Target,
     ToolCallAssembler,
@@ -205,6 +206,7 @@ _READ = frozenset(
     {
         "response.output_text.delta",
         "response.function_call_arguments.delta",
+        "response.reasoning_summary_part.added",
         "response.reasoning_summary_text.delta",
         "response.output_item.added",
         "response.output_item.done",
@@ -239,9 +241,9 @@ class ResponsesStreamDecoder:
             self._text.append(text)
             return [TextDelta(text)] if text else []
         if kind == "response.reasoning_summary_text.delta":
-            piece = data.get("delta") or ""
-            self._reasoning.append(piece)
-            return [ReasoningDelta(piece)] if piece else []
+            return self._reason(data.get("delta") or "")
+        if kind == "response.reasoning_summary_part.added" and self._reasoning:
+            return self._reason(PART_BREAK)  # parts are paragraphs, as a plain answer joins them
         if kind == "response.function_call_arguments.delta":
             return self._piece(data.get("output_index", 0), data.get("delta") or "")
         if kind == "response.output_item.added":
@@ -269,6 +271,10 @@ class ResponsesStreamDecoder:
         if kind == "error":
             raise in_band_error(data.get("error") if isinstance(data.get("error"), dict) else data)
         return []
+
+    def _reason(self, piece: str) -> list[StreamEvent]:
+        self._reasoning.append(piece)
+        return [ReasoningDelta(piece)] if piece else []
 
     def _piece(self, output_index: int, arguments: str) -> list[StreamEvent]:
         index, call_id, name = self._calls.get(output_index, (output_index, "", ""))
@@ -326,7 +332,7 @@ def _parsed(data: dict[str, Any]) -> Parsed:
         model=data.get("model"),
         id=data.get("id"),
         raw=data,
-        reasoning="\n\n".join(reasoning),
+        reasoning=PART_BREAK.join(reasoning),
     )
 
 
@@ -851,16 +857,14 @@ class ResponsesStream:
         if item is None:
             return b""
         at = len(self._items) - 1
+        text = "".join(self._text)
+        self._text.clear()
         if item["type"] == "message":
-            text = "".join(self._text)
-            self._text.clear()
             where = {"item_id": item["id"], "output_index": at, "content_index": 0}
             out = self._event("response.output_text.done", **where, text=text, logprobs=[])
             out += self._event("response.content_part.done", **where, part=_output_text(text))
             item.update(status="completed", content=[_output_text(text)])
         elif item["type"] == "reasoning":
-            text = "".join(self._text)
-            self._text.clear()
             where = {"item_id": item["id"], "output_index": at, "summary_index": 0}
             out = self._event("response.reasoning_summary_text.done", **where, text=text)
             out += self._event(

@@ -84,27 +84,67 @@ def test_a_reasoning_item_s_summary_is_the_answer_s_reasoning_plain_and_streamed
     def event(kind: str, **fields: object) -> bytes:
         return f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, **fields}) + b"\n\n"
 
-    where = {"item_id": "rs_1", "output_index": 0, "summary_index": 0}
-    raw = (
-        event(
-            "response.output_item.added",
-            output_index=0,
-            item={"id": "rs_1", "type": "reasoning", "summary": []},
+    def part(index: int, *deltas: str) -> bytes:
+        where = {"item_id": "rs_1", "output_index": 0, "summary_index": index}
+        added = event(
+            "response.reasoning_summary_part.added",
+            **where,
+            part={"type": "summary_text", "text": ""},
         )
-        + event("response.reasoning_summary_text.delta", **where, delta="Multi")
-        + event("response.reasoning_summary_text.delta", **where, delta="ply.")
-        + event(
-            "response.output_text.delta",
-            item_id="msg_1",
-            output_index=1,
-            content_index=0,
-            delta="12231",
+        return added + b"".join(
+            event("response.reasoning_summary_text.delta", **where, delta=d) for d in deltas
         )
-        + event("response.completed", response=answer)
+
+    def stream(final: dict[str, object]) -> bytes:
+        return (
+            event(
+                "response.output_item.added",
+                output_index=0,
+                item={"id": "rs_1", "type": "reasoning", "summary": []},
+            )
+            + part(0, "Multi", "ply.")
+            + part(1, "Add.")
+            + event(
+                "response.output_text.delta",
+                item_id="msg_1",
+                output_index=1,
+                content_index=0,
+                delta="12231",
+            )
+            + event("response.completed", response=final)
+        )
+
+    events, parsed = run_stream(codec, one_byte_at_a_time(stream(answer)))
+    thought = [
+        ReasoningDelta("Multi"),
+        ReasoningDelta("ply."),
+        ReasoningDelta("\n\n"),
+        ReasoningDelta("Add."),
+    ]
+    assert events == [*thought, TextDelta("12231")]
+    # The streamed summary is the plain one, parts as paragraphs, even when the final
+    # event does not repeat the reasoning item.
+    assert parsed.reasoning == "".join(e.text for e in thought) == "Multiply.\n\nAdd."
+    without = {**answer, "output": answer["output"][1:]}  # type: ignore[index]
+    assert run_stream(codec, [stream(without)])[1].reasoning == "Multiply.\n\nAdd."
+
+
+def test_two_thinking_blocks_stream_as_the_plain_answer_joins_them() -> None:
+    # Tried: Anthropic's documented thinking stream with a second thinking block added.
+    raw = data_bytes("anthropic", "stream_docs_thinking.sse").decode()
+    frames = raw.split("\n\n")
+    start = next(
+        i for i, f in enumerate(frames) if '"type": "text"' in f and "content_block_start" in f
     )
-    events, parsed = run_stream(codec, one_byte_at_a_time(raw))
-    assert events == [ReasoningDelta("Multi"), ReasoningDelta("ply."), TextDelta("12231")]
-    assert parsed.reasoning == "Multiply.\n\nAdd." and parsed.text == "12231"
+    second = [
+        'event: content_block_start\ndata: {"type": "content_block_start", "index": 5, "content_block": {"type": "thinking", "thinking": ""}}',
+        'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 5, "delta": {"type": "thinking_delta", "thinking": "Check: 12,231."}}',
+    ]
+    events, parsed = run_stream(
+        AnthropicCodec(), ["\n\n".join([*frames[:start], *second, *frames[start:]]).encode()]
+    )
+    streamed = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert streamed == parsed.reasoning and streamed.endswith("= 12,231\n\nCheck: 12,231.")
 
 
 def test_a_caller_s_thinking_and_reasoning_are_the_engine_s_reasoning_request() -> None:
