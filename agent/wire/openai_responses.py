@@ -22,7 +22,7 @@ saying why when the route has an agent that would be sent a translation.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Required
 
 import orjson
@@ -757,6 +757,27 @@ def _function_call(
     }
 
 
+# A message's text and a reasoning summary stream alike, each under its own names: item
+# type -> a new item, its part's name, the part it starts with, the part's and the text's
+# first events.
+_TEXT_ITEMS: dict[str, tuple[Callable[[], dict[str, Any]], str, dict[str, Any], str, str]] = {
+    "message": (
+        lambda: _message(new_id("msg_"), None, "in_progress"),
+        "content",
+        _output_text(""),
+        "response.content_part.added",
+        "response.output_text.delta",
+    ),
+    "reasoning": (
+        lambda: _reasoning_item(new_id("rs_"), None),
+        "summary",
+        _summary_text(""),
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+    ),
+}
+
+
 class ResponsesStream:
     """Engine stream events as the Responses API's typed events: an output item per
     message or function call, opened at its first piece and closed before the next."""
@@ -784,16 +805,9 @@ class ResponsesStream:
 
     def event(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):
-            out = b""
-            if self._open is None or self._open["type"] != "message":
-                out = self._close() + self._add(_message(new_id("msg_"), None, "in_progress"))
-                out += self._event(
-                    "response.content_part.added", **self._at(), part=_output_text("")
-                )
-            self._text.append(event.text)
-            return out + self._event(
-                "response.output_text.delta", **self._at(), delta=event.text, logprobs=[]
-            )
+            return self._text_piece("message", event.text, logprobs=[])
+        if isinstance(event, ReasoningDelta):
+            return self._text_piece("reasoning", event.text)
         if isinstance(event, ToolCallDelta):
             out = b""
             if (
@@ -814,35 +828,25 @@ class ResponsesStream:
                 output_index=len(self._items) - 1,
                 delta=event.arguments,
             )
-        if isinstance(event, ReasoningDelta):
-            out = b""
-            if self._open is None or self._open["type"] != "reasoning":
-                out = self._close() + self._add(_reasoning_item(new_id("rs_"), None))
-                out += self._event(
-                    "response.reasoning_summary_part.added",
-                    **self._summary(),
-                    part=_summary_text(""),
-                )
-            self._text.append(event.text)
-            return out + self._event(
-                "response.reasoning_summary_text.delta", **self._summary(), delta=event.text
-            )
         return b""  # ToolResult: the sidecar never runs tools
 
-    def _summary(self) -> dict[str, Any]:
-        assert self._open is not None
-        return {
-            "item_id": self._open["id"],
-            "output_index": len(self._items) - 1,
-            "summary_index": 0,
-        }
+    def _text_piece(self, kind: str, text: str, **more: Any) -> bytes:
+        """A piece of a message's text or of a reasoning summary (`kind`), opening an
+        item of that kind and its part first unless that is the open one."""
+        new_item, part, empty, added, delta = _TEXT_ITEMS[kind]
+        out = b""
+        if self._open is None or self._open["type"] != kind:
+            out = self._close() + self._add(new_item())
+            out += self._event(added, **self._at(part), part=empty)
+        self._text.append(text)
+        return out + self._event(delta, **self._at(part), delta=text, **more)
 
-    def _at(self) -> dict[str, Any]:
+    def _at(self, part: str) -> dict[str, Any]:
         assert self._open is not None
         return {
             "item_id": self._open["id"],
             "output_index": len(self._items) - 1,
-            "content_index": 0,
+            f"{part}_index": 0,
         }
 
     def _add(self, item: dict[str, Any]) -> bytes:
