@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-from pydantic import Discriminator, Field, Tag, TypeAdapter
+from pydantic import Discriminator, Field, Tag
 from typing_extensions import TypedDict
 
 from agent._sse import SSEEvent
@@ -60,6 +60,7 @@ from agent.wire.inbound import (
     Failure,
     Kind,
     arguments_text,
+    body_schema,
     invalid,
     name_tool_results,
     new_id,
@@ -617,7 +618,6 @@ class _Body(TypedDict, total=False):
     output_config: _OutputConfig | None
 
 
-_BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 # Every member the sidecar reads (validated, or looked at among the extras).
 _FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice"}
 
@@ -655,8 +655,11 @@ class AnthropicApi:
     fields = _FIELDS
     name = "anthropic"
 
+    def __init__(self) -> None:
+        body_schema(_Body)  # built as the sidecar starts, not on its first call
+
     def parse(self, body: Any) -> Call:
-        data, extra = read_body(body, _BODY, _MODELED)
+        data, extra = read_body(body, _Body, _MODELED)
         dropped: set[str] = set()
         messages = _conversation(data["messages"], dropped)
         name_tool_results(messages)

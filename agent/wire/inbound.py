@@ -79,15 +79,26 @@ def invalid(message: str, param: str | None = None) -> CallerError:
     return CallerError(Failure("invalid_request", message, param))
 
 
-def read_body(
-    body: Any, schema: pydantic.TypeAdapter[B], modeled: frozenset[str]
-) -> tuple[B, dict[str, Any]]:
+_SCHEMAS: dict[Any, pydantic.TypeAdapter[Any]] = {}
+
+
+def body_schema(body: type[B]) -> pydantic.TypeAdapter[B]:
+    """The validator of a format's request body, built the first time it is asked for (a
+    format's server half asks when it is made, in the sidecar): building one takes a
+    while, and the library's users never need it."""
+    schema = _SCHEMAS.get(body)
+    if schema is None:
+        schema = _SCHEMAS[body] = pydantic.TypeAdapter(body)
+    return schema
+
+
+def read_body(body: Any, schema: type[B], modeled: frozenset[str]) -> tuple[B, dict[str, Any]]:
     """A request body checked against its format's schema (else the caller's 400, naming
     what is wrong), and the fields the engine does not model (a `Call`'s `extra`)."""
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     try:
-        data = schema.validate_python(body)
+        data = body_schema(schema).validate_python(body)
     except pydantic.ValidationError as exc:
         raise from_validation(exc) from None
     return data, {k: v for k, v in body.items() if k not in modeled}

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Required
 
 import orjson
-from pydantic import Discriminator, Field, Tag, TypeAdapter
+from pydantic import Discriminator, Field, Tag
 from typing_extensions import TypedDict
 
 from agent._sse import SSEEvent
@@ -57,6 +57,7 @@ from agent.wire.inbound import (
     Failure,
     Kind,
     arguments_text,
+    body_schema,
     invalid,
     name_tool_results,
     new_id,
@@ -550,7 +551,6 @@ class _Body(TypedDict, total=False):
     metadata: dict[str, str] | None
 
 
-_BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 # Every member the sidecar reads (validated, or looked at among the extras).
 _FIELDS = _Body.__required_keys__ | _Body.__optional_keys__ | {"tool_choice", "function_call"}
 
@@ -592,8 +592,11 @@ class OpenAIApi:
     fields = _FIELDS
     name = "openai"
 
+    def __init__(self) -> None:
+        body_schema(_Body)  # built as the sidecar starts, not on its first call
+
     def parse(self, body: Any) -> Call:
-        data, extra = read_body(body, _BODY, _MODELED)
+        data, extra = read_body(body, _Body, _MODELED)
         system, history, dropped = _history(data["messages"])
         messages = as_messages(history)
         name_tool_results(messages)
@@ -672,26 +675,31 @@ class OpenAIApi:
         return failure.status
 
     def error_body(self, failure: Failure) -> bytes:
-        return _error_body(failure)
+        return error_body(failure)
 
     def models(self, routes: Sequence[str], created: int) -> bytes:
-        return orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": r, "object": "model", "created": created, "owned_by": "agent-router"}
-                    for r in routes
-                ],
-            }
-        )
+        return models_body(routes, created)
 
     def model(self, route: str, created: int) -> bytes:
-        return orjson.dumps(
-            {"id": route, "object": "model", "created": created, "owned_by": "agent-router"}
-        )
+        return model_body(route, created)
 
 
-def _error_body(failure: Failure) -> bytes:
+# The error body and model list of OpenAI's API, the Responses API's too.
+
+
+def models_body(routes: Sequence[str], created: int) -> bytes:
+    return orjson.dumps({"object": "list", "data": [_model(r, created) for r in routes]})
+
+
+def model_body(route: str, created: int) -> bytes:
+    return orjson.dumps(_model(route, created))
+
+
+def _model(route: str, created: int) -> dict[str, Any]:
+    return {"id": route, "object": "model", "created": created, "owned_by": "agent-router"}
+
+
+def error_body(failure: Failure) -> bytes:
     error: dict[str, Any] = {
         "message": failure.message,
         "type": _TYPES[failure.kind],
@@ -860,4 +868,4 @@ class OpenAIStream:
 
     def error(self, failure: Failure) -> bytes:
         # The openai SDK raises APIError for a `data:` payload with an "error" key.
-        return b"data: " + _error_body(failure) + b"\n\n"
+        return b"data: " + error_body(failure) + b"\n\n"

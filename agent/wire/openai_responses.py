@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Required
 
 import orjson
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from agent._sse import SSEEvent
@@ -72,12 +72,20 @@ from agent.wire.inbound import (
     CallerError,
     Failure,
     arguments_text,
+    body_schema,
     invalid,
     name_tool_results,
     new_id,
     read_body,
 )
-from agent.wire.openai_chat import TOOL_CHOICE, OpenAIApi, strict_schema, tool_choice_of
+from agent.wire.openai_chat import (
+    TOOL_CHOICE,
+    error_body,
+    model_body,
+    models_body,
+    strict_schema,
+    tool_choice_of,
+)
 from agent.wire.openai_chat import _wire as openai_wire
 
 # ---- the format's tables, both halves read them -----------------------------------------
@@ -420,7 +428,6 @@ class _Body(TypedDict, total=False):
     metadata: dict[str, str] | None
 
 
-_BODY: TypeAdapter[_Body] = TypeAdapter(_Body)
 _MODELED = frozenset(
     {
         "model",
@@ -454,8 +461,11 @@ class ResponsesApi:
     name = "responses"
     fields = _FIELDS
 
+    def __init__(self) -> None:
+        body_schema(_Body)  # built as the sidecar starts, not on its first call
+
     def parse(self, body: Any) -> Call:
-        data, extra = read_body(body, _BODY, _MODELED)
+        data, extra = read_body(body, _Body, _MODELED)
         only = _relay_only(body)
         try:
             system, messages = _conversation(data.get("input", []), data.get("instructions"))
@@ -500,16 +510,13 @@ class ResponsesApi:
         return failure.status
 
     def error_body(self, failure: Failure) -> bytes:
-        return _OPENAI.error_body(failure)
+        return error_body(failure)
 
     def models(self, routes: Sequence[str], created: int) -> bytes:
-        return _OPENAI.models(routes, created)
+        return models_body(routes, created)
 
     def model(self, route: str, created: int) -> bytes:
-        return _OPENAI.model(route, created)
-
-
-_OPENAI = OpenAIApi()  # the same error body and model list as chat completions
+        return model_body(route, created)
 
 
 def _reasoning_of(extra: dict[str, Any]) -> Reasoning | None:
