@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fakes import FakeProvider, Reply
 
-from agent import Agent, Done, TextDelta
+from agent import Agent, Done, ReasoningDelta, TextDelta
 from agent.errors import ConfigurationError
 
 
@@ -179,3 +179,28 @@ def test_real_model_ids_pass_through() -> None:
     assert Agent(provider="openai", model="gpt-4o-2024-08-06").model == "gpt-4o-2024-08-06"
     assert Agent(provider="anthropic", model="claude-sonnet").model == "claude-sonnet-4-5"
     assert Agent(provider="groq", model="llama-3.1-70b").model == "llama-3.3-70b-versatile"
+
+
+async def test_claude_s_thinking_is_the_response_s_reasoning_plain_and_streamed(
+    fake_factory, use_fake
+) -> None:
+    # Tried: a Claude agent whose config turns thinking on, against the Anthropic fake
+    # answering with a signed thinking block: the thinking is `response.reasoning`, never
+    # its text; streamed, it comes as ReasoningDelta events before the text.
+    fake = await fake_factory("anthropic")
+    use_fake(fake)
+    reply = Reply(text="12,231", thinking="27 * 453 = 10,800 + 1,350 + 81.")
+    fake.script(reply, reply)
+    agent = Agent(
+        provider="anthropic",
+        model="claude-sonnet",
+        extra={"thinking": {"type": "enabled", "budget_tokens": 1024}},
+    )
+    plain = await agent.run_async("27 * 453?")
+    assert plain.reasoning == "27 * 453 = 10,800 + 1,350 + 81." and plain.text == "12,231"
+    events = [e async for e in await agent.stream_async("27 * 453?")]
+    kinds = [e.type for e in events if e.type in ("reasoning_delta", "text_delta")]
+    assert kinds.index("text_delta") > kinds.index("reasoning_delta")
+    thought = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert thought == plain.reasoning == events[-1].response.reasoning
+    assert fake.last_request.json["thinking"] == {"type": "enabled", "budget_tokens": 1024}
