@@ -54,7 +54,7 @@ from agent.wire.base import (
     relayed_body,
     retry_after,
 )
-from agent.wire.carry import carries, part_kind
+from agent.wire.carry import carries, part_kind, reasons
 from agent.wire.inbound import (
     Call,
     Failure,
@@ -219,7 +219,7 @@ class AnthropicCodec:
             body["temperature"] = request.temperature
         if request.stop:
             body["stop_sequences"] = request.stop
-        if request.reasoning is not None:
+        if request.reasoning is not None and reasons(request, self.wire):
             body["thinking"] = thinking(request.reasoning, body["max_tokens"])
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}

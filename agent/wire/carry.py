@@ -62,12 +62,25 @@ def uncarried(request: Request, wire: str) -> set[str]:
         found.add("parallel_tool_calls")
     if request.stop and "stop" in cannot:
         found.add("stop")
-    if request.reasoning is not None and "reasoning" in cannot:
+    if request.reasoning is not None and not reasons(request, wire):
         found.add("reasoning")
     most = _MOST_STOPS.get(wire)
     if most and request.stop and len(request.stop) > most:
         found.add(f"stop[{most}:]")
     return found
+
+
+def reasons(request: Request, wire: str) -> bool:
+    """Whether an agent speaking `wire` is asked to reason: where its format has a place
+    for it, and Claude not when a tool call is forced (structured output is one), which
+    it refuses with thinking on."""
+    if request.reasoning is None or "reasoning" in _CANNOT.get(wire, frozenset()):
+        return False
+    choice = request.tool_choice
+    forced = request.output_schema is not None or (
+        choice is not None and choice.mode in ("required", "tool") and bool(request.tools)
+    )
+    return not (wire == "anthropic" and forced)
 
 
 def stops(request: Request, wire: str) -> list[str] | None:

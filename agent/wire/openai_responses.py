@@ -67,6 +67,7 @@ from agent.wire.base import (
     relayed_body,
     retry_after,
 )
+from agent.wire.carry import reasons
 from agent.wire.inbound import (
     Call,
     CallerError,
@@ -181,7 +182,7 @@ class ResponsesCodec:
                     "strict": strict is not None,
                 }
             }
-        if request.reasoning is not None:
+        if request.reasoning is not None and reasons(request, self.wire):
             body["reasoning"] = {"effort": request.reasoning.effort or "medium", "summary": "auto"}
         if request.stream:
             body["stream"] = True

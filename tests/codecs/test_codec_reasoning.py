@@ -9,7 +9,18 @@ import json
 import orjson
 from codec_support import data_bytes, one_byte_at_a_time, run_stream, target
 
-from agent.types import Message, Reasoning, ReasoningDelta, Request, Response, TextDelta, Usage
+from agent.types import (
+    Message,
+    OutputSchema,
+    Reasoning,
+    ReasoningDelta,
+    Request,
+    Response,
+    TextDelta,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 from agent.wire.anthropic import AnthropicApi, AnthropicCodec
 from agent.wire.carry import uncarried
 from agent.wire.openai_responses import ResponsesApi, ResponsesCodec
@@ -46,6 +57,30 @@ def test_chat_completions_and_gemini_name_the_reasoning_they_cannot_carry() -> N
     assert "reasoning" in uncarried(request, "openai")
     assert "reasoning" in uncarried(request, "gemini")
     assert "reasoning" not in uncarried(request, "anthropic") | uncarried(request, "responses")
+
+
+def test_claude_is_not_asked_to_think_when_a_tool_call_is_forced_and_says_so() -> None:
+    # Tried: reasoning with structured output (a forced tool for Claude) and with a forced
+    # tool choice: Claude refuses thinking with either (a 400), so it goes without and the
+    # request is named; the Responses API takes both.
+    schema = OutputSchema("Answer", {"type": "object", "properties": {}})
+    tool = ToolSpec("add", "Add", {"type": "object", "properties": {}})
+    for request in (
+        Request(ASK, reasoning=Reasoning(effort="low"), output_schema=schema),
+        Request(
+            ASK, reasoning=Reasoning(effort="low"), tools=[tool], tool_choice=ToolChoice("required")
+        ),
+    ):
+        assert "thinking" not in json.loads(
+            AnthropicCodec().build(request, target("anthropic")).body
+        )
+        assert "reasoning" in uncarried(request, "anthropic")
+        assert "reasoning" in json.loads(ResponsesCodec().build(request, target("openai")).body)
+        assert "reasoning" not in uncarried(request, "responses")
+    auto = Request(
+        ASK, reasoning=Reasoning(effort="low"), tools=[tool], tool_choice=ToolChoice("auto")
+    )
+    assert "thinking" in json.loads(AnthropicCodec().build(auto, target("anthropic")).body)
 
 
 def test_a_thinking_block_is_the_answer_s_reasoning() -> None:
