@@ -137,6 +137,7 @@ class AgentRouter(BaseAgent):
         self.name = self.model = name
         self.transport = transport  # None: the outer router's, the process default, or its own
         self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self._top: tuple[tuple[Any, ...], Caller] | None = None  # see `_top_caller`
         breaker = options.circuit_breaker
         self.probe = breaker.probe
         self._resources = Resources(name)
@@ -213,9 +214,10 @@ class AgentRouter(BaseAgent):
     ) -> _steps.Steps[Response[Any]]:
         """The whole routed call as steps (router middleware around the routing). A
         caller's timeout (an outer router's time left) is a deadline here."""
-        if self.transport is not None:
-            caller = dataclasses.replace(caller, transport=self.transport)
-        caller = caller.tighter(self.first_token_timeout, self.stall_timeout)
+        if caller is TOP:
+            caller = self._top_caller()
+        else:
+            caller = self._caller(caller)
         if not self.middleware:
             return self._route(request, caller)
         return with_middleware(self.middleware, request, lambda r: self._route(r, caller))
@@ -296,6 +298,20 @@ class AgentRouter(BaseAgent):
                     won = idx, response
                     break
         return won
+
+    def _caller(self, caller: Caller) -> Caller:
+        """What this router hands its agents: its transport and its stream limits."""
+        if self.transport is not None:
+            caller = dataclasses.replace(caller, transport=self.transport)
+        return caller.tighter(self.first_token_timeout, self.stall_timeout)
+
+    def _top_caller(self) -> Caller:
+        """`_caller(TOP)`, made again only when its inputs change: most calls come from
+        the top, and building a frozen dataclass twice per call is measurable per request."""
+        key = (self.transport, self.first_token_timeout, self.stall_timeout)
+        if self._top is None or self._top[0] != key:
+            self._top = (key, self._caller(TOP))
+        return self._top[1]
 
     def _admit(
         self, idx: int, call: _Call

@@ -4,7 +4,8 @@
         A canned OpenAI-compatible upstream: precomputed bytes on a raw asyncio protocol
         (uvloop), so that on a small machine it is never the bottleneck. Plain answers are
         JSON; a body asking for `"stream":true` gets a precomputed SSE stream. A path
-        ending in `/responses` gets OpenAI's Responses API answer and events instead.
+        ending in `/responses` gets OpenAI's Responses API answer and events instead, one
+        ending in `/messages` Anthropic's Messages answer and events.
 
     python bench/sidecar_servers.py thin --upstream URL [--port 0]
         The thinnest aiohttp pass-through: forwards the body to the upstream over a
@@ -110,11 +111,45 @@ def _responses_bodies() -> tuple[bytes, bytes]:
     return json.dumps(response).encode(), stream
 
 
+def _messages_bodies() -> tuple[bytes, bytes]:
+    """Anthropic's Messages answer and stream of the same words."""
+    words = ["Hello", " from", " the", " bench", " upstream"]
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [{"type": "text", "text": "".join(words)}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 6},
+    }
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": 5, "output_tokens": 1}}
+    events: list[dict[str, object]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+          for w in words),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 6}},
+        {"type": "message_stop"},
+    ]
+    stream = b"".join(
+        f"event: {e['type']}\ndata: ".encode() + json.dumps(e).encode() + b"\n\n" for e in events
+    )
+    return json.dumps(message).encode(), stream
+
+
 PLAIN_RESPONSE = _response(b"application/json", PLAIN)
 STREAM_RESPONSE = _response(b"text/event-stream", _stream_body())
 _RESPONSES_PLAIN, _RESPONSES_STREAM = _responses_bodies()
 RESPONSES_PLAIN = _response(b"application/json", _RESPONSES_PLAIN)
 RESPONSES_STREAM = _response(b"text/event-stream", _RESPONSES_STREAM)
+_MESSAGES_PLAIN, _MESSAGES_STREAM = _messages_bodies()
+MESSAGES_PLAIN = _response(b"application/json", _MESSAGES_PLAIN)
+MESSAGES_STREAM = _response(b"text/event-stream", _MESSAGES_STREAM)
 
 
 class Canned(asyncio.Protocol):
@@ -140,8 +175,11 @@ class Canned(asyncio.Protocol):
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             streamed = b'"stream":true' in body or b'"stream": true' in body
-            if b"/responses " in head.split(b"\r\n", 1)[0]:
+            target = head.split(b"\r\n", 1)[0]
+            if b"/responses " in target:
                 self.transport.write(RESPONSES_STREAM if streamed else RESPONSES_PLAIN)
+            elif b"/messages " in target:
+                self.transport.write(MESSAGES_STREAM if streamed else MESSAGES_PLAIN)
             else:
                 self.transport.write(STREAM_RESPONSE if streamed else PLAIN_RESPONSE)
 

@@ -481,22 +481,27 @@ def _unknown_route(model: str, loaded: Loaded) -> Failure:
 HANDLERS = web.AppKey("handlers", AppHandlers)
 
 
-def _local_only(settings: Settings) -> Any:
+def _local_only(settings: Settings) -> Callable[[Handler], Handler]:
     """Refuse what a web page could send: a `Host` that is not a loopback name (DNS
     rebinding: a page's own name resolving to 127.0.0.1) or any `Origin` (browsers send
     one with every cross-site POST; SDKs and servers never do). A page could otherwise
-    spend the pod's keys through a developer's local sidecar."""
+    spend the pod's keys through a developer's local sidecar.
+
+    A wrapper of each handler rather than an aiohttp middleware: a middleware costs a
+    partial and a wrapped function per request, on every request."""
     allowed = {settings.host.lower()}
 
-    @web.middleware
-    async def local_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-        why = foreign(request.headers, allowed)
-        if why is not None:
-            log.info("refused a request from a browser or a foreign host: %s", why)
-            return AppHandlers._failure(_api_for(request), Failure("forbidden", why))
-        return await handler(request)
+    def guarded(handler: Handler) -> Handler:
+        async def local_only(request: web.Request) -> web.StreamResponse:
+            why = foreign(request.headers, allowed)
+            if why is not None:
+                log.info("refused a request from a browser or a foreign host: %s", why)
+                return AppHandlers._failure(_api_for(request), Failure("forbidden", why))
+            return await handler(request)
 
-    return local_only
+        return local_only
+
+    return guarded
 
 
 def create_app(
@@ -508,17 +513,16 @@ def create_app(
     draining: Callable[[], bool] = lambda: False,
 ) -> web.Application:
     handlers = AppHandlers(store, metrics, settings, tracing, draining)
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[_local_only(settings)]
-    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[HANDLERS] = handlers
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/messages", handlers.messages)
-    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
-    app.router.add_post("/v1/responses", handlers.responses)
-    app.router.add_post("/responses", handlers.responses)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_route("*", "/{tail:.*}", handlers.other)
+    guarded = _local_only(settings)
+    app.router.add_post("/v1/chat/completions", guarded(handlers.chat_completions))
+    app.router.add_post("/chat/completions", guarded(handlers.chat_completions))
+    app.router.add_post("/v1/messages", guarded(handlers.messages))
+    app.router.add_post("/v1/messages/count_tokens", guarded(handlers.count_tokens))
+    app.router.add_post("/v1/responses", guarded(handlers.responses))
+    app.router.add_post("/responses", guarded(handlers.responses))
+    app.router.add_get("/v1/models", guarded(handlers.list_models))
+    app.router.add_get("/v1/models/{model}", guarded(handlers.get_model))
+    app.router.add_route("*", "/{tail:.*}", guarded(handlers.other))
     return app

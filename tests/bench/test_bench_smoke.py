@@ -33,11 +33,11 @@ def test_library_bench() -> None:
 
 def test_sidecar_bench() -> None:
     out = run("bench/sidecar_bench.py", "--seconds", "1", "--rounds", "1")
-    for target in ("direct", "thin", "sidecar (uvloop)", "sidecar (asyncio)", "sidecar x-format",
-                   "thin responses", "responses relay", "responses x-format"):
-        assert f"plain  {target}" in out and f"stream {target}" in out
-    assert "sidecar start-up to ready" in out
-    assert "responses relay stream:" in out and "responses x-format plain:" in out
+    for target in ("direct", "thin", "sidecar (uvloop)", "sidecar (asyncio)", "chat x-format",
+                   "direct messages", "thin messages", "messages relay", "messages x-format",
+                   "direct responses", "thin responses", "responses relay", "responses x-format"):
+        assert f"plain  {target} " in out and f"stream {target} " in out
+    assert "sidecar start-up to ready" in out and "sidecar (uvloop): RSS" in out
 
 
 def test_admission_bench() -> None:

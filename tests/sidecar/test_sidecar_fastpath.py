@@ -1,0 +1,46 @@
+"""What the sidecar's hot path must keep while it is made cheaper. The local-only check
+wraps each handler of the app port (not an aiohttp middleware, which costs per request):
+a route registered without it would serve web pages, so every route is tried here.
+What same-format pass-through must not change (unknown fields untouched, only `model`
+rewritten, provider headers forwarded, a fallback across formats naming what it drops)
+is tried with the official SDKs in test_sidecar_passthrough.py."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from agent_sidecar import Sidecar
+from fakes import FakeProvider
+
+CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _concrete(path: str) -> str:
+    """A path that a route's pattern matches: each `{name}` or `{name:regex}` filled in."""
+    return re.sub(r"\{[^}]*\}", "x", path)
+
+
+async def test_every_route_of_the_app_port_refuses_a_web_page(
+    sidecar: Sidecar, fake_openai: FakeProvider
+) -> None:
+    assert sidecar._app is not None
+    routes = [
+        (route.method, _concrete(route.resource.canonical))
+        for route in sidecar._app.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    ]
+    assert len(routes) >= 9  # every endpoint of the module docstring, and the catch-all
+    async with httpx.AsyncClient(base_url=sidecar.app_url) as client:
+        for method, path in routes:
+            # A browser's cross-site request (it sends Origin), then a DNS-rebinding one
+            # (a page's own name as Host): both refused before any handler runs.
+            for headers in ({"Origin": "https://evil.example"}, {"Host": "evil.example"}):
+                answer = await client.request(
+                    "POST" if method == "*" else method, path, json=CHAT, headers=headers
+                )
+                assert answer.status_code == 403, (method, path, headers, answer.text)
+        # The same routes from a local program still work (one of them, end to end).
+        answer = await client.post("/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 200, answer.text
+    assert len(fake_openai.requests) == 1  # the refused requests never reached a provider
