@@ -49,8 +49,8 @@ MAX_WAIT = 60.0  # seconds a watch may hold its request open
 REVIEW_TTL = 300.0
 # Each accepted review is trusted for a random part of the TTL, at least this much: the
 # thousand reviews of sidecars that connected together (a rollout, an operator restart)
-# then fall due over minutes, not in the same second, where every watch answered
-# meanwhile waited behind a thousand TokenReviews (a change took 19 s to reach them).
+# then fall due over minutes, not in the same second: a thousand TokenReviews at once
+# held a change back by up to 19 s in the delivery bench.
 REVIEW_SPREAD = 0.5
 REFUSAL_TTL = 5.0  # a refused token is not reviewed again this soon (no review floods)
 REVIEWS_KEPT = 20_000
