@@ -11,14 +11,16 @@ kubelet would project it. Every pod's sidecar watches the operator over TLS with
 token, which the operator checks with a TokenReview:
 
 * simulated sidecars: the sidecar's own watch client (`agent_sidecar.delivery`), one per
-  pod, all in this process, which records when each config arrives instead of building
-  routers from it;
+  pod, spread over `--client-processes` processes (not this one, not the operator's),
+  which say when each config arrives instead of building routers from it;
 * real sidecars: `agent_sidecar` servers (two processes), whose admin API is polled
   until each serves the change.
 
 Each round flips the policy's strategy with kubectl; the times are from just before
 `kubectl apply` until each sidecar has the new config. Operator RSS is read from /proc
-(its peak, VmHWM), its CPU is the user+system time it used across the rounds.
+(its peak, VmHWM, and what it holds after the rounds), its CPU is the user+system time
+it used across the rounds; the clients' CPU and the load average are printed too, since
+every process shares the machine's cores.
 Targets: p50 under 1 s, p99 under 2 s, operator memory under 256 MB.
 """
 
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +76,17 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]))
 
 
 class Recording(ConfigWatch):
-    """The sidecar's watch client; applying a config means noting when it came."""
+    """The sidecar's watch client; applying a config means saying when it came."""
 
-    def __init__(self, operator: Operator, arrivals: dict[str, float], pod: str) -> None:
+    def __init__(self, operator: Operator, arrived: Callable[[str, str], None],
+                 pod: str) -> None:
         super().__init__(ConfigStore(), Metrics(ConfigStore()), operator, 4 * 1024 * 1024)
-        self.arrivals, self.pod = arrivals, pod
+        self.arrived, self.pod = arrived, pod
 
     async def _apply(self, version: str, answer: dict[str, Any]) -> str | None:
         routes = (answer.get("config") or {}).get("routes") or []
         if routes:
-            self.arrivals[f"{self.pod}/{routes[0]['strategy']}"] = time.time()
+            self.arrived(self.pod, routes[0]["strategy"])
         return None
 
 
@@ -117,34 +121,70 @@ def pod_tokens(cp: Any, namespace: str, names: list[str], directory: Path) -> di
     return files
 
 
+CLIENT_SCRIPT = """
+import asyncio, sys, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[1]]
+from delivery_bench import run_simulated
+asyncio.run(run_simulated(sys.argv[2], Path(sys.argv[3]), sys.argv[4:]))
+"""
+
+
+async def run_simulated(url: str, ca: Path, specs: list[str]) -> None:
+    """Simulated sidecars (`pod=token file` each) in this process: each config that
+    arrives is printed as `pod strategy time`, for the bench to read."""
+    def arrived(pod: str, strategy: str) -> None:
+        print(pod, strategy, repr(time.time()), flush=True)
+
+    watches = [Recording(Operator(url, ca, Path(path)), arrived, pod)
+               for pod, path in (spec.split("=", 1) for spec in specs)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(_watch(w, session) for w in watches))
+
+
+async def _watch(watch: Recording, session: aiohttp.ClientSession) -> None:
+    while True:
+        try:
+            await watch.once(session)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            print(f"{watch.pod}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(1)
+
+
 class Simulated:
-    """The simulated sidecars' event loop, in a thread of its own."""
+    """The simulated sidecars, split over `processes` processes of their own (none shares
+    the operator's or this process's interpreter), and when each got which config."""
 
-    def __init__(self, url: str, ca: Path, tokens: dict[str, Path]) -> None:
+    def __init__(self, url: str, ca: Path, tokens: dict[str, Path], processes: int,
+                 cleanup: contextlib.ExitStack) -> None:
         self.arrivals: dict[str, float] = {}
-        self.stopping = False  # the operator stops at the end: no noise about it
-        self.loop = asyncio.new_event_loop()
-        self.watches = [Recording(Operator(url, ca, path), self.arrivals, pod)
-                        for pod, path in tokens.items()]
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._run(), self.loop)
+        pods = list(tokens)
+        self.procs = []
+        for share in (pods[i::processes] for i in range(processes)):
+            if not share:
+                continue
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT / "bench"), url, str(ca),
+                 *(f"{pod}={tokens[pod]}" for pod in share)],
+                stdout=subprocess.PIPE, cwd=ROOT, text=True)
+            cleanup.callback(proc.kill)
+            threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+            self.procs.append(proc)
 
-    async def _run(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(*(self._watch(w, session) for w in self.watches))
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            pod, strategy, at = line.split()
+            self.arrivals[f"{pod}/{strategy}"] = float(at)
 
-    async def _watch(self, watch: Recording, session: aiohttp.ClientSession) -> None:
-        while True:
-            try:
-                await watch.once(session)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if not self.stopping:
-                    print(f"{watch.pod}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                await asyncio.sleep(1)
+    def cpu(self) -> float:
+        return sum(proc_figures(proc.pid)[1] for proc in self.procs)
 
     def done(self, pods: list[str], kind: str, since: float) -> dict[str, float]:
-        return {p: t for p in pods if (t := self.arrivals.get(f"{p}/{kind}", 0.0)) >= since}
+        """The pods that got `kind` at `since` or later (one that never got it is not
+        done, whatever `since` is)."""
+        return {p: t for p in pods
+                if (t := self.arrivals.get(f"{p}/{kind}")) is not None and t >= since}
 
 
 async def real_serving(ports: list[int], kind: str) -> dict[int, float]:
@@ -188,6 +228,8 @@ def main() -> None:
     parser.add_argument("--simulated", type=int, default=1000)
     parser.add_argument("--real", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="processes the simulated sidecars are spread over")
     args = parser.parse_args()
 
     import operator_support as ops
@@ -238,7 +280,8 @@ def main() -> None:
             cleanup.callback(host.kill)
             assert host.stdout is not None and host.stdout.readline().strip() == b"READY"
         sim_names = names[:args.simulated]
-        simulated = Simulated(url, ca, {n: tokens[n] for n in sim_names})
+        simulated = Simulated(url, ca, {n: tokens[n] for n in sim_names},
+                              args.client_processes, cleanup)
 
         def everyone(kind: str, since: float) -> list[float]:
             real = asyncio.run(real_serving(real_ports, kind))
@@ -255,6 +298,8 @@ def main() -> None:
 
         everyone("fallback", 0.0)  # all connected and serving
         connected, cpu_before = proc_figures(operator.proc.pid)
+        clients_before = simulated.cpu()
+        load_before = os.getloadavg()
         times: list[float] = []
         per_round: list[float] = []
         for r in range(args.rounds):
@@ -264,19 +309,32 @@ def main() -> None:
             got = everyone(kind, since)
             times += got
             per_round.append(max(got))
-        rss, cpu_after = proc_figures(operator.proc.pid)
-        simulated.stopping = True
+        peak, cpu_after = proc_figures(operator.proc.pid)
+        steady = rss_now(operator.proc.pid)
+        clients = simulated.cpu() - clients_before
+        load_after = os.getloadavg()
     cpu = cpu_after - cpu_before
-    print(f"\nkube-apiserver {os.path.basename(str(assets))}, {os.cpu_count()} cores, "
-          f"{args.simulated} simulated + {args.real} real sidecars watching, "
-          f"{args.rounds} policy changes; pods created in {created:.1f} s; operator peak "
-          f"RSS {connected:.0f} MB once all were connected")
+    print(f"\nkube-apiserver {os.path.basename(str(assets))}; {os.cpu_count()} cores shared "
+          f"by every process (operator, apiserver, etcd, {args.client_processes} processes "
+          f"of simulated sidecars, 2 of real ones); load average {load_before[0]:.1f} before "
+          f"the changes, {load_after[0]:.1f} after; {args.simulated} simulated + {args.real} "
+          f"real sidecars watching, {args.rounds} policy changes; pods created in "
+          f"{created:.1f} s; operator RSS {connected:.0f} MB once all were connected; the "
+          f"simulated sidecars used {clients / args.rounds:.2f} s CPU per change")
     print("| sidecars | p50 apply-to-serving (s) | p99 (s) | slowest round (s) | "
-          "operator peak RSS (MB) | operator CPU per change (s) |")
+          "operator peak RSS (MB) | RSS after (MB) | operator CPU per change (s) |")
     print("|----------|--------------------------|---------|-------------------|"
-          "------------------------|-----------------------------|")
+          "------------------------|----------------|-----------------------------|")
     print(f"| {total:8} | {statistics.median(times):24.3f} | {percentile(times, 0.99):7.3f} | "
-          f"{max(per_round):17.3f} | {rss:22.0f} | {cpu / args.rounds:27.2f} |")
+          f"{max(per_round):17.3f} | {peak:22.0f} | {steady:14.0f} | "
+          f"{cpu / args.rounds:27.2f} |")
+
+
+def rss_now(pid: int) -> float:
+    """A process's resident memory now, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmRSS")) / 1024
 
 
 def _as_list(items: list[dict[str, Any]]) -> str:

@@ -6,6 +6,7 @@ remaining room a RoutingPolicy's status shows. No I/O here but the status reads.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,11 +55,12 @@ class SharedLimits:
 def sharing(pods: Mapping[str, Sequence[str]]) -> dict[str, int]:
     """For each pod (name -> the policies selecting it), how many pods share its limits:
     those selected by any of its policies (a pool's agent may be in all of them)."""
-    out = {}
-    for pod, policies in pods.items():
-        wanted = set(policies)
-        out[pod] = sum(1 for theirs in pods.values() if wanted & set(theirs)) or 1
-    return out
+    # Pods selected by the same policies count the same: compared once per distinct set,
+    # not pod by pod (a thousand pods of one Deployment are one set, not a million pairs).
+    alike = Counter(frozenset(policies) for policies in pods.values())
+    shared = {wanted: sum(n for theirs, n in alike.items() if wanted & theirs) or 1
+              for wanted in alike}
+    return {pod: shared[frozenset(policies)] for pod, policies in pods.items()}
 
 
 async def remaining(
