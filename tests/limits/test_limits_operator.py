@@ -1,4 +1,4 @@
-"""What the operator adds to limits: the store each pushed document names, how many pods
+"""What the operator adds to limits: the store each delivered document names, how many pods
 share it, and the remaining room for a RoutingPolicy's status, read from a real Redis."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_pods_share_the_limits_of_the_policies_selecting_them() -> None:
     assert sharing(pods) == {"p1": 3, "p2": 3, "p3": 3, "p4": 1, "p5": 1}
 
 
-def test_the_pushed_store_is_scoped_to_the_namespace_and_hides_its_password() -> None:
+def test_the_delivered_store_is_scoped_to_the_namespace_and_hides_its_password() -> None:
     """What was tried: the operator's environment naming a Redis with a password; the
     store a pod's document gets has the namespace as scope and the share, and neither
     the settings' repr nor the redacted document shows the password."""
