@@ -167,7 +167,7 @@ class Reconciler:
         if not leading:
             return "standby"
         acknowledged = self.synced.acknowledged() if self.synced is not None else set()
-        refused = {pod for obj in policies_raw for pod in refusals(obj)}
+        refused = {pod for obj in policies_raw for pod in refusals(obj)} & set(every)
         synced = {pod.name for pod in everyone if (config := offered(every[pod.name]))
                   and digest(pod.uid, str(config.metadata.get("hash"))) in acknowledged
                   and pod.name not in refused}

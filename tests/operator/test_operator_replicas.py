@@ -55,8 +55,9 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace,
     install_crds(cp)
     name = f"ha-{uuid.uuid4().hex[:6]}.agentrouter.io"
     kubeconfig = operator_kubeconfig(cp, name)
-    cp.kubectl("patch", "configmap", LEASE, "-n", OPERATOR_NS, "--type", "json",
-               "-p", '[{"op": "remove", "path": "/data"}]', check=False)
+    # What a replica that died long ago left: dropped by the leader (no pod's config in it).
+    cp.kubectl("patch", "configmap", LEASE, "-n", OPERATOR_NS, "--type", "json", "-p",
+               '[{"op": "add", "path": "/data", "value": {"gone_1": "1 0123456789ab"}}]')
     webhook_ports, metrics = free_ports(2), free_ports(2)
     leader, follower = (
         OperatorProcess(cp, kubeconfig, name, port, env={"POD_NAME": who}, metrics_port=m,
@@ -78,6 +79,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace,
                      "the leader counting an acknowledgement the follower took")
             shared = cp.get_json("configmap", LEASE, namespace=OPERATOR_NS)["data"]
             assert [k for k in shared if k.startswith("second_")], shared
+            assert "gone_1" not in shared, shared
             assert "test-key" not in str(shared) and "chat-0" not in str(shared)
             assert lease_holder(cp).startswith("first_")
             assert metric(metrics[0], "agent_operator_leader") == 1
