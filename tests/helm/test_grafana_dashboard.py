@@ -24,7 +24,7 @@ import promql_parser
 import pytest
 import yaml
 from fakes import CutStream, Fail, FakeProvider, Reply, StreamError
-from helm_support import CHART, OfflineHelm, by_kind, one
+from helm_support import CHART, OfflineHelm, by_kind
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
@@ -361,11 +361,17 @@ def offline_helm(tmp_path_factory: pytest.TempPathFactory) -> OfflineHelm:
     return OfflineHelm(find_assets(("helm",)) / "helm", tmp_path_factory.mktemp("helm-home"))
 
 
+def dashboards(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's ConfigMaps but the operator's own (its replicas' summaries)."""
+    return [o for o in by_kind(objects, "ConfigMap")
+            if o["metadata"]["labels"]["app.kubernetes.io/component"] != "operator"]
+
+
 @pytest.mark.controlplane
 def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: OfflineHelm) -> None:
     """Off by default; on, a ConfigMap with Grafana's sidecar label whose data is the file
     byte for byte, in the namespace asked for."""
-    assert not by_kind(offline_helm.render(), "ConfigMap")
+    assert not dashboards(offline_helm.render())
     values = {
         "monitoring": {
             "grafanaDashboard": {
@@ -375,7 +381,7 @@ def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: Offlin
             }
         }
     }
-    config_map = one(offline_helm.render(values), "ConfigMap")
+    (config_map,) = dashboards(offline_helm.render(values))
     meta = config_map["metadata"]
     assert meta["name"] == "ar-agent-router-dashboards"
     assert meta["namespace"] == "grafana"
@@ -393,7 +399,8 @@ def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: Offlin
             }
         }
     }
-    labels = one(offline_helm.render(custom), "ConfigMap")["metadata"]["labels"]
+    (custom_map,) = dashboards(offline_helm.render(custom))
+    labels = custom_map["metadata"]["labels"]
     assert labels["dashboards"] == "agent-router" and "grafana_dashboard" not in labels
 
 
