@@ -135,12 +135,16 @@ def tell(story: Story, ns: str) -> None:
     command(f"kubectl -n {ns} get pod {app.pod} -o wide")
     block(app.pod_table)
 
-    title(6, "The operator pushed the config to the sidecar")
-    pushed = story.wait_for_config()
-    say(f"the sidecar serves config version {pushed.version}: route {pushed.routes[0]}, "
-        f"{pushed.strategy} over " + " -> ".join(a["name"] for a in pushed.agents) +
-        f" (api keys {pushed.agents[0]['api_key']})")
-    say(f"RoutingPolicy {POLICY}: synced {pushed.status['synced']}, Ready True")
+    title(6, "The sidecar watched the operator for its config")
+    configured = story.wait_for_config()
+    say("over TLS (the operator's CA pinned), with the pod's projected service-account "
+        "token, which the operator checks with a TokenReview")
+    say(f"the sidecar serves config version {configured.version}: route "
+        f"{configured.routes[0]}, {configured.strategy} over "
+        + " -> ".join(a["name"] for a in configured.agents)
+        + f" (api keys {configured.agents[0]['api_key']})")
+    say(f"RoutingPolicy {POLICY}: synced {configured.status['synced']} (acknowledged "
+        f"{configured.hash}), Ready True")
     command(f"kubectl -n {ns} get agentrouter")
     block(story.kubectl("get", "agentrouter", "-n", ns))
     look(f"kubectl -n {ns} describe routingpolicy {POLICY}")
@@ -154,11 +158,15 @@ def tell(story: Story, ns: str) -> None:
                  "x-agent-route-reason"):
         say(f"{name}: {call.headers[name]}")
 
-    title(8, "The sidecar's metrics (admin port)")
+    title(8, "The sidecar's metrics (health port, what Prometheus scrapes)")
     metrics = story.metrics()
     command(f"kubectl -n {ns} exec {app.pod} -c agent-sidecar -- python3 -c "
-            "\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:4001/metrics')"
+            "\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:4002/metrics')"
             ".read().decode())\"")
+    say("its admin API (config, reload) listens on the pod's loopback only, with the token "
+        "the sidecar made:")
+    command(f"kubectl -n {ns} exec {app.pod} -c agent-sidecar -- "
+            "cat /var/lib/agent-sidecar/admin-token")
     block("\n".join(ln for ln in metrics.lines if "config_version" not in ln))
 
     title(9, "The trace, in Jaeger")
@@ -174,7 +182,7 @@ def tell(story: Story, ns: str) -> None:
     say("the anthropic fake is healthy again")
     command(f"kubectl -n {ns} apply -f policy.yaml   # strategy.type: round_robin")
     say(switched.command)
-    say(f"pushed: config version {switched.version}")
+    say(f"the sidecar serves config version {switched.version}")
     say(f"4 requests, answered by: {', '.join(switched.providers)}")
     say("the fakes received: " + ", ".join(f"{k} {v}" for k, v in switched.received.items()))
 

@@ -169,7 +169,7 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
                           default_route=routes[0].name)
     if limits is not None and has_limits(config):
         config = config.model_copy(update={"limits_store": limits})
-    # The hash covers the keys too, so a rotated key is pushed; it never leaves as a key.
+    # The hash covers the keys too, so a rotated key is delivered; it never leaves as a key.
     digest = hashlib.sha256(orjson.dumps(config.document(), option=orjson.OPT_SORT_KEYS))
     source = ",".join(f"{namespace}/{p.name}" if namespace else p.name for p in chosen)
     result.config = config.model_copy(
@@ -179,7 +179,7 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
 
 def has_limits(config: RouterConfig) -> bool:
     """Whether any agent or route has a limit: only then does a document name a store (so
-    pods scaling, which changes the share, do not re-push documents without limits)."""
+    pods scaling, which changes the share, do not re-deliver documents without limits)."""
     return any(a.limits for a in config.agents) or any(r.limits for r in config.routes)
 
 

@@ -234,10 +234,12 @@ def routing_policy_crd() -> dict[str, Any]:
     spec["description"] = "Routes for the sidecars of the selected pods, over pools' agents."
     spec["x-kubernetes-validations"] = POLICY_RULES
     status = _status({
-        "targetPods": {"type": "integer", "description": "Pods the selector picks whose sidecar runs"},
-        "syncedPods": {"type": "integer", "description": "Of those, serving this config"},
-        "configVersion": {"type": "integer", "format": "int64",
-                          "description": "Version of the last compiled config"},
+        "targetPods": {"type": "integer", "description": "Pods the selector picks"},
+        "syncedPods": {"type": "integer", "description": "Of those, the pods whose sidecar "
+                       "acknowledged the config compiled for it"},
+        "configVersion": {"type": "string",
+                          "description": "Version (the document's hash) the synced pods "
+                          "serve, when it is one"},
         "synced": {"type": "string", "description": "syncedPods/targetPods, for kubectl"},
         "refused": {"type": "object", "additionalProperties": {"type": "string"},
                     "description": "Pods whose sidecar refused the config delivered to it, "

@@ -130,6 +130,8 @@ class Delivery:
         if old is not None and (old.version, old.uid, old.policies) == (
                 version, uid, tuple(policies)):
             return
+        if old is not None and old.uid != uid:  # another pod of the same name
+            self.acks.pop(key, None)
         body = self._encoded.get(version)
         if body is None:  # pods with one document (a Deployment's) share its bytes
             body = self._encoded[version] = orjson.dumps(
@@ -154,6 +156,12 @@ class Delivery:
             return None
         return entry.version
 
+    def versions(self) -> list[tuple[str, str, str, str, bool]]:
+        """(namespace, pod, uid, version, acknowledged) of every pod's current config:
+        whether its sidecar acknowledged that version on this replica."""
+        return [(*key, entry.uid, entry.version, self.acks.get(key) == (entry.version, None))
+                for key, entry in self._entries.items()]
+
     def _wake(self, key: Key) -> None:
         if (event := self._changed.pop(key, None)) is not None:
             event.set()
@@ -174,6 +182,13 @@ class Delivery:
         except ValueError:
             return web.json_response({"error": "wait: a number of seconds"}, status=400)
         key = (who.namespace, who.pod)
+        entry = self._entries.get(key)
+        if entry is not None and entry.uid == who.uid and entry.version == have \
+                and self.acks.get(key, ("",))[0] != have:
+            # It resumes from the current version (after a restart of either side, or on
+            # another replica): it serves it, unless it refused it (the policies' status
+            # keeps refusals, and the reconciler counts those pods out).
+            self.acks[key] = (have, None)
         deadline = time.monotonic() + wait
         self.metrics.watching.inc()
         try:

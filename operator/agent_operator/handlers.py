@@ -11,28 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from aiohttp import web
 
-from agent_operator import kube
+from agent_operator import kube, leader
 from agent_operator.certs import CertSource, FileCerts, SecretCerts
 from agent_operator.delivery import Delivery
-from agent_operator.inject import (
-    ADMIN_PORT_ANNOTATION,
-    INJECT_LABEL,
-    Identity,
-    identity_annotations,
-    inject,
-    sidecar_address,
-)
+from agent_operator.inject import INJECT_LABEL, Identity, identity_annotations, inject
 from agent_operator.leader import Lease
 from agent_operator.metrics import Metrics, healthz, serve_http
 from agent_operator.options import Options
 from agent_operator.reconcile import Reconciler, refusals
 from agent_operator.resources import GROUP
+from agent_operator.synced import Synced
 from agent_operator.webhook import InjectionServer
 
 log = logging.getLogger("agent_operator")
@@ -55,8 +50,7 @@ class Operator:
     servers: list[web.AppRunner] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.reconciler = Reconciler(self.options.sidecar.admin_port, self.metrics,
-                                     limits=self.options.limits)
+        self.reconciler = Reconciler(self.metrics, limits=self.options.limits)
         if self.options.webhook:  # the sidecars' watches share the webhook's TLS port
             self.delivery = Delivery(self.options.delivery_audience, self.metrics,
                                      kube.review_token, self.reconciler.report)
@@ -90,6 +84,10 @@ class Operator:
         await asyncio.gather(*(self.reconciler.reconcile(namespace)
                                for namespace in self.reconciler.namespaces()
                                if not self.reconciler.ran_within(namespace, skip_within)))
+
+    async def status_due(self, namespaces: Iterable[str]) -> None:
+        """Sidecars acknowledged (or dropped) a config: the namespace's status changes."""
+        await asyncio.gather(*(self.reconciler.reconcile(ns) for ns in namespaces))
 
     async def leadership_changed(self, leading: bool) -> None:
         self.metrics.leader.set(int(leading))
@@ -138,6 +136,13 @@ async def start(memo: Operator, settings: kopf.OperatorSettings, **_: Any) -> No
         memo.tasks.append(asyncio.create_task(lease.run(), name="lease"))
     else:
         memo.metrics.leader.set(1)
+    if memo.delivery is not None:
+        # Acknowledgements land on any replica; the Lease's ConfigMap of the same name
+        # holds each replica's summary for the leader.
+        synced = memo.reconciler.synced = Synced(
+            memo.delivery, memo.lease.me if memo.lease else leader.identity(), o.lease)
+        memo.tasks.append(asyncio.create_task(
+            synced.run(memo.reconciler.leading, memo.status_due), name="synced"))
     memo.tasks.append(asyncio.create_task(memo.resync_forever(), name="resync"))
     if o.webhook:
         memo.webhook = InjectionServer(addr=o.webhook_addr, port=o.webhook_port,
@@ -162,7 +167,6 @@ async def stop(memo: Operator, **_: Any) -> None:
         await server.cleanup()
     if memo.webhook is not None:
         await memo.webhook.stop()
-    await memo.reconciler.close()
 
 
 # ---- pools and policies: any change reconciles their namespace ----------------------------
@@ -182,7 +186,7 @@ async def changed(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | Non
     await memo.reconciler.reconcile(namespace)
 
 
-# ---- pods: a sidecar that became reachable, or went away ----------------------------------
+# ---- pods: one that came, changed its labels, or went away --------------------------------
 
 @kopf.on.event("pods")
 async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
@@ -199,11 +203,9 @@ async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, namespace: str | N
             await memo.reconciler.reconcile(namespace)
         return
     memo.reconciler.saw_pod(namespace, dict(body))
-    address = sidecar_address(dict(body), memo.options.sidecar.admin_port)
-    # A watching sidecar needs its config compiled as soon as its pod exists; a pushed
-    # one once it has an address.
-    if memo.is_new(uid, (address, dict(body.get("metadata", {}).get("labels") or {}))) \
-            and (address or memo.delivery is not None):
+    # Its sidecar watches for its config as soon as it starts: compiled once the pod
+    # exists, again when its labels change (what the policies select on).
+    if memo.is_new(uid, dict(meta.get("labels") or {})):
         await memo.reconciler.reconcile(namespace)
 
 
@@ -214,24 +216,18 @@ def serve_injection() -> None:
     the path the chart's webhook configuration calls."""
     kopf.on.mutate("pods", id="inject-sidecar", labels={INJECT_LABEL: "true"},
                    operations=["CREATE"], ignore_failures=False,
-                   side_effects=True)(inject_sidecar)  # it may create the token Secret
+                   side_effects=False)(inject_sidecar)
 
 
-async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, namespace: str | None,
-                         patch: kopf.Patch, annotations: kopf.Annotations, dryrun: bool,
+async def inject_sidecar(spec: kopf.Spec, labels: kopf.Labels, patch: kopf.Patch,
                          memo: Operator, **_: Any) -> None:
     settings = memo.options.sidecar
     identity = memo.identity()
     new = inject(dict(spec), dict(labels), settings, identity)
     if new is None:
         return  # already injected: idempotent
-    if namespace and not dryrun:
-        await kube.sidecar_token(namespace)  # the volume the sidecar mounts must exist
     for key in ("initContainers", "volumes", "containers", "imagePullSecrets", "hostAliases"):
         if key in new:
             patch.spec[key] = new[key]
-    added = patch.metadata.setdefault("annotations", {})
-    if ADMIN_PORT_ANNOTATION not in annotations:
-        added[ADMIN_PORT_ANNOTATION] = str(settings.admin_port)
     if identity is not None and settings.operator_url:
-        added.update(identity_annotations(identity))
+        patch.metadata.setdefault("annotations", {}).update(identity_annotations(identity))

@@ -20,15 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_operator.kube import TOKEN_KEY, TOKEN_SECRET
-
 INJECT_LABEL = "agentrouter.io/inject"
-ADMIN_PORT_ANNOTATION = "agentrouter.io/admin-port"
 # The operator's CA bundle, which the sidecar pins: on the pod itself, projected into a
 # file by the downward API (no object in the app's namespace to create or keep).
 CA_ANNOTATION = "agentrouter.io/operator-ca"
 CONTAINER = "agent-sidecar"
-TOKEN_DIR = "/var/run/agent-router/token"
 IDENTITY_DIR = "/var/run/agent-router/identity"
 # The shortest lifetime the API allows; the kubelet renews the token at 80% of it.
 IDENTITY_SECONDS = 600
@@ -53,7 +49,7 @@ class SidecarSettings:
     # Added to the pod's imagePullSecrets (each must exist in the pod's namespace).
     image_pull_secrets: tuple[str, ...] = ()
     # Where sidecars watch the operator for their config (https://<service>.<ns>.svc:<port>);
-    # None: they wait for the push only.
+    # None: they get no config from the operator.
     operator_url: str | None = None
     # The ClusterIP of the operator's Service: the URL's host name resolves to it in the
     # pod's /etc/hosts, so that the watch needs no cluster DNS.
@@ -90,32 +86,6 @@ class Identity:
     ca_bundle: bytes
 
 
-def sidecar_address(pod: dict[str, Any], default_port: int) -> str | None:
-    """Where the operator pushes to: `http://<pod IP>:<admin port>`, once the sidecar runs.
-
-    Not "once the pod is Ready": the sidecar's startup probe waits for its first config
-    (the app starts only when routing is in place), so the pod cannot be Ready before the
-    operator pushes. None while there is nowhere to push to yet, or if the pod's port
-    annotation is not a port number (it must not be able to point the push, keys
-    included, at another host).
-    """
-    status = pod.get("status") or {}
-    ip = status.get("podIP")
-    if not ip or (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return None
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
-    running = any(c.get("name") == CONTAINER and "running" in (c.get("state") or {})
-                  for c in status.get("initContainerStatuses") or [])
-    if not (ready or running):
-        return None
-    port = str(((pod.get("metadata") or {}).get("annotations") or {})
-               .get(ADMIN_PORT_ANNOTATION, default_port))
-    if not (port.isdigit() and 0 < int(port) < 65536):
-        return None
-    return f"http://{url_host(ip)}:{int(port)}"
-
-
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -135,17 +105,14 @@ def url_host(ip: str) -> str:
 def sidecar_container(settings: SidecarSettings, service_name: str,
                       watching: bool = False) -> dict[str, Any]:
     # /readyz answers once a config is loaded. As the startup probe it holds the app's
-    # containers until routing is in place (the operator pushes to a started sidecar);
+    # containers until routing is in place (the operator delivers to a started sidecar);
     # 5 minutes, then the kubelet restarts the sidecar, which keeps its last good config.
     # The probes and Prometheus use the health port, which holds no secret.
     probe = {"httpGet": {"path": "/readyz", "port": "agent-health"}, "periodSeconds": 2}
     env = [
-        {"name": "AGENT_SIDECAR_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
         {"name": "AGENT_SIDECAR_STATE_DIR", "value": STATE_DIR},
         {"name": "AGENT_SIDECAR_PORT", "value": str(settings.app_port)},
         {"name": "AGENT_SIDECAR_ADMIN_PORT", "value": str(settings.admin_port)},
-        # The operator pushes to the admin port from outside the pod.
-        {"name": "AGENT_SIDECAR_ADMIN_HOST", "value": ""},
         {"name": "AGENT_SIDECAR_HEALTH_PORT", "value": str(settings.health_port)},
         {"name": "OTEL_SERVICE_NAME", "value": service_name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -160,8 +127,7 @@ def sidecar_container(settings: SidecarSettings, service_name: str,
     if settings.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_env.items())]
-    mounts = [
-        {"name": "agent-router-token", "mountPath": TOKEN_DIR, "readOnly": True},
+    mounts: list[dict[str, Any]] = [
         {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
         {"name": "agent-sidecar-tmp", "mountPath": "/tmp"},  # the root is read-only
     ]
@@ -172,8 +138,7 @@ def sidecar_container(settings: SidecarSettings, service_name: str,
         "name": CONTAINER,
         "image": settings.image,
         "restartPolicy": "Always",
-        "ports": [{"name": "agent-admin", "containerPort": settings.admin_port},
-                  {"name": "agent-health", "containerPort": settings.health_port}],
+        "ports": [{"name": "agent-health", "containerPort": settings.health_port}],
         "env": env,
         "startupProbe": {**probe, "failureThreshold": 150},
         "readinessProbe": probe,
@@ -212,22 +177,18 @@ def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettin
     service = labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
     # The API refuses a projected token for a pod without a service account. The
     # ServiceAccount admission plugin names `default` before webhooks run; only an API
-    # server without it admits such a pod, whose sidecar then waits for the push.
+    # server without it admits such a pod, whose sidecar then gets no config from the operator.
     watching = identity is not None and settings.operator_url is not None \
         and bool(spec.get("serviceAccountName"))
     new["initContainers"] = [sidecar_container(settings, service, watching), *init]
     volumes = list(new.get("volumes") or [])
     volumes += [
-        # World-readable inside the sidecar only (no other container mounts it): the pod
-        # may not set an fsGroup, and the sidecar's uid does not own the files.
-        {"name": "agent-router-token", "secret": {"secretName": TOKEN_SECRET,
-                                                  "defaultMode": 0o444}},
         {"name": "agent-sidecar-state", "emptyDir": {}},
         {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
     if watching and identity is not None:
         volumes.append({"name": "agent-router-identity", "projected": {
-            "defaultMode": 0o444,  # as the token above: the sidecar's uid owns no file
+            "defaultMode": 0o444,  # the pod may set no fsGroup: the sidecar's uid owns no file
             "sources": [
                 {"serviceAccountToken": {"audience": identity.audience, "path": "token",
                                          "expirationSeconds": IDENTITY_SECONDS}},

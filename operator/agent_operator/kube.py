@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import secrets as pysecrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,8 +23,6 @@ from agent_operator.resources import GROUP, VERSION
 
 T = TypeVar("T")
 
-TOKEN_SECRET = "agent-router-sidecar"  # per namespace: the sidecars' admin bearer token
-TOKEN_KEY = "token"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "agent-operator",
               "app.kubernetes.io/part-of": "agent-router"}
 
@@ -141,20 +138,16 @@ async def write_secret(namespace: str, name: str, data: dict[str, str],
                {"metadata": {"resourceVersion": resource_version}, "data": encoded})
 
 
-async def sidecar_token(namespace: str) -> str:
-    """The namespace's sidecar token, created on first use (the webhook mounts it)."""
-    existing = await read_secret(namespace, TOKEN_SECRET)
-    if existing and existing.get(TOKEN_KEY):
-        return existing[TOKEN_KEY]
-    token = pysecrets.token_urlsafe(32)
-    try:
-        await write_secret(namespace, TOKEN_SECRET, {TOKEN_KEY: token}, None)
-    except Conflict:
-        again = await read_secret(namespace, TOKEN_SECRET)  # another replica won the race
-        if not again or not again.get(TOKEN_KEY):
-            raise
-        return again[TOKEN_KEY]
-    return token
+async def read_config_map(namespace: str, name: str) -> dict[str, str]:
+    """The ConfigMap's data (empty if it has none)."""
+    found = await call(_core().read_namespaced_config_map, name, namespace)
+    return dict(found.data or {})
+
+
+async def patch_config_map(namespace: str, name: str, data: dict[str, str | None]) -> None:
+    """Set these keys of the ConfigMap's data (None removes one), and no other: replicas
+    each writing their own key never overwrite one another's."""
+    await call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
 
 
 async def set_ca_bundle(configuration: str, ca_bundle: bytes) -> bool:

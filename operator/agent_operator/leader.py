@@ -1,8 +1,8 @@
 """Which replica acts: the holder of a `coordination.k8s.io` Lease in the operator's
 namespace, as Kubernetes' own controllers decide it.
 
-Every replica watches and serves the webhook; only the holder pushes configs and writes
-status. The holder renews the Lease every third of its duration; another replica takes it
+Every replica watches, compiles, serves the sidecars' watches and the webhook; only the
+holder writes status. The holder renews the Lease every third of its duration; another replica takes it
 once it has seen the same renewal for a whole duration (its own clock: no clock skew
 between nodes matters). A replica that cannot renew stops acting before its Lease runs
 out, and one that stops hands the Lease back at once.

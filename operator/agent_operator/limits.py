@@ -1,4 +1,4 @@
-"""Limits across the pods of a namespace: the Redis every pushed config names (from the
+"""Limits across the pods of a namespace: the Redis every delivered config names (from the
 chart's values, through the operator's environment), how many pods share each limit
 (a sidecar's fair share while Redis is away, or its share without Redis), and the
 remaining room a RoutingPolicy's status shows. No I/O here but the status reads."""
@@ -21,7 +21,7 @@ log = logging.getLogger("agent_operator.limits")
 @dataclass(frozen=True)
 class SharedLimits:
     """Where every sidecar counts its limits: `redis_url` (None: each pod counts its
-    share in memory), with the password and CA certificate pushed to the sidecars."""
+    share in memory), with the password and CA certificate delivered to the sidecars."""
 
     redis_url: str | None = None
     password: str | None = None

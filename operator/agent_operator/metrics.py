@@ -2,8 +2,8 @@
 
     agent_operator_reconciles_total{result}                 ok, error, standby
     agent_operator_reconcile_duration_seconds               histogram, one per namespace run
-    agent_operator_config_pushes_total{result}              applied, unchanged, failed, refused
-    agent_operator_sidecars{state}                          in_sync, pending, failed
+    agent_operator_sidecars{state}                          in_sync (acknowledged the current
+                                                            config), failed (refused it), pending
     agent_operator_webhook_requests_total{result}           injected, unchanged, refused, error
     agent_operator_certificate_expiry_timestamp_seconds     the served webhook certificate's
     agent_operator_certificate_renewals_total               certificates this replica issued
@@ -33,8 +33,6 @@ class Metrics:
         self.reconcile_seconds = Histogram(
             "agent_operator_reconcile_duration_seconds", "Time one namespace reconcile took",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.pushes = Counter("agent_operator_config_pushes",
-                              "Configs pushed to sidecars, by outcome", ["result"], registry=r)
         self.sidecars = Gauge("agent_operator_sidecars", "Sidecars the operator knows, by state",
                               ["state"], registry=r)
         self.webhook_requests = Counter("agent_operator_webhook_requests",

@@ -1,10 +1,11 @@
 """Bring one namespace's sidecars in line with its pools and policies, and say so.
 
-Level-triggered: whatever fired (a pool, a policy, a pod turning ready, the resync
-timer), the whole namespace is recompiled. Every replica compiles and offers each pod's
-document to the sidecars that watch it (`delivery`); the leading replica also pushes
-to the sidecars it can reach and writes the status. Runs per namespace are serialized and coalesced: a trigger during a
-run causes exactly one more run afterwards.
+Level-triggered: whatever fired (a pool, a policy, a pod, a sidecar's acknowledgement,
+the resync timer), the whole namespace is recompiled. Every replica compiles and offers
+each pod's document to the sidecars that watch it (`delivery`); the leading replica
+also writes the status, counting the pods whose sidecar acknowledged their current
+config on any replica (`synced`). Runs per namespace are serialized and coalesced: a
+trigger during a run causes exactly one more run afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pydantic
 
 from agent.config import RouterConfig
@@ -32,11 +32,10 @@ from agent_operator.compile import (
     selects,
 )
 from agent_operator.delivery import Delivery
-from agent_operator.inject import sidecar_address
 from agent_operator.limits import SharedLimits, remaining, sharing
 from agent_operator.metrics import Metrics
-from agent_operator.push import PushResult, push
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
+from agent_operator.synced import Synced, digest
 
 log = logging.getLogger("agent_operator")
 
@@ -48,7 +47,6 @@ class PodTarget:
     name: str
     labels: dict[str, str]
     uid: str
-    admin_url: str | None  # where to push, once its sidecar runs
 
 
 @dataclass
@@ -60,12 +58,11 @@ class _Namespace:
 
 
 class Reconciler:
-    def __init__(self, admin_port: int, metrics: Metrics, concurrency: int = 64,
-                 limits: SharedLimits | None = None) -> None:
-        self.admin_port = admin_port
+    def __init__(self, metrics: Metrics, limits: SharedLimits | None = None) -> None:
         self.metrics = metrics
         self.limits = limits or SharedLimits()  # where every sidecar counts its limits
         self.delivery: Delivery | None = None  # the sidecars' watches, when served
+        self.synced: Synced | None = None  # which sidecars acknowledged, on any replica
         self._refused: dict[tuple[str, str], set[str]] = {}  # (namespace, policy): pods
         # The injected pods as the watch last showed them, by namespace and name: what a
         # reconcile reads instead of listing every pod again (an informer's cache).
@@ -73,18 +70,6 @@ class Reconciler:
         # Whether this replica acts (holds the Lease); always, when it runs alone.
         self.leading: Callable[[], bool] = lambda: True
         self._spaces: dict[str, _Namespace] = {}
-        self._limit = asyncio.Semaphore(concurrency)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, force_close=False))
-        return self._session
 
     async def reconcile(self, namespace: str) -> None:
         """Coalescing entry point: callers may fire as often as they like."""
@@ -158,7 +143,6 @@ class Reconciler:
         secrets = await self._secrets(namespace, policies, pools)
         labelled = list(self._injected.get(namespace, {}).values())
         everyone = self._pods(labelled)
-        pods = [pod for pod in everyone if pod.admin_url]
 
         # Problems are judged once per policy, not per targeted pod: a policy that selects
         # no ready pod yet still says that its pool or Secret is missing.
@@ -182,17 +166,14 @@ class Reconciler:
             self._offer(self.delivery, namespace, everyone, every)
         if not leading:
             return "standby"
-        compiled = {pod.name: every[pod.name] for pod in pods}
-        token = await kube.sidecar_token(namespace) if pods else ""
-        results = await asyncio.gather(*(
-            self._push(pod, token, compiled[pod.name]) for pod in pods))
-        by_pod = {r.pod: r for r in results if r is not None}
-        for r in by_pod.values():
-            self.metrics.pushes.labels(r.outcome).inc()
-        synced = sum(1 for r in by_pod.values() if r.synced)
+        acknowledged = self.synced.acknowledged() if self.synced is not None else set()
+        refused = {pod for obj in policies_raw for pod in refusals(obj)} & set(every)
+        synced = {pod.name for pod in everyone if (config := offered(every[pod.name]))
+                  and digest(pod.uid, str(config.metadata.get("hash"))) in acknowledged
+                  and pod.name not in refused}
         self.metrics.sidecars_in(namespace, {
-            "in_sync": synced, "failed": len(by_pod) - synced,
-            "pending": len(labelled) - len(by_pod)})  # not started yet, or nothing to push
+            "in_sync": len(synced), "failed": len(refused),
+            "pending": len(everyone) - len(synced) - len(refused)})
 
         for name, reason in invalid.items():
             own[name] = [Problem("Invalid", reason)]
@@ -201,7 +182,7 @@ class Reconciler:
                 await kube.mark_refused(namespace, "routingpolicies", obj["metadata"]["name"],
                                         gone, None)
         for obj in policies_raw:
-            await self._policy_status(obj, compiled, by_pod, own, space)
+            await self._policy_status(obj, every, synced, own, space)
         for obj in pools_raw:
             name = obj["metadata"]["name"]
             users = sum(1 for p in policies if name in p.spec.pools)
@@ -217,8 +198,7 @@ class Reconciler:
         return {n: data for n, data in zip(sorted(names), found, strict=True) if data is not None}
 
     def _pods(self, pods: list[dict[str, Any]]) -> list[PodTarget]:
-        return [PodTarget(meta["name"], dict(meta.get("labels") or {}), meta.get("uid", ""),
-                          sidecar_address(pod, self.admin_port))
+        return [PodTarget(meta["name"], dict(meta.get("labels") or {}), meta.get("uid", ""))
                 for pod in pods if not (meta := pod["metadata"]).get("deletionTimestamp")]
 
     async def report(self, namespace: str, pod: str, policies: Sequence[str],
@@ -239,25 +219,12 @@ class Reconciler:
                compiled: dict[str, Compiled]) -> None:
         for pod in pods:
             c = compiled[pod.name]
-            if c.problems and c.config is None:
-                continue  # a pool or secret is missing: the pod keeps its last good config
-            delivery.publish(namespace, pod.name, pod.uid, c.config or EMPTY, c.policies)
+            if config := offered(c):
+                delivery.publish(namespace, pod.name, pod.uid, config, c.policies)
         delivery.retain(namespace, {pod.name for pod in pods})
 
-    async def _push(self, pod: PodTarget, token: str, compiled: Compiled) -> PushResult | None:
-        if (compiled.problems and compiled.config is None) or pod.admin_url is None:
-            return None  # a pool or secret is missing: the pod keeps its last good config
-        config = compiled.config or EMPTY  # no policy selects it (any more): no routes
-        async with self._limit:
-            result = await push(self._http(), pod.name, pod.admin_url, token, config)
-        if not result.synced:
-            log.warning("push to pod %s failed: %s", pod.name, result.detail)
-        elif result.outcome == "applied":
-            log.info("pod %s now serves config version %s", pod.name, result.version)
-        return result
-
     async def _policy_status(self, obj: dict[str, Any], compiled: dict[str, Compiled],
-                             pushed: dict[str, PushResult], own: dict[str, list[Problem]],
+                             serving: set[str], own: dict[str, list[Problem]],
                              space: _Namespace) -> None:
         meta = obj["metadata"]
         name = meta["name"]
@@ -269,20 +236,17 @@ class Reconciler:
             for problem in compiled[pod].problems.get(name, []):
                 if problem not in problems:
                     problems.append(problem)
-        synced = [p for p in targets if p in pushed and pushed[p].synced]
-        failed = [pushed[p] for p in targets if p in pushed and not pushed[p].synced]
-        versions = [pushed[p].version or 0 for p in synced]
+        synced = [p for p in targets if p in serving]
         resolved = not any(p.reason != "RouteConflict" for p in problems)
         refused = refusals(obj)  # what watching sidecars said, written by any replica
         all_synced = len(synced) == len(targets) and not refused
-        behind = "Refused" if refused else "PushFailed"
+        behind = "Refused" if refused else "Pending"
         conditions = [
             _condition("Resolved", resolved, problems[0].reason if problems else "Resolved",
                        "; ".join(p.message for p in problems) or "pools and secrets found"),
             _condition("Synced", all_synced and resolved,
                        "Synced" if all_synced else behind,
-                       f"{len(synced)}/{len(targets)} selected ready pods serve this policy"
-                       + (f"; {failed[0].pod}: {failed[0].detail}" if failed else "")
+                       f"{len(synced)}/{len(targets)} selected pods serve this policy"
                        + "".join(f"; pod {pod} refused {why}"
                                  for pod, why in sorted(refused.items()))),
         ]
@@ -298,8 +262,10 @@ class Reconciler:
             "synced": f"{len(synced)}/{len(targets)}",
             "conditions": _keep_transitions(obj, conditions, meta.get("generation")),
         }
-        if versions:
-            status["configVersion"] = max(versions)
+        versions = {str(c.config.metadata.get("hash")) for p in synced
+                    if (c := compiled[p]).config is not None}
+        if len(versions) == 1:  # what they serve, when it is one document
+            status["configVersion"] = versions.pop()
         config = next((c.config for c in map(compiled.get, targets) if c and c.config), None)
         if config is not None:
             policy = RoutingPolicySpec.model_validate(obj.get("spec", {}))
@@ -308,7 +274,6 @@ class Reconciler:
         await _patch_if_changed(obj, "routingpolicies", status)
         # One Event per distinct problem, not one per resync.
         news = problems[0] if problems else (
-            Problem("PushFailed", failed[0].detail) if failed else
             Problem("Refused", conditions[1]["message"]) if refused else None)
         key = f"policy/{name}"
         if news is None:
@@ -338,6 +303,14 @@ class Reconciler:
 
 _POD_META = ("name", "uid", "labels", "annotations", "deletionTimestamp")
 _POD_STATUS = ("podIP", "conditions", "initContainerStatuses")
+
+
+def offered(compiled: Compiled) -> RouterConfig | None:
+    """What the pod's sidecar is offered: None while a pool or Secret it needs is
+    missing (it keeps its last good config), no routes when no policy selects it."""
+    if compiled.problems and compiled.config is None:
+        return None
+    return compiled.config or EMPTY
 
 
 def refusals(obj: dict[str, Any]) -> dict[str, str]:

@@ -110,7 +110,7 @@ else:
     PoolAgent = kube_model(
         AgentConfig,
         name="PoolAgent",
-        # The key comes from a Secret; pushing extra body fields is not offered on a cluster.
+        # The key comes from a Secret; sending extra body fields is not offered on a cluster.
         drop=("api_key", "api_key_env", "extra"),
         types={
             "provider": Provider,

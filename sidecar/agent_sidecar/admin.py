@@ -13,10 +13,14 @@ Admin port:
 Health port: `/healthz`, `/readyz` and `/metrics` only, which name versions, routes and
 breaker states but never a key, a token or an upstream's address with credentials.
 
-`/config` takes `Authorization: Bearer <token>` (at least 16 characters), compared in
-constant time. Without a usable token both `/config` endpoints are refused (403). Failed
-attempts are limited per client address (429 with `retry-after` past a small burst) and
-counted in `agent_sidecar_admin_auth_failures_total`.
+The admin port listens on loopback only (`settings`), and `/config` still takes
+`Authorization: Bearer <token>` (at least 16 characters), compared in constant time: any
+process of the pod reaches loopback, not only those that may change its routing. Given
+no token, the sidecar makes one at start and writes it to `<state dir>/admin-token`
+(mode 0600, its own user's): whoever may `kubectl exec` into the sidecar reads it there.
+Without a usable token both `/config` endpoints are refused (403). Failed attempts are
+limited per client address (429 with `retry-after` past a small burst) and counted in
+`agent_sidecar_admin_auth_failures_total`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hmac
 import logging
 import math
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,11 +42,12 @@ from aiohttp import web
 
 from agent.errors import register_secret
 from agent_sidecar.metrics import CONTENT_TYPE, Metrics
-from agent_sidecar.state import ConfigStore, DocumentError, parse_document
+from agent_sidecar.state import ConfigStore, DocumentError, parse_document, write_private
 
 log = logging.getLogger("agent_sidecar.admin")
 
-MIN_TOKEN_LENGTH = 16  # characters; the operator's tokens have 43
+MIN_TOKEN_LENGTH = 16  # characters; the ones the sidecar makes have 43
+TOKEN_FILE = "admin-token"  # in the state directory, when the sidecar made its token
 
 
 def token_problem(token: str) -> str | None:
@@ -105,6 +111,16 @@ class AdminToken:
             return None
         register_secret(token)  # never in a log line, an error or a span
         return token
+
+
+def made_token(state_dir: Path) -> AdminToken:
+    """A new random token, written (mode 0600) to `<state_dir>/admin-token` for the
+    pod's operator to read; a restart makes another."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / TOKEN_FILE
+    write_private(path, secrets.token_urlsafe(32).encode() + b"\n")
+    log.info("no admin token given: made one, in %s (readable by this user only)", path)
+    return AdminToken(path=path)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

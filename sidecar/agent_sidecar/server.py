@@ -18,7 +18,7 @@ import logging
 from aiohttp import web
 
 from agent.transport import HttpxTransport
-from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app
+from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app, made_token
 from agent_sidecar.app import HANDLERS, AppHandlers, create_app
 from agent_sidecar.connections import cap_connections
 from agent_sidecar.delivery import ConfigWatch, Operator
@@ -44,7 +44,9 @@ class Sidecar:
         )
         self.store = ConfigStore(settings.state_dir, self.transport)
         self.metrics = Metrics(self.store)
-        self.token = AdminToken(settings.token, settings.token_file)
+        self.token = (made_token(settings.state_dir)
+                      if not (settings.token or settings.token_file) and settings.state_dir
+                      else AdminToken(settings.token, settings.token_file))
         self.tracing = tracing
         self.draining = False
         self._app: web.AppRunner | None = None

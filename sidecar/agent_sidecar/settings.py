@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ class Settings:
     config: Path | None = None
     host: str = "127.0.0.1"  # the app port is for the pod's own containers only
     port: int = 4000
-    # Config and reload: for the pod's own processes only.
+    # Config and reload: for the pod's own processes only, so loopback and nothing else.
     admin_host: str = "127.0.0.1"
     admin_port: int = 4001
     # Health, readiness and metrics, which hold no secret: what the kubelet and Prometheus
@@ -43,6 +44,21 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
 
+    def __post_init__(self) -> None:
+        if not is_loopback(self.admin_host):
+            raise ValueError(f"the admin address must be a loopback address (127.0.0.0/8, "
+                             f"::1 or localhost), not {self.admin_host!r}: it takes configs "
+                             "with API keys")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "" (every address), or a name that may resolve anywhere
+
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
@@ -54,17 +70,16 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         prog="agent-sidecar",
         description=(
             "Per-pod LLM routing sidecar: OpenAI- and Anthropic-compatible endpoints on the "
-            "app port, config pushes on the loopback admin port, health and metrics on the "
-            "health port. Without --config it serves the persisted config (--state-dir) or "
-            "waits for a push."
+            "app port, config and reload on the loopback admin port, health and metrics on "
+            "the health port. Without --config it serves the persisted config (--state-dir), "
+            "the operator's (--operator-url), or waits for a PUT /config."
         ),
     )
     p.add_argument("--config", type=Path, default=e("CONFIG"), help="config document (YAML)")
     p.add_argument("--host", default=e("HOST", "127.0.0.1"), help="app address (loopback)")
     p.add_argument("--port", type=int, default=int(e("PORT", "4000") or 4000))
-    # Set but empty is "every address", not "unset": `env.get`, not `e`.
-    p.add_argument("--admin-host", default=env.get("AGENT_SIDECAR_ADMIN_HOST", "127.0.0.1"),
-                   help="admin address (config, reload; default loopback)")
+    p.add_argument("--admin-host", default=e("ADMIN_HOST", "127.0.0.1"),
+                   help="admin address (config, reload): a loopback address only")
     p.add_argument("--admin-port", type=int, default=int(e("ADMIN_PORT", "4001") or 4001))
     p.add_argument("--health-host", default=e("HEALTH_HOST", ""),
                    help="health port address (default: every address, IPv4 and IPv6)")
@@ -76,8 +91,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "--token-file",
         type=Path,
         default=e("TOKEN_FILE"),
-        help="file holding the admin bearer token (else AGENT_SIDECAR_TOKEN); "
-        "without a token, config pushes are refused",
+        help="file holding the admin bearer token (else AGENT_SIDECAR_TOKEN); with "
+        "neither, one is made and written to <state dir>/admin-token (no state dir: "
+        "PUT /config is refused)",
     )
     p.add_argument(
         "--state-dir", type=Path, default=e("STATE_DIR"), help="keeps the last good config"
@@ -90,7 +106,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                    help="the pod's projected service-account token for the operator")
     p.add_argument("--max-config-mb", type=float,
                    default=float(e("MAX_CONFIG_MB", "4") or 4),
-                   help="largest config document taken (pushed or delivered)")
+                   help="largest config document taken (PUT or delivered)")
     p.add_argument("--max-body-mb", type=float, default=float(e("MAX_BODY_MB", "32") or 32))
     p.add_argument(
         "--body-budget-mb",
@@ -131,6 +147,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                                   and args.operator_ca and args.identity_token_file):
         p.error("--operator-url needs https://, --operator-ca and --identity-token-file: "
                 "the config holds API keys")
+    if not is_loopback(args.admin_host):
+        p.error(f"--admin-host {args.admin_host!r}: the admin port listens on a loopback "
+                "address only (it takes configs with API keys)")
     return Settings(
         config=args.config,
         host=args.host,

@@ -51,16 +51,6 @@ def test_admission_bench() -> None:
 
 
 @pytest.mark.controlplane
-def test_propagation_bench() -> None:
-    from support.controlplane import find_assets  # fails, never skips, without binaries
-
-    env = {**os.environ, "AGENT_ROUTER_ASSETS": str(find_assets())}
-    out = run("bench/propagation_bench.py", "--pods", "1", "--rounds", "1", env=env)
-    assert "| pods | p50 apply-to-all-serving (s) |" in out
-    assert out.splitlines()[-1].startswith("|    1 |")
-
-
-@pytest.mark.controlplane
 def test_delivery_bench() -> None:
     from support.controlplane import find_assets  # fails, never skips, without binaries
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from support.controlplane import Jaeger
 from support.node import Node, node_inputs
+from support.sockets import off_loopback
 from support.story import ANSWERS, APP, KEYS, PROMPT, ROUTE, Story
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
@@ -88,23 +89,35 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert app.sidecar_env["OTEL_SERVICE_NAME"] == APP
     assert app.app_env == {"OPENAI_BASE_URL": "http://127.0.0.1:4000/v1",
                            "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000"}
-    assert app.annotations["agentrouter.io/admin-port"] == "4001"
-    assert {"agent-router-token", "agent-sidecar-state"} <= set(app.volumes)
+    # No Secret in the pod, and only the health port declared: the admin port stays on the
+    # pod's loopback (checked on the sidecar's own sockets below).
+    assert "agent-router-token" not in app.volumes and "agent-sidecar-state" in app.volumes
+    assert [p["name"] for p in app.sidecar["ports"]] == ["agent-health"]
+    assert "AGENT_SIDECAR_ADMIN_HOST" not in app.sidecar_env
     _, row = app.pod_table.splitlines()  # kubectl get pod -o wide
     cols = row.split()
     assert cols[:3] == [app.pod, "2/2", "Running"] and cols[5] == app.ip
     assert any(e.startswith("Started") for e in app.events)
-    pushed = story.wait_for_config()
-    assert pushed.routes == [ROUTE] and pushed.strategy == "fallback"
-    assert [a["name"] for a in pushed.agents] == ["main.claude", "main.gpt"]
-    assert {a["api_key"] for a in pushed.agents} == {"***"}
-    assert pushed.status["targetPods"] == 1 and pushed.status["synced"] == "1/1"
-    assert pushed.status["configVersion"] == pushed.version
-    assert pushed.status["observedGeneration"] == 1
-    # The sidecar also watches the operator: the config reached it over TLS (the CA from
-    # the pod's annotation, the operator's name from the host alias) with the pod's token.
+    configured = story.wait_for_config()
+    assert configured.routes == [ROUTE] and configured.strategy == "fallback"
+    assert [a["name"] for a in configured.agents] == ["main.claude", "main.gpt"]
+    assert {a["api_key"] for a in configured.agents} == {"***"}
+    assert configured.status["targetPods"] == 1 and configured.status["synced"] == "1/1"
+    assert configured.status["configVersion"] == configured.hash
+    assert configured.status["observedGeneration"] == 1
+    # The config reached the sidecar through its watch on the operator, over TLS (the CA
+    # from the pod's annotation, the operator's name from the host alias) with the pod's
+    # token; the acknowledgement is what the status counts.
     watched = story.wait_for_watch()
     assert not [line for line in watched if "not trusted" in line or "401" in line], watched
+    # From the sidecar's own sockets, inside its pod: only the health port listens off
+    # loopback; the app and admin ports on 127.0.0.1 only.
+    sockets = story.sidecar_sockets()
+    assert {port for _, port in sockets} == {4000, 4001, 4002}, sockets
+    assert off_loopback(sockets) == {4002}, sockets
+    assert {a for a, p in sockets if p in (4000, 4001)} == {"127.0.0.1"}, sockets
+    token = story.admin_token()  # the one the sidecar made, in its state directory
+    assert len(token) >= 32
 
     # The app's request, with the official openai SDK to 127.0.0.1:4000 inside its pod,
     # succeeds through the secondary.
@@ -116,13 +129,13 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert call.headers["x-agent-route"] == ROUTE
     assert call.headers["x-agent-attempts"] == "2"  # claude (529), then gpt
     assert "fell back to main.gpt after 1 failed attempt" in call.headers["x-agent-route-reason"]
-    assert call.headers["x-agent-config-version"] == str(pushed.version)
+    assert call.headers["x-agent-config-version"] == str(configured.version)
     claude, gpt = story.fakes["anthropic"], story.fakes["openai"]
-    # The keys came from the Secret, through the operator's push, to the fakes.
+    # The keys came from the Secret, through the operator's watch over TLS, to the fakes.
     assert claude.requests[-1].headers.get("x-api-key") == KEYS["anthropic"]
     assert gpt.requests[-1].headers["authorization"] == f"Bearer {KEYS['openai']}"
 
-    # The sidecar's metrics (admin port) count the fallback.
+    # The sidecar's metrics (health port, what Prometheus scrapes) count the fallback.
     metrics = story.metrics()
     assert metrics.value("agent_sidecar_fallbacks_total", route=ROUTE) == 1
     assert metrics.value("agent_sidecar_attempts_total", agent="main.claude",
@@ -154,13 +167,13 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert won.tags["gen_ai.provider.name"] == "openai"
     assert won.tags["agent_router.attempt.outcome"] == "ok"
     assert won.tags["gen_ai.usage.output_tokens"] > 0
-    for secret in (PROMPT, "purple-elephant", *KEYS.values(), story.token):
+    for secret in (PROMPT, "purple-elephant", *KEYS.values(), token):
         assert secret not in trace.raw
 
     # kubectl switches the policy to round_robin (the primary healthy again): both fakes
     # now receive requests.
     switched = story.switch_strategy("round_robin", requests=4)
-    assert switched.version > pushed.version
+    assert switched.version > configured.version
     assert sorted(switched.providers) == ["anthropic", "anthropic", "openai", "openai"]
     assert switched.received == {"anthropic": 2, "openai": 2}
 

@@ -21,8 +21,7 @@ NAMESPACE_RULES_FILE = CHART / "files" / "operator-namespace-rules.yaml"
 DEFAULT_KINDS = {
     "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
     "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
-    "Secret", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding",
+    "ConfigMap", "Secret", "CustomResourceDefinition",
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "CustomResourceDefinition", "ValidatingAdmissionPolicy",

@@ -3,9 +3,9 @@
 Every query in it must parse as PromQL and name only metrics and labels that the code
 really exports: those are read from a real ``agent-sidecar`` process's ``/metrics``
 after traffic that makes every family show samples (a fallback, a stream, a stream that
-fails after content, a refused admin request, a config push), and from a real operator's
-after it injected a pod, reconciled and pushed to a real sidecar; never from a list kept
-by hand.
+fails after content, a refused admin request, a PUT /config), and from a real operator's
+after it injected a pod, reconciled and delivered to a real watching sidecar; never from a
+list kept by hand.
 """
 
 from __future__ import annotations
@@ -24,21 +24,18 @@ import promql_parser
 import pytest
 import yaml
 from fakes import CutStream, Fail, FakeProvider, Reply, StreamError
-from helm_support import CHART, OfflineHelm, by_kind, one
+from helm_support import CHART, OfflineHelm, by_kind
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from operator_support import (
     OperatorProcess,
-    next_ip,
     operator,  # noqa: F401  (the module-scoped operator fixture, with its metrics port)
-    pod_manifest,
-    served,
-    start_sidecar,
     wait_for,
 )
 from sidecar_support import TOKEN, SidecarProcess, agent_spec, document, fast_route
+from support.watching import WatchedPods, served
 from test_operator_e2e import KEYS, policy, pool
 
 DASHBOARD = CHART / "files" / "dashboards" / "agent-router.json"
@@ -137,7 +134,7 @@ def scrape(text: str) -> Exported:
 def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     """A real sidecar's /metrics after a fallback, a stream, a stream that fails after its
     first content, one continued on the next agent, an admin request with a wrong token and
-    a config push: every family it has shows samples, labels and all."""
+    a PUT /config: every family it has shows samples, labels and all."""
     claude = FakeProvider("anthropic", default=Reply(text="unused"))
     gpt = FakeProvider("openai", default=Reply(text="Hello there", usage=(3, 2)))
     with claude.running(), gpt.running():
@@ -202,32 +199,35 @@ def sidecar_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Export
 def operator_metrics(
     control_plane: Any,
     operator: OperatorProcess,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Exported]:
     """A real operator's /metrics after its webhook injected a labelled pod and it
-    reconciled the namespace, pushing a policy's config to a real sidecar at the pod's IP:
-    every family it has shows samples (the certificate's, the webhook's, the leader's too)."""
+    reconciled the namespace, delivering a policy's config to a real sidecar watching it
+    with the pod's token: every family it has shows samples (the certificate's, the
+    webhook's, the leader's, the watches' too)."""
     cp = control_plane
     namespace = cp.create_namespace()
-    sidecar = None
     try:
-        with FakeProvider("openai").running() as gpt, FakeProvider("anthropic").running() as claude:
+        with FakeProvider("openai").running() as gpt, \
+                FakeProvider("anthropic").running() as claude, \
+                WatchedPods(cp, namespace, tmp_path_factory.mktemp("pods"),
+                            operator.url) as pods:
             cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
-            cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
-            ip = next_ip()
-            sidecar = start_sidecar(cp, namespace, ip)
-            cp.mark_pod_ready(namespace, "chat-0", ip=ip)
-            wait_for(lambda: served(sidecar), 30, "the operator's push")
+            sidecar = pods.start("chat-0", {"app": "chat"})
+            wait_for(lambda: served(sidecar), 30, "the operator's config")
             counted = (
                 'agent_operator_webhook_requests_total{result="injected"} 1.0',
                 'agent_operator_reconciles_total{result="ok"}',
-                'agent_operator_config_pushes_total{result="applied"}',
+                'agent_operator_configs_served_total{result="sent"}',
+                'agent_operator_config_acks_total{result="applied"} 1.0',
                 'agent_operator_sidecars{state="in_sync"} 1.0',
                 "agent_operator_leader 1.0",  # alone, without a Lease: it acts
             )
             text = wait_for(
                 lambda: all(c in (t := operator.metrics()) for c in counted) and t,
                 30,
-                "the injection, the push and its reconcile counted in the operator's metrics",
+                "the injection, the delivery and its reconcile counted in the operator's "
+                "metrics",
             )
         expiry = re.search(
             r"^agent_operator_certificate_expiry_timestamp_seconds (\S+)$", text, re.M
@@ -235,8 +235,6 @@ def operator_metrics(
         assert expiry and float(expiry[1]) > time.time(), "no served certificate's expiry"
         yield scrape(text)
     finally:
-        if sidecar is not None:
-            sidecar.stop(20)
         cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
@@ -292,7 +290,8 @@ def test_every_query_names_metrics_and_labels_the_code_exports(
         "agent_sidecar_config_pushes_total",
         "agent_operator_reconciles_total",
         "agent_operator_reconcile_duration_seconds_bucket",
-        "agent_operator_config_pushes_total",
+        "agent_operator_config_acks_total",
+        "agent_operator_configs_served_total",
         "agent_operator_sidecars",
         "agent_operator_webhook_requests_total",
         "agent_operator_certificate_expiry_timestamp_seconds",
@@ -362,11 +361,17 @@ def offline_helm(tmp_path_factory: pytest.TempPathFactory) -> OfflineHelm:
     return OfflineHelm(find_assets(("helm",)) / "helm", tmp_path_factory.mktemp("helm-home"))
 
 
+def dashboards(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's ConfigMaps but the operator's own (its replicas' summaries)."""
+    return [o for o in by_kind(objects, "ConfigMap")
+            if o["metadata"]["labels"]["app.kubernetes.io/component"] != "operator"]
+
+
 @pytest.mark.controlplane
 def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: OfflineHelm) -> None:
     """Off by default; on, a ConfigMap with Grafana's sidecar label whose data is the file
     byte for byte, in the namespace asked for."""
-    assert not by_kind(offline_helm.render(), "ConfigMap")
+    assert not dashboards(offline_helm.render())
     values = {
         "monitoring": {
             "grafanaDashboard": {
@@ -376,7 +381,7 @@ def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: Offlin
             }
         }
     }
-    config_map = one(offline_helm.render(values), "ConfigMap")
+    (config_map,) = dashboards(offline_helm.render(values))
     meta = config_map["metadata"]
     assert meta["name"] == "ar-agent-router-dashboards"
     assert meta["namespace"] == "grafana"
@@ -394,7 +399,8 @@ def test_the_chart_ships_it_for_grafanas_sidecar_when_asked(offline_helm: Offlin
             }
         }
     }
-    labels = one(offline_helm.render(custom), "ConfigMap")["metadata"]["labels"]
+    (custom_map,) = dashboards(offline_helm.render(custom))
+    labels = custom_map["metadata"]["labels"]
     assert labels["dashboards"] == "agent-router" and "grafana_dashboard" not in labels
 
 

@@ -186,9 +186,18 @@ def test_no_cluster_wide_power_beyond_what_the_operator_calls(offline_helm: Offl
     # TokenReviews: asking who a sidecar's token belongs to (it mints nothing).
     assert {(g, v) for g, r, v, n in granted if r == "tokenreviews"} == {
         ("authentication.k8s.io", "create")}
-    # Secrets: no list or watch anywhere (only by name); update only of its own, in its
-    # namespace (the Role).
-    assert {v for g, r, v, n in granted if r == "secrets"} == {"get", "create"}
+    # Secrets: read by name only (no list, no watch), never created, changed or deleted
+    # across the cluster; it patches only its own certificate's, in its namespace (the Role).
+    assert {v for g, r, v, n in granted if r == "secrets"} == {"get"}
+    namespaced = named(offline_helm.render(), "Role", "ar-agent-router-operator")
+    writes = {(r, tuple(rule.get("resourceNames") or ()))
+              for rule in namespaced["rules"] for r in rule["resources"]
+              if set(rule["verbs"]) - {"get", "list", "watch"}}
+    assert writes == {("leases", ("ar-agent-router-operator",)),
+                      ("configmaps", ("ar-agent-router-operator",)),
+                      ("secrets", ("ar-agent-router-webhook-tls",))}, writes
+    # No admission policy is needed any more to limit which Secret it creates.
+    assert not [o for o in offline_helm.render() if o["kind"].startswith("ValidatingAdmission")]
 
 
 @pytest.mark.controlplane
@@ -337,7 +346,7 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     (webhook,) = mwc["webhooks"]
     assert webhook["name"] == f"inject-sidecar.{name}"
     assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == ("Fail", 10)
-    assert webhook["sideEffects"] == "NoneOnDryRun"
+    assert webhook["sideEffects"] == "None"  # it creates nothing
     assert webhook["objectSelector"] == {"matchLabels": {"agentrouter.io/inject": "true"}}
     assert webhook["namespaceSelector"] == {"matchExpressions": [{
         "key": "kubernetes.io/metadata.name", "operator": "NotIn",

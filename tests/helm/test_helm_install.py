@@ -146,8 +146,8 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     # chart leaves them alone: see the CRD upgrade test).
     assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
-        "Deployment", "PodDisruptionBudget", "Lease", "Secret", "MutatingWebhookConfiguration",
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+        "Deployment", "PodDisruptionBudget", "Lease", "ConfigMap", "Secret",
+        "MutatingWebhookConfiguration"}
     assert CRDS <= crds_established(cp)
     status = release_a.helm("status", release_a.name, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
@@ -180,24 +180,13 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     assert not can(operator, "list", "secrets")
     assert not can(operator, "patch", "secrets", release_a.namespace)  # only its own, by name
     assert not can(operator, "update", "leases.coordination.k8s.io", release_a.namespace)
+    # No Secret anywhere: not the app's, not a service-account token of its namespace.
+    for namespace in (app, release_a.namespace):
+        for verb in ("create", "update", "patch", "delete"):
+            assert not can(operator, verb, "secrets", namespace), (verb, namespace)
+    assert can(operator, "get", "secrets", app)  # the API keys a pool names
     cp.kubectl("delete", "rolebinding", "dev-edit", "auditor-view", "-n", app)
 
-    # RBAC lets the operator create Secrets (the sidecar token, in each app namespace);
-    # the chart's admission policy refuses every other one, as the apiserver enforces it.
-    def create_secret(name: str, type_: str) -> subprocess.CompletedProcess[str]:
-        secret = {"apiVersion": "v1", "kind": "Secret", "type": type_,
-                  "metadata": {"name": name, "annotations": {
-                      "kubernetes.io/service-account.name": "default"}}}
-        return cp.kubectl("create", "--dry-run=server", "-n", app, "--as", operator, "-f", "-",
-                          input=json.dumps(secret), check=False)
-
-    allowed = create_secret("agent-router-sidecar", "Opaque")
-    assert allowed.returncode == 0, allowed.stderr
-    for name, type_ in (("agent-router-sidecar", "kubernetes.io/service-account-token"),
-                        ("anything-else", "Opaque")):
-        refused = create_secret(name, type_)
-        assert refused.returncode != 0, (name, type_)
-        assert "the operator may create only the sidecar token Secret" in refused.stderr
 
     # The stored Deployment keeps the hardening (nothing was dropped as unknown).
     deploy = release_a.deployment()
@@ -327,7 +316,7 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
         assert "url" not in webhooks[0]["clientConfig"]
         # An opted-in pod never starts without its sidecar; a dry run creates nothing.
         assert webhooks[0]["failurePolicy"] == "Fail"
-        assert webhooks[0]["sideEffects"] == "NoneOnDryRun"
+        assert webhooks[0]["sideEffects"] == "None"  # it creates nothing
         assert webhooks[0]["objectSelector"] == {
             "matchLabels": {"agentrouter.io/inject": "true"}}
         assert webhooks[0]["timeoutSeconds"] == 10
@@ -339,6 +328,11 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
         holder = wait_for(lambda: cp.get_json("lease", lease, namespace=namespace)["spec"]
                           .get("holderIdentity"), 30, "the operator holding the Lease")
         assert holder.startswith(socket.gethostname())
+        # The ConfigMap beside it (the chart's, which the operator may only patch) holds
+        # this replica's summary of what its sidecars acknowledged (nothing yet).
+        shared = wait_for(lambda: cp.get_json("configmap", lease, namespace=namespace)
+                          .get("data"), 30, "the replica's summary in the ConfigMap")
+        assert list(shared) == [holder] and shared[holder].isdigit(), shared
 
         app = cp.create_namespace()
         cp.apply([
@@ -368,6 +362,7 @@ def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Releas
         pod = cp.get_json("pod", "chat-0", namespace=app)
         (sidecar,) = pod["spec"]["initContainers"]
         assert sidecar["image"] == env["AGENT_SIDECAR_IMAGE"]
+        assert [p["name"] for p in sidecar["ports"]] == ["agent-health"]  # admin: loopback
         assert sidecar["resources"] == {
             "requests": {"cpu": env["AGENT_SIDECAR_CPU_REQUEST"],
                          "memory": env["AGENT_SIDECAR_MEMORY_REQUEST"]},
@@ -604,13 +599,12 @@ def test_uninstall_after_the_operator_ran_leaves_no_cluster_objects(release_a: R
                           obj["metadata"]["name"], *ns, check=False)
         assert gone.returncode != 0 and "NotFound" in gone.stderr, (obj["kind"], gone.stdout)
     # All that is new since before the install: the namespaces the tests made, what they
-    # created in them (pools, policies, a pod) and the sidecar token Secret the operator
-    # made for the pod; plus the CRDs (with their APIServices) if this install brought them.
+    # created in them (pools, policies, a pod, its service account); plus the CRDs (with
+    # their APIServices) if this install brought them. The operator made nothing.
     remaining = snapshot(cp) - release_a.baseline
     unexpected = {(kind, ns, name) for kind, ns, name in remaining
                   if not (kind == "Namespace"
                           or kind in {"AgentPool", "RoutingPolicy", "Pod"}
-                          or (kind, name) == ("Secret", "agent-router-sidecar")
                           or (kind, name) in {("CustomResourceDefinition", n) for n in CRDS}
                           or (kind, name) in {("APIService", n) for n in CRD_APISERVICES})}
     assert not unexpected, sorted(unexpected)

@@ -1,5 +1,5 @@
-"""Limits on a real control plane: the operator (given the chart's Redis) pushes each
-pod's sidecar a document naming that Redis, the namespace and how many pods share it;
+"""Limits on a real control plane: the operator (given the chart's Redis) delivers each
+pod's watching sidecar a document naming that Redis, the namespace and how many pods share it;
 two sidecars hold one agent's limit together; the RoutingPolicy's status shows what is
 left, as Redis holds it."""
 
@@ -13,15 +13,12 @@ from fakes import FakeProvider
 from operator_support import (
     OperatorProcess,
     install_crds,
-    next_ip,
     operator_kubeconfig,
-    pod_manifest,
-    served,
-    start_sidecar,
     status_of,
     wait_for,
 )
 from support.controlplane import free_port
+from support.watching import WatchedPods, served
 
 pytestmark = pytest.mark.controlplane
 
@@ -30,7 +27,7 @@ KEYS = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-keys"},
 
 
 def test_two_pods_share_an_agents_limit_and_the_policy_shows_what_is_left(
-    control_plane, namespace, redis_server  # type: ignore[no-untyped-def]
+    control_plane, namespace, redis_server, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:
     """What was tried: an AgentPool whose agent allows 3 requests a minute and a
     RoutingPolicy with a route limit of 100, selecting two pods, each with a real
@@ -45,8 +42,8 @@ def test_two_pods_share_an_agents_limit_and_the_policy_shows_what_is_left(
         cp, operator_kubeconfig(cp, webhook), webhook, free_port(),
         env={"AGENT_OPERATOR_LIMITS_REDIS_URL": redis_server.url},
     ).start()  # fmt: skip
-    sidecars = []
-    with FakeProvider("openai").running() as gpt:
+    with FakeProvider("openai").running() as gpt, \
+            WatchedPods(cp, namespace, tmp_path, operator.url) as pods:
         try:
             pool = {"apiVersion": "agentrouter.io/v1alpha1", "kind": "AgentPool",
                     "metadata": {"name": "main"},
@@ -59,11 +56,7 @@ def test_two_pods_share_an_agents_limit_and_the_policy_shows_what_is_left(
                                "strategy": {"type": "fallback", "retries": 0,
                                             "limits": {"rpm": 100}}}}  # fmt: skip
             cp.apply([KEYS, pool, policy], namespace)
-            for n in range(2):
-                cp.apply(pod_manifest(f"chat-{n}", {"app": "chat"}), namespace)
-                ip = next_ip()
-                sidecars.append(start_sidecar(cp, namespace, ip))
-                cp.mark_pod_ready(namespace, f"chat-{n}", ip=ip)
+            sidecars = [pods.start(f"chat-{n}", {"app": "chat"}) for n in range(2)]
 
             def shared_by_both(sidecar):  # type: ignore[no-untyped-def]
                 store = ((served(sidecar) or {}).get("config") or {}).get("limits_store") or {}
@@ -90,8 +83,6 @@ def test_two_pods_share_an_agents_limit_and_the_policy_shows_what_is_left(
             assert seen["agents"]["main.gpt"]["rpm"] == {"limit": 3, "remaining": 0}
             assert seen["routes"]["default"]["rpm"] == {"limit": 100, "remaining": 97}
         finally:
-            for sidecar in sidecars:
-                sidecar.kill()
             operator.stop()
             cp.kubectl("delete", "mutatingwebhookconfiguration", webhook, "--ignore-not-found",
                        check=False)  # fmt: skip

@@ -1,4 +1,4 @@
-"""What the operator adds to limits: the store each pushed document names, how many pods
+"""What the operator adds to limits: the store each delivered document names, how many pods
 share it, and the remaining room for a RoutingPolicy's status, read from a real Redis."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_a_thousand_pods_of_few_policy_sets_share_as_pod_by_pod() -> None:
     assert sharing(pods)["p0"] == 500 and sharing(pods)["p2"] == 250
 
 
-def test_the_pushed_store_is_scoped_to_the_namespace_and_hides_its_password() -> None:
+def test_the_delivered_store_is_scoped_to_the_namespace_and_hides_its_password() -> None:
     """What was tried: the operator's environment naming a Redis with a password; the
     store a pod's document gets has the namespace as scope and the share, and neither
     the settings' repr nor the redacted document shows the password."""

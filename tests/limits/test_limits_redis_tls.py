@@ -78,11 +78,11 @@ def test_a_wrong_password_falls_back_to_the_share_never_unlimited(tls_redis) -> 
     assert not store.up
 
 
-def test_a_pushed_password_and_ca_reach_redis_and_never_show(tls_redis) -> None:  # type: ignore[no-untyped-def]
+def test_a_delivered_password_and_ca_reach_redis_and_never_show(tls_redis) -> None:  # type: ignore[no-untyped-def]
     """What was tried: a config document carrying the password and the CA themselves
-    (as the operator pushes them) and a URL with a password in it: the store admits in
+    (as the operator delivers them) and a URL with a password in it: the store admits in
     that Redis; the redacted document (GET /config, logs) shows neither password, the
-    document pushed to a sidecar keeps the real one."""
+    document delivered to a sidecar keeps the real one."""
     server, ca_file = tls_redis
     document = {
         "agents": [{"name": "a", "provider": "openai", "model": "gpt-4o", "limits": {"rpm": 5}}],

@@ -1,1 +1,1 @@
-from operator_support import operator  # noqa: F401  (the module-scoped operator fixture)
+from operator_support import operator, pods  # noqa: F401  (the operator, and pods watching it)

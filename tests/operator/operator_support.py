@@ -1,13 +1,10 @@
 """The operator on the real control plane: CRDs, its service account bound to exactly the
-chart's rules, the operator as a real process, and real sidecars at 127.0.0.N."""
+chart's rules, the operator as a real process (real sidecars watch it: support.watching)."""
 
 from __future__ import annotations
 
-import base64
-import itertools
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -21,24 +18,10 @@ import pytest
 import yaml
 from agent_operator.inject import url_host
 from support.waiting import wait_for
+from support.watching import CERT_SECRET, OPERATOR_NS, WatchedPods
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "sidecar"))
-
-from sidecar_support import SidecarProcess  # noqa: E402
-
-OPERATOR_NS = "agent-router-system"
 OPERATOR_SA = "agent-router-operator"
-INJECT = {"agentrouter.io/inject": "true"}
-
-_ips = itertools.count(random.randint(20, 120))
-
-
-def next_ip() -> str:
-    """A loopback address of its own for each pod's sidecar (ports never collide)."""
-    return f"127.0.{random.randint(1, 250)}.{next(_ips) % 250 + 2}"
-
-
 
 
 def install_crds(cp: Any) -> None:
@@ -49,7 +32,6 @@ def install_crds(cp: Any) -> None:
 
 CHART = ROOT / "helm" / "agent-router"
 LEASE = "agent-router-operator"
-CERT_SECRET = "agent-router-webhook-tls"
 
 
 def chart_rules(file: str, webhook_name: str) -> list[dict[str, Any]]:
@@ -88,6 +70,8 @@ def operator_kubeconfig(cp: Any, webhook_name: str = "none") -> Path:
         # Created empty, as the chart does (the operator may only read and patch them).
         {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
          "metadata": {"name": LEASE, "namespace": OPERATOR_NS}, "spec": {}},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": LEASE, "namespace": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
          "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}},
     ])
@@ -174,6 +158,11 @@ class OperatorProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def url(self) -> str:
+        """Where its sidecars watch it (the webhook's TLS port)."""
+        return f"https://{url_host(self.host)}:{self.port}"
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -182,41 +171,6 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-def sidecar_token(cp: Any, namespace: str) -> str:
-    secret = cp.get_json("secret", "agent-router-sidecar", namespace=namespace)
-    return base64.b64decode(secret["data"]["token"]).decode()
-
-
-def start_sidecar(cp: Any, namespace: str, ip: str, state_dir: Path | None = None
-                  ) -> SidecarProcess:
-    """A real sidecar where the pod would run it, with the namespace's token file."""
-    work = Path(tempfile.mkdtemp(prefix="sidecar-"))
-    token = work / "token"
-    token.write_text(sidecar_token(cp, namespace))
-    state = state_dir or work / "state"
-    return SidecarProcess(["--host", ip, "--port", "4000", "--admin-host", ip,
-                           "--admin-port", "4001", "--token-file", str(token),
-                           "--state-dir", str(state)]).wait_ready()
-
-
-def served(sidecar: SidecarProcess) -> dict[str, Any] | None:
-    r = httpx.get(sidecar.admin_url + "/config", timeout=5,
-                  headers={"authorization": "Bearer " + Path(_token_file(sidecar)).read_text()})
-    return r.json() if r.status_code == 200 else None
-
-
-def _token_file(sidecar: SidecarProcess) -> str:
-    args = sidecar.proc.args
-    assert isinstance(args, list)
-    return str(args[args.index("--token-file") + 1])
-
-
-def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {**INJECT, **labels}},
-            "spec": {"containers": [{"name": "app", "image": "registry.example/chat:1"}]}}
 
 
 def status_of(cp: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -252,3 +206,11 @@ def operator(control_plane: Any) -> Iterator[OperatorProcess]:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1)[:3000]
+
+
+@pytest.fixture
+def pods(control_plane: Any, operator: OperatorProcess, namespace: str,
+         tmp_path: Path) -> Iterator[WatchedPods]:
+    """Pods with a real sidecar each, watching the module's operator."""
+    with WatchedPods(control_plane, namespace, tmp_path, operator.url) as started:
+        yield started

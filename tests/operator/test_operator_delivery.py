@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,22 +18,20 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fakes import FakeProvider
-from operator_support import (
-    CERT_SECRET,
-    OPERATOR_NS,
-    OperatorProcess,
-    condition,
-    pod_manifest,
-    status_of,
-    wait_for,
-)
+from operator_support import OperatorProcess, condition, status_of, wait_for
 from sidecar_support import TOKEN, SidecarProcess
+from support.watching import (
+    AUDIENCE,
+    create_pod,
+    operator_ca,
+    pod_token,
+    served,
+    strategy,
+    watching_sidecar,
+)
 from test_operator_e2e import KEYS, policy, pool
 
 pytestmark = pytest.mark.controlplane
-
-AUDIENCE = "agent-router"  # the operator's default
-ACCOUNT = "chat"
 
 
 @pytest.fixture
@@ -43,59 +40,8 @@ def fakes() -> Iterator[tuple[FakeProvider, FakeProvider]]:
         yield gpt, claude
 
 
-def create_pod(cp: Any, namespace: str, name: str, labels: dict[str, str],
-               inject: bool = True) -> None:
-    cp.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT}},
-             namespace)
-    manifest = pod_manifest(name, labels)
-    if not inject:
-        manifest["metadata"]["labels"].pop("agentrouter.io/inject")
-    manifest["spec"]["serviceAccountName"] = ACCOUNT
-    cp.apply(manifest, namespace)
-
-
-def pod_token(cp: Any, namespace: str, pod: str | None, audience: str = AUDIENCE) -> str:
-    """What the kubelet would project into the pod (no kubelet here: the same API call)."""
-    bound = ["--bound-object-kind", "Pod", "--bound-object-name", pod] if pod else []
-    return str(cp.kubectl("create", "token", ACCOUNT, "-n", namespace, "--audience", audience,
-                          "--duration", "10m", *bound).stdout.strip())
-
-
-def operator_ca(cp: Any, directory: Path) -> Path:
-    secret = cp.get_json("secret", CERT_SECRET, namespace=OPERATOR_NS)
-    path = directory / "ca.crt"
-    path.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
-    return path
-
-
-def watching_sidecar(cp: Any, url: str, namespace: str, pod: str, work: Path,
-                     *extra: str) -> SidecarProcess:
-    work.mkdir(parents=True, exist_ok=True)
-    token = work / "token"
-    token.write_text(pod_token(cp, namespace, pod))
-    return SidecarProcess(
-        ["--port", "0", "--admin-port", "0", "--state-dir", str(work / "state"),
-         "--operator-url", url, "--operator-ca", str(operator_ca(cp, work)),
-         "--identity-token-file", str(token), *extra],
-        env={"AGENT_SIDECAR_TOKEN": TOKEN}).wait_ready()
-
-
-def loaded(sidecar: SidecarProcess) -> dict[str, Any] | None:
-    r = httpx.get(f"{sidecar.admin_url}/config", timeout=5,
-                  headers={"authorization": f"Bearer {TOKEN}"})
-    return r.json() if r.status_code == 200 else None
-
-
-def strategy(sidecar: SidecarProcess) -> str | None:
-    config = loaded(sidecar)
-    if config is None:
-        return None
-    (route,) = config["config"]["routes"]
-    return str(route["strategy"])
-
-
 def url_of(operator: OperatorProcess) -> str:
-    return f"https://{operator.host}:{operator.port}"
+    return operator.url
 
 
 def test_an_injected_pod_carries_what_its_sidecar_needs_to_watch(
@@ -165,14 +111,23 @@ def test_a_sidecar_gets_its_pods_config_and_follows_changes(
     sidecar = watching_sidecar(cp, url_of(operator), namespace, "chat-0", tmp_path)
     try:
         assert wait_for(lambda: strategy(sidecar), 30, "the first config") == "fallback"
-        first = loaded(sidecar)
+        first = served(sidecar)
         assert first is not None and first["routes"] == ["default"]
+
+        # Its acknowledgement is what the policy's status counts.
+        status = wait_for(lambda: (s := status_of(cp, "routingpolicy", "chat", namespace))
+                          .get("synced") == "1/1" and s, 30, "the policy synced")
+        assert status["configVersion"] == first["config"]["metadata"]["hash"]
+        assert condition(status, "Synced")["status"] == "True"
 
         cp.apply(policy("round_robin"), namespace)
         wait_for(lambda: strategy(sidecar) == "round_robin", 30, "the change")
         assert 'agent_operator_config_acks_total{result="applied"}' in operator.metrics()
+        wait_for(lambda: status_of(cp, "routingpolicy", "chat", namespace)["configVersion"]
+                 == served(sidecar)["config"]["metadata"]["hash"], 30,
+                 "the status naming the new version")
         # Keys arrived inside TLS only; the admin API shows them redacted.
-        assert "test-key" not in json.dumps(loaded(sidecar))
+        assert "test-key" not in json.dumps(served(sidecar))
     finally:
         sidecar.stop()
 
@@ -262,7 +217,7 @@ def test_a_man_in_the_middle_certificate_is_refused(control_plane, operator, nam
         wait_for(lambda: "the operator's certificate is not trusted" in sidecar.stderr(), 30,
                  "the sidecar refusing the certificate")
         assert requests == []
-        assert loaded(sidecar) is None  # nothing was taken from it
+        assert served(sidecar) is None  # nothing was taken from it
     finally:
         sidecar.stop()
         server.shutdown()

@@ -1,6 +1,6 @@
 """The operator on the real control plane, end to end: kubectl apply of pools and
-policies, sidecar injection by our webhook, pods marked ready at 127.0.0.N with a real
-sidecar each, the config pushed, requests routed by the policy, status and Events."""
+policies, sidecar injection by our webhook, a real sidecar for each pod watching the
+operator with the pod's token, requests routed by the policy, status and Events."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import time
 import openai
 import pytest
 from fakes import Fail, FakeProvider, Reply
-from operator_support import (
-    condition,
-    next_ip,
-    pod_manifest,
-    served,
-    start_sidecar,
-    status_of,
-    wait_for,
-)
+from operator_support import condition, status_of, wait_for
+from support.watching import create_pod, served, strategy
 
 pytestmark = pytest.mark.controlplane
 
@@ -58,14 +51,15 @@ def fakes():
         yield gpt, claude
 
 
-def test_apply_inject_push_route_and_report(control_plane, operator, namespace, fakes) -> None:
+def test_apply_inject_watch_route_and_report(control_plane, operator, namespace, fakes,
+                                             pods) -> None:
     cp = control_plane
     gpt, claude = fakes
     claude.set_default(Fail(529))  # the primary is overloaded: the policy falls back
     cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
 
     # The webhook injects the sidecar into an opted-in pod.
-    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
+    create_pod(cp, namespace, "chat-0", {"app": "chat"})
     pod = cp.get_json("pod", "chat-0", namespace=namespace)
     init = pod["spec"].get("initContainers") or []
     assert [c["name"] for c in init] == ["agent-sidecar"], json.dumps(pod["spec"])[:2000]
@@ -75,78 +69,72 @@ def test_apply_inject_push_route_and_report(control_plane, operator, namespace, 
     assert sidecar_spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1"} in \
         pod["spec"]["containers"][0]["env"]
-    assert pod["metadata"]["annotations"]["agentrouter.io/admin-port"] == "4001"
+    # Nothing but the health port is opened to the pod network, and no Secret is mounted.
+    assert [p["name"] for p in sidecar_spec["ports"]] == ["agent-health"]
+    assert not [v for v in pod["spec"]["volumes"] if "secret" in v]
 
-    # The pod "runs": a real sidecar at its IP. The operator pushes as soon as the sidecar
-    # runs, before the pod is Ready: the sidecar's startup probe (/readyz) waits for that
-    # first config, so waiting for Ready would wait forever.
-    ip = next_ip()
-    sidecar = start_sidecar(cp, namespace, ip)
-    try:
-        cp.mark_pod_ready(namespace, "chat-0", ip=ip, ready=False)
-        loaded = wait_for(lambda: served(sidecar), 20, "the pushed config")
-        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
-        assert loaded["routes"] == ["default"]
-        assert loaded["config"]["agents"][0]["api_key"] == "***"
-        version = loaded["version"]
+    # The pod "runs": a real sidecar watching the operator with the pod's token. It gets
+    # its config before the pod is Ready (the startup probe, /readyz, waits for it).
+    sidecar = pods.start("chat-0")
+    loaded = wait_for(lambda: served(sidecar), 20, "the watched config")
+    assert loaded["routes"] == ["default"]
+    assert loaded["config"]["agents"][0]["api_key"] == "***"
+    version = loaded["config"]["metadata"]["hash"]
 
-        client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused")
-        raw = client.chat.completions.with_raw_response.create(
-            model="default", messages=[{"role": "user", "content": "Hello"}])
-        answer = raw.parse()
-        assert answer.choices[0].message.content == "Hello from openai"
-        assert raw.headers["x-agent-provider"] == "openai"
-        assert int(raw.headers["x-agent-attempts"]) == 2  # claude failed, gpt answered
+    client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused")
+    raw = client.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "Hello"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "Hello from openai"
+    assert raw.headers["x-agent-provider"] == "openai"
+    assert int(raw.headers["x-agent-attempts"]) == 2  # claude failed, gpt answered
 
-        status = wait_for(lambda: (s := status_of(cp, "routingpolicy", "chat", namespace))
-                          .get("syncedPods") == 1 and s, 20, "policy status")
-        assert status["targetPods"] == 1 and status["synced"] == "1/1"
-        assert condition(status, "Ready")["status"] == "True"
-        assert status["configVersion"] == version
-        pool_status = status_of(cp, "agentpool", "main", namespace)
-        assert pool_status["agents"] == 2 and pool_status["policies"] == 1
-        table = cp.kubectl("get", "agentrouter", "-n", namespace).stdout
-        assert "routingpolicy.agentrouter.io/chat" in table and "1/1" in table
-        assert "agentpool.agentrouter.io/main" in table
+    status = wait_for(lambda: (s := status_of(cp, "routingpolicy", "chat", namespace))
+                      .get("syncedPods") == 1 and s, 20, "policy status")
+    assert status["targetPods"] == 1 and status["synced"] == "1/1"
+    assert condition(status, "Ready")["status"] == "True"
+    assert status["configVersion"] == version
+    pool_status = status_of(cp, "agentpool", "main", namespace)
+    assert pool_status["agents"] == 2 and pool_status["policies"] == 1
+    table = cp.kubectl("get", "agentrouter", "-n", namespace).stdout
+    assert "routingpolicy.agentrouter.io/chat" in table and "1/1" in table
+    assert "agentpool.agentrouter.io/main" in table
 
-        # Switching the strategy with kubectl changes the traffic pattern.
-        claude.set_default(Reply(text="Hello from anthropic"))
-        cp.apply(policy("round_robin"), namespace)
-        wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"] == "round_robin",
-                 20, "the round_robin push")
-        providers = [client.chat.completions.with_raw_response.create(
-            model="default", messages=[{"role": "user", "content": "Hi"}]
-        ).headers["x-agent-provider"] for _ in range(4)]
-        assert sorted(providers) == ["anthropic", "anthropic", "openai", "openai"]
+    # Switching the strategy with kubectl changes the traffic pattern.
+    claude.set_default(Reply(text="Hello from anthropic"))
+    cp.apply(policy("round_robin"), namespace)
+    wait_for(lambda: strategy(sidecar) == "round_robin", 20, "the round_robin config")
+    providers = [client.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "Hi"}]
+    ).headers["x-agent-provider"] for _ in range(4)]
+    assert sorted(providers) == ["anthropic", "anthropic", "openai", "openai"]
 
-        # A missing secret: status says so, the sidecar keeps its last good config.
-        before = served(sidecar)["version"]
-        cp.kubectl("delete", "secret", "llm-keys", "-n", namespace)
-        cp.apply(policy("fallback"), namespace)
-        status = wait_for(lambda: condition(
-            status_of(cp, "routingpolicy", "chat", namespace), "Resolved").get("reason")
-            == "SecretNotFound" and status_of(cp, "routingpolicy", "chat", namespace),
-            20, "SecretNotFound in status")
-        assert condition(status, "Ready")["status"] == "False"
-        assert "llm-keys" in condition(status, "Resolved")["message"]
-        time.sleep(2.5)  # a resync passes: nothing is pushed
-        assert served(sidecar)["version"] == before
-        events = cp.kubectl("get", "events", "-n", namespace,
-                            "--field-selector", "involvedObject.name=chat").stdout
-        assert "SecretNotFound" in events
-        secrets_text = json.dumps(status) + events + operator.output()
-        assert "test-key" not in secrets_text  # keys appear nowhere but in the push
+    # A missing secret: status says so, the sidecar keeps its last good config.
+    before = served(sidecar)["version"]
+    cp.kubectl("delete", "secret", "llm-keys", "-n", namespace)
+    cp.apply(policy("fallback"), namespace)
+    status = wait_for(lambda: condition(
+        status_of(cp, "routingpolicy", "chat", namespace), "Resolved").get("reason")
+        == "SecretNotFound" and status_of(cp, "routingpolicy", "chat", namespace),
+        20, "SecretNotFound in status")
+    assert condition(status, "Ready")["status"] == "False"
+    assert "llm-keys" in condition(status, "Resolved")["message"]
+    time.sleep(2.5)  # a resync passes: nothing is delivered
+    assert served(sidecar)["version"] == before
+    events = cp.kubectl("get", "events", "-n", namespace,
+                        "--field-selector", "involvedObject.name=chat").stdout
+    assert "SecretNotFound" in events
+    secrets_text = json.dumps(status) + events + operator.output()
+    assert "test-key" not in secrets_text  # keys appear nowhere but in the delivery
 
-        # The secret is back: the fallback policy reaches the sidecar.
-        cp.apply(KEYS, namespace)
-        wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"] == "fallback",
-                 20, "the push after the secret returned")
+    # The secret is back: the fallback policy reaches the sidecar.
+    cp.apply(KEYS, namespace)
+    wait_for(lambda: strategy(sidecar) == "fallback", 20,
+             "the config after the secret returned")
 
-        # Deleting the policy removes its route from the sidecar.
-        cp.kubectl("delete", "routingpolicy", "chat", "-n", namespace)
-        wait_for(lambda: served(sidecar)["routes"] == [], 20, "routes removed")
-    finally:
-        sidecar.stop(20)
+    # Deleting the policy removes its route from the sidecar.
+    cp.kubectl("delete", "routingpolicy", "chat", "-n", namespace)
+    wait_for(lambda: served(sidecar)["routes"] == [], 20, "routes removed")
 
 
 def test_unlabelled_pods_are_left_alone(control_plane, operator, namespace) -> None:
@@ -243,7 +231,7 @@ def test_invalid_resources_are_rejected_with_clear_messages(control_plane, opera
 
 
 def test_no_failed_request_while_the_policy_changes(control_plane, operator, namespace,
-                                                   fakes) -> None:
+                                                   fakes, pods) -> None:
     """Requests keep flowing while kubectl switches the strategy: the sidecar swaps its
     config atomically, so not one request fails."""
     import threading
@@ -251,74 +239,58 @@ def test_no_failed_request_while_the_policy_changes(control_plane, operator, nam
     cp = control_plane
     gpt, claude = fakes
     cp.apply([KEYS, pool("main", gpt, claude), policy("fallback")], namespace)
-    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
-    ip = next_ip()
-    sidecar = start_sidecar(cp, namespace, ip)
-    try:
-        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
-        wait_for(lambda: served(sidecar), 20, "the first push")
-        client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
-        failures: list[str] = []
-        answered: list[str] = []
-        stop = threading.Event()
+    sidecar = pods.start("chat-0", {"app": "chat"})
+    wait_for(lambda: served(sidecar), 20, "the first config")
+    client = openai.OpenAI(base_url=sidecar.app_url + "/v1", api_key="unused", max_retries=0)
+    failures: list[str] = []
+    answered: list[str] = []
+    stop = threading.Event()
 
-        def traffic() -> None:
-            while not stop.is_set():
-                try:
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="default", messages=[{"role": "user", "content": "Hi"}])
-                    answered.append(raw.headers["x-agent-provider"])
-                except Exception as exc:  # any failure at all is what this test forbids
-                    failures.append(repr(exc))
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="default", messages=[{"role": "user", "content": "Hi"}])
+                answered.append(raw.headers["x-agent-provider"])
+            except Exception as exc:  # any failure at all is what this test forbids
+                failures.append(repr(exc))
 
-        workers = [threading.Thread(target=traffic) for _ in range(2)]
-        for w in workers:
-            w.start()
-        for strategy in ("round_robin", "cheapest", "fallback", "round_robin"):
-            cp.apply(policy(strategy), namespace)
-            wait_for(lambda s=strategy: served(sidecar)["config"]["routes"][0]["strategy"] == s,
-                     20, f"the {strategy} push")
-        stop.set()
-        for w in workers:
-            w.join()
-        assert failures == []
-        assert len(answered) > 20 and "anthropic" in answered and "openai" in answered
-    finally:
-        sidecar.stop(20)
+    workers = [threading.Thread(target=traffic) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for kind in ("round_robin", "cheapest", "fallback", "round_robin"):
+        cp.apply(policy(kind), namespace)
+        wait_for(lambda k=kind: strategy(sidecar) == k, 20, f"the {kind} config")
+    stop.set()
+    for w in workers:
+        w.join()
+    assert failures == []
+    assert len(answered) > 20 and "anthropic" in answered and "openai" in answered
 
 
 def test_restarts_resync_without_duplicate_work(control_plane, operator, namespace,
-                                               fakes) -> None:
-    """A restarted operator pushes nothing that is already served; a sidecar that lost
-    its state is re-synced by the periodic resync."""
+                                               fakes, pods) -> None:
+    """A restarted operator delivers nothing a sidecar already serves (the sidecar resumes
+    its watch from its version); a sidecar that lost its state gets its config again."""
     import shutil
 
     cp = control_plane
     gpt, claude = fakes
     cp.apply([KEYS, pool("main", gpt, claude), policy()], namespace)
-    cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
-    ip = next_ip()
-    sidecar = start_sidecar(cp, namespace, ip)
-    state = None
-    try:
-        cp.mark_pod_ready(namespace, "chat-0", ip=ip)
-        version = wait_for(lambda: served(sidecar), 20, "the first push")["version"]
+    sidecar = pods.start("chat-0", {"app": "chat"})
+    version = wait_for(lambda: served(sidecar), 20, "the first config")["version"]
 
-        operator.stop()
-        operator.start()
-        time.sleep(5)  # resume handlers and two resyncs have run
-        assert served(sidecar)["version"] == version, "nothing was pushed again"
-        status = status_of(cp, "routingpolicy", "chat", namespace)
-        assert condition(status, "Ready")["status"] == "True"
+    operator.stop()
+    operator.start()
+    time.sleep(5)  # resume handlers, two resyncs and the sidecar's new watch have run
+    assert served(sidecar)["version"] == version, "nothing was delivered again"
+    wait_for(lambda: condition(status_of(cp, "routingpolicy", "chat", namespace),
+                               "Ready").get("status") == "True", 30, "Ready after the restart")
 
-        # The sidecar restarts with its state gone (a new pod, an emptyDir lost).
-        args = sidecar.proc.args
-        state = args[args.index("--state-dir") + 1]
-        sidecar.stop(20)
-        shutil.rmtree(state, ignore_errors=True)
-        sidecar = start_sidecar(cp, namespace, ip)
-        assert served(sidecar) is None
-        again = wait_for(lambda: served(sidecar), 20, "the resync push")
-        assert again["version"] > version
-    finally:
-        sidecar.stop(20)
+    # The sidecar restarts with its state gone (a new pod, an emptyDir lost).
+    state = pods.state_dir(sidecar)
+    sidecar.stop(20)
+    shutil.rmtree(state, ignore_errors=True)
+    sidecar = pods.start("chat-0", state_dir=state)
+    again = wait_for(lambda: served(sidecar), 20, "the config watched again")
+    assert again["version"] > version

@@ -1,15 +1,9 @@
-"""What the webhook adds to a pod, and where the operator pushes to (no I/O)."""
+"""What the webhook adds to a pod (no I/O)."""
 
 from __future__ import annotations
 
 import pytest
-from agent_operator.inject import (
-    Identity,
-    SidecarSettings,
-    identity_annotations,
-    inject,
-    sidecar_address,
-)
+from agent_operator.inject import Identity, SidecarSettings, identity_annotations, inject
 
 APP = {"containers": [{"name": "app", "image": "registry.example/chat:1"}]}
 
@@ -21,52 +15,26 @@ def test_injecting_twice_changes_nothing_the_second_time() -> None:
     assert inject(once, {"app": "chat"}, SidecarSettings()) is None
 
 
-def test_the_token_is_readable_by_the_sidecars_uid_and_the_root_stays_read_only() -> None:
+def test_the_sidecar_mounts_no_secret_opens_only_its_health_port_and_keeps_its_root_read_only(
+) -> None:
+    """The admin port stays on the sidecar's loopback (no address setting, no
+    containerPort) and no Secret is mounted: its admin token is made at start, in its
+    state directory."""
     pod = inject(APP, {}, SidecarSettings())
     assert pod is not None
     (sidecar,) = pod["initContainers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    # The sidecar runs as 65532 and the pod sets no fsGroup: the files stay root's.
+    assert not [v for v in volumes.values() if "secret" in v]
+    env = {e["name"] for e in sidecar["env"]}
+    assert not env & {"AGENT_SIDECAR_ADMIN_HOST", "AGENT_SIDECAR_TOKEN_FILE",
+                      "AGENT_SIDECAR_TOKEN"}
+    assert "AGENT_SIDECAR_STATE_DIR" in env
+    assert [p["name"] for p in sidecar["ports"]] == ["agent-health"]
     assert sidecar["securityContext"]["runAsUser"] == 65532
-    assert volumes["agent-router-token"]["secret"]["defaultMode"] & 0o004
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    # Only the sidecar mounts the token.
-    assert not any(m["name"] == "agent-router-token"
-                   for c in pod["containers"] for m in c.get("volumeMounts", []))
-
-
-def pod(annotations: dict[str, str] | None = None, ready: bool = False,
-        sidecar: str | None = "running") -> dict:
-    return {
-        "metadata": {"name": "chat-0", "annotations": annotations or {}},
-        "status": {
-            "podIP": "10.0.0.7",
-            "conditions": [{"type": "Ready", "status": str(ready)}],
-            "initContainerStatuses": [{"name": "agent-sidecar", "state": {sidecar: {}}}]
-            if sidecar else [],
-        },
-    }
-
-
-def test_a_running_sidecar_is_pushed_to_before_the_pod_is_ready() -> None:
-    assert sidecar_address(pod(), 4001) == "http://10.0.0.7:4001"
-    assert sidecar_address(pod(sidecar="waiting"), 4001) is None
-    assert sidecar_address(pod(sidecar=None, ready=True), 4001) == "http://10.0.0.7:4001"
-    assert sidecar_address({"metadata": {}, "status": {}}, 4001) is None  # no IP yet
-
-
-@pytest.mark.parametrize("port", ["1@evil.example:80", "4001/../x", "0", "70000", "-1", ""])
-def test_the_port_annotation_cannot_point_the_push_elsewhere(port: str) -> None:
-    """Tried: userinfo@host, a path, out-of-range and empty ports. The push carries the
-    token and the API keys, so such a pod is skipped rather than pushed to."""
-    assert sidecar_address(pod({"agentrouter.io/admin-port": port}), 4001) is None
-
-
-def test_the_port_annotation_moves_the_push_to_another_port() -> None:
-    assert sidecar_address(pod({"agentrouter.io/admin-port": "9001"}), 4001) == \
-        "http://10.0.0.7:9001"
+    assert "emptyDir" in volumes[mounts["/var/lib/agent-sidecar"]]  # its state, its token
 
 
 def test_pull_secrets_are_added_once_next_to_the_apps_own() -> None:
@@ -124,7 +92,7 @@ def test_without_a_service_ip_the_pod_resolves_the_operator_itself(ip: str | Non
 
 
 @pytest.mark.parametrize(("app", "settings"), [(ACCOUNT, SidecarSettings()), (APP, WATCHING)])
-def test_without_an_operator_url_or_an_account_the_sidecar_waits_for_the_push_only(
+def test_without_an_operator_url_or_an_account_the_sidecar_does_not_watch(
         app: dict, settings: SidecarSettings) -> None:
     """Tried: no operator URL; a pod without a service account (the API refuses a
     projected token for it)."""

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from operator_support import INJECT
+from support.watching import INJECT
 
 pytestmark = pytest.mark.controlplane
 

@@ -1,6 +1,7 @@
-"""Two operator replicas: the holder of the Lease acts, the other takes over when it dies
-without a word; both serve the webhook, from one certificate that is renewed while pods
-keep being admitted."""
+"""Two operator replicas: the holder of the Lease acts (writes status, counting the
+sidecars that acknowledged their config on either replica), the other takes over when it
+dies without a word; both serve the sidecars' watches and the webhook, from one
+certificate that is renewed while pods keep being admitted."""
 
 from __future__ import annotations
 
@@ -20,14 +21,12 @@ from operator_support import (
     OPERATOR_NS,
     OperatorProcess,
     install_crds,
-    next_ip,
     operator_kubeconfig,
-    pod_manifest,
-    served,
-    start_sidecar,
+    status_of,
     wait_for,
 )
-from support.controlplane import free_port
+from support.controlplane import free_port, free_ports
+from support.watching import WatchedPods, pod_manifest, strategy
 from test_operator_e2e import KEYS, policy, pool
 
 pytestmark = pytest.mark.controlplane
@@ -43,58 +42,73 @@ def lease_holder(cp) -> str:
     return str(cp.get_json("lease", LEASE, namespace=OPERATOR_NS)["spec"].get("holderIdentity"))
 
 
-def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace) -> None:
+def synced(cp, namespace: str) -> str:
+    return str(status_of(cp, "routingpolicy", "chat", namespace).get("synced"))
+
+
+def test_one_replica_acts_and_the_other_takes_over(control_plane, namespace,
+                                                   tmp_path) -> None:
+    """Tried: a sidecar watching the replica that does not lead (its acknowledgement
+    lands there, the leader's status counts it through the replicas' ConfigMap); the
+    leader killed, a change, the other replica leading and counting it alone."""
     cp = control_plane
     install_crds(cp)
-    kubeconfig = operator_kubeconfig(cp)
-    ports = free_port(), free_port()
+    name = f"ha-{uuid.uuid4().hex[:6]}.agentrouter.io"
+    kubeconfig = operator_kubeconfig(cp, name)
+    # What a replica that died long ago left: dropped by the leader (no pod's config in it).
+    cp.kubectl("patch", "configmap", LEASE, "-n", OPERATOR_NS, "--type", "json", "-p",
+               '[{"op": "add", "path": "/data", "value": {"gone_1": "1 0123456789ab"}}]')
+    webhook_ports, metrics = free_ports(2), free_ports(2)
     leader, follower = (
-        OperatorProcess(cp, kubeconfig, None, env={"POD_NAME": name}, args=(
-            "--all-namespaces", "--lease", f"{OPERATOR_NS}/{LEASE}",
-            "--lease-seconds", "3", "--metrics-port", str(port)))
-        for name, port in zip(("first", "second"), ports, strict=True))
-    leader.start()
-    wait_for(lambda: "leading as first_" in leader.output(), 30, "the first replica leading")
-    follower.start()
-    with FakeProvider("openai").running() as gpt, FakeProvider("anthropic").running() as claude:
-        sidecar = None
+        OperatorProcess(cp, kubeconfig, name, port, env={"POD_NAME": who}, metrics_port=m,
+                        args=("--all-namespaces", "--lease", f"{OPERATOR_NS}/{LEASE}",
+                              "--lease-seconds", "3"))
+        for who, port, m in zip(("first", "second"), webhook_ports, metrics, strict=True))
+    with FakeProvider("openai").running() as gpt, \
+            FakeProvider("anthropic").running() as claude, \
+            WatchedPods(cp, namespace, tmp_path, follower.url) as pods:
         try:
+            leader.start()
+            wait_for(lambda: "leading as first_" in leader.output(), 30,
+                     "the first replica leading")
+            follower.start()
             cp.apply([KEYS, pool("main", gpt, claude), policy("fallback")], namespace)
-            # An injected pod is not needed here: a labelled pod with a sidecar is enough.
-            cp.apply(pod_manifest("chat-0", {"app": "chat"}), namespace)
-            cp.apply({"apiVersion": "v1", "kind": "Secret",
-                      "metadata": {"name": "agent-router-sidecar"},
-                      "stringData": {"token": "token-of-the-two-replicas"}}, namespace)
-            ip = next_ip()
-            sidecar = start_sidecar(cp, namespace, ip)
-            cp.mark_pod_ready(namespace, "chat-0", ip=ip)
-            wait_for(lambda: served(sidecar), 20, "the leader's push")
-            # The follower saw every event too, but left the work to the leader.
-            assert "now serves config version" in leader.output()
-            assert "now serves config version" not in follower.output()
+            sidecar = pods.start("chat-0", {"app": "chat"})
+            wait_for(lambda: strategy(sidecar) == "fallback", 30, "the follower's config")
+            wait_for(lambda: synced(cp, namespace) == "1/1", 30,
+                     "the leader counting an acknowledgement the follower took")
+            shared = cp.get_json("configmap", LEASE, namespace=OPERATOR_NS)["data"]
+            assert [k for k in shared if k.startswith("second_")], shared
+            assert "gone_1" not in shared, shared
+            assert "test-key" not in str(shared) and "chat-0" not in str(shared)
             assert lease_holder(cp).startswith("first_")
-            assert metric(ports[0], "agent_operator_leader") == 1
-            assert metric(ports[1], "agent_operator_leader") == 0
-            assert metric(ports[1], 'agent_operator_reconciles_total{result="standby"}') >= 1
-            assert metric(ports[0], 'agent_operator_config_pushes_total{result="applied"}') >= 1
+            assert metric(metrics[0], "agent_operator_leader") == 1
+            assert metric(metrics[1], "agent_operator_leader") == 0
+            assert metric(metrics[1], 'agent_operator_reconciles_total{result="standby"}') >= 1
+            assert metric(metrics[1], 'agent_operator_config_acks_total{result="applied"}') >= 1
+            assert metric(metrics[0], 'agent_operator_sidecars{state="in_sync"}') == 1
 
             leader.kill()  # no goodbye: the follower acts once the Lease runs out
             cp.apply(policy("round_robin"), namespace)
-            wait_for(lambda: served(sidecar)["config"]["routes"][0]["strategy"]
-                     == "round_robin", 30, "the follower's push")
-            assert "leading as second_" in follower.output()
+            wait_for(lambda: strategy(sidecar) == "round_robin", 30, "the change")
+            wait_for(lambda: "leading as second_" in follower.output(), 30,
+                     "the follower leading")
+            wait_for(lambda: synced(cp, namespace) == "1/1" and
+                     status_of(cp, "routingpolicy", "chat", namespace)["observedGeneration"]
+                     == cp.get_json("routingpolicy", "chat", namespace=namespace)
+                     ["metadata"]["generation"], 30, "the new leader's status")
             assert lease_holder(cp).startswith("second_")
-            assert metric(ports[1], "agent_operator_leader") == 1
-            assert metric(ports[1], 'agent_operator_sidecars{state="in_sync"}') == 1
+            assert metric(metrics[1], "agent_operator_leader") == 1
+            assert metric(metrics[1], 'agent_operator_sidecars{state="in_sync"}') == 1
 
             # A replica that stops (SIGTERM) hands the Lease back at once.
             follower.stop()
             assert lease_holder(cp) in ("None", "")
         finally:
-            if sidecar is not None:
-                sidecar.stop(20)
             leader.stop()
             follower.stop()
+            cp.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found",
+                       check=False)
 
 
 def served_certificate(port: int) -> x509.Certificate:
@@ -130,6 +144,8 @@ def test_every_replica_serves_one_certificate_renewed_without_a_refused_pod(
                          and c, 10, "both replicas serving the same certificate")
         renewed_at = None
         created = 0
+        cp.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "chat"}},
+                 namespace)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             created += 1

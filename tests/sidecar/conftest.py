@@ -27,7 +27,7 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     async def make(
         config: dict[str, Any] | Path | None = None, *, tracing: bool = False, **settings: Any
     ) -> Sidecar:
-        """A dict is pushed like the operator would; a Path is served as --config."""
+        """A dict is loaded as a PUT /config would; a Path is served as --config."""
         options: dict[str, Any] = {
             "port": 0,
             "admin_port": 0,

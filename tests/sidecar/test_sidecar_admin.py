@@ -82,10 +82,11 @@ async def test_pushes_need_the_bearer_token(
     assert 'agent_sidecar_config_pushes_total{result="unauthorized"} 3.0' in metrics
 
 
-async def test_without_a_token_pushes_are_refused(
+async def test_without_a_token_or_a_state_dir_pushes_are_refused(
     sidecar_factory: SidecarFactory, fake_openai: FakeProvider
 ) -> None:
-    sidecar = await sidecar_factory(token=None)
+    """No token given and nowhere to write one: /config is closed, not open."""
+    sidecar = await sidecar_factory(token=None, state_dir=None)
     refused = await put(sidecar, document([agent_spec(fake_openai, "gpt")]), {})
     assert refused.status_code == 403 and "no usable admin token" in refused.json()["error"]
     # and the config is not readable either, even redacted

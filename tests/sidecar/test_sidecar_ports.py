@@ -1,11 +1,10 @@
 """Which addresses a sidecar listens on, read from its own sockets (/proc): with the
-defaults the injection uses for the app and admin ports, only the health port is
-reachable from outside the pod, and it serves probes and metrics, never a config."""
+settings the injection uses, only the health port is reachable from outside the pod,
+and it serves probes and metrics, never a config."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 import httpx
@@ -13,30 +12,7 @@ from agent_operator.inject import SidecarSettings, sidecar_container
 from agent_sidecar.settings import parse_args
 from sidecar_support import TOKEN, SidecarProcess
 from support.controlplane import free_ports
-
-LISTEN = "0A"  # TCP state in /proc/net/tcp*
-
-
-def listening(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket the process listens on."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    found = set()
-    for table, width in (("tcp", 4), ("tcp6", 16)):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != LISTEN or inode not in inodes:
-                continue
-            hex_addr, hex_port = local.split(":")
-            # The kernel prints each 32-bit word in host (little-endian) order.
-            raw = b"".join(bytes.fromhex(hex_addr[i:i + 8])[::-1]
-                           for i in range(0, 2 * width, 8))
-            found.add((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
-    return found
+from support.sockets import listening
 
 
 def test_only_the_health_port_listens_beyond_loopback(tmp_path: Path) -> None:
@@ -68,12 +44,15 @@ def test_only_the_health_port_listens_beyond_loopback(tmp_path: Path) -> None:
         sidecar.stop()
 
 
-def test_the_injected_environment_opens_the_admin_port_while_the_operator_pushes() -> None:
-    """The variables the injection sets, read as the sidecar reads them: an empty admin
-    address is every address (the push comes from outside the pod), not the default."""
+def test_the_injected_environment_keeps_the_admin_port_on_loopback() -> None:
+    """The variables the injection sets, read as the sidecar reads them: the admin port
+    on loopback (the config comes from the operator's watch, not from outside the pod),
+    the health port on every address, and no admin token given (the sidecar makes one)."""
     container = sidecar_container(SidecarSettings(), "chat")
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     settings = parse_args([], env=env)
-    assert (settings.admin_host, settings.admin_port) == ("", 4001)
+    assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 4001)
     assert (settings.health_host, settings.health_port) == ("", 4002)
-    assert parse_args([], env={}).admin_host == "127.0.0.1"
+    assert settings.token is None and settings.token_file is None
+    assert settings.state_dir is not None
+    assert [p["name"] for p in container["ports"]] == ["agent-health"]

@@ -109,3 +109,55 @@ async def test_the_app_port_is_loopback_by_default(
     await asyncio.to_thread(process.wait_ready)
     assert process.app_url.startswith("http://127.0.0.1:")
     assert process.admin_url.startswith("http://127.0.0.1:")  # bound on 0.0.0.0
+
+
+async def test_without_a_token_it_makes_one_only_its_user_can_read(
+    tmp_path: Path, fake_openai: FakeProvider, processes: list[SidecarProcess]
+) -> None:
+    """No --token-file, no AGENT_SIDECAR_TOKEN (an injected pod): the sidecar makes a
+    token, writes it to <state dir>/admin-token with mode 0600, logs the path and never
+    the value. Tried: no token, a wrong one, the file's; then a restart, which makes a new
+    one and refuses the old."""
+    state = tmp_path / "state"
+    first = await start(processes, ["--state-dir", str(state)])
+    made = state / "admin-token"
+    assert made.stat().st_mode & 0o777 == 0o600
+    token = made.read_text().strip()
+    assert len(token) >= 32
+    assert str(made) in first.stderr() and token not in first.stderr()
+    doc = document([agent_spec(fake_openai, "gpt")], version=3)
+    async with httpx.AsyncClient(base_url=first.admin_url) as admin:
+        for refused in ({}, {"Authorization": "Bearer not-the-made-token"}):
+            assert (await admin.put("/config", json=doc, headers=refused)).status_code == 401
+        put = await admin.put("/config", json=doc, headers={"Authorization": f"Bearer {token}"})
+        assert put.status_code == 200 and put.json()["result"] == "applied"
+    first.terminate()
+    assert await asyncio.to_thread(first.wait) == 0
+    assert token not in first.stderr()
+
+    second = await start(processes, ["--state-dir", str(state)])
+    again = made.read_text().strip()
+    assert again != token
+    async with httpx.AsyncClient(base_url=second.admin_url) as admin:
+        assert (await admin.get("/readyz")).json()["version"] == 3  # the state survived
+        old = await admin.get("/config", headers={"Authorization": f"Bearer {token}"})
+        assert old.status_code == 401
+        new = await admin.get("/config", headers={"Authorization": f"Bearer {again}"})
+        assert new.status_code == 200 and new.json()["version"] == 3
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "10.1.2.3", "example.com"])
+async def test_the_admin_port_listens_on_loopback_only(
+    host: str, processes: list[SidecarProcess]
+) -> None:
+    """Any admin address off loopback (every address included) stops the start with a
+    reason, through the flag and through the environment (where empty is unset)."""
+    ways = [(["--admin-host", host], {})]
+    if host:
+        ways.append(([], {"AGENT_SIDECAR_ADMIN_HOST": host}))
+    for args, env in ways:
+        process = SidecarProcess(["--port", "0", "--admin-port", "0", *args],
+                                 env={"AGENT_SIDECAR_TOKEN": TOKEN, **env})
+        processes.append(process)
+        assert await asyncio.to_thread(process.wait, 30) == 2, (host, env, process.stderr())
+        assert "loopback" in process.stderr()

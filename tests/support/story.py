@@ -8,7 +8,7 @@ cannot drift apart.
     story.wait_for_operator()              # the operator's pod Ready, its webhook registered
     story.start_fakes(); story.apply_pool_and_policy()
     story.deploy_app()                     # the app's pod, injected, Ready once configured
-    story.wait_for_config()                # the operator pushed; the policy says 1/1 synced
+    story.wait_for_config()                # its sidecar watched it; the policy says 1/1 synced
     call = story.ask()                     # the app's openai SDK call, through its sidecar
     story.metrics(); story.find_trace(call.trace_id)
     story.switch_strategy("round_robin")
@@ -22,11 +22,13 @@ A step that cannot happen raises (``StoryError``) with what it saw last and the 
 tell why. The test process reaches pods and Services inside the node's network
 namespace through the node's relay (``node.reach``), and the pods reach Jaeger and the
 fake providers on this machine's loopback through the node's address (``node.offer``).
+The sidecar's admin port listens on the pod's loopback only: the story reaches it from
+inside the pod's network namespace (the sidecar process's, found in /proc) with the token
+the sidecar wrote to its state directory, as `kubectl exec` into the sidecar would.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -45,6 +47,8 @@ import yaml
 
 from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
 from support.node import NODE_BINARIES, Node, find_images, start_node
+from support.relay import Relay
+from support.sockets import listening
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,8 +153,9 @@ class AppUp:
 
 
 @dataclass
-class Pushed:
-    version: int
+class Configured:
+    version: int  # the sidecar's
+    hash: str  # the compiled document's, which the operator delivers and acknowledges
     routes: list[str]
     strategy: str
     agents: list[dict[str, Any]]  # as the sidecar reports them (keys masked)
@@ -299,8 +304,8 @@ class Story:
         self._owned: list[Node | Jaeger] = []  # what start() started (stopped by close())
         self._stack = contextlib.ExitStack()
         self.fakes: dict[str, FakeProvider] = {}
-        self.token = ""
         self.pod = ""  # the app pod the story watches
+        self._relays: dict[int, tuple[Relay, int]] = {}  # sidecar pid: into its pod
         self.operator_pod = ""
 
     # -- 0. a node and Jaeger -----------------------------------------------------------------
@@ -537,8 +542,6 @@ class Story:
     def _app_up(self, manifest: str, pod: dict[str, Any], seconds: float) -> AppUp:
         name = pod["metadata"]["name"]
         self.pod = name
-        secret = self._cp.get_json("secret", "agent-router-sidecar", namespace=self.namespace)
-        self.token = base64.b64decode(secret["data"]["token"]).decode()
         init = pod["spec"].get("initContainers") or []
         sidecar: dict[str, Any] = next((c for c in init if c["name"] == "agent-sidecar"), {})
         app = pod["spec"]["containers"][0]
@@ -557,16 +560,53 @@ class Story:
                     sorted(events, key=lambda e: e.get("lastTimestamp") or "")],
             ready_after=seconds)
 
-    # -- 5. the operator pushes the config --------------------------------------------------------
+    # -- 5. the sidecar watches the operator for its config ------------------------------------
+
+    def sidecar_pid(self) -> int:
+        """The app pod's sidecar process, as this machine sees it (the node's PID namespace
+        is nested in this one): an `agent-sidecar` whose POD_NAME is the pod's."""
+        mine = f"POD_NAME={self.pod}".encode()
+        for proc in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
+            if not proc.name.isdigit():
+                continue
+            try:
+                if b"agent-sidecar" not in (proc / "cmdline").read_bytes():
+                    continue
+                if mine in (proc / "environ").read_bytes().split(b"\0"):
+                    return int(proc.name)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+        raise StoryError(f"no sidecar process of pod {self.pod} on the node")
+
+    def sidecar_sockets(self) -> set[tuple[str, int]]:
+        """(address, port) of every socket the sidecar listens on, inside its pod."""
+        return listening(self.sidecar_pid())
+
+    def admin_token(self) -> str:
+        """The admin token the sidecar made at start (`kubectl exec <pod> -c agent-sidecar
+        -- cat /var/lib/agent-sidecar/admin-token`), read through its root."""
+        root = Path(f"/proc/{self.sidecar_pid()}/root")
+        return (root / "var/lib/agent-sidecar/admin-token").read_text().strip()
 
     def _admin_url(self) -> str:
-        ip = self._cp.get_json("pod", self.pod, namespace=self.namespace)["status"]["podIP"]
-        return self._node.reach(ip, 4001)
+        """`http://127.0.0.1:N` here for 127.0.0.1:4001 inside the sidecar's pod."""
+        pid = self.sidecar_pid()
+        if pid not in self._relays:
+            relay = Relay(Path(f"/proc/{pid}/ns/net"))
+            self._stack.callback(relay.close)
+            self._relays[pid] = (relay, relay.forward((False, "127.0.0.1", 0),
+                                                      (True, "127.0.0.1", 4001)))
+        return f"http://127.0.0.1:{self._relays[pid][1]}"
 
     def served(self) -> dict[str, Any] | None:
-        """The config the sidecar serves (GET /config with the pod's token), or None."""
+        """The config the sidecar serves (GET /config on its loopback admin port, with
+        the token it made), or None."""
+        try:
+            token = self.admin_token()
+        except (OSError, StoryError):
+            return None  # not started yet
         r = httpx.get(self._admin_url() + "/config", timeout=5,
-                      headers={"authorization": f"Bearer {self.token}"})
+                      headers={"authorization": f"Bearer {token}"})
         return dict(r.json()) if r.status_code == 200 else None
 
     def _strategy(self, served: dict[str, Any] | None) -> str:
@@ -587,11 +627,12 @@ class Story:
               and status.get("synced") == "1/1")
         return status if ok else None
 
-    def wait_for_config(self) -> Pushed:
-        served = self._wait(self.served, "the config the operator pushes")
+    def wait_for_config(self) -> Configured:
+        served = self._wait(self.served, "the config the sidecar watched for")
         status = self._wait(self._synced, "RoutingPolicy Ready with 1/1 pods synced")
-        return Pushed(int(served["version"]), list(served["routes"]), self._strategy(served),
-                      list(served["config"]["agents"]), status)
+        return Configured(int(served["version"]), str(served["config"]["metadata"]["hash"]),
+                          list(served["routes"]), self._strategy(served),
+                          list(served["config"]["agents"]), status)
 
     def watch_log(self) -> list[str]:
         """The sidecar's log lines about its watch on the operator (over TLS, through the
@@ -635,7 +676,9 @@ class Story:
     # -- 7. what the sidecar counted ---------------------------------------------------------------
 
     def metrics(self) -> Metrics:
-        url = self._admin_url() + "/metrics"
+        """The sidecar's metrics, from its health port (what Prometheus scrapes)."""
+        ip = self._cp.get_json("pod", self.pod, namespace=self.namespace)["status"]["podIP"]
+        url = self._node.reach(ip, 4002) + "/metrics"
         text = httpx.get(url, timeout=5).text
         samples: dict[str, float] = {}
         for line in text.splitlines():
@@ -684,7 +727,7 @@ class Story:
 
     def switch_strategy(self, strategy: str = "round_robin", requests: int = 4) -> Switched:
         """Make the primary healthy again, apply the policy with `strategy`, wait for the
-        push, then send `requests` requests and count what each fake received."""
+        sidecar to serve it, then send `requests` requests and count what each fake received."""
         self.fakes["anthropic"].set_default(Reply(text=ANSWERS["anthropic"]))
         changed = self.apply_policy(strategy)
         served = self._wait(lambda: (s := self.served()) and self._strategy(s) == strategy
@@ -720,8 +763,8 @@ class Story:
         self.wait_for_operator(not_pod=old)
         status = self._wait(self._synced, "the RoutingPolicy status to catch up")
         obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
-        served = self._wait(lambda: (s := self.served()) and int(s["version"]) >=
-                            int(status["configVersion"]) and s, "the latest config on the sidecar")
+        served = self._wait(lambda: (s := self.served()) and s["config"]["metadata"]["hash"]
+                            == status["configVersion"] and s, "the latest config on the sidecar")
         return Recovered(
             self.operator_pod, status, int(obj["metadata"]["generation"]),
             self._strategy(served), int(served["version"]),
