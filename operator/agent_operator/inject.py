@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.config import KEY_FILE_DIR
 from agent_operator.kube import TOKEN_KEY, TOKEN_SECRET
 
 INJECT_LABEL = "agentrouter.io/inject"
@@ -40,7 +41,7 @@ IDENTITY_SECONDS = 600
 CONFIG_MAP = "agent-router"
 CA_KEY, ADDRESS_KEY, CONFIGS_KEY, KEYS_KEY = "ca.crt", "address", "configs.json", "keys"
 # Where the user Secrets the namespace's configs name are mounted: <secret>/<key>.
-KEYS_DIR = "/var/run/agent-router/keys"
+KEYS_DIR = KEY_FILE_DIR
 LABELS_FILE = "labels"  # the pod's labels (downward API), in IDENTITY_DIR
 STATE_DIR = "/var/lib/agent-sidecar"
 SIDECAR_UID = 65532  # the image's user (Dockerfile.sidecar), and its group
