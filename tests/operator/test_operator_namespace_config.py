@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,69 @@ def test_the_operator_may_create_no_other_config_map(control_plane: Any,
     mine = {**other, "metadata": {"name": "agent-router", "namespace": namespace}}
     cp.kubectl("create", "-f", "-", "--dry-run=server", input=json.dumps(mine),
                kubeconfig=as_operator)
+
+
+def test_a_ca_rotation_reaches_a_running_sidecar_through_its_mounted_bundle(
+        control_plane: Any, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    """Certificates of 30 s: the operator renews its CA every 20 s, the previous one
+    staying in the bundle while it is valid. The ConfigMap's `ca.crt` follows, and here
+    a thread copies it into the sidecar's mounted file as the kubelet refreshes a
+    ConfigMap volume; the watch keeps working once the first CA is out of the bundle."""
+    cp = control_plane
+    operator.stop()
+    operator.extra_env.update({"AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS": "30",
+                               "AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS": "1"})
+    cp.kubectl("delete", "secret", CERT_SECRET, "-n", OPERATOR_NS)
+    cp.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}})
+    operator.start()
+    stop = threading.Event()
+    try:
+        with FakeProvider("openai").running() as fake:
+            fake.api_key = "sk-first"
+            cp.apply(_resources(fake), namespace)
+            data = _config_map(cp, namespace, "api_key_file")
+            first_ca = data["ca.crt"]
+            create_pod(cp, namespace, "chat-2", LABELS)
+            token = tmp_path / "token"
+            token.write_text(pod_token(cp, namespace, "chat-2"))
+            args = _mount(data, tmp_path, {"llm-keys/openai": "sk-first"})
+            ca_file = Path(args[args.index("--operator-ca") + 1])
+
+            def kubelet() -> None:
+                while not stop.wait(0.5):
+                    try:
+                        now = cp.get_json("configmap", "agent-router",
+                                          namespace=namespace)["data"]["ca.crt"]
+                    except CommandError:
+                        continue
+                    if now != ca_file.read_text():
+                        ca_file.write_text(now)
+            threading.Thread(target=kubelet, daemon=True).start()
+            sidecar = SidecarProcess([
+                "--port", "0", "--admin-port", "0", "--state-dir", str(tmp_path / "state"),
+                "--operator-url", f"https://localhost:{operator.port}",
+                "--identity-token-file", str(token), *args],
+                env={"AGENT_SIDECAR_TOKEN": TOKEN,
+                     "AGENT_KEY_FILE_DIR": str(tmp_path / "keys")})
+            try:
+                sidecar.wait_ready()
+                wait_for(lambda: _served(sidecar)["source"] == "push", 30,
+                         "the first config through the watch")
+                # Two renewals later the first CA is in no bundle: not in the file either.
+                first = first_ca.split("-----END CERTIFICATE-----")[0]
+                wait_for(lambda: first not in ca_file.read_text(), 90,
+                         "the first CA out of the mounted bundle")
+                cp.apply(_resources(fake, route="after-rotation"), namespace)
+                wait_for(lambda: _served(sidecar)["routes"] == ["after-rotation"], 30,
+                         "the change through the watch under the new CA")
+                assert "not trusted" not in sidecar.stderr()
+            finally:
+                sidecar.stop()
+    finally:
+        stop.set()
+        operator.stop()
+        for name in ("AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS",
+                     "AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS"):
+            operator.extra_env.pop(name)
+        operator.start()
