@@ -23,6 +23,13 @@ SETTINGS = SidecarSettings(
 KEYS = ["openai/key", "anthropic-keys/token"]
 
 
+def test_the_policy_needs_kubernetes_1_36(control_plane: ControlPlane) -> None:
+    old = control_plane.helm("template", "op", str(ROOT / "helm/agent-router"),
+                             "--set", "injection.by=policy", "--kube-version", "1.35.0",
+                             check=False)
+    assert old.returncode != 0 and "needs Kubernetes 1.36 or later" in old.stderr
+
+
 def test_the_checked_in_policy_is_generated_from_inject_py() -> None:
     assert TEMPLATE.read_text() == injection_policy.render(), (
         "stale: run python -m agent_operator.injection_policy "
@@ -36,7 +43,7 @@ def policy(control_plane: ControlPlane) -> Iterator[str]:
     mark = uuid.uuid4().hex[:8]
     rendered = control_plane.helm(
         "template", "op", str(ROOT / "helm/agent-router"), "--namespace", "ops",
-        "--show-only", "templates/injection-policy.yaml",
+        "--show-only", "templates/injection-policy.yaml", "--kube-version", "1.36.3",
         "--set", "injection.by=policy", "--set", f"sidecar.image.repository={SETTINGS.image[:-2]}",
         "--set-string", "sidecar.image.tag=9", "--set", f"sidecar.otlpEndpoint={SETTINGS.otlp_endpoint}",
         "--set", "sidecar.imagePullSecrets={regcred}").stdout
