@@ -5,7 +5,9 @@ with the operator's CA pinned (a mounted bundle, re-read when it changes, so the
 and the new CA both work while the operator rotates them), authenticated by the pod's
 projected service-account token (re-read for every request: the kubelet rotates it).
 Each config received is applied or refused, and the operator is told which
-(`POST /v1/config/ack`); a refused config leaves the current one serving. On any failure
+(`POST /v1/config/ack`); a refused config leaves the current one serving. In a pod the
+API server injected, it connects to the IP its namespace's ConfigMap holds (re-read for
+every request) and checks the certificate against the URL's host name: no cluster DNS. On any failure
 it waits with exponential backoff and full jitter, so a thousand sidecars do not come
 back at once, and keeps serving what it has.
 """
