@@ -53,8 +53,8 @@ def config_map_data(ca_bundle: bytes, address: str, policies: Sequence[Policy],
                     pod_labels: Iterable[Mapping[str, str]], namespace: str) -> dict[str, str]:
     # A missing Secret is a missing file in the pod, which fails only that agent's calls:
     # the document is still the best a pod can start from.
-    usable = {name: [p for p in found if not p.reason.startswith("Secret")]
-              for name, found in problems.items()}
+    usable = {p.name: [x for x in problems.get(p.name, []) if not x.reason.startswith("Secret")]
+              for p in policies}
     by_name = {p.name: p for p in policies}
     configs: dict[str, object] = {}
     for names in sorted(policy_sets(policies, pod_labels), key=sorted):
