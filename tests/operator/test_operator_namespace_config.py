@@ -153,12 +153,12 @@ def test_a_pod_created_while_no_operator_runs_serves_then_follows_the_watch(
                  "the pod created, injected by the API server")
         token = tmp_path / "token"
         token.write_text(pod_token(cp, namespace, "chat-1"))
-        sidecar = SidecarProcess([
-            "--port", "0", "--admin-port", "0", "--state-dir", str(tmp_path / "state"),
-            "--operator-url", f"https://localhost:{operator.port}",
-            "--identity-token-file", str(token),
-            *_mount(data, tmp_path, {"llm-keys/openai": "sk-first"})],
-            env={"AGENT_SIDECAR_TOKEN": TOKEN, "AGENT_KEY_FILE_DIR": str(tmp_path / "keys")})
+        args = ["--port", "0", "--admin-port", "0", "--state-dir", str(tmp_path / "state"),
+                "--operator-url", f"https://localhost:{operator.port}",
+                "--identity-token-file", str(token),
+                *_mount(data, tmp_path, {"llm-keys/openai": "sk-first"})]
+        env = {"AGENT_SIDECAR_TOKEN": TOKEN, "AGENT_KEY_FILE_DIR": str(tmp_path / "keys")}
+        sidecar = SidecarProcess(args, env=env)
         try:
             sidecar.wait_ready()
             answer = _ask(sidecar)
@@ -182,6 +182,17 @@ def test_a_pod_created_while_no_operator_runs_serves_then_follows_the_watch(
             assert "rotated" in _config_map(cp, namespace, "llm-keys/rotated")["keys"]
         finally:
             sidecar.stop()
+        # Restarted with the operator gone again, it serves its last good config (the
+        # watch's, kept in its state directory), not the namespace's.
+        operator.stop()
+        again = SidecarProcess(args, env=env)
+        try:
+            again.wait_ready()
+            assert (_served(again)["source"], _served(again)["routes"]) == ("state", ["chat"])
+            assert _ask(again, "chat").status_code == 200
+        finally:
+            again.stop()
+            operator.start()
 
 
 def test_a_missing_secret_fails_that_agents_calls_clearly_not_the_sidecar(
