@@ -65,6 +65,9 @@ class Operator:
             if self.options.namespace_configs and self.options.sidecar.operator_ip:
                 self.reconciler.namespace_configs = NamespaceConfigs(
                     self.ca_bundle, self.options.sidecar.operator_ip)
+            elif self.options.namespace_configs:
+                log.warning("--namespace-configs needs AGENT_SIDECAR_OPERATOR_IP (the "
+                            "address pods connect to): no namespace ConfigMap is written")
 
     def identity(self) -> Identity | None:
         """What an injected sidecar needs to watch this operator, once it serves TLS."""
