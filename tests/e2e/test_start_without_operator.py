@@ -30,6 +30,9 @@ def _sidecar_log(s: Story, pod: str) -> str:
     return s.kubectl("logs", "-n", s.namespace, pod, "-c", "agent-sidecar")
 
 
+# The only test of the node's session that installs the chart with injection.by=policy:
+# its uninstall deletes the binding, after which this API server finds no new ConfigMap
+# params (kubernetes/kubernetes#130887).
 def test_a_pod_created_while_no_operator_runs_serves_then_follows_the_watch(
         story: Story) -> None:  # noqa: F811
     installed = story.install_chart(**{"injection.by": "policy", "replicaCount": "1",

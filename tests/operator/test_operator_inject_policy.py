@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from agent_operator import injection_policy
-from agent_operator.inject import CONFIG_MAP, SidecarSettings, inject_mounted
+from agent_operator.inject import CONFIG_MAP, inject_mounted
+from policy_support import MARK, ROOT, SETTINGS
 from support.controlplane import CommandError, ControlPlane, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "helm/agent-router/templates/injection-policy.yaml"
-SETTINGS = SidecarSettings(
-    image="registry.example/agent-sidecar:9", otlp_endpoint="http://jaeger.tracing:4318",
-    image_pull_secrets=("regcred",), operator_url="https://op-agent-router-webhook.ops.svc:9443")
 KEYS = ["openai/key", "anthropic-keys/token"]
 
 
@@ -36,34 +30,8 @@ def test_the_checked_in_policy_is_generated_from_inject_py() -> None:
         "helm/agent-router/templates/injection-policy.yaml")
 
 
-@pytest.fixture(scope="module")
-def policy(control_plane: ControlPlane) -> Iterator[str]:
-    """The chart's policy, bound only in namespaces with this module's label (other tests
-    share the control plane). Yields that label's value."""
-    mark = uuid.uuid4().hex[:8]
-    rendered = control_plane.helm(
-        "template", "op", str(ROOT / "helm/agent-router"), "--namespace", "ops",
-        "--show-only", "templates/injection-policy.yaml", "--kube-version", "1.36.3",
-        "--set", "injection.by=policy", "--set", f"sidecar.image.repository={SETTINGS.image[:-2]}",
-        "--set-string", "sidecar.image.tag=9", "--set", f"sidecar.otlpEndpoint={SETTINGS.otlp_endpoint}",
-        "--set", "sidecar.imagePullSecrets={regcred}").stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    for doc in docs:
-        doc["metadata"]["name"] += f"-{mark}"
-        if doc["kind"] == "MutatingAdmissionPolicyBinding":
-            doc["spec"]["policyName"] += f"-{mark}"
-            doc["spec"]["matchResources"]["namespaceSelector"] = {
-                "matchLabels": {"agent-router-test/policy": mark}}
-    control_plane.apply(docs)
-    try:
-        yield mark
-    finally:
-        for doc in docs:
-            control_plane.kubectl("delete", doc["kind"], doc["metadata"]["name"], check=False)
-
-
 def _namespace(control_plane: ControlPlane, mark: str, keys: list[str] | None) -> str:
-    name = control_plane.create_namespace(labels={"agent-router-test/policy": mark})
+    name = control_plane.create_namespace(labels={MARK: mark})
     if keys is not None:
         control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
                              "metadata": {"name": CONFIG_MAP, "namespace": name},

@@ -26,19 +26,20 @@ from operator_support import (
     operator_kubeconfig,
     wait_for,
 )
+from policy_support import MARK
 from sidecar_support import TOKEN, SidecarProcess
 from support.controlplane import CommandError, free_ports
 from test_operator_delivery import create_pod, pod_token
-from test_operator_inject_policy import policy  # noqa: F401  (the injection policy fixture)
 
 pytestmark = pytest.mark.controlplane
 
 LABELS = {"app": "chat"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def operator(control_plane: Any) -> Iterator[OperatorProcess]:
-    """An operator that keeps namespace ConfigMaps, its certificate also for `localhost`
+    """A fresh one for each test (which may stop it): an operator that keeps namespace
+    ConfigMaps, its certificate also for `localhost`
     (the Service's DNS name in a cluster), and 127.0.0.1 as its Service's address."""
     install_crds(control_plane)
     name = f"test-{uuid.uuid4().hex[:6]}.agentrouter.io"
@@ -108,15 +109,11 @@ def _mount(data: dict[str, str], work: Path, keys: dict[str, str]) -> list[str]:
 
 
 def _created(cp: Any, namespace: str, name: str) -> bool:
-    """Whether the pod is created now; it then has the sidecar (the policy may take a
-    moment to reach the API server's admission, which refuses the pod meanwhile)."""
-    try:
-        create_pod(cp, namespace, name, LABELS)
-    except CommandError:
-        return False
+    """Creates the pod, with the sidecar; a refusal raises (`wait_for` tries again and shows
+    the last one): the policy and the deleted webhook take a moment to reach admission."""
+    create_pod(cp, namespace, name, LABELS)
     pod = cp.get_json("pod", name, namespace=namespace)
-    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["agent-sidecar"]
-    return True
+    return [c["name"] for c in pod["spec"]["initContainers"]] == ["agent-sidecar"]
 
 
 def _ask(sidecar: SidecarProcess, model: str = "default") -> httpx.Response:
@@ -131,11 +128,11 @@ def _served(sidecar: SidecarProcess) -> dict[str, Any]:
 
 
 def test_a_pod_created_while_no_operator_runs_serves_then_follows_the_watch(
-        control_plane: Any, operator: OperatorProcess, policy: str, namespace: str,  # noqa: F811
+        control_plane: Any, operator: OperatorProcess, policy: str, namespace: str,
         tmp_path: Path) -> None:
     cp = control_plane
     # Injection by the API server (the chart's injection.by=policy): no webhook.
-    cp.kubectl("label", "namespace", namespace, f"agent-router-test/policy={policy}")
+    cp.kubectl("label", "namespace", namespace, f"{MARK}={policy}")
     with FakeProvider("openai").running() as fake:
         fake.api_key = "sk-first"  # the fake refuses any other key
         cp.apply(_resources(fake), namespace)
@@ -192,7 +189,6 @@ def test_a_pod_created_while_no_operator_runs_serves_then_follows_the_watch(
             assert _ask(again, "chat").status_code == 200
         finally:
             again.stop()
-            operator.start()
 
 
 def test_a_missing_secret_fails_that_agents_calls_clearly_not_the_sidecar(
@@ -306,8 +302,3 @@ def test_a_ca_rotation_reaches_a_running_sidecar_through_its_mounted_bundle(
                 sidecar.stop()
     finally:
         stop.set()
-        operator.stop()
-        for name in ("AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS",
-                     "AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS"):
-            operator.extra_env.pop(name)
-        operator.start()
