@@ -19,6 +19,7 @@ the operator compiles it from AgentPool and RoutingPolicy resources.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections import Counter
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from agent.router import AgentRouter
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("agent.config")
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 
@@ -79,6 +81,21 @@ NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 # any starting with this prefix (for keys the person running the process set up).
 KEY_ENV_PREFIX = "AGENT_KEY_"
 KEY_ENV_ALLOWED = frozenset(name for p in PROVIDERS.values() for name in p.key_env)
+# Where `api_key_file` may point: the directory the sidecar's pod mounts its Secret keys
+# in, or the one AGENT_KEY_FILE_DIR names (for keys the person running the process set
+# up). Never anywhere else: a pushed document must not read the service-account token.
+KEY_FILE_DIR = "/var/run/agent-router/keys"
+
+
+def read_key_file(path: str, agent: str) -> str | None:
+    """The key in a file (a mounted Secret key), or None when it cannot be read: then the
+    agent fails at call time, as with no key, and routing falls back past it."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        log.warning("agent %s: its key file %s cannot be read (%s); calls to it fail",
+                    agent, path, exc.strerror or type(exc).__name__)
+        return None
 
 
 class _Model(BaseModel):
@@ -214,6 +231,12 @@ class AgentConfig(_Model):
         description="Environment variable holding it: a provider's standard variable "
         f"(OPENAI_API_KEY, ...) or one starting with {KEY_ENV_PREFIX}",
     )
+    api_key_file: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=f"File holding it, under {KEY_FILE_DIR} (or AGENT_KEY_FILE_DIR): a "
+        "mounted Secret key, read when the agent is built",
+    )
     timeout: Annotated[float, SECONDS] = Field(default=60.0, gt=0, description="Per attempt")
     first_token_timeout: Annotated[float | None, SECONDS] = Field(
         default=None, gt=0, description="A stream's longest wait for its first content"
@@ -265,6 +288,25 @@ class AgentConfig(_Model):
             )
         return value
 
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_directory(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        allowed = Path(os.environ.get("AGENT_KEY_FILE_DIR") or KEY_FILE_DIR)
+        path = Path(value)
+        if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(allowed):
+            raise ValueError(f"not a file under {allowed} (AGENT_KEY_FILE_DIR)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_of_key(self) -> AgentConfig:
+        given = [n for n in ("api_key", "api_key_env", "api_key_file")
+                 if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are exclusive: give one")
+        return self
+
     @model_validator(mode="after")
     def _api_of_its_format(self) -> AgentConfig:
         if self.api == "responses" and PROVIDERS[self.provider].wire != "openai":
@@ -279,6 +321,8 @@ class AgentConfig(_Model):
         key = self.api_key.get_secret_value() if self.api_key else None
         if key is None and self.api_key_env:
             key = os.environ.get(self.api_key_env)
+        if key is None and self.api_key_file:
+            key = read_key_file(self.api_key_file, self.name)
         price = Price(self.price.input_per_mtok, self.price.output_per_mtok) if self.price else None
         caps = self.capabilities.model_dump(exclude_none=True) if self.capabilities else None
         return Agent(

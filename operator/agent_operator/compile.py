@@ -17,7 +17,13 @@ from typing import Any
 import orjson
 import pydantic
 
-from agent.config import AgentConfig, LimitsStoreConfig, RouteConfig, RouterConfig
+from agent.config import (
+    KEY_FILE_DIR,
+    AgentConfig,
+    LimitsStoreConfig,
+    RouteConfig,
+    RouterConfig,
+)
 from agent_operator.resources import AgentPoolSpec, PodSelector, RoutingPolicySpec
 
 
@@ -135,8 +141,19 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
     """The config document for a pod with these labels. `problems`: `policy_problems` of
     each policy when the caller has them already (one reconcile compiles many pods).
     `limits`: where the pod counts its limits, named in the document when it has any."""
-    chosen = sorted((p for p in policies if selects(p.spec.selector, labels)),
-                    key=lambda p: p.name)
+    chosen = [p for p in policies if selects(p.spec.selector, labels)]
+    return compile_policies(chosen, pools, secrets, namespace, problems, limits)
+
+
+def compile_policies(chosen: Sequence[Policy], pools: Mapping[str, AgentPoolSpec],
+                     secrets: Mapping[str, Mapping[str, str]], namespace: str = "",
+                     problems: Mapping[str, list[Problem]] | None = None,
+                     limits: LimitsStoreConfig | None = None,
+                     key_files: bool = False) -> Compiled:
+    """The document of these policies together (those that select a pod). `key_files`:
+    agents name their key's file (`api_key_file`, where the pod mounts the Secret key)
+    instead of holding the key, and `secrets` is not read."""
+    chosen = sorted(chosen, key=lambda p: p.name)
     result = Compiled(None, [p.name for p in chosen])
     if not chosen:
         return result
@@ -155,7 +172,7 @@ def compile_pod(labels: Mapping[str, str], policies: Sequence[Policy],
         for pool_name in policy.spec.pools:
             for agent in pools[pool_name].agents:
                 name = f"{pool_name}.{agent.name}"
-                agents.setdefault(name, _agent(name, agent, secrets))
+                agents.setdefault(name, _agent(name, agent, secrets, key_files))
                 members.append(name)
         for route_name in policy.spec.routes:
             if route_name in owner:
@@ -183,12 +200,21 @@ def has_limits(config: RouterConfig) -> bool:
     return any(a.limits for a in config.agents) or any(r.limits for r in config.routes)
 
 
-def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]]) -> AgentConfig:
+def _agent(name: str, agent: Any, secrets: Mapping[str, Mapping[str, str]],
+           key_files: bool = False) -> AgentConfig:
     # The pool's agent is the engine's AgentConfig spelled for Kubernetes: copy its fields.
     ref = agent.api_key_secret_ref
     fields = agent.model_dump(exclude={"api_key_secret_ref"}, exclude_none=True)
+    if key_files:
+        path = f"{KEY_FILE_DIR}/{key_path(ref.name, ref.key)}" if ref else None
+        return AgentConfig.model_validate({**fields, "name": name, "api_key_file": path})
     key = secrets[ref.name][ref.key] if ref else None
     return AgentConfig.model_validate({**fields, "name": name, "api_key": key})
+
+
+def key_path(secret: str, key: str) -> str:
+    """Where a Secret's key is mounted, under KEY_FILE_DIR."""
+    return f"{secret}/{key}"
 
 
 def _resolve(wanted: str, members: Sequence[str]) -> str:

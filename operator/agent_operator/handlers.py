@@ -24,6 +24,7 @@ from agent_operator.delivery import Delivery
 from agent_operator.inject import INJECT_LABEL, Identity, identity_annotations, inject
 from agent_operator.leader import Lease
 from agent_operator.metrics import Metrics, healthz, serve_http
+from agent_operator.namespace_config import NamespaceConfigs
 from agent_operator.options import Options
 from agent_operator.reconcile import Reconciler, refusals
 from agent_operator.resources import GROUP
@@ -55,12 +56,22 @@ class Operator:
             self.delivery = Delivery(self.options.delivery_audience, self.metrics,
                                      kube.review_token, self.reconciler.report)
             self.reconciler.delivery = self.delivery
+            if self.options.namespace_configs and self.options.sidecar.operator_ip:
+                self.reconciler.namespace_configs = NamespaceConfigs(
+                    self.ca_bundle, self.options.sidecar.operator_ip)
+            elif self.options.namespace_configs:
+                log.warning("--namespace-configs needs AGENT_SIDECAR_OPERATOR_IP (the "
+                            "address pods connect to): no namespace ConfigMap is written")
 
     def identity(self) -> Identity | None:
         """What an injected sidecar needs to watch this operator, once it serves TLS."""
         if self.webhook is None or self.webhook.serving is None or self.delivery is None:
             return None
         return Identity(self.options.delivery_audience, self.webhook.serving.ca_bundle)
+
+    def ca_bundle(self) -> bytes | None:
+        """The CA bundle this replica's TLS port is served under, once it serves."""
+        return self.webhook.serving.ca_bundle if self.webhook and self.webhook.serving else None
 
     def is_new(self, uid: str, state: Any) -> bool:
         if self.seen.get(uid) == state:

@@ -1,4 +1,6 @@
-"""Sidecar injection: what the mutating webhook adds to an opted-in pod.
+"""Sidecar injection: what is added to an opted-in pod, by the mutating webhook or by the
+API server itself (the MutatingAdmissionPolicy that `injection_policy` generates from the
+functions below, so both add the same).
 
 Pods opt in with the label `agentrouter.io/inject: "true"`. A label, not an annotation,
 because the webhook configuration's objectSelector can only match labels: the apiserver
@@ -20,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.config import KEY_FILE_DIR
+
 INJECT_LABEL = "agentrouter.io/inject"
 # The operator's CA bundle, which the sidecar pins: on the pod itself, projected into a
 # file by the downward API (no object in the app's namespace to create or keep).
@@ -28,6 +32,14 @@ CONTAINER = "agent-sidecar"
 IDENTITY_DIR = "/var/run/agent-router/identity"
 # The shortest lifetime the API allows; the kubelet renews the token at 80% of it.
 IDENTITY_SECONDS = 600
+# The namespace's ConfigMap the operator keeps (`namespace_config`), mounted by pods the
+# policy injects: the operator's CA bundle and address, and the last compiled configs
+# (keys as file names), so a pod starts while no operator replica answers.
+CONFIG_MAP = "agent-router"
+CA_KEY, ADDRESS_KEY, CONFIGS_KEY, KEYS_KEY = "ca.crt", "address", "configs.json", "keys"
+# Where the user Secrets the namespace's configs name are mounted: <secret>/<key>.
+KEYS_DIR = KEY_FILE_DIR
+LABELS_FILE = "labels"  # the pod's labels (downward API), in IDENTITY_DIR
 STATE_DIR = "/var/lib/agent-sidecar"
 SIDECAR_UID = 65532  # the image's user (Dockerfile.sidecar), and its group
 
@@ -103,13 +115,16 @@ def url_host(ip: str) -> str:
 
 
 def sidecar_container(settings: SidecarSettings, service_name: str,
-                      watching: bool = False) -> dict[str, Any]:
+                      watching: bool = False, mounted: bool = False) -> dict[str, Any]:
+    """The sidecar. `mounted`: as the injection policy adds it, watching the operator
+    with the namespace's ConfigMap and key Secrets mounted. Either way its admin API stays
+    on the pod's loopback, with a token it makes itself."""
     # /readyz answers once a config is loaded. As the startup probe it holds the app's
     # containers until routing is in place (the operator delivers to a started sidecar);
     # 5 minutes, then the kubelet restarts the sidecar, which keeps its last good config.
     # The probes and Prometheus use the health port, which holds no secret.
     probe = {"httpGet": {"path": "/readyz", "port": "agent-health"}, "periodSeconds": 2}
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "AGENT_SIDECAR_STATE_DIR", "value": STATE_DIR},
         {"name": "AGENT_SIDECAR_PORT", "value": str(settings.app_port)},
         {"name": "AGENT_SIDECAR_ADMIN_PORT", "value": str(settings.admin_port)},
@@ -120,10 +135,17 @@ def sidecar_container(settings: SidecarSettings, service_name: str,
         {"name": "OTEL_RESOURCE_ATTRIBUTES",
          "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"},
     ]
-    if watching:
+    if watching or mounted:
         env += [{"name": "AGENT_SIDECAR_OPERATOR_URL", "value": settings.operator_url},
-                {"name": "AGENT_SIDECAR_OPERATOR_CA", "value": f"{IDENTITY_DIR}/ca.crt"},
+                {"name": "AGENT_SIDECAR_OPERATOR_CA", "value": f"{IDENTITY_DIR}/{CA_KEY}"},
                 {"name": "AGENT_SIDECAR_IDENTITY_TOKEN_FILE", "value": f"{IDENTITY_DIR}/token"}]
+    if mounted:
+        env += [
+            {"name": "AGENT_SIDECAR_OPERATOR_ADDRESS_FILE",
+             "value": f"{IDENTITY_DIR}/{ADDRESS_KEY}"},
+            {"name": "AGENT_SIDECAR_FALLBACK_CONFIGS", "value": f"{IDENTITY_DIR}/{CONFIGS_KEY}"},
+            {"name": "AGENT_SIDECAR_POD_LABELS_FILE", "value": f"{IDENTITY_DIR}/{LABELS_FILE}"},
+        ]
     if settings.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_env.items())]
@@ -131,9 +153,11 @@ def sidecar_container(settings: SidecarSettings, service_name: str,
         {"name": "agent-sidecar-state", "mountPath": STATE_DIR},
         {"name": "agent-sidecar-tmp", "mountPath": "/tmp"},  # the root is read-only
     ]
-    if watching:
+    if watching or mounted:
         mounts.append({"name": "agent-router-identity", "mountPath": IDENTITY_DIR,
                        "readOnly": True})
+    if mounted:
+        mounts.append({"name": "agent-router-keys", "mountPath": KEYS_DIR, "readOnly": True})
     return {
         "name": CONTAINER,
         "image": settings.image,
@@ -174,7 +198,7 @@ def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettin
     if any(c.get("name") == CONTAINER for c in init + list(spec.get("containers") or [])):
         return None
     new = copy.deepcopy(spec)
-    service = labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
+    service = service_name(labels)
     # The API refuses a projected token for a pod without a service account. The
     # ServiceAccount admission plugin names `default` before webhooks run; only an API
     # server without it admits such a pod, whose sidecar then gets no config from the operator.
@@ -183,15 +207,13 @@ def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettin
     new["initContainers"] = [sidecar_container(settings, service, watching), *init]
     volumes = list(new.get("volumes") or [])
     volumes += [
-        {"name": "agent-sidecar-state", "emptyDir": {}},
-        {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        *work_volumes(),
     ]
     if watching and identity is not None:
         volumes.append({"name": "agent-router-identity", "projected": {
             "defaultMode": 0o444,  # the pod may set no fsGroup: the sidecar's uid owns no file
             "sources": [
-                {"serviceAccountToken": {"audience": identity.audience, "path": "token",
-                                         "expirationSeconds": IDENTITY_SECONDS}},
+                token_source(identity.audience),
                 {"downwardAPI": {"items": [{"path": "ca.crt", "fieldRef": {
                     "fieldPath": f"metadata.annotations['{CA_ANNOTATION}']"}}]}},
             ]}})
@@ -201,21 +223,86 @@ def inject(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettin
             aliases = list(new.get("hostAliases") or [])
             new["hostAliases"] = [*aliases, {"ip": settings.operator_ip, "hostnames": [host]}]
     new["volumes"] = volumes
+    _add_app_settings(new, settings)
+    return new
+
+
+def app_env(settings: SidecarSettings) -> list[dict[str, str]]:
+    """What points the app's OpenAI and Anthropic SDKs at the sidecar (unless it sets them)."""
+    return [{"name": "OPENAI_BASE_URL", "value": f"http://127.0.0.1:{settings.app_port}/v1"},
+            {"name": "ANTHROPIC_BASE_URL", "value": f"http://127.0.0.1:{settings.app_port}"}]
+
+
+def _add_app_settings(spec: dict[str, Any], settings: SidecarSettings) -> None:
     if settings.image_pull_secrets:
-        pulls = list(new.get("imagePullSecrets") or [])
+        pulls = list(spec.get("imagePullSecrets") or [])
         have = {p.get("name") for p in pulls}
-        new["imagePullSecrets"] = pulls + [{"name": n} for n in settings.image_pull_secrets
-                                           if n not in have]
+        spec["imagePullSecrets"] = pulls + [{"name": n} for n in settings.image_pull_secrets
+                                            if n not in have]
     if settings.set_app_env:
-        urls = {
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{settings.app_port}/v1",
-            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{settings.app_port}",
-        }
-        for container in new.get("containers") or []:
+        for container in spec.get("containers") or []:
             env = list(container.get("env") or [])
             have = {e.get("name") for e in env}
-            env += [{"name": k, "value": v} for k, v in urls.items() if k not in have]
+            env += [e for e in app_env(settings) if e["name"] not in have]
             container["env"] = env
+
+
+def service_name(labels: Mapping[str, str]) -> str:
+    """The sidecar's OpenTelemetry service name: the app's name label."""
+    return labels.get("app.kubernetes.io/name") or labels.get("app") or "agent-sidecar"
+
+
+def work_volumes() -> list[dict[str, Any]]:
+    return [
+        {"name": "agent-sidecar-state", "emptyDir": {}},
+        {"name": "agent-sidecar-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+    ]
+
+
+def token_source(audience: str) -> dict[str, Any]:
+    """The pod's own service-account token for the operator: the API refuses it for a pod
+    without a service account (an API server without the ServiceAccount admission)."""
+    return {"serviceAccountToken": {"audience": audience, "path": "token",
+                                    "expirationSeconds": IDENTITY_SECONDS}}
+
+
+def mounted_sources() -> list[dict[str, Any]]:
+    """The namespace's ConfigMap (optional: the sidecar then waits for the watch) and the
+    pod's labels, which pick the pod's config among the namespace's."""
+    items = [{"key": k, "path": k} for k in (CA_KEY, ADDRESS_KEY, CONFIGS_KEY)]
+    return [{"configMap": {"name": CONFIG_MAP, "optional": True, "items": items}},
+            {"downwardAPI": {"items": [{"path": LABELS_FILE,
+                                        "fieldRef": {"fieldPath": "metadata.labels"}}]}}]
+
+
+def key_source(secret_key: str) -> dict[str, Any]:
+    """One key of a user's Secret, as `<secret>/<key>` under KEYS_DIR; optional, so a
+    missing Secret leaves a missing file (a clear error in the sidecar), not a pod that
+    cannot start."""
+    secret, key = secret_key.split("/", 1)
+    return {"secret": {"name": secret, "optional": True,
+                       "items": [{"key": key, "path": secret_key}]}}
+
+
+def inject_mounted(spec: dict[str, Any], labels: dict[str, str], settings: SidecarSettings,
+                   audience: str, keys: list[str]) -> dict[str, Any] | None:
+    """What the injection policy does to a pod, in Python (the policy is generated from the
+    same functions): `keys` are the namespace ConfigMap's `<secret>/<key>` list."""
+    init = list(spec.get("initContainers") or [])
+    if any(c.get("name") == CONTAINER for c in init):
+        return None
+    new = copy.deepcopy(spec)
+    sidecar = sidecar_container(settings, service_name(labels), mounted=True)
+    new["initContainers"] = [sidecar, *init]
+    identity = mounted_sources()
+    if spec.get("serviceAccountName"):
+        identity.append(token_source(audience))
+    new["volumes"] = [*(new.get("volumes") or []), *work_volumes(),
+                      {"name": "agent-router-identity",
+                       "projected": {"defaultMode": 0o444, "sources": identity}},
+                      {"name": "agent-router-keys", "projected": {
+                          "defaultMode": 0o444, "sources": [key_source(k) for k in keys]}}]
+    _add_app_settings(new, settings)
     return new
 
 

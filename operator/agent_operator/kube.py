@@ -150,6 +150,20 @@ async def patch_config_map(namespace: str, name: str, data: dict[str, str | None
     await call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
 
 
+async def write_config_map(namespace: str, name: str, data: dict[str, str]) -> None:
+    """Set the ConfigMap's data, creating it when it is not there. A merge patch of its data
+    only: labels and annotations others put on it stay."""
+    try:
+        await call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
+    except NotFound:
+        body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=MANAGED_BY),
+                                  data=data)
+        try:
+            await call(_core().create_namespaced_config_map, namespace, body)
+        except Conflict:  # another replica created it meanwhile
+            await call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
+
+
 async def set_ca_bundle(configuration: str, ca_bundle: bytes) -> bool:
     """Make every webhook of the MutatingWebhookConfiguration trust `ca_bundle`; False if
     each already did. Patched by webhook name (a strategic merge): nothing else changes."""

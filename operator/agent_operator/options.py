@@ -37,6 +37,9 @@ class Options:
     webhook_cert_check_seconds: float = 60.0
     # The audience of the sidecars' projected service-account tokens.
     delivery_audience: str = "agent-router"
+    # Keep each namespace's ConfigMap `agent-router`, which pods injected by the API
+    # server start from (namespace_config).
+    namespace_configs: bool = False
     verbose: bool = False
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
     limits: SharedLimits = field(default_factory=SharedLimits)  # the Redis sidecars share
@@ -116,6 +119,10 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
                    default=float(e("WEBHOOK_CERT_CHECK_SECONDS", "60")))
     p.add_argument("--delivery-audience", default=e("DELIVERY_AUDIENCE", "agent-router"),
                    help="audience the sidecars' projected service-account tokens are for")
+    p.add_argument("--namespace-configs", action="store_true",
+                   default=e("NAMESPACE_CONFIGS", "false").lower() == "true",
+                   help="keep each namespace's ConfigMap agent-router (CA, address, configs "
+                   "without keys) for pods the API server injects")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     webhook = not a.no_webhook
@@ -134,4 +141,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         webhook_cert_validity=datetime.timedelta(seconds=a.webhook_cert_validity_seconds),
         webhook_cert_check_seconds=a.webhook_cert_check_seconds,
         delivery_audience=a.delivery_audience, verbose=a.verbose,
+        namespace_configs=a.namespace_configs and webhook,
         sidecar=SidecarSettings.from_env(env), limits=SharedLimits.from_env(env))

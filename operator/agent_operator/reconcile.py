@@ -34,6 +34,7 @@ from agent_operator.compile import (
 from agent_operator.delivery import Delivery
 from agent_operator.limits import SharedLimits, remaining, sharing
 from agent_operator.metrics import Metrics
+from agent_operator.namespace_config import NamespaceConfigs
 from agent_operator.resources import AgentPoolSpec, RoutingPolicySpec
 from agent_operator.synced import Synced, digest
 
@@ -63,6 +64,7 @@ class Reconciler:
         self.limits = limits or SharedLimits()  # where every sidecar counts its limits
         self.delivery: Delivery | None = None  # the sidecars' watches, when served
         self.synced: Synced | None = None  # which sidecars acknowledged, on any replica
+        self.namespace_configs: NamespaceConfigs | None = None  # what new pods start from
         self._refused: dict[tuple[str, str], set[str]] = {}  # (namespace, policy): pods
         # The injected pods as the watch last showed them, by namespace and name: what a
         # reconcile reads instead of listing every pod again (an informer's cache).
@@ -166,6 +168,12 @@ class Reconciler:
             self._offer(self.delivery, namespace, everyone, every)
         if not leading:
             return "standby"
+        if self.namespace_configs is not None:
+            try:
+                await self.namespace_configs.keep(namespace, policies, pools, own,
+                                                  [pod.labels for pod in everyone])
+            except kube.KubeError as exc:  # the sidecars' watches still serve
+                log.warning("could not write namespace %s's ConfigMap: %s", namespace, exc)
         acknowledged = self.synced.acknowledged() if self.synced is not None else set()
         refused = {pod for obj in policies_raw for pod in refusals(obj)} & set(every)
         synced = {pod.name for pod in everyone if (config := offered(every[pod.name]))

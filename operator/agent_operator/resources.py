@@ -111,7 +111,7 @@ else:
         AgentConfig,
         name="PoolAgent",
         # The key comes from a Secret; sending extra body fields is not offered on a cluster.
-        drop=("api_key", "api_key_env", "extra"),
+        drop=("api_key", "api_key_env", "api_key_file", "extra"),
         types={
             "provider": Provider,
             "price": PoolPrice | None,

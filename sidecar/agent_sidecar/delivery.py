@@ -5,7 +5,9 @@ with the operator's CA pinned (a mounted bundle, re-read when it changes, so the
 and the new CA both work while the operator rotates them), authenticated by the pod's
 projected service-account token (re-read for every request: the kubelet rotates it).
 Each config received is applied or refused, and the operator is told which
-(`POST /v1/config/ack`); a refused config leaves the current one serving. On any failure
+(`POST /v1/config/ack`); a refused config leaves the current one serving. In a pod the
+API server injected, it connects to the IP its namespace's ConfigMap holds (re-read for
+every request) and checks the certificate against the URL's host name: no cluster DNS. On any failure
 it waits with exponential backoff and full jitter, so a thousand sidecars do not come
 back at once, and keeps serving what it has.
 """
@@ -18,6 +20,7 @@ import os
 import random
 import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,25 @@ class Operator:
     url: str  # https://<service>.<namespace>.svc:<port>
     ca_file: Path
     token_file: Path
+    # Holds the IP to connect to (the Service's ClusterIP, from the namespace's ConfigMap):
+    # the pod needs no cluster DNS, and the certificate is still checked against the URL's
+    # host name. Re-read for every request: it follows the ConfigMap.
+    address_file: Path | None = None
+
+    def where(self) -> tuple[str, str | None]:
+        """The base URL to send to, and the TLS server name when that differs from its host."""
+        if self.address_file is None:
+            return self.url, None
+        try:
+            ip = self.address_file.read_text().strip()
+        except OSError:
+            return self.url, None
+        parts = urllib.parse.urlsplit(self.url)
+        if not ip or not parts.hostname:
+            return self.url, None
+        host = f"[{ip}]" if ":" in ip else ip
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), parts.hostname
 
 
 def backoff(failures: int) -> float:
@@ -84,10 +106,11 @@ class ConfigWatch:
 
     async def once(self, session: aiohttp.ClientSession) -> None:
         """One watch: returns when it has nothing new or has applied or refused a config."""
+        url, name = self.operator.where()
         async with session.get(
-                f"{self.operator.url}/v1/config",
+                f"{url}/v1/config",
                 params={"version": self.have(), "wait": str(self.wait)},
-                headers=self._auth(), ssl=self._context(),
+                headers=self._auth(), ssl=self._context(), server_hostname=name,
                 timeout=aiohttp.ClientTimeout(total=self.wait + 15)) as r:
             if r.status == 304:
                 return
@@ -135,9 +158,10 @@ class ConfigWatch:
 
     async def _ack(self, session: aiohttp.ClientSession, version: str,
                    error: str | None) -> None:
+        url, name = self.operator.where()
         async with session.post(
-                f"{self.operator.url}/v1/config/ack", json={"version": version, "error": error},
-                headers=self._auth(), ssl=self._context(),
+                f"{url}/v1/config/ack", json={"version": version, "error": error},
+                headers=self._auth(), ssl=self._context(), server_hostname=name,
                 timeout=aiohttp.ClientTimeout(total=15)) as r:
             if r.status >= 300:
                 log.warning("the operator did not take the answer for %s: %d", version,

@@ -42,7 +42,7 @@ class Loaded:
 
     config: RouterConfig
     routes: dict[str, Route]
-    source: str  # "file", "state" or "push"
+    source: str  # "file", "state", "push" or "namespace" (its namespace's ConfigMap)
     limits_store: LimitsStore
     loaded_at: float = field(default_factory=time.time)
 

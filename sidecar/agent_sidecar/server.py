@@ -22,6 +22,7 @@ from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app,
 from agent_sidecar.app import HANDLERS, AppHandlers, create_app
 from agent_sidecar.connections import cap_connections
 from agent_sidecar.delivery import ConfigWatch, Operator
+from agent_sidecar.fallback import Fallback
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -56,13 +57,21 @@ class Sidecar:
         self.watch: ConfigWatch | None = None
         if settings.operator_url and settings.operator_ca and settings.identity_token_file:
             self.watch = ConfigWatch(self.store, self.metrics, Operator(
-                settings.operator_url, settings.operator_ca, settings.identity_token_file),
-                settings.max_config_bytes)
+                settings.operator_url, settings.operator_ca, settings.identity_token_file,
+                settings.operator_address_file), settings.max_config_bytes)
+        self.fallback = Fallback(settings.fallback_configs, settings.pod_labels_file) \
+            if settings.fallback_configs and settings.pod_labels_file else None
         self._watching: asyncio.Task[None] | None = None
 
     def load_config(self) -> Loaded | None:
-        """The --config file or the persisted state, whichever is newer (see `state`)."""
+        """The --config file or the persisted state, whichever is newer (see `state`);
+        else the namespace's config for this pod (`fallback`), until the watch's arrives."""
         loaded = self.store.load_at_start(self.settings.config)
+        if loaded is None and self.fallback is not None:
+            config = self.fallback.config()
+            if config is not None:
+                loaded = self.store.loaded = Loaded.build(config, "namespace",
+                                                          self.store.transport)
         if loaded is not None:
             log.info("serving config version %d from %s", loaded.version, loaded.source)
         return loaded

@@ -31,6 +31,12 @@ class Settings:
     operator_url: str | None = None
     operator_ca: Path | None = None
     identity_token_file: Path | None = None
+    # Pods the API server injects: a file with the operator's IP (connected to, its
+    # certificate checked against the URL's host name), and the namespace's configs and
+    # the pod's labels, which give a config to start from while no operator answers.
+    operator_address_file: Path | None = None
+    fallback_configs: Path | None = None
+    pod_labels_file: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     body_budget_bytes: int = 64 * 1024 * 1024  # large bodies held at once (see bodies.py)
     max_config_bytes: int = 4 * 1024 * 1024
@@ -104,6 +110,14 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                    help="CA bundle the operator's certificate must chain to (pinned)")
     p.add_argument("--identity-token-file", type=Path, default=e("IDENTITY_TOKEN_FILE"),
                    help="the pod's projected service-account token for the operator")
+    p.add_argument("--operator-address-file", type=Path, default=e("OPERATOR_ADDRESS_FILE"),
+                   help="file holding the operator's IP: connect there, and check its "
+                   "certificate against --operator-url's host name")
+    p.add_argument("--fallback-configs", type=Path, default=e("FALLBACK_CONFIGS"),
+                   help="the namespace's configs (configs.json of its ConfigMap "
+                   "agent-router): with no state, start from this pod's")
+    p.add_argument("--pod-labels-file", type=Path, default=e("POD_LABELS_FILE"),
+                   help="the pod's labels (downward API), which pick its fallback config")
     p.add_argument("--max-config-mb", type=float,
                    default=float(e("MAX_CONFIG_MB", "4") or 4),
                    help="largest config document taken (PUT or delivered)")
@@ -164,6 +178,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         operator_url=(args.operator_url or "").rstrip("/") or None,
         operator_ca=args.operator_ca,
         identity_token_file=args.identity_token_file,
+        operator_address_file=args.operator_address_file,
+        fallback_configs=args.fallback_configs,
+        pod_labels_file=args.pod_labels_file,
         max_config_bytes=int(args.max_config_mb * 1024 * 1024),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         body_budget_bytes=int(args.body_budget_mb * 1024 * 1024),

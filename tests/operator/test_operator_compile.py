@@ -129,7 +129,8 @@ def test_the_resources_are_the_engines_config_models_spelled_for_kubernetes() ->
     assert set(StrategySpec.model_fields) == set(RouteOptions.model_fields)
     assert set(RuleSpec.model_fields) == set(Rule.model_fields)
     assert set(CircuitBreakerSpec.model_fields) == set(CircuitBreakerConfig.model_fields)
-    k8s_only, engine_only = {"api_key_secret_ref"}, {"api_key", "api_key_env", "extra"}
+    k8s_only, engine_only = {"api_key_secret_ref"}, {"api_key", "api_key_env", "api_key_file",
+                                                   "extra"}
     assert set(PoolAgent.model_fields) - k8s_only == set(AgentConfig.model_fields) - engine_only
     spelled = {f: i.alias for f, i in StrategySpec.model_fields.items()}
     assert spelled["strategy"] == "type" and spelled["deadline"] == "deadlineSeconds"

@@ -307,6 +307,7 @@ class Story:
         self.pod = ""  # the app pod the story watches
         self._relays: dict[int, tuple[Relay, int]] = {}  # sidecar pid: into its pod
         self.operator_pod = ""
+        self.injection = "webhook"  # who injects the sidecar: the chart's injection.by
 
     # -- 0. a node and Jaeger -----------------------------------------------------------------
 
@@ -354,7 +355,8 @@ class Story:
 
     # -- 1. helm install ---------------------------------------------------------------------
 
-    def install_chart(self) -> Installed:
+    def install_chart(self, **more: str) -> Installed:
+        """`more`: chart values besides the story's (e.g. `{"injection.by": "policy"}`)."""
         cp, images = self._cp, self._node.images
         cp.create_namespace(self.system_namespace)
         operator_repo, operator_tag = images["agent-operator"].rsplit(":", 1)
@@ -368,7 +370,9 @@ class Story:
             # A short resync and peering lifetime, so a new operator pod takes over soon.
             "operator.resyncSeconds": "5",
             "operator.peeringLifetimeSeconds": "10",
+            **more,
         }
+        self.injection = values.get("injection.by", "webhook")
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
         try:
             out = cp.helm("install", self.release, str(CHART), "--namespace",
@@ -381,8 +385,8 @@ class Story:
             if d]
         crds = sorted(c["metadata"]["name"] for c in cp.get_json("crd")["items"]
                       if c["spec"]["group"] == "agentrouter.io")
-        webhook = next(o["metadata"]["name"] for o in manifest
-                       if o["kind"] == "MutatingWebhookConfiguration")
+        webhook = next((o["metadata"]["name"] for o in manifest
+                        if o["kind"] == "MutatingWebhookConfiguration"), "")
         command = (f"helm install {self.release} helm/agent-router --namespace "
                    f"{self.system_namespace} "
                    + " ".join(f"--set {k}={v}" for k, v in values.items()))
@@ -423,7 +427,8 @@ class Story:
                deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
         name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
         found = self._wait(lambda: self._cp.get_json("mutatingwebhookconfiguration", name)
-                           .get("webhooks"), "the operator's webhook in the chart's configuration")
+                           .get("webhooks"), "the operator's webhook in the chart's configuration"
+                           ) if self.injection == "webhook" else []
         self.operator_pod = pod["metadata"]["name"]
         spec = pod["spec"]
         return OperatorUp(
