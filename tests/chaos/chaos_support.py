@@ -233,6 +233,10 @@ def delay_ms(probes: list[tuple[float, float]], began: float, ended: float) -> f
     the slowest one in as long a window just before it (the machine's own hiccups,
     which a shared 2-core machine has plenty of, count on both sides)."""
     window = max(ended - began, 0.5)  # at most the baseline before `began`
-    before = [lat for start, lat in probes if began - window <= start and start + lat < began]
+    ended_before = [(start, lat) for start, lat in probes if start + lat < began]
+    # On a loaded machine one probe can take the whole window: then the whole baseline.
+    before = [lat for start, lat in ended_before if began - window <= start] or [
+        lat for _, lat in ended_before
+    ]
     during = [lat for start, lat in probes if start < ended and start + lat > began]
     return max(0.0, max(during) - max(before)) * 1000
