@@ -4,7 +4,7 @@ how `hack/test` shares the suite among its pytest-xdist workers."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,25 +15,31 @@ pytest_plugins = ["fakes.fixtures", "support.controlplane"]
 # The tests that start a real node (tests/e2e) run in one worker, one after another: the
 # session's node serves them all, and test_node compares the machine before and after a
 # node of its own, which another node starting meanwhile would disturb.
-NODE_TESTS = Path(__file__).parent / "e2e"
+NODE_TESTS = "tests/e2e/"
 # Tables printed at the end of the run, a row from each test that adds one (summary_row).
 SUMMARY_PROPERTY = "summary row"
 summary_tables: dict[str, list[dict[str, str]]] = {}
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist workers (`hack/test`), each test file goes to one worker whole,
+    so that its module-scoped fixtures (an operator, a control plane of its own) start
+    once, and the node's tests all to one worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return NODE_TESTS if nodeid.startswith(NODE_TESTS) else nodeid.split("::")[0]
+
+    return None if config.getoption("dist") == "each" else ByFile(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a worker of `pytest -n N --dist loadgroup` (hack/test): each test file goes to
-    one worker whole, so that its module-scoped fixtures (an operator, a control plane of
-    its own) start once, and the node's tests all to one. The node's group, the longest,
-    comes first: started last, it would finish long after the rest."""
-    if not getattr(config.option, "loadgroup", False):
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "node" if item.path.is_relative_to(NODE_TESTS) else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: not item.path.is_relative_to(NODE_TESTS))
+    """In a worker, the node's tests come first: the longest group, started last it
+    would finish long after the rest (hack/test keeps this order: --no-loadscope-reorder)."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: not item.nodeid.startswith(NODE_TESTS))
 
 
 @pytest.fixture(autouse=True)
