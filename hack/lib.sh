@@ -1,24 +1,30 @@
 # Shared by hack/test and hack/demo: a project virtualenv with everything installed.
-# Reinstalls only when pyproject.toml changed, so a warm run skips pip entirely.
+# Reinstalls only when pyproject.toml changed, so a warm run skips the install entirely.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${AGENT_ROUTER_VENV:-$root/.venv}
+cache=${AGENT_ROUTER_CACHE:-$HOME/.cache/agent-router}
 
 step() { printf '\n==> %s (%s)\n' "$*" "$(date +%H:%M:%S)" >&2; }
 
+# uv installs the 200-odd packages from its cache in seconds where pip takes minutes (a
+# clean clone makes a new virtualenv every time); both caches live beside the binaries.
 ensure_venv() {
   if [ ! -x "$venv/bin/python" ]; then
     step "creating $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip >/dev/null
   fi
   local stamp
   stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     step "installing the project and its dependencies"
     local log="$venv/pip-install.log"
-    if ! "$venv/bin/pip" install -e "$root[dev]" >"$log" 2>&1; then
+    # The machine's CA bundle (pip's too): uv trusts the system store, not its own.
+    if ! { PIP_CACHE_DIR="$cache/pip" "$venv/bin/pip" install uv &&
+           UV_CACHE_DIR="$cache/uv" UV_NATIVE_TLS=1 \
+             "$venv/bin/uv" pip install --python "$venv/bin/python" -e "$root[dev]"; } \
+        >"$log" 2>&1; then
       tail -n 40 "$log" >&2
-      echo "pip install failed; the whole log is in $log" >&2
+      echo "installing the project failed; the whole log is in $log" >&2
       return 1
     fi
     rm -f "$venv"/.installed-*

@@ -207,6 +207,7 @@ async def probe_while(
     is slower than the slowest of few on a noisy machine."""
     probes: list[tuple[float, float]] = []
     done = asyncio.Event()
+    baseline_answered = asyncio.Event()
 
     async def probe() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -214,11 +215,17 @@ async def probe_while(
                 started = time.perf_counter()
                 answer = await client.post("/v1/chat/completions", json=chat(model))
                 probes.append((started, time.perf_counter() - started))
+                if len(probes) >= 5:
+                    baseline_answered.set()
                 assert answer.status_code == 200, answer.text
                 await asyncio.sleep(0.01)
 
     task = asyncio.create_task(probe())
     await asyncio.sleep(baseline)
+    # On a machine that stalled through the baseline, a few answers first (or the failure).
+    answered = asyncio.create_task(baseline_answered.wait())
+    await asyncio.wait({task, answered}, return_when=asyncio.FIRST_COMPLETED)
+    answered.cancel()
     began = time.perf_counter()
     result = await work
     ended = time.perf_counter()
@@ -233,6 +240,10 @@ def delay_ms(probes: list[tuple[float, float]], began: float, ended: float) -> f
     the slowest one in as long a window just before it (the machine's own hiccups,
     which a shared 2-core machine has plenty of, count on both sides)."""
     window = max(ended - began, 0.5)  # at most the baseline before `began`
-    before = [lat for start, lat in probes if began - window <= start and start + lat < began]
+    ended_before = [(start, lat) for start, lat in probes if start + lat < began]
+    # On a loaded machine one probe can take the whole window: then the whole baseline.
+    before = [lat for start, lat in ended_before if began - window <= start] or [
+        lat for _, lat in ended_before
+    ]
     during = [lat for start, lat in probes if start < ended and start + lat > began]
     return max(0.0, max(during) - max(before)) * 1000

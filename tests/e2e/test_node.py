@@ -65,10 +65,10 @@ SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
 
 
-def test_a_pod_runs_and_stopping_the_node_leaves_nothing(tmp_path: Path) -> None:
+def test_a_pod_runs_and_stopping_the_node_leaves_nothing(node_workdir: Path) -> None:
     assets, images = node_inputs()
     before = machine_state()
-    node = start_node(tmp_path / "node", assets, images)
+    node = start_node(node_workdir, assets, images)
     try:
         cp = node.control_plane
         (item,) = cp.get_json("nodes")["items"]
