@@ -22,6 +22,7 @@ DEFAULT_KINDS = {
     "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
     "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
     "ConfigMap", "Secret", "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",  # the ConfigMap guard
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "CustomResourceDefinition", "ValidatingAdmissionPolicy",

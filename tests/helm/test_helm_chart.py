@@ -196,8 +196,15 @@ def test_no_cluster_wide_power_beyond_what_the_operator_calls(offline_helm: Offl
     assert writes == {("leases", ("ar-agent-router-operator",)),
                       ("configmaps", ("ar-agent-router-operator",)),
                       ("secrets", ("ar-agent-router-webhook-tls",))}, writes
-    # No admission policy is needed any more to limit which Secret it creates.
-    assert not [o for o in offline_helm.render() if o["kind"].startswith("ValidatingAdmission")]
+    # ConfigMaps: across the cluster it patches only `agent-router` (what pods the API server
+    # injects start from: no key in it) and creates only that one, which RBAC cannot say
+    # by name, so the chart's one admission policy refuses any other name to it.
+    assert {(v, n) for g, r, v, n in granted if r == "configmaps"} == {
+        ("patch", ("agent-router",)), ("create", ())}
+    (guard,) = [o for o in offline_helm.render() if o["kind"] == "ValidatingAdmissionPolicy"]
+    assert guard["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["configmaps"]
+    assert [v["expression"] for v in guard["spec"]["validations"]] == [
+        'object.metadata.name == "agent-router"']
 
 
 @pytest.mark.controlplane

@@ -73,11 +73,14 @@ async def test_eight_sidecars_share_one_limit_of_120_a_minute(
     finally:
         for p in procs:
             p.kill()
+    # A sidecar that lost Redis counts its share alone meanwhile: say so if that happened.
+    unreachable = [line for p in procs for line in p.stderr().splitlines()
+                   if "limits store unreachable" in line]
 
     ok = [r for r in answers if r.status_code == 200]
     limited = [r for r in answers if r.status_code == 429]
     assert len(ok) + len(limited) == 1000, {r.status_code for r in answers}
-    assert 114 <= len(ok) <= 120
+    assert 114 <= len(ok) <= 120, unreachable
     assert len(fake_openai.requests) == len(ok)
     # The earliest refill: the requests counted this minute slide out of the window
     # within it (at most 60.5 s away, 61 rounded up), never later, never "now".
