@@ -147,7 +147,8 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
         "Deployment", "PodDisruptionBudget", "Lease", "ConfigMap", "Secret",
-        "MutatingWebhookConfiguration"}
+        "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding"}
     assert CRDS <= crds_established(cp)
     status = release_a.helm("status", release_a.name, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
