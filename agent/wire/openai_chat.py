@@ -588,7 +588,24 @@ _TYPES: dict[Kind, str] = {
 }
 
 
-class OpenAIApi:
+class OpenAIReplies:
+    """What OpenAI's two ways in (chat completions, the Responses API) answer alike: the
+    status and body of an error, and the model list."""
+
+    def status(self, failure: Failure) -> int:
+        return failure.status
+
+    def error_body(self, failure: Failure) -> bytes:
+        return error_body(failure)
+
+    def models(self, routes: Sequence[str], created: int) -> bytes:
+        return models_body(routes, created)
+
+    def model(self, route: str, created: int) -> bytes:
+        return model_body(route, created)
+
+
+class OpenAIApi(OpenAIReplies):
     fields = _FIELDS
     name = "openai"
 
@@ -671,17 +688,6 @@ class OpenAIApi:
     def encoder(self, call: Call, model: str) -> OpenAIStream:
         return OpenAIStream(model, call.include_usage)
 
-    def status(self, failure: Failure) -> int:
-        return failure.status
-
-    def error_body(self, failure: Failure) -> bytes:
-        return error_body(failure)
-
-    def models(self, routes: Sequence[str], created: int) -> bytes:
-        return models_body(routes, created)
-
-    def model(self, route: str, created: int) -> bytes:
-        return model_body(route, created)
 
 
 # The error body and model list of OpenAI's API, the Responses API's too.

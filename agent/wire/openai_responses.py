@@ -22,7 +22,7 @@ saying why when the route has an agent that would be sent a translation.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Required
 
 import orjson
@@ -81,9 +81,7 @@ from agent.wire.inbound import (
 )
 from agent.wire.openai_chat import (
     TOOL_CHOICE,
-    error_body,
-    model_body,
-    models_body,
+    OpenAIReplies,
     strict_schema,
     tool_choice_of,
 )
@@ -458,7 +456,7 @@ _RELAY_ONLY = {
 }
 
 
-class ResponsesApi:
+class ResponsesApi(OpenAIReplies):
     name = "responses"
     fields = _FIELDS
 
@@ -507,17 +505,6 @@ class ResponsesApi:
     def encoder(self, call: Call, model: str) -> ResponsesStream:
         return ResponsesStream(_Answer(call, model))
 
-    def status(self, failure: Failure) -> int:
-        return failure.status
-
-    def error_body(self, failure: Failure) -> bytes:
-        return error_body(failure)
-
-    def models(self, routes: Sequence[str], created: int) -> bytes:
-        return models_body(routes, created)
-
-    def model(self, route: str, created: int) -> bytes:
-        return model_body(route, created)
 
 
 def _reasoning_of(extra: dict[str, Any]) -> Reasoning | None:

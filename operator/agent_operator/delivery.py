@@ -149,13 +149,6 @@ class Delivery:
         for version in [v for v in self._encoded if v not in used]:
             del self._encoded[version]
 
-    def served(self, namespace: str, pod: str) -> str | None:
-        """The version the pod's sidecar last acknowledged, if it is the current one."""
-        entry, ack = self._entries.get((namespace, pod)), self.acks.get((namespace, pod))
-        if entry is None or ack is None or ack != (entry.version, None):
-            return None
-        return entry.version
-
     def versions(self) -> list[tuple[str, str, str, str, bool]]:
         """(namespace, pod, uid, version, acknowledged) of every pod's current config:
         whether its sidecar acknowledged that version on this replica."""
