@@ -62,7 +62,11 @@ TOP = Caller()
 
 def shortest(*seconds: float | None) -> float | None:
     """The smallest limit of those set (None: none is)."""
-    return min((s for s in seconds if s is not None), default=None)
+    best = None
+    for s in seconds:  # a loop, not min() over a generator: this runs several times a call
+        if s is not None and (best is None or s < best):
+            best = s
+    return best
 
 
 class BaseAgent:
@@ -78,6 +82,7 @@ class BaseAgent:
     limits: AgentLimitsConfig | None = None  # a provider account's limits (an Agent's)
     middleware: list[Middleware]
     _resources: Resources
+    _own_caller: Caller | None = None  # what `_call` hands `steps()`, kept while it fits
 
     # ---- what routers ask ---------------------------------------------------------------
 
@@ -114,7 +119,10 @@ class BaseAgent:
     def _call(self, request: Request) -> _steps.Steps[Response[Any]]:
         """A call made on this object itself: it brings the transport of last resort."""
         transport = self.transport or default_transport() or self._resources.pool()
-        return self.steps(request, Caller(transport=transport))
+        caller = self._own_caller
+        if caller is None or caller.transport is not transport:
+            caller = self._own_caller = Caller(transport=transport)  # one per transport
+        return self.steps(request, caller)
 
     def run(self, prompt: Prompt, **options: Any) -> Response[str]:
         return _steps.run(self._call(self.request(prompt, **options)), self._resources)

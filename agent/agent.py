@@ -213,9 +213,10 @@ class Agent(BaseAgent):
             self.transport or caller.transport or default_transport() or self._resources.pool()
         )
         seconds = caller.timeout or self.timeout
-        limits = StreamLimits(
-            shortest(self.first_token_timeout, caller.first_token_timeout),
-            shortest(self.stall_timeout, caller.stall_timeout),
+        first_token = shortest(self.first_token_timeout, caller.first_token_timeout)
+        stall = shortest(self.stall_timeout, caller.stall_timeout)
+        limits = NO_STREAM_LIMITS if first_token is None and stall is None else StreamLimits(
+            first_token, stall
         )
         if not self.middleware:
             return self._exchange(request, seconds, transport, limits)
@@ -248,11 +249,13 @@ class Agent(BaseAgent):
         if request.continues is not None:
             request = continuing(request, request.continues, codec.wire)
         relay = self._relay(request, codec)
-        tools = {t.name: t for t in (*self.tools, *request.tools)}
-        if self.extra:
-            request = request.copy(extra={**self.extra, **request.extra})
-        if tools and len(tools) != len(request.tools):
-            request = request.copy(tools=list(tools.values()))
+        tools: dict[str, ToolSpec] = {}
+        if relay is None:  # a relayed body is the caller's: its tools and extras are in it
+            tools = {t.name: t for t in (*self.tools, *request.tools)}
+            if self.extra:
+                request = request.copy(extra={**self.extra, **request.extra})
+            if tools and len(tools) != len(request.tools):
+                request = request.copy(tools=list(tools.values()))
         messages = list(request.messages)
         calls: list[ToolCall] = []
         usage = Usage()
@@ -388,6 +391,9 @@ class StreamLimits:
         return APITimeoutError(
             f"no content within {self.first_token:g}s of the request (first_token_timeout)"
         )
+
+
+NO_STREAM_LIMITS = StreamLimits()  # most calls: one object, not one a call
 
 
 def _stream_once(

@@ -276,6 +276,14 @@ class Reservation:
         return [c for c in out if c[1]]
 
 
+_REMAINING = (
+    "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-requests-remaining",
+    "x-ratelimit-remaining-tokens",
+    "anthropic-ratelimit-tokens-remaining",
+)
+
+
 @dataclass(slots=True)
 class ProviderLimits:
     """What a provider's rate-limit headers said on its last answer."""
@@ -289,6 +297,8 @@ class ProviderLimits:
     def from_headers(cls, headers: Mapping[str, str]) -> ProviderLimits | None:
         """OpenAI's (and most compatible servers') `x-ratelimit-*`, Anthropic's
         `anthropic-ratelimit-*`; None when the answer carried neither."""
+        if not any(name in headers for name in _REMAINING):
+            return None  # most answers of most servers: no need to parse four headers
 
         def first(parse: Callable[[str | None], Any], *names: str) -> Any:
             return next((v for n in names if (v := parse(headers.get(n))) is not None), None)

@@ -137,7 +137,7 @@ class AgentRouter(BaseAgent):
         self.name = self.model = name
         self.transport = transport  # None: the outer router's, the process default, or its own
         self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
-        self._top: tuple[tuple[Any, ...], Caller] | None = None  # see `_top_caller`
+        self._last_caller: tuple[Any, Any, Any, Any, Caller] | None = None  # see `_derived`
         breaker = options.circuit_breaker
         self.probe = breaker.probe
         self._resources = Resources(name)
@@ -214,10 +214,7 @@ class AgentRouter(BaseAgent):
     ) -> _steps.Steps[Response[Any]]:
         """The whole routed call as steps (router middleware around the routing). A
         caller's timeout (an outer router's time left) is a deadline here."""
-        if caller is TOP:
-            caller = self._top_caller()
-        else:
-            caller = self._caller(caller)
+        caller = self._derived(caller)
         if not self.middleware:
             return self._route(request, caller)
         return with_middleware(self.middleware, request, lambda r: self._route(r, caller))
@@ -226,7 +223,7 @@ class AgentRouter(BaseAgent):
         limit = min((s for s in (self.deadline, caller.timeout) if s), default=None)
         call = _Call(self, request, limit, caller)
         plan = self.strategy.plan(request, self.agents, self._health)
-        if inspect.isawaitable(plan):  # a custom router's coroutine: the driver awaits it
+        if not isinstance(plan, Plan):  # a custom router's coroutine: the driver awaits it
             plan = yield _steps.Invoke(_settle, (plan,))
         assert isinstance(plan, Plan)
         call.plan = plan
@@ -305,13 +302,23 @@ class AgentRouter(BaseAgent):
             caller = dataclasses.replace(caller, transport=self.transport)
         return caller.tighter(self.first_token_timeout, self.stall_timeout)
 
-    def _top_caller(self) -> Caller:
-        """`_caller(TOP)`, made again only when its inputs change: most calls come from
-        the top, and building a frozen dataclass twice per call is measurable per request."""
-        key = (self.transport, self.first_token_timeout, self.stall_timeout)
-        if self._top is None or self._top[0] != key:
-            self._top = (key, self._caller(TOP))
-        return self._top[1]
+    def _derived(self, caller: Caller) -> Caller:
+        """`_caller(caller)`, made again only when its inputs change: most calls come with
+        the same caller (the top, or the router's own call), and building a frozen
+        dataclass twice per call is measurable per request."""
+        memo = self._last_caller
+        if (
+            memo is None
+            or memo[0] is not caller
+            or memo[1] is not self.transport
+            or memo[2] is not self.first_token_timeout
+            or memo[3] is not self.stall_timeout
+        ):
+            derived = self._caller(caller)
+            memo = self._last_caller = (
+                caller, self.transport, self.first_token_timeout, self.stall_timeout, derived
+            )
+        return memo[4]
 
     def _admit(
         self, idx: int, call: _Call

@@ -416,7 +416,7 @@ def as_messages(value: str | Sequence[Message | dict[str, Any]]) -> list[Message
 
     if isinstance(value, str):
         return [Message("user", value)]
-    if not isinstance(value, Sequence):
+    if not isinstance(value, list | tuple) and not isinstance(value, Sequence):  # ABCs are slow
         raise InvalidRequestError(
             f"the prompt must be a string or a list of messages, not {type(value).__name__}"
         )

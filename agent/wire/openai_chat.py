@@ -26,6 +26,7 @@ from agent.types import (
     Message,
     Origin,
     OutputSchema,
+    ReasoningDelta,
     Relay,
     Request,
     Response,
@@ -257,6 +258,7 @@ class OpenAICodec:
             model=data.get("model"),
             id=data.get("id"),
             raw=data,
+            reasoning=_reasoning_of(message),
         )
 
     def decoder(self) -> OpenAIStreamDecoder:
@@ -268,10 +270,21 @@ class OpenAICodec:
 
 
 class OpenAIStreamDecoder:
-    __slots__ = ("_done", "_finish", "_id", "_model", "_refused", "_text", "_tools", "_usage")
+    __slots__ = (
+        "_done",
+        "_finish",
+        "_id",
+        "_model",
+        "_reasoning",
+        "_refused",
+        "_text",
+        "_tools",
+        "_usage",
+    )
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._reasoning: list[str] = []
         self._tools = ToolCallAssembler()
         self._finish: str | None = None
         self._usage: Any = None
@@ -296,6 +309,9 @@ class OpenAIStreamDecoder:
         out: list[StreamEvent] = []
         for choice in chunk.get("choices") or ():
             if delta := choice.get("delta"):
+                if thought := delta.get(REASONING_CONTENT):
+                    self._reasoning.append(thought)
+                    out.append(ReasoningDelta(thought))
                 if text := delta.get("content"):
                     self._text.append(text)
                     out.append(TextDelta(text))
@@ -330,7 +346,19 @@ class OpenAIStreamDecoder:
             model=self._model,
             id=self._id,
             raw=None,
+            reasoning="".join(self._reasoning),
         )
+
+
+# Chat completions has no reasoning in OpenAI's own answers; the servers that give one
+# (DeepSeek, vLLM, OpenRouter, LiteLLM translating Claude's thinking) put it here, beside
+# `content`, in a message and in a stream's deltas alike.
+REASONING_CONTENT = "reasoning_content"
+
+
+def _reasoning_of(message: dict[str, Any]) -> str:
+    thought = message.get(REASONING_CONTENT)
+    return thought if isinstance(thought, str) else ""
 
 
 def without_usage_chunk(frames: bytes) -> bytes:
@@ -654,6 +682,8 @@ class OpenAIApi(OpenAIReplies):
 
     def render(self, response: Response[Any], call: Call) -> bytes:
         message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}
+        if response.reasoning:  # another format's thinking, where compatible servers put it
+            message[REASONING_CONTENT] = response.reasoning
         if response.tool_calls:
             message["tool_calls"] = [
                 {
@@ -687,7 +717,6 @@ class OpenAIApi(OpenAIReplies):
 
     def encoder(self, call: Call, model: str) -> OpenAIStream:
         return OpenAIStream(model, call.include_usage)
-
 
 
 # The error body and model list of OpenAI's API, the Responses API's too.
@@ -839,6 +868,8 @@ class OpenAIStream:
     def event(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):
             return self._head + orjson.dumps({"content": event.text}) + self._TAIL
+        if isinstance(event, ReasoningDelta):
+            return self._head + orjson.dumps({REASONING_CONTENT: event.text}) + self._TAIL
         if isinstance(event, ToolCallDelta):
             item: dict[str, Any] = {"index": event.index}
             function: dict[str, str] = {}

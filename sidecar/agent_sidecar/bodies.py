@@ -84,13 +84,18 @@ async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeou
     declared = request.content_length
     if declared is not None and declared > limit:
         raise too_large(limit)
+    content = request.content
+    if content.is_eof() and declared is not None and declared < LARGE:
+        # The whole small body came with the head (most do): take it as it is, with no
+        # timer to arm and no loop to run; aiohttp has checked it against the length.
+        return Body(bytearray(content.read_nowait()), 0, budget)
     body = Body(bytearray(), 0, budget)
     if declared is not None and declared >= LARGE:
         if not budget.take(declared):
             raise _busy()
         body.charged = declared
     try:
-        async with asyncio.timeout(None if request.content.is_eof() else timeout):
+        async with asyncio.timeout(None if content.is_eof() else timeout):
             await _fill(request, body, limit)
     except TimeoutError:
         body.release()

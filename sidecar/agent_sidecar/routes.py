@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from agent._base import BaseAgent
 from agent.catalog import PROVIDERS
 from agent.config import RouterConfig, build_route
@@ -78,8 +80,11 @@ class Loaded:
         else:  # one for every route: an agent's limits hold across them
             store = make_store(config.limits_store)
         routes: dict[str, Route] = {}
+        tracing = _tracer_provider()
         for spec in config.routes:
-            router = build_route(spec, agents, transport=transport, limits_store=store)
+            router = build_route(
+                spec, agents, transport=transport, limits_store=store, tracer_provider=tracing
+            )
             wires = frozenset(_wire(a) for a in router.agents)
             headers = {
                 "x-agent-route": header_value(spec.name),
@@ -99,3 +104,15 @@ class Loaded:
 def _wire(agent: BaseAgent) -> str:
     wire = getattr(agent, "wire", None)  # an Agent knows; a nested router speaks its provider's
     return wire if isinstance(wire, str) else PROVIDERS[agent.provider].wire
+
+
+_NOT_TRACING = trace.NoOpTracerProvider()
+
+
+def _tracer_provider() -> trace.TracerProvider:
+    """What the routers record their decisions with: the provider the sidecar installed
+    at start, else a no-op one. Given none, a router would ask OpenTelemetry for the
+    global provider on every request, which reads the environment each time while no
+    provider is installed."""
+    provider = trace.get_tracer_provider()
+    return _NOT_TRACING if isinstance(provider, trace.ProxyTracerProvider) else provider

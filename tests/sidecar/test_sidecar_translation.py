@@ -743,3 +743,68 @@ async def test_a_relayed_openai_stream_counts_its_usage_whether_or_not_the_calle
         metrics = (await admin.get("/metrics")).text
     assert 'agent_sidecar_tokens_total{agent="gpt",route="gpt",type="input"} 321.0' in metrics
     assert 'agent_sidecar_tokens_total{agent="gpt",route="gpt",type="output"} 4.0' in metrics
+
+
+# ---- reasoning to a chat completions caller -----------------------------------------------
+
+
+async def test_claude_s_thinking_reaches_a_chat_completions_caller_as_reasoning_content(
+    sidecar: Sidecar, fake_anthropic: FakeProvider
+) -> None:
+    """Tried: the openai SDK on chat completions, answered by Claude with a thinking block
+    (chat completions has no place for it in OpenAI's own answers). It comes back as
+    `reasoning_content` beside the content, where DeepSeek, vLLM and LiteLLM put it,
+    plain and streamed, never dropped; the answer's text is unchanged."""
+    fake_anthropic.script(Reply(text="12,231", thinking="27 * 453: 10,800 + 1,350 + 81."))
+    client = openai.AsyncOpenAI(base_url=sidecar.app_url + "/v1", api_key="unused")
+    async with client:
+        answer = await client.chat.completions.create(model="claude", messages=USER)
+        message = answer.choices[0].message
+        assert message.content == "12,231"
+        assert message.model_extra == {"reasoning_content": "27 * 453: 10,800 + 1,350 + 81."}
+
+        fake_anthropic.script(Reply(text="12,231", thinking="Multiply, then add."))
+        stream = await client.chat.completions.create(model="claude", messages=USER, stream=True)
+        thought, text = [], []
+        async for chunk in stream:
+            for choice in chunk.choices:
+                thought.append((choice.delta.model_extra or {}).get("reasoning_content") or "")
+                text.append(choice.delta.content or "")
+    assert "".join(thought) == "Multiply, then add."
+    assert "".join(text) == "12,231"
+
+
+async def test_reasoning_content_from_a_compatible_server_reaches_an_anthropic_caller(
+    sidecar: Sidecar, fake_openai: FakeProvider
+) -> None:
+    """Tried: an OpenAI-compatible server that answers with `reasoning_content` (as
+    DeepSeek does), asked by the anthropic SDK. The reasoning is read as the engine's and
+    comes back as a thinking block before the text, unsigned."""
+    fake_openai.script(
+        Fail(
+            200,
+            body={
+                "id": "chatcmpl-upstream",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "deepseek-reasoner",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "12,231",
+                            "reasoning_content": "Multiply, then add.",
+                        },
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 40, "total_tokens": 49},
+            },
+        )
+    )
+    async with anthropic.AsyncAnthropic(base_url=sidecar.app_url, api_key="unused", max_retries=0) as claude:
+        answer = await claude.messages.create(model="gpt", max_tokens=64, messages=USER)
+    thinking, text = answer.content
+    assert thinking.type == "thinking" and thinking.thinking == "Multiply, then add."
+    assert text.type == "text" and text.text == "12,231"
