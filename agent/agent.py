@@ -407,7 +407,7 @@ def _stream_once(
     delivered: list[str],
 ) -> _steps.Steps[Parsed]:
     """One streamed exchange. Relayed (`relay`), the provider's bytes go to the caller
-    too, each batch of events after the bytes they came in; bytes before the first
+    instead of the events decoded from them; bytes before the first
     content event (message_start, pings) wait for it, so a stream that fails before any
     content can still fall back to another agent unseen. The text handed on is added to
     `delivered`."""
@@ -431,26 +431,27 @@ def _stream_once(
             if not chunk:
                 break
             events = reader.feed(chunk)
+            delivered += [e.text for e in events if isinstance(e, TextDelta)]
             if relay:
                 held.append(reader.relayed())
                 if events or first:
-                    events = [WireBytes(b"".join(held)), *events]
+                    # The caller gets the provider's bytes; the events decoded from them
+                    # stay here (they said whether content came, and what text).
+                    events = [WireBytes(b"".join(held))]
                     held.clear()
             if events:
                 if not first:
                     first.append(time.perf_counter())
-                delivered += [e.text for e in events if isinstance(e, TextDelta)]
                 yield _steps.Emit(events)
             reader.check()
         last, parsed = reader.close()
+        delivered += [e.text for e in last if isinstance(e, TextDelta)]
         if relay:
             held.append(reader.relayed())
-            if any(held):
-                last = [WireBytes(b"".join(held)), *last]
+            last = [WireBytes(b"".join(held))] if any(held) else []
         if last:
             if not first:
                 first.append(time.perf_counter())
-            delivered += [e.text for e in last if isinstance(e, TextDelta)]
             yield _steps.Emit(last)
     except GeneratorExit:
         raise

@@ -399,7 +399,9 @@ class AgentRouter(BaseAgent):
                 inner = error.route if isinstance(error, RoutingError) else None
                 call.attempts.append(Attempt(label, idx, "error", ms, error, retry, t0_ns, inner))
                 if progress is not None and (progress.emitted or call.resume is not None):
-                    error.partial_text = progress.text()  # all the caller holds
+                    # All the caller holds (a relayed stream's text never passes here:
+                    # its agent counted what it relayed).
+                    error.partial_text = progress.text() or error.partial_text
                 if progress is not None and progress.emitted:
                     if not self._continues(idx, call, progress, error):
                         self._trace(call, error=error)

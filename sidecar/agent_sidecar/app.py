@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -280,7 +281,7 @@ class AppHandlers:
             _announce(headers, started)
             _name_ignored(headers, call, route.wire_of(started.agent, started.provider))
             strip_usage = api is OPENAI and not call.include_usage
-            encoder = Relayed(api.encoder(call, started.model), strip_usage)
+            encoder = Relayed(functools.partial(api.encoder, call, started.model), strip_usage)
             task = asyncio.current_task()
             assert task is not None
             self.streams.add(task)

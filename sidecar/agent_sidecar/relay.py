@@ -8,7 +8,7 @@ go upstream with the body, and the stream encoder that writes the provider's byt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.types import Response, StreamEvent, WireBytes
@@ -27,14 +27,15 @@ def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
 
 class Relayed:
     """A stream encoder for either kind of answer: a relayed stream's `WireBytes` are
-    written as they came (and the decoded events beside them are not); anything else
-    goes to the caller's format encoder. Which one it is shows at the first event: a
-    relayed stream's first batch always begins with its bytes."""
+    written as they came; anything else goes to the caller's format encoder, made by
+    `encoder()` only then (a relayed stream never needs one). Which one it is shows at
+    the first event: a relayed stream's first batch always begins with its bytes."""
 
-    __slots__ = ("_inner", "_relayed", "_started", "_strip_usage")
+    __slots__ = ("_encoder", "_made", "_relayed", "_started", "_strip_usage")
 
-    def __init__(self, inner: StreamEncoder, strip_usage: bool = False) -> None:
-        self._inner = inner
+    def __init__(self, encoder: Callable[[], StreamEncoder], strip_usage: bool = False) -> None:
+        self._encoder = encoder
+        self._made: StreamEncoder | None = None
         self._relayed = False
         self._started = False
         # An OpenAI caller who did not ask for stream usage: the chunk the agent asked
@@ -43,6 +44,12 @@ class Relayed:
 
     def start(self) -> bytes:
         return b""  # known at the first event
+
+    @property
+    def _inner(self) -> StreamEncoder:
+        if self._made is None:
+            self._made = self._encoder()
+        return self._made
 
     def _begin(self) -> bytes:
         self._started = True
