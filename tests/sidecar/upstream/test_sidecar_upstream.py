@@ -274,6 +274,39 @@ async def test_a_large_body_arrives_whole(serve, client) -> None:
     assert upstream.accepted == 1  # and the connection stays usable
 
 
+async def test_past_its_in_flight_limit_a_request_waits_for_one_to_finish(serve) -> None:
+    """Three calls at once through a client allowed two: the third reaches the server
+    only once one of the first two has its answer, and all three succeed."""
+    hold = asyncio.Event()
+
+    async def held(_: Received, __: asyncio.StreamWriter) -> bytes:
+        await hold.wait()
+        return ok()
+
+    upstream = await serve(held)
+    client = UpstreamTransport(in_flight=2)
+    try:
+        calls = [asyncio.ensure_future(client.send_async(post(upstream.url()), 5.0))
+                 for _ in range(3)]
+        for _ in range(100):
+            if len(upstream.requests) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # time enough for a third to arrive, were it let through
+        assert len(upstream.requests) == 2
+        hold.set()
+        assert [r.status for r in await asyncio.gather(*calls)] == [200, 200, 200]
+        assert len(upstream.requests) == 3
+        # A stream dropped midway gives its place back too.
+        stream = await client.open_stream_async(streaming(post(upstream.url())), 5.0)
+        assert isinstance(stream, Stream)
+        await stream.aclose()
+        await asyncio.gather(*[client.send_async(post(upstream.url()), 5.0) for _ in range(4)])
+        assert client._busy == 0
+    finally:
+        await client.aclose()
+
+
 def streaming(request: WireRequest) -> WireRequest:
     return WireRequest(request.method, request.url, request.headers, request.body, True)
 
