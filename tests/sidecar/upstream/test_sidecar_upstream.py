@@ -9,6 +9,8 @@ import gzip
 import socket
 import ssl
 import struct
+import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -272,6 +274,44 @@ async def test_a_large_body_arrives_whole(serve, client) -> None:
     assert upstream.requests[0].body == body
     assert (await client.send_async(post(upstream.url()), 5.0)).status == 200
     assert upstream.accepted == 1  # and the connection stays usable
+
+
+def slow_sink(listener: socket.socket) -> int:
+    """Accept one connection, wait a little (the client's socket buffer fills), then read
+    one request's body into a fixed buffer (allocating nothing per byte) and answer."""
+    conn, _ = listener.accept()
+    with conn:
+        time.sleep(0.3)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        left, buffer = length - len(rest), bytearray(1 << 20)
+        while left > 0:
+            got = conn.recv_into(buffer)
+            assert got, "the client hung up midway"
+            left -= got
+        conn.sendall(ok())
+        return length
+
+
+async def test_a_30_mb_body_is_sent_without_a_copy_of_it(client) -> None:
+    """While a slow server takes a 30 MB body, the client's (and the loop's) Python
+    allocations stay far below the body's size: it is written from the caller's buffer
+    a slice at a time, never joined with the head nor queued whole."""
+    body = b"x" * (30 * 1024 * 1024)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        taken = asyncio.get_running_loop().run_in_executor(None, slow_sink, listener)
+        tracemalloc.start()
+        try:
+            reply = await client.send_async(post(f"http://127.0.0.1:{port}/v1", body), 30.0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert reply.status == 200 and await taken == len(body)
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.1f} MB allocated while sending"
 
 
 async def test_past_its_in_flight_limit_a_request_waits_for_one_to_finish(serve) -> None:
