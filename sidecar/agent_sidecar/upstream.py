@@ -28,7 +28,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import NoReturn, cast
 
 import httptools
 import yarl
@@ -44,6 +44,7 @@ _IDLE_PER_ORIGIN = 1000  # idle connections kept per origin (the rest close)
 _IN_FLIGHT = 1000  # requests on the wire at once, as aiohttp's connector allowed
 _SLICE = 256 * 1024  # bodies larger than this are written a slice at a time, not copied
 _HIGH_WATER = 256 * 1024  # a stream's unread bytes past which the socket is not read
+_HEADERS_LIMIT = 64 * 1024  # an answer's header bytes (aiohttp's allows 8 KiB a line)
 _CONNECT_LIMIT = 10.0
 
 
@@ -162,6 +163,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self._raw: list[tuple[str, str]] = []
+        self._header_bytes = 0
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self._inflate: _Inflate | None = None
@@ -179,11 +181,8 @@ class _Connection(asyncio.Protocol):
         self._last = self.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # after `_stop`, its error stands
             self._fail(APIConnectionError(f"malformed response from the upstream: {exc}"))
-            self.close()
-        except zlib.error as exc:
-            self._fail(APIConnectionError(f"malformed compressed body from the upstream: {exc}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -212,6 +211,9 @@ class _Connection(asyncio.Protocol):
     # -- the parser's callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > _HEADERS_LIMIT:  # a broken upstream must not fill memory
+            self._stop(f"headers longer than {_HEADERS_LIMIT} bytes from the upstream")
         self._raw.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -227,7 +229,10 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._inflate is not None:
-            body = self._inflate.feed(body)
+            try:
+                body = self._inflate.feed(body)
+            except zlib.error as exc:
+                self._stop(f"malformed compressed body from the upstream: {exc}")
         self.chunks.append(body)
         self.buffered += len(body)
         if self._limit is not None and self.buffered > self._limit and not self._reading_paused:
@@ -314,13 +319,18 @@ class _Connection(asyncio.Protocol):
             try:
                 rest = self._inflate.flush()
             except zlib.error as exc:
-                self._fail(APIConnectionError(f"malformed compressed body: {exc}"))
+                self._fail(APIConnectionError(f"malformed compressed body from the upstream: {exc}"))
                 return
             if rest:
                 self.chunks.append(rest)
                 self.buffered += len(rest)
         self.complete = True
         self._wake()
+
+    def _stop(self, reason: str) -> NoReturn:
+        """From a parser callback: fail with `reason` and stop the parser."""
+        self._fail(APIConnectionError(reason))
+        raise httptools.HttpParserCallbackError(reason)
 
     def _fail(self, error: AgentError) -> None:
         if self.error is None:

@@ -228,6 +228,21 @@ async def test_an_answer_that_is_not_http_is_a_clear_error(serve, client) -> Non
         await client.send_async(post(upstream.url()), 5.0)
 
 
+async def test_endless_headers_are_a_clear_error(serve, client) -> None:
+    """An upstream that sends header after header: refused past 64 KiB, not held."""
+
+    async def endless(_: Received, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(10_000):
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"f" * 100))
+            await writer.drain()
+        return None
+
+    upstream = await serve(endless)
+    with pytest.raises(APIConnectionError, match="headers longer than"):
+        await client.send_async(post(upstream.url()), 5.0)
+
+
 async def test_no_answer_in_time_is_a_timeout_and_the_connection_goes(serve, client) -> None:
     async def never(received: Received, _: asyncio.StreamWriter) -> None:
         await received.reader.read()
@@ -264,6 +279,12 @@ async def test_a_compressed_answer_reaches_the_engine_decoded(serve, client) -> 
     assert (await client.send_async(post(upstream.url()), 5.0)).body == payload
     upstream = await serve(always(ok(zlib.compress(payload), "Content-Encoding: deflate")))
     assert (await client.send_async(post(upstream.url()), 5.0)).body == payload
+
+
+async def test_a_body_that_is_not_what_its_encoding_says_is_a_clear_error(serve, client) -> None:
+    upstream = await serve(always(ok(b"plain, not gzip", "Content-Encoding: gzip")))
+    with pytest.raises(APIConnectionError, match="malformed compressed body"):
+        await client.send_async(post(upstream.url()), 5.0)
 
 
 async def test_a_large_body_arrives_whole(serve, client) -> None:
