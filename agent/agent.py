@@ -258,7 +258,7 @@ class Agent(BaseAgent):
                 request = request.copy(tools=list(tools.values()))
         messages = list(request.messages)
         calls: list[ToolCall] = []
-        usage = Usage()
+        usage = NO_USAGE
         start = time.perf_counter()
         first: list[float] = []  # time of the first content event, when streaming
         body: bytes | None = None  # the answer's bytes, when relayed
@@ -282,7 +282,7 @@ class Agent(BaseAgent):
                 parsed = codec.parse(reply.body)
                 body = reply.body if relay is not None else None
                 _heard(reply.headers, heard)
-            usage = usage + parsed.usage
+            usage = usage + parsed.usage if round_ else parsed.usage
             calls += parsed.tool_calls
             if relay is not None:
                 break  # the caller's own body: its tools are the caller's to run
@@ -394,6 +394,7 @@ class StreamLimits:
 
 
 NO_STREAM_LIMITS = StreamLimits()  # most calls: one object, not one a call
+NO_USAGE = Usage()
 
 
 def _stream_once(

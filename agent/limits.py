@@ -481,6 +481,8 @@ def reserve(
     route's on the call's first admission) in one store call, all or nothing: one
     reservation per quota that limits anything, or the error saying which limit has no
     room and when it will (`.quota` on it: whose)."""
+    if not any(q.limited or q.provider is not None or q.provider_until for q in quotas):
+        return []  # nothing limits these, and no provider has said a word: most calls
     output = quotas[0].default_output_tokens if quotas else DEFAULT_OUTPUT_TOKENS
     tokens = request.approx_input_tokens() + (request.max_tokens or output)
     for quota in quotas:

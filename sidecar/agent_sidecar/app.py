@@ -34,6 +34,7 @@ from agent.wire.openai_chat import OpenAIApi
 from agent.wire.openai_responses import ResponsesApi
 from agent_sidecar import counting, eager
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
+from agent_sidecar.deadlines import Deadlines
 from agent_sidecar.hosts import foreign
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.relay import Relayed, forwarded
@@ -86,6 +87,7 @@ class AppHandlers:
         self.settings = settings
         self.tracer = trace.get_tracer("agent_sidecar") if tracing else None
         self.budget = BodyBudget(max(settings.body_budget_bytes, LARGE))
+        self.deadlines = Deadlines(settings.request_timeout)  # for an answer, a stream's start
         metrics.body_bytes.set_function(lambda: self.budget.used)
         self.draining = draining
         self.streams: set[asyncio.Task[Any]] = set()  # relaying now (cut at the drain timeout)
@@ -249,7 +251,7 @@ class AppHandlers:
         self, api: Api, call: Call, route: Route, headers: dict[str, str]
     ) -> web.Response:
         try:
-            async with asyncio.timeout(self.settings.request_timeout):
+            async with self.deadlines.limit():
                 response = await route.router.run_request_async(call.request)
         except AgentError as exc:
             return self._routing_failed(api, route, exc, headers)
@@ -271,7 +273,7 @@ class AppHandlers:
             # The router announces its agent just before the first content: until then a
             # fallback is invisible (but in the headers), and a failure is an HTTP error.
             try:
-                async with asyncio.timeout(self.settings.request_timeout):
+                async with self.deadlines.limit():
                     started = await anext(events)
             except AgentError as exc:
                 return self._routing_failed(api, route, exc, headers)
