@@ -14,7 +14,9 @@ catches up); a rolling update of the app. Then no operator replica runs: a rolli
 update still gets a new pod, which starts and serves from the namespace's ConfigMap
 (the keys read from the mounted Secret files, which the fakes check); the operator
 back, a changed policy reaches that pod through its watch (to the operator's ClusterIP
-from the ConfigMap, no cluster DNS). The steps are tests/support/story.py's, which the
+from the ConfigMap, no cluster DNS). Last, the operator's CA rotates twice: the kubelet
+brings each bundle into the running pod, whose watch keeps working once the CA it
+trusted before is gone. The steps are tests/support/story.py's, which the
 demo prints (examples/story.py, `hack/demo`): the last test runs the demo itself.
 """
 
@@ -62,7 +64,8 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
 
     # helm install with the defaults: the CRDs, RBAC, the Deployment with the built image,
     # the Service the sidecars watch, and (the cluster serves it) the injection policy.
-    installed = story.install_chart()
+    # (The operator checks its certificate every 2 s, for the CA rotation at the end.)
+    installed = story.install_chart(operator_env={"AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS": "2"})
     assert "STATUS: deployed" in installed.notes
     assert "Injected by the API server" in installed.notes
     assert installed.crds == ["agentpools.agentrouter.io", "routingpolicies.agentrouter.io"]
@@ -253,6 +256,19 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert "from the operator serves" in followed
     assert not [line for line in followed.splitlines()
                 if "not trusted" in line or re.search(r"\b401\b", line)], followed[-3000:]
+
+    # The operator's CA rotates twice (a 30-second certificate written as a renewal
+    # would, then the operator's own renewal of it), each bundle keeping the previous CA:
+    # the kubelet brings each into the running pod's mounted file, and its watch still
+    # brings a change once the CA it trusted before is gone from that file.
+    rotated = story.rotate_ca()
+    assert rotated.first_ca not in rotated.mounted
+    assert rotated.mounted.startswith(rotated.renewed_ca) and rotated.short_ca in rotated.mounted
+    after = story.switch_strategy("fallback", requests=1)
+    assert after.version > back.version and after.providers == ["anthropic"]
+    assert "not trusted" not in story.sidecar_log()
+    print(f"CA rotation reached the pod in {rotated.seconds:.0f} s; log:\n"
+          + "\n".join(story.watch_log()[-12:]))
 
 
 # What the demo must print (each, somewhere in its output), so that it cannot rot.

@@ -17,6 +17,7 @@ cannot drift apart.
     story.roll_app()                       # a rolling update: a new pod, configured, serving
     story.scale_operator(0); story.roll_app("3", operator=False)  # a new pod, no operator
     story.scale_operator(2)                # back: the pod's watch follows
+    story.rotate_ca()                      # the pod's mounted CA bundle follows two rotations
     story.close()
 
 Each step returns a dataclass saying what happened; nothing here asserts or prints.
@@ -31,7 +32,9 @@ the sidecar wrote to its state directory, as `kubectl exec` into the sidecar wou
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -46,6 +49,8 @@ from typing import Any
 
 import httpx
 import yaml
+from agent_operator.certs import ServingCert, issue
+from agent_operator.inject import IDENTITY_DIR
 
 from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
 from support.node import NODE_BINARIES, Node, find_images, start_node
@@ -281,6 +286,15 @@ class Recovered:
 
 
 @dataclass
+class Rotated:
+    first_ca: str  # PEM: the CA the followed pod trusted before
+    short_ca: str  # the 30-second CA the story wrote, as a renewal would
+    renewed_ca: str  # the CA of the operator's own renewal of it
+    mounted: str  # the pod's mounted ca.crt once it followed both
+    seconds: float  # from the first rotation to the pod's file without the first CA
+
+
+@dataclass
 class RolledOut:
     old_pod: str
     new_pod: str
@@ -359,8 +373,10 @@ class Story:
 
     # -- 1. helm install ---------------------------------------------------------------------
 
-    def install_chart(self, **more: str) -> Installed:
-        """`more`: chart values besides the story's (e.g. `{"injection.by": "policy"}`)."""
+    def install_chart(self, operator_env: dict[str, str] | None = None,
+                      **more: str) -> Installed:
+        """`more`: chart values besides the story's (e.g. `{"injection.by": "webhook"}`);
+        `operator_env`: the operator's extra environment (operator.extraEnv)."""
         cp, images = self._cp, self._node.images
         cp.create_namespace(self.system_namespace)
         operator_repo, operator_tag = images["agent-operator"].rsplit(":", 1)
@@ -377,6 +393,9 @@ class Story:
             **more,
         }
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+        if operator_env:
+            extra = json.dumps([{"name": k, "value": v} for k, v in operator_env.items()])
+            sets += ["--set-json", f"operator.extraEnv={extra}"]
         try:
             out = cp.helm("install", self.release, str(CHART), "--namespace",
                           self.system_namespace, "--wait=false", *sets).stdout
@@ -413,6 +432,10 @@ class Story:
             "deployment", "-l", f"app.kubernetes.io/instance={self.release}",
             namespace=self.system_namespace)["items"][0])
 
+    def _operator_env(self) -> dict[str, str]:
+        container = self._deployment()["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
     def wait_for_operator(self, not_pod: str = "") -> OperatorUp:
         """Every pod of the operator's Deployment Ready (the startup probe is kopf's
         /healthz) and, with injection by the webhook, the webhook it registers in the
@@ -429,10 +452,7 @@ class Story:
             return ready if len(ready) == len(live) == wanted else None
 
         pod = self._wait(up, "the operator's pods Ready")[0]
-        deploy = self._deployment()
-        env = {e["name"]: e.get("value", "") for e in
-               deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-        name = env.get("AGENT_OPERATOR_WEBHOOK_NAME", "")
+        name = self._operator_env().get("AGENT_OPERATOR_WEBHOOK_NAME", "")
         found = self._wait(lambda: self._cp.get_json("mutatingwebhookconfiguration", name)
                            .get("webhooks"), "the operator's webhook in the chart's configuration"
                            ) if self.injection == "webhook" else []
@@ -840,6 +860,44 @@ class Story:
             self.wait_for_operator()
         return out.strip()
 
+    # -- 13. the operator's CA rotates -----------------------------------------------------------------
+
+    def rotate_ca(self) -> Rotated:
+        """Two rotations of the operator's CA, each bundle keeping the previous CA: the
+        story writes into the operator's Secret a CA and certificate valid for 30 s,
+        issued by the operator's own code as its renewal would; the operator (checking
+        the Secret every AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it and renews
+        it itself with a third of its life left. Waits until the followed pod's mounted
+        ca.crt (the namespace ConfigMap's, refreshed by the kubelet) holds the operator's
+        renewed CA and no longer the one the pod trusted before."""
+        env = self._operator_env()
+        namespace, name = env["AGENT_OPERATOR_WEBHOOK_CERT_SECRET"].split("/")
+        hosts = env["AGENT_OPERATOR_WEBHOOK_HOSTS"].split(",")
+
+        def ca_of_secret() -> tuple[str, ServingCert | None]:
+            data = self._cp.get_json("secret", name, namespace=namespace).get("data") or {}
+            cert = ServingCert.from_data({k: base64.b64decode(v).decode()
+                                          for k, v in data.items()})
+            return (_first_pem(cert.ca_bundle) if cert else ""), cert
+
+        first, current = ca_of_secret()
+        if current is None:
+            raise StoryError(f"no certificate in {namespace}/{name} yet")
+        started = time.monotonic()
+        short = issue(hosts, datetime.timedelta(seconds=30), current)
+        patch = {"data": {k: base64.b64encode(v.encode()).decode()
+                          for k, v in short.as_data().items()}}
+        self.kubectl("patch", "secret", name, "-n", namespace, "--type", "merge", "-p",
+                     json.dumps(patch))
+        short_ca = _first_pem(short.ca_bundle)
+        renewed = self._wait(lambda: (ca := ca_of_secret()[0]) not in (first, short_ca) and ca,
+                             "the operator's own renewal of the 30-second certificate")
+        mounted_file = _inside(Path(f"/proc/{self.sidecar_pid()}/root"), f"{IDENTITY_DIR}/ca.crt")
+        mounted = self._wait(
+            lambda: (text := mounted_file.read_text()) and renewed in text
+            and first not in text and text, "the pod's mounted CA bundle following both")
+        return Rotated(first, short_ca, renewed, mounted, time.monotonic() - started)
+
     def sidecar_log(self) -> str:
         """The log of the followed pod's sidecar (kubectl logs -c agent-sidecar)."""
         return self.kubectl("logs", "-n", self.namespace, self.pod, "-c", "agent-sidecar")
@@ -909,6 +967,24 @@ class Story:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _inside(root: Path, path: str) -> Path:
+    """`path` as a process whose root is `root` sees it: an absolute symlink on the way
+    (the image's /var/run -> /run) points into its root, not this machine's."""
+    here = root
+    for part in Path(path).parts[1:]:
+        here = here / part
+        while here.is_symlink():
+            target = os.readlink(here)
+            here = root / target.lstrip("/") if target.startswith("/") else here.parent / target
+    return here
+
+
+def _first_pem(bundle: bytes) -> str:
+    """The first certificate of a PEM bundle (the newest CA of the operator's)."""
+    end = "-----END CERTIFICATE-----"
+    return bundle.decode().split(end)[0] + end
 
 
 def _ready(pod: dict[str, Any]) -> bool:
