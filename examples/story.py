@@ -5,8 +5,9 @@ kube-controller-manager, kube-scheduler, kube-proxy, the kubelet and containerd 
 images hack/images built (the pinned test binaries; nothing is pulled); Jaeger runs on
 loopback. `helm install` deploys the operator in its pod; an AgentPool over two fake
 providers (the primary overloaded) and a fallback RoutingPolicy are applied with
-kubectl; the app's Deployment, labelled for injection, gets the sidecar, which holds it
-until the operator's config arrives; the app's openai SDK call falls back, and the
+kubectl; the app's Deployment, labelled for injection, gets the sidecar (injected by the
+API server, from the namespace's ConfigMap the operator keeps, where the cluster serves
+admission policies), which watches the operator for its config; the app's openai SDK call falls back, and the
 sidecar's headers, metrics and the trace in Jaeger say so; kubectl switches the policy
 to round_robin; the operator's pod is deleted and comes back; the app rolls to a new
 version. Each step prints what happened and where to look; then it waits (Enter or
@@ -95,15 +96,24 @@ def tell(story: Story, ns: str) -> None:
     say(f"{status}; {len(installed.objects)} objects:")
     block("\n".join(installed.objects))
     say(f"CRDs (the chart's crds/): {', '.join(installed.crds)}")
+    policy = next((o.split("/", 1)[1] for o in installed.objects
+                   if o.startswith("MutatingAdmissionPolicy/")), "")
+    injector = (f"mutatingadmissionpolicy {policy}" if policy
+                else f"mutatingwebhookconfiguration {installed.webhook_name}")
     look(f"helm -n {installed.namespace} status {installed.release}   (the chart's notes)",
-         f"kubectl get mutatingwebhookconfiguration {installed.webhook_name} -o yaml")
+         f"kubectl get {injector} -o yaml")
 
     title(3, "The operator, in its Deployment's pod")
     up = story.wait_for_operator()
     say(f"pod {up.pod} Ready (image {up.image}), as {up.identity}")
     command(f"kubectl -n {installed.namespace} get pods -o wide")
     block(up.pods_table)
-    say(f"webhook: {up.webhooks[0]}, registered by the operator")
+    if up.webhooks:
+        say(f"webhook: {up.webhooks[0]}, registered by the operator")
+    else:
+        say(f"injected by the API server: MutatingAdmissionPolicy {policy} "
+            "(the chart's injection.by=auto on a cluster that serves it): pods start while "
+            "no operator replica runs")
     look(f"kubectl -n {installed.namespace} logs {up.pod}   (the operator's log)")
 
     title(4, "Two fake providers, an AgentPool and a RoutingPolicy (kubectl apply -f)")
@@ -130,14 +140,14 @@ def tell(story: Story, ns: str) -> None:
     say("the app container's env gained: " +
         ", ".join(f"{k}={v}" for k, v in app.app_env.items()))
     say(f"Ready {app.ready_after:.0f}s after kubectl apply (the sidecar's startup probe "
-        f"waited for its config); events:")
+        f"waited for a config: its namespace's, or the operator's); events:")
     block("\n".join(app.events))
     command(f"kubectl -n {ns} get pod {app.pod} -o wide")
     block(app.pod_table)
 
     title(6, "The sidecar watched the operator for its config")
     configured = story.wait_for_config()
-    say("over TLS (the operator's CA pinned), with the pod's projected service-account "
+    say("over TLS (the operator's CA trusted), with the pod's projected service-account "
         "token, which the operator checks with a TokenReview")
     say(f"the sidecar serves config version {configured.version}: route "
         f"{configured.routes[0]}, {configured.strategy} over "

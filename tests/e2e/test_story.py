@@ -1,16 +1,23 @@
 """The whole story, end to end, on a real node and a real Jaeger.
 
-`helm install` of the chart with the images hack/images built; the operator running in
-its Deployment's pod (its RBAC the chart's, its webhook called by the API server through
-the Service); an AgentPool over two fake providers (the primary answering 529) and a
-fallback RoutingPolicy, applied with `kubectl apply -f`; the app's Deployment, labelled
-for injection: its pod gets the sidecar, whose startup probe holds the app until the
-operator's config arrives, then becomes Ready; the app's official openai SDK call to
-127.0.0.1:4000 answered by the secondary; headers, metrics and the trace in Jaeger
-showing the fallback; `round_robin` by kubectl spreading the traffic; the operator's pod
-deleted (the app keeps serving) and rescheduled (the status catches up); a rolling
-update of the app. The steps are tests/support/story.py's, which the demo prints
-(examples/story.py, `hack/demo`): the last test runs the demo itself.
+`helm install` of the chart, with its defaults, and the images hack/images built: on
+this Kubernetes 1.36 the API server injects the sidecar (injection.by=auto: the
+MutatingAdmissionPolicy); the operator running in its Deployment's pods (its RBAC the
+chart's), writing the namespace's ConfigMap `agent-router`; an AgentPool over two fake
+providers (the primary answering 529) and a fallback RoutingPolicy, applied with
+`kubectl apply -f`; the app's Deployment, labelled for injection: its pod gets the
+sidecar and becomes Ready; its sidecar's watch brings the operator's config; the app's
+official openai SDK call to 127.0.0.1:4000 answered by the secondary; headers, metrics and
+the trace in Jaeger showing the fallback; `round_robin` by kubectl spreading the
+traffic; the operator's pod deleted (the app keeps serving) and rescheduled (the status
+catches up); a rolling update of the app. Then no operator replica runs: a rolling
+update still gets a new pod, which starts and serves from the namespace's ConfigMap
+(the keys read from the mounted Secret files, which the fakes check); the operator
+back, a changed policy reaches that pod through its watch (to the operator's ClusterIP
+from the ConfigMap, no cluster DNS). Last, the operator's CA rotates twice: the kubelet
+brings each bundle into the running pod, whose watch keeps working once the CA it
+trusted before is gone. The steps are tests/support/story.py's, which the
+demo prints (examples/story.py, `hack/demo`): the last test runs the demo itself.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes import Fail
 from support.controlplane import Jaeger
 from support.node import Node, node_inputs
 from support.sockets import off_loopback
@@ -54,20 +62,24 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert cluster.otlp_endpoint == f"http://{cluster.node_ip}:{jaeger.otlp_http_port}"
     assert " Ready " in cluster.nodes_table
 
-    # helm install: the CRDs, RBAC, the Deployment with the built image, the webhook.
-    installed = story.install_chart()
+    # helm install with the defaults: the CRDs, RBAC, the Deployment with the built image,
+    # the Service the sidecars watch, and (the cluster serves it) the injection policy.
+    # (The operator checks its certificate every 2 s, for the CA rotation at the end.)
+    installed = story.install_chart(operator_env={"AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS": "2"})
     assert "STATUS: deployed" in installed.notes
+    assert "Injected by the API server" in installed.notes
     assert installed.crds == ["agentpools.agentrouter.io", "routingpolicies.agentrouter.io"]
     kinds = {o.split("/")[0] for o in installed.objects}
     assert {"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "Service",
-            "MutatingWebhookConfiguration"} <= kinds
+            "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"} <= kinds
+    assert "MutatingWebhookConfiguration" not in kinds
+    assert installed.injection == "policy" and installed.webhook_name == ""
 
-    # The operator runs in its pod, as the chart's service account, and registers the
-    # webhook.
+    # The operator runs in its pods, as the chart's service account; no webhook to call.
     up = story.wait_for_operator()
     assert up.image == cluster.images["agent-operator"]
     assert up.identity.startswith(f"system:serviceaccount:{installed.namespace}:")
-    assert up.webhooks == [f"inject-sidecar.{installed.webhook_name}"]
+    assert up.webhooks == []
     assert " Running " in up.pods_table
 
     # Fakes, then the AgentPool and RoutingPolicy with kubectl apply -f.
@@ -79,8 +91,8 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
         assert line in applied.output
     assert "type: fallback" in applied.texts["policy.yaml"]
 
-    # The app's Deployment: its pod comes back injected by the webhook (called by the API
-    # server through the operator's Service), and becomes Ready once configured.
+    # The app's Deployment (once the operator wrote the namespace's ConfigMap, which the
+    # policy takes as params): its pod comes back injected by the API server, and Ready.
     app = story.deploy_app()
     assert "agent-sidecar" not in app.manifest
     assert app.init_containers == ["agent-sidecar"]
@@ -93,6 +105,8 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     # No Secret in the pod, and only the health port declared: the admin port stays on the
     # pod's loopback (checked on the sidecar's own sockets below).
     assert "agent-router-token" not in app.volumes and "agent-sidecar-state" in app.volumes
+    # The ConfigMap's CA, address and configs, and the Secret keys they name, as files.
+    assert {"agent-router-identity", "agent-router-keys"} <= set(app.volumes)
     assert [p["name"] for p in app.sidecar["ports"]] == ["agent-health"]
     assert "AGENT_SIDECAR_ADMIN_HOST" not in app.sidecar_env
     _, row = app.pod_table.splitlines()  # kubectl get pod -o wide
@@ -107,8 +121,8 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert configured.status["configVersion"] == configured.hash
     assert configured.status["observedGeneration"] == 1
     # The config reached the sidecar through its watch on the operator, over TLS (the CA
-    # from the pod's annotation, the operator's name from the host alias) with the pod's
-    # token; the acknowledgement is what the status counts.
+    # and the operator's ClusterIP from the namespace's ConfigMap) with the pod's token;
+    # the acknowledgement is what the status counts.
     watched = story.wait_for_watch()
     # A refused token shows as a 401 answer (a word of its own: versions are long numbers).
     assert not [line for line in watched
@@ -211,12 +225,57 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert rolled.call.headers["x-agent-provider"] == "anthropic"  # fallback, primary healthy
     assert rolled.call.headers["x-agent-attempts"] == "1"
 
+    # No operator replica runs; the primary is overloaded again. A rolling update still
+    # gets its new pod: the API server injects it, its sidecar starts from the namespace's
+    # ConfigMap (keys as files from the mounted Secret), becomes Ready and serves.
+    mounted = story.namespace_config()
+    assert mounted is not None and mounted["keys"] == "llm-keys/anthropic,llm-keys/openai"
+    assert "api_key_file" in mounted["configs.json"] and "sk-" not in mounted["configs.json"]
+    assert story.scale_operator(0).endswith(" scaled")
+    story.fakes["anthropic"].set_default(Fail(529))
+    alone = story.roll_app("3", operator=False)
+    assert alone.new_pod != rolled.new_pod
+    assert 'deployment "chat" successfully rolled out' in alone.rollout
+    assert story.kubectl("get", "pod", alone.new_pod, "-n", story.namespace, "-o",
+                         "jsonpath={.spec.initContainers[*].name}") == "agent-sidecar"
+    assert alone.served["source"] == "namespace"
+    assert alone.call.pod == alone.new_pod
+    assert alone.call.answer == ANSWERS["openai"]  # claude (529), then gpt, each with its key
+    assert alone.call.headers["x-agent-attempts"] == "2"
+    claude, gpt = story.fakes["anthropic"], story.fakes["openai"]
+    assert claude.requests[-1].headers.get("x-api-key") == KEYS["anthropic"]
+    assert gpt.requests[-1].headers["authorization"] == f"Bearer {KEYS['openai']}"
+    assert "serving config version" in story.sidecar_log()
+
+    # The operator is back; the policy changes: the new pod's watch brings it.
+    story.scale_operator(2)
+    back = story.switch_strategy("round_robin", requests=2)
+    assert back.version > int(alone.served["version"])
+    assert sorted(back.providers) == ["anthropic", "openai"]
+    followed = story.sidecar_log()
+    assert "from the operator serves" in followed
+    assert not [line for line in followed.splitlines()
+                if "not trusted" in line or re.search(r"\b401\b", line)], followed[-3000:]
+
+    # The operator's CA rotates twice (a 30-second certificate written as a renewal
+    # would, then the operator's own renewal of it), each bundle keeping the previous CA:
+    # the kubelet brings each into the running pod's mounted file, and its watch still
+    # brings a change once the CA it trusted before is gone from that file.
+    rotated = story.rotate_ca()
+    assert rotated.first_ca not in rotated.mounted
+    assert rotated.mounted.startswith(rotated.renewed_ca) and rotated.short_ca in rotated.mounted
+    after = story.switch_strategy("fallback", requests=1)
+    assert after.version > back.version and after.providers == ["anthropic"]
+    assert "not trusted" not in story.sidecar_log()
+    print(f"CA rotation reached the pod in {rotated.seconds:.0f} s; log:\n"
+          + "\n".join(story.watch_log()[-12:]))
+
 
 # What the demo must print (each, somewhere in its output), so that it cannot rot.
 DEMO_LINES = [
     "STATUS: deployed",
     "node-0   Ready",
-    "webhook: inject-sidecar.agent-router-sidecar-injector.agentrouter.io",
+    "injected by the API server: MutatingAdmissionPolicy agent-router-inject",
     "initContainers: agent-sidecar",
     "routingpolicy.agentrouter.io/chat created",
     "export KUBECONFIG=",

@@ -17,7 +17,8 @@ CHART = ROOT / "helm" / "agent-router"
 RULES_FILE = CHART / "files" / "operator-rules.yaml"
 NAMESPACE_RULES_FILE = CHART / "files" / "operator-namespace-rules.yaml"
 
-# Every object the chart renders with its defaults (kind, name) for release "ar".
+# Every object the chart renders with its defaults (kind, name) for release "ar", where
+# `helm template` cannot see a cluster that serves admission policies (auto: the webhook).
 DEFAULT_KINDS = {
     "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
     "Deployment", "PodDisruptionBudget", "MutatingWebhookConfiguration", "Pod", "Lease",
@@ -26,7 +27,8 @@ DEFAULT_KINDS = {
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "CustomResourceDefinition", "ValidatingAdmissionPolicy",
-                  "ValidatingAdmissionPolicyBinding"}
+                  "ValidatingAdmissionPolicyBinding", "MutatingAdmissionPolicy",
+                  "MutatingAdmissionPolicyBinding"}
 CRD_DIR = CHART / "files" / "crds"  # copies of crds/, rendered by templates/crds.yaml
 
 # Values that change nearly everything (and pass the schema).
@@ -46,6 +48,7 @@ NON_DEFAULT: dict[str, Any] = {
     "serviceAccount": {"create": True, "name": "router-sa",
                        "annotations": {"example.com/role": "operator"}},
     "rbac": {"create": True, "aggregateToDefaultRoles": False},
+    "injection": {"by": "webhook"},  # auto picks the policy on a 1.36 cluster
     "webhook": {"name": "inject.router.agentrouter.io", "port": 10443, "timeoutSeconds": 5,
                 "failurePolicy": "Ignore", "excludeNamespaces": ["legacy"],
                 "annotations": {"example.com/owner": "platform"},

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from agent_operator.options import Options, parse
 from helm_support import (
     CHART,
     CLUSTER_SCOPED,
@@ -587,6 +588,67 @@ def test_template_variants(offline_helm: OfflineHelm) -> None:
     assert one(objects, "Deployment")["metadata"]["name"] == "agent-router-operator"
     assert one(objects, "MutatingWebhookConfiguration")["metadata"]["name"] == \
         "agent-router-sidecar-injector.agentrouter.io"
+
+
+# ---- who injects: injection.by ---------------------------------------------------------------
+
+SERVES_POLICY = ("--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")
+INJECTORS = {"MutatingWebhookConfiguration", "MutatingAdmissionPolicy",
+             "MutatingAdmissionPolicyBinding"}
+
+
+def injection(offline_helm: OfflineHelm, values: dict[str, Any] | None,
+              *extra: str) -> tuple[set[str], Options]:
+    """What injects the sidecar in the rendered chart, and the options the operator reads
+    from the args and environment the chart gives it."""
+    objects = offline_helm.render(values, *extra)
+    container = operator_container(objects)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return {o["kind"] for o in objects} & INJECTORS, parse(container["args"], env)
+
+
+@pytest.mark.controlplane
+@pytest.mark.parametrize(("values", "extra", "injector"), [
+    # auto: the cluster's API versions decide (helm install and upgrade ask the cluster)
+    (None, ("--kube-version", "1.35.0"), "webhook"),
+    # helm template knows only Helm's built-in list, which has no admission policy
+    # resource: a 1.36 version alone is not enough to know the API is served
+    (None, ("--kube-version", "1.36.3"), "webhook"),
+    (None, ("--kube-version", "1.36.3", *SERVES_POLICY), "policy"),
+    (None, SERVES_POLICY, "policy"),
+    # explicit choices stand, whatever the cluster serves
+    ({"injection": {"by": "webhook"}}, ("--kube-version", "1.36.3", *SERVES_POLICY), "webhook"),
+    ({"injection": {"by": "policy"}}, ("--kube-version", "1.36.3"), "policy"),
+    # no TLS port for the sidecars to watch: nothing injects, whatever injection.by says
+    ({"webhook": {"enabled": False}}, SERVES_POLICY, ""),
+    ({"webhook": {"enabled": False}, "injection": {"by": "policy"}}, SERVES_POLICY, ""),
+], ids=["auto-1.35", "auto-1.36-template", "auto-1.36-served", "auto-served",
+        "webhook-on-1.36", "policy-on-1.36", "no-webhook-auto", "no-webhook-policy"])
+def test_who_injects_reaches_the_operator(offline_helm: OfflineHelm,
+                                          values: dict[str, Any] | None, extra: tuple[str, ...],
+                                          injector: str) -> None:
+    """What was tried: `helm template` with each choice of injection.by against the API
+    versions a cluster serves: the chart renders one injector, and the operator, reading
+    the args and environment the chart gives it, keeps the namespace ConfigMaps only for
+    the policy and the webhook configuration's caBundle only for the webhook."""
+    kinds, options = injection(offline_helm, values, *extra)
+    expected = {"webhook": {"MutatingWebhookConfiguration"},
+                "policy": {"MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"},
+                "": set()}[injector]
+    assert kinds == expected
+    assert options.webhook is bool(injector)  # the TLS port the sidecars watch
+    assert options.namespace_configs is (injector == "policy")
+    assert options.webhook_configuration == (
+        "ar-agent-router-sidecar-injector.agentrouter.io" if injector == "webhook" else None)
+    if injector:
+        assert options.sidecar.operator_url == "https://ar-agent-router-webhook.ar-system.svc:9443"
+
+
+@pytest.mark.controlplane
+@pytest.mark.parametrize("kube", ["1.35.0", "1.36.3"])
+def test_lint_strict_on_either_side_of_1_36(offline_helm: OfflineHelm, kube: str) -> None:
+    proc = offline_helm.run("lint", "--strict", str(CHART), "--kube-version", kube)
+    assert "0 chart(s) failed" in proc.stdout, proc.stdout
 
 
 # ---- schema and checks ---------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The chart on real control planes (kube-apiserver + etcd, no kubelet: pods never run).
 
-* `helm install` with the defaults: every object is accepted by the apiserver;
-* the operator, run as a local process with the env the chart gives it and the identity
-  of the chart's service account (bound by the chart's ClusterRole), starts, fills in the
-  MutatingWebhookConfiguration the chart created, injects the chart's sidecar defaults and
-  reconciles an AgentPool and a RoutingPolicy to Ready; `helm upgrade` keeps what it wrote;
+* `helm install` with the defaults: every object is accepted by the apiserver, and on this
+  Kubernetes 1.36 the API server injects the sidecar (injection.by=auto: the policy);
+* upgraded to injection.by=webhook, the operator, run as a local process with the env the
+  chart gives it and the identity of the chart's service account (bound by the chart's
+  ClusterRole), starts, fills in the MutatingWebhookConfiguration the chart created,
+  injects the chart's sidecar defaults and reconciles an AgentPool and a RoutingPolicy to
+  Ready; `helm upgrade` keeps what it wrote;
 * a second, separate control plane gets an install with non-default values (cert-manager,
   PodMonitor, 3 replicas) side by side, then `helm upgrade` and `helm uninstall`, after
   which only the CRDs remain.
@@ -147,13 +149,19 @@ def test_install_with_defaults_every_object_is_accepted(release_a: Release) -> N
     assert {o["kind"] for o in objects} - {"CustomResourceDefinition"} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
         "Deployment", "PodDisruptionBudget", "Lease", "ConfigMap", "Secret",
-        "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding"}
+        "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    # helm install saw the cluster serve admission policies: the operator keeps the
+    # namespaces' ConfigMaps and no webhook configuration.
+    env = container_env(release_a.deployment())
+    assert env["AGENT_OPERATOR_NAMESPACE_CONFIGS"] == "true"
+    assert "AGENT_OPERATOR_WEBHOOK_NAME" not in env
     assert CRDS <= crds_established(cp)
     status = release_a.helm("status", release_a.name, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
     notes = release_a.helm("get", "notes", release_a.name).stdout
     assert 'agentrouter.io/inject: "true"' in notes and "keeps the CRDs" in notes
+    assert "Injected by the API server" in notes and "injection.by=auto" in notes
 
     # Namespace users: bound to the chart's aggregated roles (the aggregation itself is
     # the controller-manager's, which does not run here), `edit` manages pools and
@@ -288,7 +296,13 @@ def condition(cp: ControlPlane, kind: str, name: str, namespace: str, type_: str
 
 def test_operator_runs_with_the_charts_identity_and_reconciles(release_a: Release) -> None:
     cp = release_a.cp
+    # The webhook, chosen explicitly: the upgrade swaps the policy for it.
+    out = release_a.upgrade("--reuse-values", "--set", "injection.by=webhook").stdout
+    assert "Injected by the operator's webhook (injection.by=webhook)" in out, out
+    kinds = {o["kind"] for o in release_a.manifest()}
+    assert "MutatingWebhookConfiguration" in kinds and "MutatingAdmissionPolicy" not in kinds
     env = container_env(release_a.deployment())
+    assert "AGENT_OPERATOR_NAMESPACE_CONFIGS" not in env
     webhook_name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
     mwc = cp.get_json("mutatingwebhookconfiguration", webhook_name)
     assert "caBundle" not in mwc["webhooks"][0]["clientConfig"], "the operator's to set"

@@ -87,7 +87,7 @@ def webhook_configuration(cp: Any, name: str, url: str) -> None:
                "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}}])
     rendered = cp.helm("template", "agent-router", str(CHART), "--namespace", OPERATOR_NS,
                        "--show-only", "templates/webhookconfigurations.yaml",
-                       "--set", f"webhook.name={name}").stdout
+                       "--set", "injection.by=webhook", "--set", f"webhook.name={name}").stdout
     config = yaml.safe_load(rendered)
     for webhook in config["webhooks"]:
         webhook["clientConfig"] = {"url": url + webhook["clientConfig"]["service"]["path"]}

@@ -302,3 +302,27 @@ def test_a_ca_rotation_reaches_a_running_sidecar_through_its_mounted_bundle(
                 sidecar.stop()
     finally:
         stop.set()
+
+
+def test_a_namespace_with_only_a_pool_has_its_config_map_and_admits_opted_in_pods(
+        control_plane: Any, operator: OperatorProcess, policy: str, namespace: str) -> None:
+    """What was tried: an AgentPool alone in a namespace, no RoutingPolicy yet. The operator
+    writes the namespace's ConfigMap all the same (its CA and address, no document), so the
+    API server injects an opted-in pod there instead of refusing it for want of params;
+    that pod's sidecar waits for the watch, as one whose labels no policy selects."""
+    cp = control_plane
+    cp.kubectl("delete", "mutatingwebhookconfiguration", operator.webhook_name)
+    cp.kubectl("label", "namespace", namespace, f"{MARK}={policy}")
+    with FakeProvider("openai").running() as fake:
+        pool = next(r for r in _resources(fake) if r["kind"] == "AgentPool")
+        cp.apply(pool, namespace)
+        data = _config_map(cp, namespace)
+    assert json.loads(data["configs.json"]) == {"policies": {}, "configs": {}}
+    assert data["keys"] == "" and data["address"] == "127.0.0.1"
+    secret = cp.get_json("secret", CERT_SECRET, namespace=OPERATOR_NS)
+    assert data["ca.crt"] == base64.b64decode(secret["data"]["ca.crt"]).decode()
+    wait_for(lambda: _created(cp, namespace, "chat-0"), 30,
+             "the pod created, injected by the API server")
+    volumes = cp.get_json("pod", "chat-0", namespace=namespace)["spec"]["volumes"]
+    sources = [s for v in volumes for s in (v.get("projected") or {}).get("sources") or []]
+    assert any((s.get("configMap") or {}).get("name") == "agent-router" for s in sources)

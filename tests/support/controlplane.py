@@ -861,10 +861,36 @@ def start_control_plane(
                 lambda: http.get(f"{server}/readyz").status_code == 200,
                 timeout=START_TIMEOUT, what="kube-apiserver /readyz", procs=[etcd, apiserver],
             )  # fmt: skip
+        plane.apply(CONFIG_MAP_PARAMS_KEEPER)
     except BaseException:
         plane.stop()
         raise
     return plane
+
+
+# Kubernetes v1.36.3 stops its informer of ConfigMap params for good once no admission
+# policy binding uses them for a moment (kubernetes/kubernetes#130887): a policy bound
+# later finds no ConfigMap created after that. The chart's injection policy (the default
+# on 1.36) is bound and unbound by every install and uninstall, so each API server the
+# tests start holds, for its whole life, this policy and binding that use ConfigMap
+# params and match no pod: the tests' outcome cannot depend on their order.
+CONFIG_MAP_PARAMS_KEEPER: list[dict[str, Any]] = [
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+     "metadata": {"name": "agent-router-test-keeps-configmap-params"},
+     "spec": {"paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+              "matchConstraints": {
+                  "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                     "operations": ["CREATE"], "resources": ["pods"]}],
+                  "objectSelector": {"matchLabels": {"agent-router-test/never": "true"}}},
+              "reinvocationPolicy": "Never",
+              "mutations": [{"patchType": "ApplyConfiguration",
+                             "applyConfiguration": {"expression": "Object{}"}}]}},
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+     "metadata": {"name": "agent-router-test-keeps-configmap-params"},
+     "spec": {"policyName": "agent-router-test-keeps-configmap-params",
+              "paramRef": {"name": "agent-router-test-never",
+                           "parameterNotFoundAction": "Allow"}}},
+]
 
 
 def external_control_plane(workdir: Path, assets: Path, kubeconfig: Path) -> ControlPlane:

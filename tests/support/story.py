@@ -5,9 +5,9 @@ cannot drift apart.
     story = Story(node, jaeger)            # in pytest: the session's node and Jaeger
     story = Story().start()                # anywhere else: starts its own (tests/support/node.py)
     story.install_chart()                  # helm install with the images hack/images built
-    story.wait_for_operator()              # the operator's pod Ready, its webhook registered
+    story.wait_for_operator()              # the operator's pods Ready (and its webhook, if used)
     story.start_fakes(); story.apply_pool_and_policy()
-    story.deploy_app()                     # the app's pod, injected, Ready once configured
+    story.deploy_app()                     # the app's pod, injected, Ready
     story.wait_for_config()                # its sidecar watched it; the policy says 1/1 synced
     call = story.ask()                     # the app's openai SDK call, through its sidecar
     story.metrics(); story.find_trace(call.trace_id)
@@ -15,6 +15,9 @@ cannot drift apart.
     story.delete_operator_pod(); story.apply_policy("fallback")
     story.wait_for_new_operator()          # rescheduled; status catches up
     story.roll_app()                       # a rolling update: a new pod, configured, serving
+    story.scale_operator(0); story.roll_app("3", operator=False)  # a new pod, no operator
+    story.scale_operator(2)                # back: the pod's watch follows
+    story.rotate_ca()                      # the pod's mounted CA bundle follows two rotations
     story.close()
 
 Each step returns a dataclass saying what happened; nothing here asserts or prints.
@@ -29,7 +32,9 @@ the sidecar wrote to its state directory, as `kubectl exec` into the sidecar wou
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -44,6 +49,8 @@ from typing import Any
 
 import httpx
 import yaml
+from agent_operator.certs import ServingCert, issue
+from agent_operator.inject import IDENTITY_DIR
 
 from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
 from support.node import NODE_BINARIES, Node, find_images, start_node
@@ -107,7 +114,8 @@ class Installed:
     notes: str  # what `helm install` printed
     objects: list[str]  # kind/name of every object of the release
     crds: list[str]
-    webhook_name: str
+    webhook_name: str  # "" when the API server injects (injection by the policy)
+    injection: str  # who injects, as the chart decided: "policy" or "webhook"
     values: dict[str, str]
 
 
@@ -278,12 +286,22 @@ class Recovered:
 
 
 @dataclass
+class Rotated:
+    first_ca: str  # PEM: the CA the followed pod trusted before
+    short_ca: str  # the 30-second CA the story wrote, as a renewal would
+    renewed_ca: str  # the CA of the operator's own renewal of it
+    mounted: str  # the pod's mounted ca.crt once it followed both
+    seconds: float  # from the first rotation to the pod's file without the first CA
+
+
+@dataclass
 class RolledOut:
     old_pod: str
     new_pod: str
     command: str
     rollout: str  # kubectl rollout status
-    status: dict[str, Any]  # the RoutingPolicy's status afterwards
+    status: dict[str, Any]  # the RoutingPolicy's status afterwards ({} with no operator)
+    served: dict[str, Any]  # what the new pod's sidecar serves (its version and source)
     call: AppCall  # answered by the new pod
 
 
@@ -307,7 +325,7 @@ class Story:
         self.pod = ""  # the app pod the story watches
         self._relays: dict[int, tuple[Relay, int]] = {}  # sidecar pid: into its pod
         self.operator_pod = ""
-        self.injection = "webhook"  # who injects the sidecar: the chart's injection.by
+        self.injection = ""  # who injects the sidecar, as the chart decided (install_chart)
 
     # -- 0. a node and Jaeger -----------------------------------------------------------------
 
@@ -355,8 +373,10 @@ class Story:
 
     # -- 1. helm install ---------------------------------------------------------------------
 
-    def install_chart(self, **more: str) -> Installed:
-        """`more`: chart values besides the story's (e.g. `{"injection.by": "policy"}`)."""
+    def install_chart(self, operator_env: dict[str, str] | None = None,
+                      **more: str) -> Installed:
+        """`more`: chart values besides the story's (e.g. `{"injection.by": "webhook"}`);
+        `operator_env`: the operator's extra environment (operator.extraEnv)."""
         cp, images = self._cp, self._node.images
         cp.create_namespace(self.system_namespace)
         operator_repo, operator_tag = images["agent-operator"].rsplit(":", 1)
@@ -372,8 +392,10 @@ class Story:
             "operator.peeringLifetimeSeconds": "10",
             **more,
         }
-        self.injection = values.get("injection.by", "webhook")
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+        if operator_env:
+            extra = json.dumps([{"name": k, "value": v} for k, v in operator_env.items()])
+            sets += ["--set-json", f"operator.extraEnv={extra}"]
         try:
             out = cp.helm("install", self.release, str(CHART), "--namespace",
                           self.system_namespace, "--wait=false", *sets).stdout
@@ -387,13 +409,16 @@ class Story:
                       if c["spec"]["group"] == "agentrouter.io")
         webhook = next((o["metadata"]["name"] for o in manifest
                         if o["kind"] == "MutatingWebhookConfiguration"), "")
+        # injection.by=auto: the policy when this cluster serves it (helm asked it)
+        self.injection = "policy" if any(o["kind"] == "MutatingAdmissionPolicy"
+                                         for o in manifest) else "webhook"
         command = (f"helm install {self.release} helm/agent-router --namespace "
                    f"{self.system_namespace} "
                    + " ".join(f"--set {k}={v}" for k, v in values.items()))
         return Installed(
             release=self.release, namespace=self.system_namespace, command=command,
             notes=out, objects=[f"{o['kind']}/{o['metadata']['name']}" for o in manifest],
-            crds=crds, webhook_name=webhook, values=values)
+            crds=crds, webhook_name=webhook, injection=self.injection, values=values)
 
     # -- 2. the operator's pod -------------------------------------------------------------------
 
@@ -407,10 +432,15 @@ class Story:
             "deployment", "-l", f"app.kubernetes.io/instance={self.release}",
             namespace=self.system_namespace)["items"][0])
 
+    def _operator_env(self) -> dict[str, str]:
+        container = self._deployment()["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
     def wait_for_operator(self, not_pod: str = "") -> OperatorUp:
         """Every pod of the operator's Deployment Ready (the startup probe is kopf's
-        /healthz) and the webhook it registers in the chart's configuration. `not_pod`: a
-        pod that must be gone. The story follows the first pod."""
+        /healthz) and, with injection by the webhook, the webhook it registers in the
+        chart's configuration. `not_pod`: a pod that must be gone. The story follows the
+        first pod."""
 
         def up() -> list[dict[str, Any]] | None:
             pods = self._operator_pods()
@@ -422,10 +452,7 @@ class Story:
             return ready if len(ready) == len(live) == wanted else None
 
         pod = self._wait(up, "the operator's pods Ready")[0]
-        deploy = self._deployment()
-        env = {e["name"]: e.get("value", "") for e in
-               deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-        name = env["AGENT_OPERATOR_WEBHOOK_NAME"]
+        name = self._operator_env().get("AGENT_OPERATOR_WEBHOOK_NAME", "")
         found = self._wait(lambda: self._cp.get_json("mutatingwebhookconfiguration", name)
                            .get("webhooks"), "the operator's webhook in the chart's configuration"
                            ) if self.injection == "webhook" else []
@@ -528,7 +555,20 @@ class Story:
         return list(self._cp.get_json("pods", "-l", f"app={APP}", namespace=self.namespace)
                     ["items"])
 
+    def namespace_config(self) -> dict[str, str] | None:
+        """The data of the namespace's ConfigMap `agent-router` once it holds a document
+        for the story's policy (what the pods the API server injects start from)."""
+        found = self._cp.get_json("configmaps", namespace=self.namespace)["items"]
+        data = next((c.get("data") for c in found if c["metadata"]["name"] == "agent-router"),
+                    None)
+        return dict(data) if data and POLICY in json.loads(data["configs.json"])["configs"] \
+            else None
+
     def deploy_app(self) -> AppUp:
+        if self.injection == "policy":
+            # The API server refuses opted-in pods of a namespace without the ConfigMap
+            # (its controller would retry, with a growing delay).
+            self._wait(self.namespace_config, "the namespace's ConfigMap agent-router")
         text = self.app_manifest()
         path = self._write("app.yaml", text)
         started = time.monotonic()
@@ -633,7 +673,10 @@ class Story:
         return status if ok else None
 
     def wait_for_config(self) -> Configured:
-        served = self._wait(self.served, "the config the sidecar watched for")
+        # Not the document a pod injected by the API server starts from (source
+        # "namespace"): the one its watch brought.
+        served = self._wait(lambda: (s := self.served()) and s["source"] == "push" and s,
+                            "the config the sidecar watched for")
         status = self._wait(self._synced, "RoutingPolicy Ready with 1/1 pods synced")
         return Configured(int(served["version"]), str(served["config"]["metadata"]["hash"]),
                           list(served["routes"]), self._strategy(served),
@@ -778,11 +821,13 @@ class Story:
 
     # -- 11. a rolling update of the app ------------------------------------------------------------------
 
-    def roll_app(self) -> RolledOut:
+    def roll_app(self, version: str = "2", operator: bool = True) -> RolledOut:
         """A new version of the app's pod template: the Deployment starts a new pod (injected,
-        configured by the operator, Ready) before it stops the old one."""
+        configured, Ready) before it stops the old one. `operator=False`: no operator
+        replica runs, the new pod starts from its namespace's ConfigMap (nothing to wait
+        for in the policy's status)."""
         old = self.pod
-        text = self.app_manifest(version="2")
+        text = self.app_manifest(version=version)
         path = self._write("app.yaml", text)
         self.kubectl("apply", "-n", self.namespace, "-f", str(path))
         rollout = self._cp.kubectl("rollout", "status", f"deployment/{APP}", "-n",
@@ -794,9 +839,68 @@ class Story:
             f"the old pod {old} gone")
         new = self._wait_ready(pods[0]["metadata"]["name"])
         self._app_up(text, new, 0.0)
-        status = self._wait(self._synced, "the RoutingPolicy synced to the new pod")
+        status = self._wait(self._synced, "the RoutingPolicy synced to the new pod") \
+            if operator else {}
+        served = self._wait(self.served, "the new pod's config")
         return RolledOut(old, self.pod, f"kubectl -n {self.namespace} apply -f app.yaml   "
-                         "# APP_VERSION=2", rollout.strip(), status, self.ask())
+                         f"# APP_VERSION={version}", rollout.strip(), status, served,
+                         self.ask())
+
+    # -- 12. no operator replica runs, then it is back ----------------------------------------------
+
+    def scale_operator(self, replicas: int) -> str:
+        """kubectl scale the operator's Deployment; 0: until no pod of it is left, else
+        until every replica is Ready. What kubectl printed."""
+        deployment = self._deployment()["metadata"]["name"]
+        out = self.kubectl("scale", "deployment", deployment, "-n", self.system_namespace,
+                           f"--replicas={replicas}")
+        if replicas == 0:
+            self._wait(lambda: not self._operator_pods(), "no operator pod left")
+        else:
+            self.wait_for_operator()
+        return out.strip()
+
+    # -- 13. the operator's CA rotates -----------------------------------------------------------------
+
+    def rotate_ca(self) -> Rotated:
+        """Two rotations of the operator's CA, each bundle keeping the previous CA: the
+        story writes into the operator's Secret a CA and certificate valid for 30 s,
+        issued by the operator's own code as its renewal would; the operator (checking
+        the Secret every AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it and renews
+        it itself with a third of its life left. Waits until the followed pod's mounted
+        ca.crt (the namespace ConfigMap's, refreshed by the kubelet) holds the operator's
+        renewed CA and no longer the one the pod trusted before."""
+        env = self._operator_env()
+        namespace, name = env["AGENT_OPERATOR_WEBHOOK_CERT_SECRET"].split("/")
+        hosts = env["AGENT_OPERATOR_WEBHOOK_HOSTS"].split(",")
+
+        def ca_of_secret() -> tuple[str, ServingCert | None]:
+            data = self._cp.get_json("secret", name, namespace=namespace).get("data") or {}
+            cert = ServingCert.from_data({k: base64.b64decode(v).decode()
+                                          for k, v in data.items()})
+            return (_first_pem(cert.ca_bundle) if cert else ""), cert
+
+        first, current = ca_of_secret()
+        if current is None:
+            raise StoryError(f"no certificate in {namespace}/{name} yet")
+        started = time.monotonic()
+        short = issue(hosts, datetime.timedelta(seconds=30), current)
+        patch = {"data": {k: base64.b64encode(v.encode()).decode()
+                          for k, v in short.as_data().items()}}
+        self.kubectl("patch", "secret", name, "-n", namespace, "--type", "merge", "-p",
+                     json.dumps(patch))
+        short_ca = _first_pem(short.ca_bundle)
+        renewed = self._wait(lambda: (ca := ca_of_secret()[0]) not in (first, short_ca) and ca,
+                             "the operator's own renewal of the 30-second certificate")
+        mounted_file = _inside(Path(f"/proc/{self.sidecar_pid()}/root"), f"{IDENTITY_DIR}/ca.crt")
+        mounted = self._wait(
+            lambda: (text := mounted_file.read_text()) and renewed in text
+            and first not in text and text, "the pod's mounted CA bundle following both")
+        return Rotated(first, short_ca, renewed, mounted, time.monotonic() - started)
+
+    def sidecar_log(self) -> str:
+        """The log of the followed pod's sidecar (kubectl logs -c agent-sidecar)."""
+        return self.kubectl("logs", "-n", self.namespace, self.pod, "-c", "agent-sidecar")
 
     # -- the end ------------------------------------------------------------------------------------------
 
@@ -863,6 +967,24 @@ class Story:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _inside(root: Path, path: str) -> Path:
+    """`path` as a process whose root is `root` sees it: an absolute symlink on the way
+    (the image's /var/run -> /run) points into its root, not this machine's."""
+    here = root
+    for part in Path(path).parts[1:]:
+        here = here / part
+        while here.is_symlink():
+            target = os.readlink(here)
+            here = root / target.lstrip("/") if target.startswith("/") else here.parent / target
+    return here
+
+
+def _first_pem(bundle: bytes) -> str:
+    """The first certificate of a PEM bundle (the newest CA of the operator's)."""
+    end = "-----END CERTIFICATE-----"
+    return bundle.decode().split(end)[0] + end
 
 
 def _ready(pod: dict[str, Any]) -> bool:

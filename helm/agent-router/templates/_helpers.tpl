@@ -114,6 +114,25 @@ one the operator keeps. */}}
 {{- if not (or .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret) }}true{{ end }}
 {{- end }}
 
+{{/*
+Who injects the sidecar into opted-in pods: "policy" (the API server's
+MutatingAdmissionPolicy), "webhook" (the operator's webhook), or "" (no injection:
+webhook.enabled=false, the operator serves no TLS port for the sidecars to watch).
+`auto` asks the cluster: `helm install` and `helm upgrade` see the API versions it
+serves; `helm template` sees only Helm's built-in list and `--api-versions`.
+*/}}
+{{- define "agent-router.injectionBy" -}}
+{{- if .Values.webhook.enabled }}
+{{- if ne .Values.injection.by "auto" }}
+{{- .Values.injection.by }}
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}
+{{- "policy" }}
+{{- else }}
+{{- "webhook" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* image: repository:tag or repository@digest; call with (list .Values.x.image .Chart) */}}
 {{- define "agent-router.image" -}}
 {{- $image := index . 0 -}}
@@ -151,6 +170,9 @@ Checks that a schema cannot express (they depend on more than one value).
 {{- end }}
 {{- if and .Values.webhook.certManager.enabled .Values.webhook.existingCertSecret }}
 {{- fail "set either webhook.certManager.enabled or webhook.existingCertSecret, not both" }}
+{{- end }}
+{{- if and (eq (include "agent-router.injectionBy" .) "policy") (not (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")) (not (semverCompare ">=1.36.0-0" .Capabilities.KubeVersion.Version)) }}
+{{- fail "injection.by=policy needs Kubernetes 1.36 or later (MutatingAdmissionPolicy in admissionregistration.k8s.io/v1); injection.by=auto picks the webhook where it is not served" }}
 {{- end }}
 {{- end }}
 
