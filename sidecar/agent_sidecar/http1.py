@@ -110,6 +110,7 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_close = False  # the body ends when the connection does
+        self._interim = False  # reading a 1xx answer (103 Early Hints): the real one follows
         self.error: AgentError | None = None
         self.status = 0
         self.headers: CIMultiDictProxy[str] = NO_HEADERS
@@ -168,7 +169,12 @@ class Connection(asyncio.Protocol):
         self._raw.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True
+            self._raw.clear()
+            return
+        self.status = status
         headers = CIMultiDict(self._raw)
         self.headers = CIMultiDictProxy(headers)
         self.headers_done = True
@@ -193,6 +199,9 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self._finish()
 

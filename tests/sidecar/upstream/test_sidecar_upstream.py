@@ -175,6 +175,17 @@ async def test_a_chunked_answer_is_joined_and_its_connection_kept(serve, client)
     assert upstream.accepted == 1
 
 
+async def test_an_interim_answer_is_passed_over_for_the_real_one(serve, client) -> None:
+    """A 103 Early Hints before the answer: the caller gets the 200 and its headers only."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    upstream = await serve(always(early + ok(b"real", "X-Answer: final")))
+    for _ in range(2):
+        reply = await client.send_async(post(upstream.url()), 5.0)
+        assert (reply.status, reply.body, reply.headers["x-answer"]) == (200, b"real", "final")
+        assert "link" not in reply.headers
+    assert upstream.accepted == 1
+
+
 async def test_a_pooled_connection_the_server_closed_is_retried_once(serve, client) -> None:
     """The server answers the first call, then closes that connection (an end of stream,
     no answer) when the second call arrives on it: the call goes again on a new
