@@ -65,8 +65,11 @@ class Upstream:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    (int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                     if line.lower().startswith(b"content-length:")),
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
                     0,
                 )
                 turn += 1
@@ -172,6 +175,17 @@ async def test_a_chunked_answer_is_joined_and_its_connection_kept(serve, client)
     assert upstream.accepted == 1
 
 
+async def test_an_interim_answer_is_passed_over_for_the_real_one(serve, client) -> None:
+    """A 103 Early Hints before the answer: the caller gets the 200 and its headers only."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    upstream = await serve(always(early + ok(b"real", "X-Answer: final")))
+    for _ in range(2):
+        reply = await client.send_async(post(upstream.url()), 5.0)
+        assert (reply.status, reply.body, reply.headers["x-answer"]) == (200, b"real", "final")
+        assert "link" not in reply.headers
+    assert upstream.accepted == 1
+
+
 async def test_a_pooled_connection_the_server_closed_is_retried_once(serve, client) -> None:
     """The server answers the first call, then closes that connection (an end of stream,
     no answer) when the second call arrives on it: the call goes again on a new
@@ -210,7 +224,9 @@ async def test_a_reset_after_the_request_is_not_sent_again(serve, client) -> Non
     async def reset_second(received: Received, writer: asyncio.StreamWriter) -> bytes | None:
         if received.turn == 2:
             linger_zero = struct.pack("ii", 1, 0)  # close with a reset, not an end of stream
-            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, linger_zero
+            )
             writer.transport.abort()
             return None
         return ok()
@@ -347,8 +363,9 @@ async def test_past_its_in_flight_limit_a_request_waits_for_one_to_finish(serve)
     upstream = await serve(held)
     client = UpstreamTransport(in_flight=2)
     try:
-        calls = [asyncio.ensure_future(client.send_async(post(upstream.url()), 5.0))
-                 for _ in range(3)]
+        calls = [
+            asyncio.ensure_future(client.send_async(post(upstream.url()), 5.0)) for _ in range(3)
+        ]
         for _ in range(100):
             if len(upstream.requests) == 2:
                 break
@@ -380,8 +397,10 @@ async def test_a_slow_reader_of_a_large_stream_holds_a_bounded_buffer(serve, cli
     count = 8192
 
     async def flood(_: Received, writer: asyncio.StreamWriter) -> bytes:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for _ in range(count):
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
@@ -401,7 +420,9 @@ async def test_a_slow_reader_of_a_large_stream_holds_a_bounded_buffer(serve, cli
     assert upstream.accepted == 1  # read to its end, the connection went back
 
 
-async def test_a_stream_closed_midway_hangs_up_and_one_read_to_the_end_is_kept(serve, client) -> None:
+async def test_a_stream_closed_midway_hangs_up_and_one_read_to_the_end_is_kept(
+    serve, client
+) -> None:
     async def events(received: Received, writer: asyncio.StreamWriter) -> bytes | None:
         if received.connection == 1 and received.turn == 1:
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -427,9 +448,12 @@ async def test_a_stream_closed_midway_hangs_up_and_one_read_to_the_end_is_kept(s
 
 async def test_an_error_status_on_a_stream_is_a_whole_reply(serve, client) -> None:
     body = b'{"error": {"message": "slow down"}}'
-    upstream = await serve(always(
-        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(body), body)))
+    upstream = await serve(
+        always(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+    )
     reply = await client.open_stream_async(streaming(post(upstream.url())), 5.0)
     assert isinstance(reply, Reply)
     assert (reply.status, reply.headers["Retry-After"], reply.body) == (429, "2", body)
@@ -438,8 +462,9 @@ async def test_an_error_status_on_a_stream_is_a_whole_reply(serve, client) -> No
 async def test_a_large_error_body_on_a_stream_is_read_whole(serve, client) -> None:
     """An error answer bigger than a stream's read-ahead limit still arrives whole."""
     body = b'{"error": "' + b"e" * (3 * _HIGH_WATER) + b'"}'
-    upstream = await serve(always(
-        b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)))
+    upstream = await serve(
+        always(b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    )
     reply = await client.open_stream_async(streaming(post(upstream.url())), 5.0)
     assert isinstance(reply, Reply) and (reply.status, reply.body) == (500, body)
 
