@@ -264,7 +264,8 @@ class Switched:
 class OperatorDeleted:
     pod: str
     output: str  # what kubectl delete printed
-    during: AppCall  # a request made right after, while no operator runs
+    during: AppCall  # a request made right after, while the Deployment replaces the pod
+    others: list[str]  # the operator's pods that still run (the chart runs two replicas)
 
 
 @dataclass
@@ -276,7 +277,7 @@ class PolicyChanged:
 
 @dataclass
 class Recovered:
-    pod: str  # the operator's new pod
+    pod: str  # the operator's new pod, the deleted one's replacement
     status: dict[str, Any]
     generation: int
     served_strategy: str
@@ -325,6 +326,7 @@ class Story:
         self.pod = ""  # the app pod the story watches
         self._relays: dict[int, tuple[Relay, int]] = {}  # sidecar pid: into its pod
         self.operator_pod = ""
+        self._replaced: set[str] = set()  # the operator's pods when one was deleted
         self.injection = ""  # who injects the sidecar, as the chart decided (install_chart)
 
     # -- 0. a node and Jaeger -----------------------------------------------------------------
@@ -801,14 +803,19 @@ class Story:
         """kubectl delete the operator's pod (its Deployment makes a new one) and, while
         that one starts, a request to the app."""
         pod = self.operator_pod
+        others = [p["metadata"]["name"] for p in self._operator_pods()
+                  if p["metadata"]["name"] != pod]
+        self._replaced = {pod, *others}
         out = self.kubectl("delete", "pod", pod, "-n", self.system_namespace, "--wait=false")
-        return OperatorDeleted(pod, out.strip(), self.ask())
+        return OperatorDeleted(pod, out.strip(), self.ask(), others)
 
     def wait_for_new_operator(self) -> Recovered:
         """The Deployment's new pod Ready; the RoutingPolicy's status caught up with what
         changed meanwhile (observedGeneration current, 1/1 synced, Ready)."""
         old = self.operator_pod
         self.wait_for_operator(not_pod=old)
+        self.operator_pod = next(name for p in self._operator_pods()
+                                 if (name := p["metadata"]["name"]) not in self._replaced)
         status = self._wait(self._synced, "the RoutingPolicy status to catch up")
         obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
         served = self._wait(lambda: (s := self.served()) and s["config"]["metadata"]["hash"]
