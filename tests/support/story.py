@@ -874,7 +874,9 @@ class Story:
         story writes into the operator's Secret a CA and certificate valid for 30 s,
         issued by the operator's own code as its renewal would; the operator (checking
         the Secret every AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it and renews
-        it itself with a third of its life left. Waits until the followed pod's mounted
+        it itself with a third of its life left, publishing the renewed CA at once and
+        serving its certificate 5 s later (halfway to the 30-second one's expiry, sooner
+        than the chart's propagation time). Waits until the followed pod's mounted
         ca.crt (the namespace ConfigMap's, refreshed by the kubelet) holds the operator's
         renewed CA and no longer the one the pod trusted before."""
         env = self._operator_env()
