@@ -258,9 +258,10 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert not [line for line in followed.splitlines()
                 if "not trusted" in line or re.search(r"\b401\b", line)], followed[-3000:]
 
-    # The operator's CA rotates twice (a 30-second certificate written as a renewal
-    # would, then the operator's own renewal of it), each bundle keeping the previous CA:
-    # the kubelet brings each into the running pod's mounted file, and its watch still
+    # The operator's CA rotates twice (a 150-second certificate written as a renewal
+    # would, then the operator's own renewal of it), each bundle keeping the previous CA
+    # and published before its certificate is served: the kubelet brings each into the
+    # running pod's mounted file in time (no handshake ever fails), and its watch still
     # brings a change once the CA it trusted before is gone from that file.
     rotated = story.rotate_ca()
     assert rotated.first_ca not in rotated.mounted

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 import yaml
-from agent_operator.certs import ServingCert, issue
+from agent_operator.certs import Renewal, ServingCert, issue
 from agent_operator.inject import IDENTITY_DIR
 
 from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
@@ -289,7 +289,7 @@ class Recovered:
 @dataclass
 class Rotated:
     first_ca: str  # PEM: the CA the followed pod trusted before
-    short_ca: str  # the 30-second CA the story wrote, as a renewal would
+    short_ca: str  # the 150-second CA the story wrote, as a renewal would
     renewed_ca: str  # the CA of the operator's own renewal of it
     mounted: str  # the pod's mounted ca.crt once it followed both
     seconds: float  # from the first rotation to the pod's file without the first CA
@@ -871,12 +871,13 @@ class Story:
 
     def rotate_ca(self) -> Rotated:
         """Two rotations of the operator's CA, each bundle keeping the previous CA: the
-        story writes into the operator's Secret a CA and certificate valid for 30 s,
-        issued by the operator's own code as its renewal would; the operator (checking
-        the Secret every AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it and renews
-        it itself with a third of its life left, publishing the renewed CA at once and
-        serving its certificate 5 s later (halfway to the 30-second one's expiry, sooner
-        than the chart's propagation time). Waits until the followed pod's mounted
+        story writes into the operator's Secret a CA and certificate valid for 150 s,
+        issued by the operator's own code, as its renewal would (the CA published, the
+        certificate waiting 25 s); the operator (checking the Secret every
+        AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it then and renews it itself
+        with a third of its life left, publishing the renewed CA at once and serving its
+        certificate 25 s later (halfway to the 150-second one's expiry, sooner than the
+        chart's propagation time). Waits until the followed pod's mounted
         ca.crt (the namespace ConfigMap's, refreshed by the kubelet) holds the operator's
         renewed CA and no longer the one the pod trusted before."""
         env = self._operator_env()
@@ -893,14 +894,19 @@ class Story:
         if current is None:
             raise StoryError(f"no certificate in {namespace}/{name} yet")
         started = time.monotonic()
-        short = issue(hosts, datetime.timedelta(seconds=30), current)
+        # As the operator's renewal does: the CA published now, its certificate served
+        # only once the kubelet (syncing every 10 s here) can have brought it into the pod.
+        short = issue(hosts, datetime.timedelta(seconds=150), current)
+        publishing = ServingCert(short.ca_bundle, current.cert, current.key)
+        waiting = Renewal(short, datetime.datetime.now(datetime.UTC)
+                          + datetime.timedelta(seconds=25))
         patch = {"data": {k: base64.b64encode(v.encode()).decode()
-                          for k, v in short.as_data().items()}}
+                          for k, v in {**publishing.as_data(), **waiting.as_data()}.items()}}
         self.kubectl("patch", "secret", name, "-n", namespace, "--type", "merge", "-p",
                      json.dumps(patch))
         short_ca = _first_pem(short.ca_bundle)
         renewed = self._wait(lambda: (ca := ca_of_secret()[0]) not in (first, short_ca) and ca,
-                             "the operator's own renewal of the 30-second certificate")
+                             "the operator's own renewal of the 150-second certificate")
         mounted_file = _inside(Path(f"/proc/{self.sidecar_pid()}/root"), f"{IDENTITY_DIR}/ca.crt")
         mounted = self._wait(
             lambda: (text := mounted_file.read_text()) and renewed in text
