@@ -173,11 +173,11 @@ def tell(story: Story, ns: str) -> None:
     command(f"kubectl -n {ns} exec {app.pod} -c agent-sidecar -- python3 -c "
             "\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:4002/metrics')"
             ".read().decode())\"")
+    block("\n".join(ln for ln in metrics.lines if "config_version" not in ln))
     say("its admin API (config, reload) listens on the pod's loopback only, with the token "
         "the sidecar made:")
     command(f"kubectl -n {ns} exec {app.pod} -c agent-sidecar -- "
             "cat /var/lib/agent-sidecar/admin-token")
-    block("\n".join(ln for ln in metrics.lines if "config_version" not in ln))
 
     title(9, "The trace, in Jaeger")
     trace = story.find_trace(call.trace_id)
@@ -204,13 +204,14 @@ def tell(story: Story, ns: str) -> None:
         f"(config version {deleted.during.headers['x-agent-config-version']})")
     changed = story.apply_policy("fallback")
     command(f"kubectl -n {ns} apply -f policy.yaml   # strategy.type: fallback")
-    say(f"generation {changed.generation}, for whichever operator runs next")
+    say(f"generation {changed.generation}, while the other replica ({', '.join(deleted.others)}) "
+        "serves the sidecars' watches and the Deployment replaces the deleted pod")
 
-    title(12, "The Deployment's new operator pod catches up")
+    title(12, "The Deployment's new operator pod, and the status caught up")
     recovered = story.wait_for_new_operator()
     caught_up = recovered.status
-    say(f"pod {recovered.pod}; status: observedGeneration {caught_up['observedGeneration']}, "
-        f"synced {caught_up['synced']}, Ready True")
+    say(f"pod {recovered.pod} Ready; status: observedGeneration "
+        f"{caught_up['observedGeneration']}, synced {caught_up['synced']}, Ready True")
     say(f"the sidecar serves {recovered.served_strategy} (config version {recovered.version})")
     command(f"kubectl -n {ns} get routingpolicies")
     block(recovered.policies_table)

@@ -123,7 +123,7 @@ class Operator:
         assert o.webhook_cert_secret is not None, "the options require one of the two"
         namespace, name = o.webhook_cert_secret
         return SecretCerts(namespace, name, o.webhook_hosts, o.webhook_cert_validity,
-                           self.publish_ca_bundle, self.metrics)
+                           self.publish_ca_bundle, self.metrics, o.webhook_ca_propagation)
 
 
 @kopf.on.startup()

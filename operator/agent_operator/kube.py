@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, TypeVar, cast
@@ -123,17 +123,19 @@ async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     return found.data if found else None
 
 
-async def write_secret(namespace: str, name: str, data: dict[str, str],
+async def write_secret(namespace: str, name: str, data: Mapping[str, str | None],
                        resource_version: str | None) -> None:
     """Create the Secret (no version), or set its data if it is still at the version that
-    was read (`Conflict` when someone else wrote it first). A patch, not a replace: the
-    labels and annotations of whoever created it (Helm) stay."""
+    was read (`Conflict` when someone else wrote it first); a key set to None is removed.
+    A patch, not a replace: the labels and annotations of whoever created it (Helm) stay."""
     if resource_version is None:
         body = client.V1Secret(metadata=client.V1ObjectMeta(name=name, labels=MANAGED_BY),
-                               string_data=data, type="Opaque")
+                               string_data={k: v for k, v in data.items() if v is not None},
+                               type="Opaque")
         await call(_core().create_namespaced_secret, namespace, body)
         return
-    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    encoded = {k: None if v is None else base64.b64encode(v.encode()).decode()
+               for k, v in data.items()}
     await call(_core().patch_namespaced_secret, name, namespace,
                {"metadata": {"resourceVersion": resource_version}, "data": encoded})
 

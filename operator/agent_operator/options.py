@@ -35,6 +35,9 @@ class Options:
     webhook_cert_secret: tuple[str, str] | None = None  # (namespace, name) we keep
     webhook_cert_validity: datetime.timedelta = datetime.timedelta(days=365)
     webhook_cert_check_seconds: float = 60.0
+    # From publishing a renewed CA to serving the certificate it signed: time for the bundle
+    # to reach the webhook configuration, the namespaces' ConfigMaps and the pods' files.
+    webhook_ca_propagation: datetime.timedelta = datetime.timedelta(minutes=5)
     # The audience of the sidecars' projected service-account tokens.
     delivery_audience: str = "agent-router"
     # Keep each namespace's ConfigMap `agent-router`, which pods injected by the API
@@ -117,6 +120,10 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
                    help="lifetime of an issued certificate; renewed with a third left")
     p.add_argument("--webhook-cert-check-seconds", type=float,
                    default=float(e("WEBHOOK_CERT_CHECK_SECONDS", "60")))
+    p.add_argument("--webhook-ca-propagation-seconds", type=float,
+                   default=float(e("WEBHOOK_CA_PROPAGATION_SECONDS", "300")),
+                   help="a renewed CA is published this long before the certificate it "
+                   "signed is served (at most halfway to the served one's expiry)")
     p.add_argument("--delivery-audience", default=e("DELIVERY_AUDIENCE", "agent-router"),
                    help="audience the sidecars' projected service-account tokens are for")
     p.add_argument("--namespace-configs", action="store_true",
@@ -140,6 +147,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         webhook_cert_secret=a.webhook_cert_secret,
         webhook_cert_validity=datetime.timedelta(seconds=a.webhook_cert_validity_seconds),
         webhook_cert_check_seconds=a.webhook_cert_check_seconds,
+        webhook_ca_propagation=datetime.timedelta(seconds=a.webhook_ca_propagation_seconds),
         delivery_audience=a.delivery_audience, verbose=a.verbose,
         namespace_configs=a.namespace_configs and webhook,
         sidecar=SidecarSettings.from_env(env), limits=SharedLimits.from_env(env))

@@ -121,8 +121,10 @@ class InjectionServer:
         await self.publish(cert.ca_bundle)
         if cert != self.serving:
             load_into(self._context, cert)
-            if self.serving is not None:
+            if self.serving is not None and cert.cert != self.serving.cert:
                 log.info("serving the renewed webhook certificate (valid until %s)",
                          cert.not_after.isoformat())
+            elif self.serving is not None:
+                log.info("trusting a renewed CA before serving its certificate")
             self.serving = cert
             self.metrics.certificate_expiry.set(cert.not_after.timestamp())

@@ -196,6 +196,7 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
 
     # The operator's pod is deleted: the app keeps serving its config meanwhile.
     deleted = story.delete_operator_pod()
+    assert deleted.others, "the chart runs two replicas: one is left"
     assert f'pod "{deleted.pod}" deleted' in deleted.output
     assert deleted.during.answer in ANSWERS.values()
     assert deleted.during.headers["x-agent-config-version"] == str(switched.version)
@@ -204,7 +205,7 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
 
     # Its Deployment's new pod catches up: status, printer columns, the sidecar's config.
     recovered = story.wait_for_new_operator()
-    assert recovered.pod != deleted.pod
+    assert recovered.pod not in (deleted.pod, *deleted.others)
     status = recovered.status
     assert status["observedGeneration"] == recovered.generation == 3
     assert status["synced"] == "1/1" and status["targetPods"] == status["syncedPods"] == 1
@@ -257,9 +258,10 @@ def test_the_whole_story(story: Story, jaeger: Jaeger) -> None:
     assert not [line for line in followed.splitlines()
                 if "not trusted" in line or re.search(r"\b401\b", line)], followed[-3000:]
 
-    # The operator's CA rotates twice (a 30-second certificate written as a renewal
-    # would, then the operator's own renewal of it), each bundle keeping the previous CA:
-    # the kubelet brings each into the running pod's mounted file, and its watch still
+    # The operator's CA rotates twice (a 150-second certificate written as a renewal
+    # would, then the operator's own renewal of it), each bundle keeping the previous CA
+    # and published before its certificate is served: the kubelet brings each into the
+    # running pod's mounted file in time (no handshake ever fails), and its watch still
     # brings a change once the CA it trusted before is gone from that file.
     rotated = story.rotate_ca()
     assert rotated.first_ca not in rotated.mounted

@@ -378,6 +378,8 @@ def test_template_defaults(offline_helm: OfflineHelm) -> None:
     assert "AGENT_OPERATOR_WEBHOOK_CERT_DIR" not in env
     assert env["AGENT_OPERATOR_WEBHOOK_CERT_SECRET"] == "ar-system/ar-agent-router-webhook-tls"
     assert env["AGENT_OPERATOR_WEBHOOK_CERT_VALIDITY_SECONDS"] == str(365 * 86400)
+    # A renewed CA reaches the pods' mounted bundles before its certificate is served.
+    assert env["AGENT_OPERATOR_WEBHOOK_CA_PROPAGATION_SECONDS"] == "300"
 
     assert env["AGENT_SIDECAR_IMAGE"] == "ghcr.io/agent-router/agent-sidecar:0.1.0"
     assert env["AGENT_SIDECAR_APP_PORT"] == "4000"

@@ -6,8 +6,12 @@ operator runs, then follows the watch when the operator is back."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import socket
+import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from agent_operator.certs import NEXT_CERT_KEY, issue
 from fakes import FakeProvider
 from operator_support import (
     CERT_SECRET,
@@ -302,6 +307,72 @@ def test_a_ca_rotation_reaches_a_running_sidecar_through_its_mounted_bundle(
                 sidecar.stop()
     finally:
         stop.set()
+
+
+def _handshake(port: int, bundle: str) -> bytes | None:
+    """A new TLS connection to the operator, as a reconnecting sidecar makes it, trusting
+    only `bundle`: the certificate served (DER), or None while nothing listens. A
+    certificate the bundle does not trust raises ssl.SSLCertVerificationError."""
+    context = ssl.create_default_context(cadata=bundle)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return None
+
+
+def test_a_renewed_certificate_is_served_only_once_its_ca_had_time_to_reach_the_pods(
+        control_plane: Any, operator: OperatorProcess, namespace: str) -> None:
+    """A certificate due for renewal in seconds (valid 60 s, 35 s left: due with 20 s
+    left) is in the Secret when the operator starts; the renewed CA must be published 10 s before its
+    certificate is served (a 12 s propagation, held to halfway to the old certificate's
+    expiry), and the operator is restarted while the renewal waits (the Secret holds it).
+    What was tried, again and again until the renewed certificate has been served a
+    while: a new TLS connection trusting only the namespace ConfigMap's ca.crt as it was
+    LAG s earlier (the kubelet refreshes a mounted ConfigMap late), and one trusting the
+    webhook configuration's caBundle. Before the wait, the switch outran the lagging
+    file; now every connection verifies."""
+    cp, lag = control_plane, 4.0
+    operator.stop()
+    hosts = ["localhost", "127.0.0.1"]
+    now = datetime.datetime.now(datetime.UTC)
+    due = issue(hosts, datetime.timedelta(seconds=60), now=now - datetime.timedelta(seconds=25))
+    cp.kubectl("delete", "secret", CERT_SECRET, "-n", OPERATOR_NS)
+    cp.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS},
+              "stringData": due.as_data()})
+    operator.extra_env.update({"AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS": "1",
+                               "AGENT_OPERATOR_WEBHOOK_CA_PROPAGATION_SECONDS": "12"})
+    operator.start()
+    old = ssl.PEM_cert_to_DER_cert(due.cert.decode())
+    with FakeProvider("openai").running() as fake:
+        cp.apply(_resources(fake), namespace)
+        seen = [(time.monotonic(), _config_map(cp, namespace)["ca.crt"])]
+        restarted, served_new, failures = False, 0, []
+        deadline = time.monotonic() + 120
+        while served_new < 5 and time.monotonic() < deadline:
+            seen.append((time.monotonic(), cp.get_json(
+                "configmap", "agent-router", namespace=namespace)["data"]["ca.crt"]))
+            mounted = [b for t, b in seen if t <= time.monotonic() - lag] or [seen[0][1]]
+            webhook = cp.get_json("mutatingwebhookconfiguration", operator.webhook_name)
+            ca_bundle = base64.b64decode(
+                webhook["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+            for trusted in (mounted[-1], ca_bundle):
+                try:
+                    served = _handshake(operator.port, trusted)
+                except ssl.SSLCertVerificationError as exc:
+                    failures.append(f"{time.monotonic() - seen[0][0]:.1f} s: {exc}")
+                    continue
+                served_new += served is not None and served != old
+            secret = cp.get_json("secret", CERT_SECRET, namespace=OPERATOR_NS)["data"]
+            if not restarted and NEXT_CERT_KEY in secret:
+                operator.stop()  # the renewal waits in the Secret for the next replica
+                operator.start()
+                restarted = True
+    assert not failures, failures
+    assert served_new >= 5, f"the renewed certificate was not served:\n{operator.output()[-3000:]}"
+    assert restarted, "the renewal never waited in the Secret"
 
 
 def test_a_namespace_with_only_a_pool_has_its_config_map_and_admits_opted_in_pods(

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 import yaml
-from agent_operator.certs import ServingCert, issue
+from agent_operator.certs import Renewal, ServingCert, issue
 from agent_operator.inject import IDENTITY_DIR
 
 from support.controlplane import CommandError, ControlPlane, Jaeger, find_assets, start_jaeger
@@ -264,7 +264,8 @@ class Switched:
 class OperatorDeleted:
     pod: str
     output: str  # what kubectl delete printed
-    during: AppCall  # a request made right after, while no operator runs
+    during: AppCall  # a request made right after, while the Deployment replaces the pod
+    others: list[str]  # the operator's pods that still run (the chart runs two replicas)
 
 
 @dataclass
@@ -276,7 +277,7 @@ class PolicyChanged:
 
 @dataclass
 class Recovered:
-    pod: str  # the operator's new pod
+    pod: str  # the operator's new pod, the deleted one's replacement
     status: dict[str, Any]
     generation: int
     served_strategy: str
@@ -288,7 +289,7 @@ class Recovered:
 @dataclass
 class Rotated:
     first_ca: str  # PEM: the CA the followed pod trusted before
-    short_ca: str  # the 30-second CA the story wrote, as a renewal would
+    short_ca: str  # the 150-second CA the story wrote, as a renewal would
     renewed_ca: str  # the CA of the operator's own renewal of it
     mounted: str  # the pod's mounted ca.crt once it followed both
     seconds: float  # from the first rotation to the pod's file without the first CA
@@ -325,6 +326,7 @@ class Story:
         self.pod = ""  # the app pod the story watches
         self._relays: dict[int, tuple[Relay, int]] = {}  # sidecar pid: into its pod
         self.operator_pod = ""
+        self._replaced: set[str] = set()  # the operator's pods when one was deleted
         self.injection = ""  # who injects the sidecar, as the chart decided (install_chart)
 
     # -- 0. a node and Jaeger -----------------------------------------------------------------
@@ -801,14 +803,19 @@ class Story:
         """kubectl delete the operator's pod (its Deployment makes a new one) and, while
         that one starts, a request to the app."""
         pod = self.operator_pod
+        others = [p["metadata"]["name"] for p in self._operator_pods()
+                  if p["metadata"]["name"] != pod]
+        self._replaced = {pod, *others}
         out = self.kubectl("delete", "pod", pod, "-n", self.system_namespace, "--wait=false")
-        return OperatorDeleted(pod, out.strip(), self.ask())
+        return OperatorDeleted(pod, out.strip(), self.ask(), others)
 
     def wait_for_new_operator(self) -> Recovered:
         """The Deployment's new pod Ready; the RoutingPolicy's status caught up with what
         changed meanwhile (observedGeneration current, 1/1 synced, Ready)."""
         old = self.operator_pod
         self.wait_for_operator(not_pod=old)
+        self.operator_pod = next(name for p in self._operator_pods()
+                                 if (name := p["metadata"]["name"]) not in self._replaced)
         status = self._wait(self._synced, "the RoutingPolicy status to catch up")
         obj = self._cp.get_json("routingpolicy", POLICY, namespace=self.namespace)
         served = self._wait(lambda: (s := self.served()) and s["config"]["metadata"]["hash"]
@@ -864,10 +871,13 @@ class Story:
 
     def rotate_ca(self) -> Rotated:
         """Two rotations of the operator's CA, each bundle keeping the previous CA: the
-        story writes into the operator's Secret a CA and certificate valid for 30 s,
-        issued by the operator's own code as its renewal would; the operator (checking
-        the Secret every AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it and renews
-        it itself with a third of its life left. Waits until the followed pod's mounted
+        story writes into the operator's Secret a CA and certificate valid for 150 s,
+        issued by the operator's own code, as its renewal would (the CA published, the
+        certificate waiting 25 s); the operator (checking the Secret every
+        AGENT_OPERATOR_WEBHOOK_CERT_CHECK_SECONDS) serves it then and renews it itself
+        with a third of its life left, publishing the renewed CA at once and serving its
+        certificate 25 s later (halfway to the 150-second one's expiry, sooner than the
+        chart's propagation time). Waits until the followed pod's mounted
         ca.crt (the namespace ConfigMap's, refreshed by the kubelet) holds the operator's
         renewed CA and no longer the one the pod trusted before."""
         env = self._operator_env()
@@ -884,14 +894,19 @@ class Story:
         if current is None:
             raise StoryError(f"no certificate in {namespace}/{name} yet")
         started = time.monotonic()
-        short = issue(hosts, datetime.timedelta(seconds=30), current)
+        # As the operator's renewal does: the CA published now, its certificate served
+        # only once the kubelet (syncing every 10 s here) can have brought it into the pod.
+        short = issue(hosts, datetime.timedelta(seconds=150), current)
+        publishing = ServingCert(short.ca_bundle, current.cert, current.key)
+        waiting = Renewal(short, datetime.datetime.now(datetime.UTC)
+                          + datetime.timedelta(seconds=25))
         patch = {"data": {k: base64.b64encode(v.encode()).decode()
-                          for k, v in short.as_data().items()}}
+                          for k, v in {**publishing.as_data(), **waiting.as_data()}.items()}}
         self.kubectl("patch", "secret", name, "-n", namespace, "--type", "merge", "-p",
                      json.dumps(patch))
         short_ca = _first_pem(short.ca_bundle)
         renewed = self._wait(lambda: (ca := ca_of_secret()[0]) not in (first, short_ca) and ca,
-                             "the operator's own renewal of the 30-second certificate")
+                             "the operator's own renewal of the 150-second certificate")
         mounted_file = _inside(Path(f"/proc/{self.sidecar_pid()}/root"), f"{IDENTITY_DIR}/ca.crt")
         mounted = self._wait(
             lambda: (text := mounted_file.read_text()) and renewed in text
