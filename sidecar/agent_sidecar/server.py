@@ -28,8 +28,16 @@ from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
 from agent_sidecar.state import ConfigStore
 from agent_sidecar.transport import AiohttpTransport
+from agent_sidecar.upstream import UpstreamTransport
 
 log = logging.getLogger("agent_sidecar")
+
+# The upstream HTTP clients `--transport` chooses from.
+TRANSPORTS: dict[str, type[UpstreamTransport | AiohttpTransport | HttpxTransport]] = {
+    "http1": UpstreamTransport,
+    "aiohttp": AiohttpTransport,
+    "httpx": HttpxTransport,
+}
 
 CUT_AHEAD = 0.2  # seconds before the drain timeout when streams still running are ended
 
@@ -38,11 +46,9 @@ class Sidecar:
     def __init__(self, settings: Settings, *, tracing: bool = False) -> None:
         self.settings = settings
         # The upstream HTTP client of every router this sidecar builds, shared by all
-        # the configs it serves and closed at stop; see agent_sidecar.transport for why
-        # aiohttp (the engine's httpx on request).
-        self.transport: AiohttpTransport | HttpxTransport = (
-            AiohttpTransport() if settings.transport == "aiohttp" else HttpxTransport()
-        )
+        # the configs it serves and closed at stop; see agent_sidecar.upstream for why
+        # its own (aiohttp's client or the engine's httpx on request).
+        self.transport = TRANSPORTS[settings.transport]()
         self.store = ConfigStore(settings.state_dir, self.transport)
         self.metrics = Metrics(self.store)
         self.token = (made_token(settings.state_dir)

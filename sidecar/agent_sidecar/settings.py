@@ -46,7 +46,7 @@ class Settings:
     request_timeout: float = 600.0  # for an answer (for a stream: its first event)
     drain_timeout: float = 30.0  # on SIGTERM, for requests and streams in flight
     loop: str = "auto"  # auto (uvloop when installed), uvloop, asyncio
-    transport: str = "aiohttp"  # the upstream HTTP client: aiohttp, or the engine's httpx
+    transport: str = "http1"  # the upstream HTTP client: http1 (the sidecar's), aiohttp, httpx
     log_level: str = "info"
     access_log: bool = False
 
@@ -148,9 +148,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default=e("LOOP", "auto"))
     p.add_argument(
         "--transport",
-        choices=["aiohttp", "httpx"],
-        default=e("TRANSPORT", "aiohttp"),
-        help="HTTP client for upstream calls (aiohttp: see agent_sidecar.transport)",
+        choices=["http1", "aiohttp", "httpx"],
+        default=e("TRANSPORT", "http1"),
+        help="HTTP client for upstream calls (http1: see agent_sidecar.upstream)",
     )
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"))
     p.add_argument(

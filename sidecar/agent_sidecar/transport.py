@@ -5,9 +5,11 @@ The engine does its HTTP with httpx by default. In a sidecar that multiplexes a 
 traffic that costs most of the budget: httpcore's pool walks every pooled connection,
 polling each socket, for every request (measured: 724 us a request at one connection
 and 815 req/s at 32 against a zero-delay upstream; aiohttp's client: 139 us and
-12,000 req/s). So the sidecar gives every router it builds this transport. Semantics
-are the engine's: timeouts per wait (like httpx's), HTTP errors returned as a `Reply`,
-and every aiohttp exception mapped to `agent.errors` here, at this one boundary.
+12,000 req/s). The sidecar's own client (`agent_sidecar.upstream`) costs less still
+and is its default; this one serves `--transport aiohttp` and the requests that go
+through a proxy from the environment. Semantics are the engine's: timeouts per wait
+(like httpx's), HTTP errors returned as a `Reply`, and every aiohttp exception mapped
+to `agent.errors` here, at this one boundary.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The sidecar's aiohttp transport, through the engine's public seam: the same typed
-errors and stream behaviour as the engine's httpx transport, and no global change."""
+"""The sidecar's transports (its own HTTP/1.1 client, the default, and aiohttp's), through
+the engine's public seam: the same typed errors and stream behaviour as the engine's
+httpx transport, and no global change."""
 
 from __future__ import annotations
 
@@ -8,23 +9,26 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from agent_sidecar.transport import AiohttpTransport
+from agent_sidecar.upstream import UpstreamTransport
 from fakes import CutStream, Fail, Hang, Reply, Reset
 
 from agent import Agent
 from agent.errors import APIConnectionError, APITimeoutError, ConfigurationError, RateLimitError
 from agent.transport import default_transport
 
+SidecarTransport = UpstreamTransport | AiohttpTransport
 
-@pytest_asyncio.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    t = AiohttpTransport()
+
+@pytest_asyncio.fixture(params=[UpstreamTransport, AiohttpTransport])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[SidecarTransport]:
+    t: SidecarTransport = request.param()
     try:
         yield t
     finally:
         await t.aclose()
 
 
-def agent(fake, transport: AiohttpTransport, **kw) -> Agent:  # type: ignore[no-untyped-def]
+def agent(fake, transport: SidecarTransport, **kw) -> Agent:  # type: ignore[no-untyped-def]
     return Agent(
         provider=fake.kind,
         model="claude-haiku" if fake.kind == "anthropic" else "gpt-4o",
@@ -36,7 +40,7 @@ def agent(fake, transport: AiohttpTransport, **kw) -> Agent:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
-async def test_plain_and_streamed_calls(fake_factory, transport: AiohttpTransport, kind) -> None:
+async def test_plain_and_streamed_calls(fake_factory, transport: SidecarTransport, kind) -> None:
     fake = await fake_factory(kind)
     fake.script(Reply(text="one two three"), Reply(text="one two three"))
     a = agent(fake, transport)
@@ -79,4 +83,4 @@ async def test_a_running_sidecar_leaves_the_engines_default_alone(sidecar) -> No
     assert default_transport() is None
     route = sidecar.store.loaded.routes["default"]
     assert route.router.transport is sidecar.transport
-    assert isinstance(sidecar.transport, AiohttpTransport)
+    assert isinstance(sidecar.transport, UpstreamTransport)
