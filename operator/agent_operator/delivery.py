@@ -119,6 +119,7 @@ class Delivery:
         self._served = {r: metrics.served.labels(r)
                         for r in ("sent", "unchanged", "none", "unauthorized")}
         self._acked = {r: metrics.acks.labels(r) for r in ("applied", "refused")}
+        self._closing = False  # this replica is stopping: its watches end now
 
     # ---- what the reconciler compiled -------------------------------------------------
 
@@ -155,6 +156,16 @@ class Delivery:
         return [(*key, entry.uid, entry.version, self.acks.get(key) == (entry.version, None))
                 for key, entry in self._entries.items()]
 
+    def close(self) -> None:
+        """This replica is stopping: every open watch answers at once (nothing new), and
+        a new one is told to go elsewhere, so that its sidecar watches again through the
+        Service, on a replica that stays, rather than wait out its long-poll here (a
+        change applied meanwhile would reach it only then, up to a minute late)."""
+        self._closing = True
+        for event in self._changed.values():
+            event.set()
+        self._changed.clear()
+
     def _wake(self, key: Key) -> None:
         if (event := self._changed.pop(key, None)) is not None:
             event.set()
@@ -166,6 +177,9 @@ class Delivery:
         router.add_post(f"{PATH}/ack", self.ack)
 
     async def watch(self, request: web.Request) -> web.Response:
+        if self._closing:
+            return _leaving(web.json_response(
+                {"error": "this replica is stopping: watch another"}, status=503))
         who = await self._identify(request)
         if who is None:
             return _refuse()
@@ -192,7 +206,7 @@ class Delivery:
                     return web.Response(body=entry.body, content_type="application/json",
                                         headers={"x-config-version": entry.version})
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._closing:
                     break
                 event = self._changed.setdefault(key, asyncio.Event())
                 try:  # a timeout, not wait_for: no task per waiting watch
@@ -209,7 +223,8 @@ class Delivery:
                 {"error": f"no config is compiled for pod {who.namespace}/{who.pod}"},
                 status=404)
         self._served["unchanged"].inc()
-        return web.Response(status=304)
+        unchanged = web.Response(status=304)
+        return _leaving(unchanged) if self._closing else unchanged
 
     async def ack(self, request: web.Request) -> web.Response:
         who = await self._identify(request)
@@ -266,3 +281,10 @@ def _refuse() -> web.Response:
     return web.json_response(
         {"error": "a pod's service-account token for the operator's audience is required"},
         status=401, headers={"WWW-Authenticate": 'Bearer realm="agent-operator"'})
+
+
+def _leaving(response: web.Response) -> web.Response:
+    """An answer of a stopping replica: its connection closes with it, so that the
+    sidecar's next watch opens a new one, which the Service sends to a replica that stays."""
+    response.force_close()
+    return response

@@ -83,6 +83,8 @@ class InjectionServer:
         log.info("serving the injection webhook on port %d", self.port)
 
     async def stop(self) -> None:
+        if self.delivery is not None:
+            self.delivery.close()  # the sidecars watching here move on before it goes
         if self._runner is not None:
             await self._runner.cleanup()
 
