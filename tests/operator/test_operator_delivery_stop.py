@@ -42,12 +42,8 @@ async def refused(*_: Any) -> None:
     raise AssertionError("no sidecar refused anything")
 
 
-async def test_a_stopping_replica_answers_its_open_watches_at_once_and_sends_new_ones_away(
-) -> None:
-    """What was tried: a sidecar holds a 30 s watch on a replica that has nothing new for
-    it; the replica stops. The watch answers "unchanged" at once (not after 30 s), on a
-    connection that closes; a watch that arrives after is refused with a 503, so the
-    sidecar's retry goes to another replica through the Service."""
+async def serving() -> tuple[Delivery, web.AppRunner, str]:
+    """A replica's config watches, on a real port, with a config compiled for chat-1."""
     delivery = Delivery("agent-router", Metrics(), review, refused)
     delivery.publish("team", "chat-1", "uid-chat-1", RouterConfig.model_validate(DOC), ["p"])
     app = web.Application()
@@ -55,7 +51,16 @@ async def test_a_stopping_replica_answers_its_open_watches_at_once_and_sends_new
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/config"
+    return delivery, runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1/config"
+
+
+async def test_a_stopping_replica_answers_its_open_watches_at_once_and_sends_new_ones_away(
+) -> None:
+    """What was tried: a sidecar holds a 30 s watch on a replica that has nothing new for
+    it; the replica stops. The watch answers "unchanged" at once (not after 30 s), on a
+    connection that closes; a watch that arrives after is refused with a 503, so the
+    sidecar's retry goes to another replica through the Service."""
+    delivery, runner, url = await serving()
     auth = {"authorization": f"Bearer {token('chat-1')}"}
     try:
         async with aiohttp.ClientSession() as http:
@@ -80,14 +85,7 @@ async def test_a_stopping_replica_answers_its_open_watches_at_once_and_sends_new
 async def test_a_replica_that_is_not_stopping_holds_the_watch() -> None:
     """The same watch without the stop: it is held until a change (here, one published
     0.3 s later), which it gets, rather than answered early."""
-    delivery = Delivery("agent-router", Metrics(), review, refused)
-    delivery.publish("team", "chat-1", "uid-chat-1", RouterConfig.model_validate(DOC), ["p"])
-    app = web.Application()
-    delivery.add_routes(app.router)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/config"
+    delivery, runner, url = await serving()
     auth = {"authorization": f"Bearer {token('chat-1')}"}
     changed = {**DOC, "metadata": {"hash": "v2"}}
     try:
