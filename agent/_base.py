@@ -20,7 +20,7 @@ from agent.errors import AgentError, InvalidRequestError
 from agent.middleware import Middleware, overrides
 from agent.tools import ToolLike, to_tool_specs
 from agent.transport import AnyTransport, default_transport
-from agent.types import Done, Message, OutputSchema, Request, Response, StreamEvent, as_messages
+from agent.types import Message, OutputSchema, Request, Response, StreamEvent, as_messages
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -132,7 +132,7 @@ class BaseAgent:
 
     def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
         request = self.request(prompt, stream=True, **options)
-        return _steps.iterate(with_done(self._call(request)), self._resources)
+        return _steps.iterate(self._call(request), self._resources)
 
     async def stream_async(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamEvent]:
         return self.stream_request(self.request(prompt, stream=True, **options))
@@ -157,7 +157,7 @@ class BaseAgent:
 
     def stream_request(self, request: Request) -> AsyncIterator[StreamEvent]:
         """Stream a normalized request (async: the sidecar's entry point)."""
-        return _steps.iterate_async(with_done(self._call(request)), self._resources)
+        return _steps.iterate_async(self._call(request), self._resources)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -257,11 +257,4 @@ def with_middleware(
     for mw in middleware:
         if overrides(mw, "after"):
             response = (yield _steps.Invoke(mw.after, (request, response))) or response
-    return response
-
-
-def with_done(steps: _steps.Steps[Response[Any]]) -> _steps.Steps[Response[Any]]:
-    """End a stream with the assembled response."""
-    response = yield from steps
-    yield _steps.Emit([Done(response)])
     return response

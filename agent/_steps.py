@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.errors import ConfigurationError
-from agent.types import StreamEvent
+from agent.types import Done, StreamEvent
 from agent.wire.base import Reply, WireRequest
 
 if TYPE_CHECKING:
@@ -171,6 +171,8 @@ def _advance(gen: Steps[R], value: Any, error: BaseException | None, box: list[R
 
 class _SyncStream:
     __slots__ = ("_chunks", "response")
+    ended = False  # (see `_AsyncStream.ended` and `.first`)
+    first = b""
 
     def __init__(self, response: Any) -> None:
         self.response = response
@@ -267,9 +269,12 @@ def run(gen: Steps[R], owner: Resources) -> R:
 
 
 def iterate(gen: Steps[Any], owner: Resources) -> Iterator[StreamEvent]:
-    """A sync stream: the events `gen` emits. Closing the iterator closes the HTTP stream."""
-    for batch in _drive(gen, owner, []):
+    """A sync stream: the events `gen` emits, then `Done` with what it returned.
+    Closing the iterator closes the HTTP stream."""
+    box: list[Any] = []
+    for batch in _drive(gen, owner, box):
         yield from batch
+    yield Done(box[0])
 
 
 def _run_coroutine(awaitable: Any) -> Any:
@@ -287,28 +292,48 @@ def _run_coroutine(awaitable: Any) -> Any:
 
 
 class _AsyncStream:
-    __slots__ = ("_chunks", "response")
+    __slots__ = ("_chunks", "closed", "ended", "first", "response")
 
     def __init__(self, response: Any) -> None:
         self.response = response
         self._chunks = response.__aiter__()
+        # The last chunk was read, as the transport knows (a stream with an `ended`
+        # property, when its framing says so): no read for the end, no Close step.
+        self.ended = False
+        self.closed = False
+        # What had arrived with the headers, taken at once (a stream with `ready()`):
+        # a short answer is often whole by then, and is read without a Read step.
+        self.first = b""
+        if (ready := getattr(response, "ready", None)) is not None:
+            self.first = ready()
+            self.ended = response.ended
 
     async def read(self) -> bytes:
         try:
-            return await self._chunks.__anext__()  # type: ignore[no-any-return]
+            chunk: bytes = await self._chunks.__anext__()
         except StopAsyncIteration:
             return b""
+        self.ended = getattr(self.response, "ended", False)
+        return chunk
 
     async def close(self) -> None:
-        await self.response.aclose()
+        if not self.closed:
+            self.closed = True
+            await self.response.aclose()
 
 
 async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
+        stream = step.stream
         if step.within is None:
-            return await step.stream.read()
-        async with asyncio.timeout(step.within):
-            return await step.stream.read()
+            chunk = await stream.read()
+        else:
+            async with asyncio.timeout(step.within):
+                chunk = await stream.read()
+        if stream.ended:  # whole: its connection is free now, not at a Close step
+            streams.remove(stream)
+            await stream.close()
+        return chunk
     if isinstance(step, Count):
         return await step.async_()
     if isinstance(step, Send):
@@ -320,7 +345,11 @@ async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
         else:
             async with asyncio.timeout(step.within):
                 opened = await opening
-        return _kept(opened, streams, _AsyncStream)
+        stream = _kept(opened, streams, _AsyncStream)
+        if isinstance(stream, _AsyncStream) and stream.ended:  # whole (see `.first`)
+            streams.remove(stream)
+            await stream.close()
+        return stream
     if isinstance(step, Close):
         if step.stream in streams:
             streams.remove(step.stream)
@@ -407,14 +436,18 @@ async def run_async(gen: Steps[R], owner: Resources) -> R:
 
 
 async def iterate_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[StreamEvent]:
-    """An async stream of the events `gen` emits; closing it closes the HTTP stream."""
-    events = _drive_async(gen, owner, [])
+    """An async stream of the events `gen` emits, then `Done` with what it returned
+    (here, not as a last step: one resumption of every generator less); closing it
+    closes the HTTP stream."""
+    box: list[Any] = []
+    events = _drive_async(gen, owner, box)
     try:
         async for batch in events:
             for event in batch:
                 yield event
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+    yield Done(box[0])
 
 
 # ---- races -----------------------------------------------------------------------------

@@ -423,14 +423,18 @@ def _stream_once(
     _heard(getattr(opened.response, "headers", {}), heard)
     reader = StreamReader(codec, relay)
     held: list[bytes] = []  # relayed bytes not handed on yet
+    chunk = opened.first  # what came with the headers (see _steps)
     try:
         while True:
-            try:
-                chunk = yield _steps.Read(opened, limits.within(first_by, bool(first)))
-            except TimeoutError:
-                raise limits.expired(bool(first)) from None
             if not chunk:
-                break
+                if opened.ended:
+                    break
+                try:
+                    chunk = yield _steps.Read(opened, limits.within(first_by, bool(first)))
+                except TimeoutError:
+                    raise limits.expired(bool(first)) from None
+                if not chunk:
+                    break
             events = reader.feed(chunk)
             delivered += [e.text for e in events if isinstance(e, TextDelta)]
             if relay:
@@ -445,6 +449,7 @@ def _stream_once(
                     first.append(time.perf_counter())
                 yield _steps.Emit(events)
             reader.check()
+            chunk = b""  # the next one is read, unless the transport saw the end (_steps)
         last, parsed = reader.close()
         delivered += [e.text for e in last if isinstance(e, TextDelta)]
         if relay:
@@ -459,7 +464,8 @@ def _stream_once(
     except BaseException:
         yield _steps.Close(opened)  # free the connection before a fallback starts
         raise
-    yield _steps.Close(opened)
+    if not opened.ended:  # an ended stream's connection is free already
+        yield _steps.Close(opened)
     return parsed
 
 

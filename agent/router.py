@@ -386,7 +386,8 @@ class AgentRouter(BaseAgent):
                 else:
                     response = yield from _watch(steps, progress)
                     if not progress.emitted and call.resume is None:  # an answer without content
-                        yield _steps.Commit()
+                        if progress.commits:
+                            yield _steps.Commit()
                         yield _steps.Emit([progress.started(None)])
             except AgentError as error:
                 ms = (time.perf_counter() - t0) * 1000
@@ -671,9 +672,14 @@ class _Progress:
     whether a tool call), and how to announce the agent when it does. Continuing an
     answer, its start is checked for a repeat of the answer so far (`Overlap`)."""
 
-    __slots__ = ("_call", "_idx", "_router", "emitted", "overlap", "pieces", "tools")
+    __slots__ = ("_call", "_idx", "_router", "commits", "emitted", "overlap", "pieces", "tools")
 
     def __init__(self, router: AgentRouter, idx: int, call: _Call) -> None:
+        # Whether its first content is announced with a `Commit` first: a race's winner
+        # is decided by it, here or in a router this one answers for; elsewhere a
+        # commit is a no-op, and every step costs each generator between here and the
+        # driver a resumption.
+        self.commits = router.strategy.races or call.nested
         self.emitted = False
         self.tools = False
         self.pieces: list[str] = [call.resume.text] if call.resume else []
@@ -745,7 +751,8 @@ def _watch(steps: _steps.Steps[Response[Any]], progress: _Progress) -> _steps.St
                 # Committing and emitting return nothing and throw nothing in (a race's
                 # losers are cancelled in between): no value to pass on.
                 if not progress.emitted and not resuming:
-                    yield _steps.Commit()
+                    if progress.commits:
+                        yield _steps.Commit()
                     events.insert(0, progress.started(inner))
                 if events:
                     progress.emitted = True

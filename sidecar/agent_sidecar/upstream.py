@@ -282,6 +282,18 @@ class Stream:
     def __aiter__(self) -> Stream:
         return self
 
+    def ready(self) -> bytes:
+        """What has arrived and is not taken yet, without waiting (b"" when nothing)."""
+        conn = self._conn
+        return conn.take() if conn.chunks else b""
+
+    @property
+    def ended(self) -> bool:
+        """Every byte of the answer was taken: the next read would say so, and closing
+        gives the connection back to the pool."""
+        conn = self._conn
+        return conn.complete and not conn.chunks and conn.error is None
+
     async def __anext__(self) -> bytes:
         conn = self._conn
         while not conn.chunks:
