@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import socket
 import ssl
 import struct
@@ -21,8 +22,10 @@ import pytest_asyncio
 from agent_sidecar.upstream import _HIGH_WATER, Stream, UpstreamTransport
 from support.controlplane import CertificateAuthority
 
+from agent import Agent
 from agent.errors import APIConnectionError, APITimeoutError, ConfigurationError
 from agent.transport import Reply, WireRequest
+from agent.types import TextDelta
 
 
 @dataclass
@@ -444,6 +447,40 @@ async def test_a_stream_closed_midway_hangs_up_and_one_read_to_the_end_is_kept(
     await stream.aclose()
     await client.send_async(post(upstream.url()), 5.0)
     assert upstream.accepted == 2  # the whole stream's connection served the next call
+
+
+async def test_an_answer_whole_with_its_headers_gives_its_connection_back_once(
+    serve, client
+) -> None:
+    """What was tried: an agent on this client streams answers that arrive whole with
+    their headers (the engine reads them without a read step and frees the connection
+    without a close step), three one after another, then two at once. The one
+    connection carries the three; the two at once need two, each with its own answer
+    (a connection given back twice would be handed to both)."""
+    words = iter(["one", "two", "three", "four", "five"])
+
+    async def answer(received: Received, _: asyncio.StreamWriter) -> bytes:
+        word = next(words)
+        if received.connection > 1 or received.turn > 3:
+            await asyncio.sleep(0.2)  # both of the last two are in flight together
+        chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        body = b"".join(b"data: %s\n\n" % json.dumps(c).encode() for c in (chunk, done))
+        return ok(body + b"data: [DONE]\n\n", "Content-Type: text/event-stream")
+
+    upstream = await serve(answer)
+    agent = Agent("openai", "gpt-4o-mini", base_url=upstream.url("/v1"), api_key="k",
+                  transport=client)
+
+    async def text() -> str:
+        return "".join([e.text async for e in await agent.stream_async("hi")
+                        if isinstance(e, TextDelta)])
+
+    assert [await text() for _ in range(3)] == ["one", "two", "three"]
+    assert upstream.accepted == 1
+    both = await asyncio.wait_for(asyncio.gather(text(), text()), 10.0)
+    assert sorted(both) == ["five", "four"]
+    assert upstream.accepted == 2
 
 
 async def test_an_error_status_on_a_stream_is_a_whole_reply(serve, client) -> None:
