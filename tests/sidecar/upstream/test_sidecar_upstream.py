@@ -469,12 +469,14 @@ async def test_an_answer_whole_with_its_headers_gives_its_connection_back_once(
         return ok(body + b"data: [DONE]\n\n", "Content-Type: text/event-stream")
 
     upstream = await serve(answer)
-    agent = Agent("openai", "gpt-4o-mini", base_url=upstream.url("/v1"), api_key="k",
-                  transport=client)
+    agent = Agent(
+        "openai", "gpt-4o-mini", base_url=upstream.url("/v1"), api_key="k", transport=client
+    )
 
     async def text() -> str:
-        return "".join([e.text async for e in await agent.stream_async("hi")
-                        if isinstance(e, TextDelta)])
+        return "".join(
+            [e.text async for e in await agent.stream_async("hi") if isinstance(e, TextDelta)]
+        )
 
     assert [await text() for _ in range(3)] == ["one", "two", "three"]
     assert upstream.accepted == 1
