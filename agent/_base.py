@@ -156,8 +156,13 @@ class BaseAgent:
         return await _steps.run_async(self._call(request), self._resources)
 
     def stream_request(self, request: Request) -> AsyncIterator[StreamEvent]:
-        """Stream a normalized request (async: the sidecar's entry point)."""
+        """Stream a normalized request (async)."""
         return _steps.iterate_async(self._call(request), self._resources)
+
+    def stream_batches(self, request: Request) -> AsyncIterator[list[StreamEvent]]:
+        """`stream_request`'s events in the batches they arrive in (see
+        `_steps.batches_async`): the sidecar's entry point."""
+        return _steps.batches_async(self._call(request), self._resources)
 
     # ---- lifecycle ------------------------------------------------------------------------
 

@@ -51,15 +51,22 @@ class SSEParser:
 
     def parse(self, frame: bytes) -> SSEEvent | None:
         """One frame's event (None for a frame of comments only)."""
-        # The frame nearly every event is: one data line (the rules below agree).
-        if frame.startswith(b"data: ") and b"\n" not in frame:
-            return SSEEvent("message", frame[6:].decode("utf-8", "replace"))
+        # The frames nearly every event is (the general rules agree): one data line, or
+        # one `event:` line and one data line.
+        if frame.startswith(b"data: "):
+            if b"\n" not in frame:
+                return SSEEvent("message", frame[6:].decode("utf-8", "replace"))
+        elif frame.startswith(b"event: "):
+            end = frame.find(b"\n")
+            if frame.startswith(b"data: ", end + 1) and frame.find(b"\n", end + 1) < 0:
+                name = frame[7:end].decode("utf-8", "replace")
+                return SSEEvent(name, frame[end + 7 :].decode("utf-8", "replace"))
         return _parse_frame(frame, self.stray)
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a last frame without its blank line still counts."""
         rest = self.rest()
-        event = _parse_frame(rest, self.stray) if rest else None
+        event = self.parse(rest) if rest else None
         return [event] if event is not None else []
 
     def rest(self) -> bytes:
@@ -72,14 +79,6 @@ _FIELDS = ("data", "event", "id", "retry")
 
 
 def _parse_frame(frame: bytes, stray: list[str]) -> SSEEvent | None:
-    # Fast path for the other frame providers send: one `event:` line, one `data:` line
-    # (the general rules below give the same).
-    if frame.startswith(b"event: "):
-        head, _, rest = frame.partition(b"\n")
-        if rest.startswith(b"data: ") and b"\n" not in rest:
-            return SSEEvent(
-                head[7:].decode("utf-8", "replace"), rest[6:].decode("utf-8", "replace")
-            )
     name = "message"
     data: list[str] = []
     for raw in frame.split(b"\n"):

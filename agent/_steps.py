@@ -368,10 +368,10 @@ async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
 
 
 async def _drive_async(
-    gen: Steps[R], owner: Resources, box: list[R], step: Step | None = None
+    gen: Steps[R], owner: Resources, box: list[R], step: Step | None = None, done: bool = False
 ) -> AsyncIterator[list[StreamEvent]]:
     """The async driver: as `_drive`, performing `step` first when given (a call that
-    moved here from the sync driver)."""
+    moved here from the sync driver); with `done`, a last batch `[Done(response)]`."""
     streams: list[_AsyncStream] = []
     value: Any = None
     error: BaseException | None = None
@@ -380,6 +380,8 @@ async def _drive_async(
             if step is None:
                 step = _advance(gen, value, error, box)
                 if step is None:
+                    if done:
+                        yield [Done(box[0])]  # type: ignore[arg-type]
                     return
                 value, error = None, None
             if isinstance(step, Emit | Commit):
@@ -439,15 +441,20 @@ async def iterate_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[Stre
     """An async stream of the events `gen` emits, then `Done` with what it returned
     (here, not as a last step: one resumption of every generator less); closing it
     closes the HTTP stream."""
-    box: list[Any] = []
-    events = _drive_async(gen, owner, box)
+    events = batches_async(gen, owner)
     try:
         async for batch in events:
             for event in batch:
                 yield event
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-    yield Done(box[0])
+
+
+def batches_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[list[StreamEvent]]:
+    """`iterate_async` in the batches the events come in (those of one upstream chunk
+    together, an empty one where a candidate commits), for a relay that writes a batch
+    at a time: one step of the iterator a batch rather than an event."""
+    return _drive_async(gen, owner, [], done=True)
 
 
 # ---- races -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from agent._sse import SSEEvent
+from agent._sse import SSEEvent, SSEParser
 from agent.errors import InvalidResponseError, ProviderError, scrub
 from agent.types import (
     FinishReason,
@@ -260,8 +260,6 @@ class StreamReader:
     __slots__ = ("_codec", "_decoder", "_failed", "_relayed", "_sse")
 
     def __init__(self, codec: Codec, relay: bool = False) -> None:
-        from agent._sse import SSEParser
-
         self._codec = codec
         self._sse = SSEParser()
         self._decoder = codec.decoder()

@@ -268,17 +268,20 @@ class AppHandlers:
     async def _stream(
         self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
     ) -> web.StreamResponse:
-        events = route.router.stream_request(call.request)
+        batches = route.router.stream_batches(call.request)
         try:
             # The router announces its agent just before the first content: until then a
             # fallback is invisible (but in the headers), and a failure is an HTTP error.
             try:
                 async with self.deadlines.limit():
-                    started = await anext(events)
+                    first = await anext(batches)
+                    while not first:  # a race's winner committing
+                        first = await anext(batches)
             except AgentError as exc:
                 return self._routing_failed(api, route, exc, headers)
             except TimeoutError:
                 return self._failure(api, self._timed_out(), headers)
+            started = first[0]
             assert isinstance(started, Started), "a router's stream starts with Started"
             _announce(headers, started)
             _name_ignored(headers, call, route.wire_of(started.agent, started.provider))
@@ -288,11 +291,11 @@ class AppHandlers:
             assert task is not None
             self.streams.add(task)
             try:
-                return await self._relay(request, encoder, route, headers, events)
+                return await self._relay(request, encoder, route, headers, first[1:], batches)
             finally:
                 self.streams.discard(task)
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()  # type: ignore[attr-defined]
 
     async def _relay(
         self,
@@ -300,18 +303,19 @@ class AppHandlers:
         encoder: StreamEncoder,
         route: Route,
         headers: dict[str, str],
-        events: AsyncIterator[StreamEvent],
+        events: list[StreamEvent],
+        batches: AsyncIterator[list[StreamEvent]],
     ) -> web.StreamResponse:
-        # Frames not written yet: events that arrive together leave in one write, made
-        # just before the relay would wait for the next event. An answer that arrives
+        # Frames not written yet: batches that arrive together leave in one write, made
+        # just before the relay would wait for the next one. An answer that arrives
         # whole before any wait (short answers usually do) is one response with a length.
         pending = [encoder.start()]
         response: web.StreamResponse | None = None
-        unawaited: eager.Rest[StreamEvent] | None = None  # a step begun, not yet awaited
+        unawaited: eager.Rest[list[StreamEvent]] | None = None  # a step begun, not awaited
         try:
-            while True:
+            while not self._encode(events, encoder, route, pending):
                 # anext's awaitable steps like a coroutine (send/throw)
-                step = cast("Coroutine[Any, Any, StreamEvent]", anext(events))
+                step = cast("Coroutine[Any, Any, list[StreamEvent]]", anext(batches))
                 now, unawaited = eager.now(step)
                 if unawaited is not None:
                     if response is None:
@@ -321,11 +325,7 @@ class AppHandlers:
                     pending.clear()
                     rest, unawaited = unawaited, None
                     now = await rest
-                event = cast(StreamEvent, now)  # finished: the event itself, never None
-                if isinstance(event, Done):
-                    pending.append(self._done(encoder, route, event))
-                    break
-                pending.append(encoder.event(event))
+                events = cast("list[StreamEvent]", now)  # finished: never None
         except AgentError as exc:  # after content: the stream ends with the error, in band
             self.metrics.stream_errors.labels(route.name).inc()
             pending.append(encoder.error(describe_failure(exc)))
@@ -376,6 +376,17 @@ class AppHandlers:
         handlers write the error while the connection is still open)."""
         for task in self.streams:
             task.cancel()
+
+    def _encode(
+        self, events: list[StreamEvent], encoder: StreamEncoder, route: Route, out: list[bytes]
+    ) -> bool:
+        """Add a batch's frames to `out`; True once the stream's `Done` was among them."""
+        for event in events:
+            if isinstance(event, Done):
+                out.append(self._done(encoder, route, event))
+                return True
+            out.append(encoder.event(event))
+        return False
 
     def _done(self, encoder: StreamEncoder, route: Route, event: Done) -> bytes:
         done = event.response
