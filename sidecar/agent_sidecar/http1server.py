@@ -11,8 +11,8 @@ health ports stay on aiohttp.
 What clients see is what aiohttp's server did:
 * keep-alive, pipelined requests answered in order, `Connection: close`, HTTP/1.0,
   `Expect: 100-continue`, bodies with a length or chunked;
-* the limits of aiohttp's parser (8190-byte request line, header names and values),
-  at most 32 KiB of headers, a malformed request a 400 and the connection closed;
+* the limits of aiohttp's parser (an 8190-byte request line and header, 128 headers),
+  a malformed request a 400 and the connection closed;
 * `idle_timeout`: a connection with no complete request this long after it opened or
   after its last answer is closed (idle keep-alive and slowloris headers alike);
 * `max_connections`: past it, the oldest idle connections close (see `connections`);
@@ -40,8 +40,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 log = logging.getLogger("agent_sidecar.http1server")
 
-MAX_LINE = 8190  # bytes of the request line, and of a header's name or value (aiohttp's)
-MAX_HEAD = 32 * 1024  # bytes of all of a request's headers
+MAX_LINE = 8190  # bytes of the request line, and of a header's name and value (aiohttp's)
+MAX_HEADERS = 128  # headers of a request (aiohttp's)
 BODY_BUFFER = 256 * 1024  # body bytes buffered before the socket is paused
 NO_MATCH: Mapping[str, str] = {}
 
@@ -219,7 +219,6 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._target: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
-        self._head_size = 0
         self._parsing: Request | None = None  # headers complete, body still arriving
         self._waiting: deque[Request | str] = deque()  # whose turn has not come (or a 400)
         self._handling: asyncio.Task[None] | None = None
@@ -309,20 +308,17 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._target.clear()
         self._headers = []
-        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._target.append(url)
-        self._head_size += len(url)
-        if self._head_size > MAX_LINE:
+        if sum(map(len, self._target)) > MAX_LINE:
             raise ValueError(f"Bad request: the request line is longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) > MAX_LINE or len(value) > MAX_LINE:
+        if len(name) + len(value) > MAX_LINE:
             raise ValueError(f"Bad request: a header is longer than {MAX_LINE} bytes")
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD:
-            raise ValueError(f"Bad request: the headers are larger than {MAX_HEAD} bytes")
+        if len(self._headers) == MAX_HEADERS:
+            raise ValueError(f"Bad request: more than {MAX_HEADERS} headers")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -406,15 +402,16 @@ class Connection(asyncio.Protocol):
         self.answered += 1
         if self._lost:
             return
+        if self._waiting and isinstance(self._waiting[0], str):
+            self._send_400(self._waiting[0])  # the malformed request after this one
+            return
         if not request.keep_alive or self._closing:
             self._close()
             return
         if self._waiting:
             following = self._waiting.popleft()
-            if isinstance(following, str):
-                self._send_400(following)
-            else:
-                self._begin(following)
+            assert not isinstance(following, str)
+            self._begin(following)
             if len(self._waiting) <= 8 and self._parsing is None:
                 self.resume_reading()
             return
