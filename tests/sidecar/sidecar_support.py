@@ -60,6 +60,7 @@ def fast_route(name: str, agents: Sequence[str], **overrides: Any) -> dict[str, 
 # AGENT_TEST_SIDECAR_SERVER=aiohttp or http1 to run a whole directory on either.
 SERVER = os.environ.get("AGENT_TEST_SIDECAR_SERVER", "")
 SERVER_ENV = {"AGENT_SIDECAR_SERVER": SERVER} if SERVER else {}
+SERVER_SETTING = {"server": SERVER} if SERVER else {}  # for a Settings made in the tests
 
 
 class SidecarProcess:
