@@ -222,6 +222,7 @@ class Connection(asyncio.Protocol):
         self._parsing: Request | None = None  # headers complete, body still arriving
         self._waiting: deque[Request | str] = deque()  # whose turn has not come (or a 400)
         self._handling: asyncio.Task[None] | None = None
+        self._current: Request | None = None  # the request being answered
         self._closing = False  # answer what is running, then close
         self.answered = 0  # requests answered: a connection that answered none goes first
         self._idle_since = self._loop.time()
@@ -352,6 +353,7 @@ class Connection(asyncio.Protocol):
     # ---- answering ------------------------------------------------------------------------
 
     def _begin(self, request: Request) -> None:
+        self._current = request
         self._handling = self._loop.create_task(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
@@ -398,7 +400,7 @@ class Connection(asyncio.Protocol):
 
     def _next(self, request: Request) -> None:
         """After an answer: the next request's turn, or idle, or the end."""
-        self._handling = None
+        self._handling = self._current = None
         self.answered += 1
         if self._lost:
             return
@@ -472,8 +474,14 @@ class Connection(asyncio.Protocol):
     def drain_start(self) -> None:
         """The server is stopping: close now if idle, else after the answer in progress."""
         self._closing = True
+        if self._current is not None:
+            self._current.keep_alive = False  # its answer says so, if not yet under way
         if self.idle:
             self._close()
+
+    @property
+    def handling(self) -> asyncio.Task[None] | None:
+        return self._handling
 
     def abort(self) -> None:
         if self._handling is not None:
@@ -556,8 +564,11 @@ class AppServer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_closed.wait()
+        running = [c.handling for c in self.connections if c.handling is not None]
         for connection in list(self.connections):
             connection.abort()
+        if running:  # the cancelled handlers unwind (closing their upstream calls)
+            await asyncio.wait(running, timeout=1.0)
         if self._listener is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
