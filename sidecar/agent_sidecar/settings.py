@@ -47,7 +47,7 @@ class Settings:
     drain_timeout: float = 30.0  # on SIGTERM, for requests and streams in flight
     loop: str = "auto"  # auto (uvloop when installed), uvloop, asyncio
     transport: str = "http1"  # the upstream HTTP client: http1 (the sidecar's), aiohttp, httpx
-    server: str = "aiohttp"  # the app port's HTTP server: aiohttp, or http1 (the sidecar's)
+    server: str = "http1"  # the app port's HTTP server: http1 (the sidecar's), or aiohttp
     log_level: str = "info"
     access_log: bool = False
 
@@ -155,8 +155,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     )
     p.add_argument(
         "--server",
-        choices=["aiohttp", "http1"],
-        default=e("SERVER", "aiohttp"),
+        choices=["http1", "aiohttp"],
+        default=e("SERVER", "http1"),
         help="HTTP server of the app port (http1: see agent_sidecar.http1server)",
     )
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"))
