@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
+from typing import cast
 from urllib.parse import unquote
 
 import httptools
@@ -198,6 +199,11 @@ def _head(request: Request, status: int, reason: str, headers: Mapping[str, str]
     ).encode("latin-1")
 
 
+def _text(raw: bytes) -> str:
+    # As aiohttp's parser reads the head: UTF-8, any other byte kept as it came.
+    return raw.decode("utf-8", "surrogateescape")
+
+
 _dated = [0, ""]  # the second and its Date value: formatted once a second
 
 
@@ -234,7 +240,7 @@ class Connection(asyncio.Protocol):
     # ---- the socket ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -252,15 +258,16 @@ class Connection(asyncio.Protocol):
             # An upgrade (or CONNECT) is answered as any request, then the connection ends.
             self._closing = True
             self.pause_reading()
-        except httptools.HttpParserCallbackError as exc:
-            self._refuse(str(exc.__context__ or exc))
         except httptools.HttpParserError as exc:
-            self._refuse(f"Bad request: {exc}")
+            if self._closing and self._parsing is None:
+                return  # bytes after a request that closes the connection: not read
+            why = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+            self._refuse(str(why) if why is not None else f"Bad request: {exc}")
 
     def eof_received(self) -> bool:
         if self._parsing is not None:
             self._parsing.content.fail(ConnectionResetError("the client closed mid-body"))
-        return False  # close: a half-closed client cannot read an answer in HTTP/1.1 terms
+        return False  # close, as aiohttp's server does (which cancels the handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -320,20 +327,22 @@ class Connection(asyncio.Protocol):
             raise ValueError(f"Bad request: a header is longer than {MAX_LINE} bytes")
         if len(self._headers) == MAX_HEADERS:
             raise ValueError(f"Bad request: more than {MAX_HEADERS} headers")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         request = Request(
             self,
             parser.get_method().decode("ascii"),
-            b"".join(self._target).decode("latin-1"),
+            _text(b"".join(self._target)),
             parser.get_http_version(),
             CIMultiDictProxy(CIMultiDict(self._headers)),
             parser.should_keep_alive() and not self._closing,
         )
         self._parsing = request
         self._idle_since = -1.0  # a whole request: no longer idle
+        if not request.keep_alive:
+            self._closing = True  # the last request this connection answers
         if self._handling is None:
             self._begin(request)
         else:
