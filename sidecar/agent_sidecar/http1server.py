@@ -117,6 +117,7 @@ class Request:
         "match_info",
         "method",
         "path",
+        "sent",
         "status",
         "target",
         "version",
@@ -137,7 +138,8 @@ class Request:
         path = target.partition("?")[0]
         self.path = unquote(path) if "%" in path else path
         self.match_info: Mapping[str, str] = NO_MATCH
-        self.status = 0  # of its answer, once sent (for the access log)
+        self.status = 0  # of its answer, once sent, and its bytes (for the access log)
+        self.sent = 0
 
     async def start_stream(self, headers: Mapping[str, str]) -> Stream:
         """A 200 answer whose body follows in parts (chunked)."""
@@ -304,6 +306,8 @@ class Connection(asyncio.Protocol):
         if self._lost or self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("the client went away")
         self.transport.write(data)
+        if self._current is not None:
+            self._current.sent += len(data)
 
     async def drain(self) -> None:
         if self._writable is not None:
@@ -555,8 +559,8 @@ class AppServer:
         when = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime())
         status = request.status or 499
         self.access_log.info(
-            '%s %s "%s %s HTTP/%s" %d - "%s" "%s"', remote, when, request.method,
-            request.target, request.version, status,
+            '%s %s "%s %s HTTP/%s" %d %d "%s" "%s"', remote, when, request.method,
+            request.target, request.version, status, request.sent,
             request.headers.get("Referer", "-"), request.headers.get("User-Agent", "-"),
         )
 

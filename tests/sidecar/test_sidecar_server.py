@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 from typing import Any
 
 import pytest
@@ -255,6 +257,28 @@ async def test_a_request_after_a_malformed_one_is_not_answered(app: Sidecar) -> 
             answer = await read_answer(reader)
         assert answer.status == 400
         assert await closed(reader)
+
+
+async def test_the_access_log_has_a_line_a_request(
+    server: str, sidecar_factory: SidecarFactory, two_provider_config: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With --access-log, a call and a missing path: a line each, aiohttp's format.
+    app = await sidecar_factory(two_provider_config, server=server, access_log=True)
+    with caplog.at_level(logging.INFO, logger="agent_sidecar.access"):
+        async with connection(app.app_port) as (reader, writer):
+            writer.write(post("/v1/chat/completions", CHAT, "User-Agent: raw-test"))
+            await read_answer(reader)
+            writer.write(b"GET /nowhere?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await read_answer(reader)
+        await asyncio.sleep(0.1)  # aiohttp logs after its answer is written
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent_sidecar.access"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r'127\.0\.0\.1 \[\d+/\w+/\d+:\d+:\d+:\d+ [+-]\d{4}\] '
+        r'"POST /v1/chat/completions HTTP/1\.1" 200 \d+ "-" "raw-test"', lines[0]
+    ), lines[0]
+    assert '"GET /nowhere?x=1 HTTP/1.1" 404 ' in lines[1]
 
 
 async def test_drain_finishes_the_stream_in_flight_and_refuses_new_connections(
