@@ -210,6 +210,25 @@ async def test_a_streamed_answer_is_chunked_and_the_connection_goes_on(
         assert (await read_answer(reader)).status == 200
 
 
+async def test_a_client_that_reads_late_gets_the_whole_stream(
+    app: Sidecar, fake_openai: FakeProvider
+) -> None:
+    # A stream of about 12 MB that the client leaves unread for a second (the sockets'
+    # buffers fill and the sidecar waits for them), then reads whole.
+    words = [f"w{i}" for i in range(40_000)]
+    fake_openai.script(Reply(text=" ".join(words)))
+    async with connection(app.app_port) as (reader, writer):
+        writer.write(post("/v1/chat/completions", STREAM))
+        await asyncio.sleep(1.0)
+        answer = await read_answer(reader)
+    assert answer.status == 200 and answer.body.rstrip().endswith(b"data: [DONE]")
+    frames = [json.loads(line[6:]) for line in answer.body.split(b"\n\n")
+              if line.startswith(b"data: {")]
+    text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames if f["choices"])
+    assert text == " ".join(words)
+    assert len(answer.body) > 10_000_000  # more than a socket buffers for an idle reader
+
+
 async def test_head_is_answered_without_a_body(app: Sidecar) -> None:
     async with connection(app.app_port) as (reader, writer):
         writer.write(b"HEAD /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
