@@ -39,6 +39,8 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from agent.wire.inbound import invalid
+
 log = logging.getLogger("agent_sidecar.http1server")
 
 MAX_LINE = 8190  # bytes of the request line, and of a header's name and value (aiohttp's)
@@ -264,7 +266,7 @@ class Connection(asyncio.Protocol):
             if self._closing and self._parsing is None:
                 return  # bytes after a request that closes the connection: not read
             why = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
-            self._refuse(str(why) if why is not None else f"Bad request: {exc}")
+            self._refuse(str(why if why is not None else exc))
 
     def eof_received(self) -> bool:
         if self._parsing is not None:
@@ -324,13 +326,13 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._target.append(url)
         if sum(map(len, self._target)) > MAX_LINE:
-            raise ValueError(f"Bad request: the request line is longer than {MAX_LINE} bytes")
+            raise ValueError(f"the request line is longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) + len(value) > MAX_LINE:
-            raise ValueError(f"Bad request: a header is longer than {MAX_LINE} bytes")
+            raise ValueError(f"a header is longer than {MAX_LINE} bytes")
         if len(self._headers) == MAX_HEADERS:
-            raise ValueError(f"Bad request: more than {MAX_HEADERS} headers")
+            raise ValueError(f"more than {MAX_HEADERS} headers")
         self._headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
@@ -396,7 +398,7 @@ class Connection(asyncio.Protocol):
             self._closing = True
         finally:
             self._server.logged(self, request)
-        self._next(request)
+            self._next(request)  # cancelled too: a stream cut by the drain ends its connection
 
     def _whole(self, request: Request, response: web.Response) -> None:
         body = response.body or b""
@@ -439,10 +441,10 @@ class Connection(asyncio.Protocol):
         """A malformed request: a 400 (after the answers due before it), then the end."""
         self._closing = True
         self.pause_reading()
-        if self._parsing is not None:
-            self._parsing.content.fail(ConnectionResetError(why))
+        if self._parsing is not None:  # a malformed body: its reader gets a 400 to answer
+            self._parsing.content.fail(invalid(f"the body is malformed: {why}"))
             self._parsing = None
-            return  # the handler reading that body ends, and the connection with it
+            return
         if self._handling is None:
             self._send_400(why)
         else:
@@ -450,7 +452,7 @@ class Connection(asyncio.Protocol):
 
     def _send_400(self, why: str) -> None:
         log.info("refused a malformed request: %s", why)
-        body = f"400, message:\n  {why}".encode()
+        body = f"400, message:\n  Bad request: {why}".encode()
         with contextlib.suppress(ConnectionError):
             self.send(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"

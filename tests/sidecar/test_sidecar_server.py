@@ -171,9 +171,13 @@ async def test_expect_100_continue_gets_the_go_ahead_before_the_body(app: Sideca
 
 
 async def test_an_unknown_expectation_is_refused(app: Sidecar) -> None:
+    # A 417; then the connection either ends or answers the next call (never hangs).
     async with connection(app.app_port) as (reader, writer):
         writer.write(post("/v1/chat/completions", CHAT, "Expect: something-else"))
         assert (await read_answer(reader)).status == 417
+        writer.write(post("/v1/chat/completions", CHAT))
+        status_line = await asyncio.wait_for(reader.readline(), timeout=20)
+        assert status_line == b"" or status_line.startswith(b"HTTP/1.1 200"), status_line
 
 
 async def test_a_chunked_request_body_is_read_whole(app: Sidecar, fake_openai: FakeProvider
@@ -263,6 +267,25 @@ async def test_a_malformed_or_oversized_head_is_a_4xx_and_the_end(
     async with connection(app.app_port) as (reader, writer):
         writer.write(post("/v1/chat/completions", CHAT))
         assert (await read_answer(reader)).status == 200
+
+
+async def test_a_malformed_chunked_body_is_a_400_in_the_callers_format(
+    server: str, app: Sidecar
+) -> None:
+    # A chat call whose second chunk has a size that is not hex: the call is refused as
+    # a bad request (aiohttp's server: its own 400 text; the sidecar's: the caller's
+    # format), and the connection ends.
+    async with connection(app.app_port) as (reader, writer):
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%b\r\nzz\r\n" % (len(CHAT[:10]), CHAT[:10])
+        )
+        answer = await read_answer(reader)
+        assert answer.status == 400, answer.body
+        if server == "http1":
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert await closed(reader)
 
 
 async def test_a_request_after_a_malformed_one_is_not_answered(app: Sidecar) -> None:
