@@ -140,6 +140,9 @@ class Request:
         self.content_length = int(length) if length is not None else None  # llhttp checked it
         self.expect = headers.get("Expect")
         path = target.partition("?")[0]
+        if not path.startswith("/"):  # the absolute form, as sent to a proxy: its path
+            path = _text(httptools.parse_url(target.encode("utf-8", "surrogateescape")).path
+                         or b"/")
         self.path = unquote(path) if "%" in path else path
         self.match_info: Mapping[str, str] = NO_MATCH
         self.status = 0  # of its answer, once sent, and its bytes (for the access log)
@@ -425,7 +428,7 @@ class Connection(asyncio.Protocol):
             self._send_400(self._waiting[0])  # the malformed request after this one
             return
         if not request.keep_alive or self._closing:
-            self._close()
+            self.close()
             return
         if self._waiting:
             following = self._waiting.popleft()
@@ -460,9 +463,9 @@ class Connection(asyncio.Protocol):
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
             )
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
@@ -484,7 +487,7 @@ class Connection(asyncio.Protocol):
         if self._idle_since < 0 or self._lost:
             return  # a request came: `_next` re-arms after its answer
         if self._loop.time() >= self._idle_since + self._server.idle_timeout:
-            self._close()
+            self.close()
         else:
             self._arm_idle()
 
@@ -494,7 +497,7 @@ class Connection(asyncio.Protocol):
         if self._current is not None:
             self._current.keep_alive = False  # its answer says so, if not yet under way
         if self.idle:
-            self._close()
+            self.close()
 
     @property
     def handling(self) -> asyncio.Task[None] | None:
@@ -550,7 +553,7 @@ class AppServer:
         idle = [c for c in self.connections if c.idle]
         idle.sort(key=lambda c: c.answered > 0)  # stable: oldest first
         for connection in idle[:count]:
-            connection._close()
+            connection.close()
         return min(count, len(idle))
 
     def logged(self, connection: Connection, request: Request) -> None:

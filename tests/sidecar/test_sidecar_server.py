@@ -121,6 +121,14 @@ async def test_pipelined_requests_are_answered_in_order(app: Sidecar) -> None:
     assert "no such endpoint: GET /nowhere" in answers[3].json()["error"]["message"]
 
 
+async def test_a_target_in_absolute_form_is_served_by_its_path(app: Sidecar) -> None:
+    # As a client configured with a proxy would send it: the scheme and host before the path.
+    async with connection(app.app_port) as (reader, writer):
+        writer.write(post(f"http://127.0.0.1:{app.app_port}/v1/chat/completions", CHAT))
+        answer = await read_answer(reader)
+    assert answer.status == 200 and answer.json()["object"] == "chat.completion"
+
+
 async def test_connection_close_is_honoured(app: Sidecar) -> None:
     # The client asks to close after its call: the answer says so and the socket ends.
     async with connection(app.app_port) as (reader, writer):
