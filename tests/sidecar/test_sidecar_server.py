@@ -321,8 +321,11 @@ async def test_the_access_log_has_a_line_a_request(
             await read_answer(reader)
             writer.write(b"GET /nowhere?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             await read_answer(reader)
-        await asyncio.sleep(0.1)  # aiohttp logs after its answer is written
-    lines = [r.getMessage() for r in caplog.records if r.name == "agent_sidecar.access"]
+        for _ in range(100):  # aiohttp logs just after its answer is written
+            lines = [r.getMessage() for r in caplog.records if r.name == "agent_sidecar.access"]
+            if len(lines) >= 2:
+                break
+            await asyncio.sleep(0.05)
     assert len(lines) == 2, lines
     assert re.fullmatch(
         r'127\.0\.0\.1 \[\d+/\w+/\d+:\d+:\d+:\d+ [+-]\d{4}\] '
