@@ -15,6 +15,9 @@ What clients see is what aiohttp's server did:
 * the limits of aiohttp's parser (an 8190-byte request line and header, 128 headers),
   a malformed request a 400 and the connection closed (a malformed body: a 400 in the
   caller's format);
+* a body answered before it was read (a 413) is read and dropped for up to `LINGER`
+  seconds, then the connection closes: a client that writes its whole body before it
+  reads (as the SDKs do) reads the answer, not a reset (aiohttp's server stalls it);
 * `idle_timeout`: a connection with no complete request this long after it opened or
   after its last answer is closed (idle keep-alive and slowloris headers alike);
 * `max_connections`: past it, the oldest idle connections close (see `connections`);
@@ -48,6 +51,7 @@ log = logging.getLogger("agent_sidecar.http1server")
 MAX_LINE = 8190  # bytes of the request line, and of a header's name and value (aiohttp's)
 MAX_HEADERS = 128  # headers of a request (aiohttp's)
 BODY_BUFFER = 256 * 1024  # body bytes buffered before the socket is paused
+LINGER = 10.0  # seconds to read and drop the rest of a body answered without it
 NO_MATCH: Mapping[str, str] = {}
 
 
@@ -55,7 +59,7 @@ class Body:
     """A request's body as it arrives: what `agent_sidecar.bodies` reads (aiohttp's
     StreamReader's `is_eof`, `read_nowait`, `readany`)."""
 
-    __slots__ = ("_chunks", "_connection", "_eof", "_error", "_size", "_waiter")
+    __slots__ = ("_chunks", "_connection", "_eof", "_error", "_size", "_waiter", "dropping")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -64,6 +68,7 @@ class Body:
         self._eof = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.dropping = False  # answered without it: the rest is read and dropped
 
     def is_eof(self) -> bool:
         return self._eof
@@ -89,11 +94,18 @@ class Body:
         return self.read_nowait()
 
     def feed(self, data: bytes) -> None:
+        if self.dropping:
+            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > BODY_BUFFER:
             self._connection.pause_reading()  # the handler reads slower than the client sends
         self._wake()
+
+    def drop(self) -> None:
+        self.dropping = True
+        self._chunks.clear()
+        self._size = 0
 
     def end(self) -> None:
         self._eof = True
@@ -364,9 +376,13 @@ class Connection(asyncio.Protocol):
             self._parsing.content.feed(body)
 
     def on_message_complete(self) -> None:
-        if self._parsing is not None:
-            self._parsing.content.end()
+        request = self._parsing
+        if request is not None:
+            request.content.end()
             self._parsing = None
+            if request.content.dropping:
+                self.close()  # answered already: that body was all this connection waited for
+                return
         if len(self._waiting) > 8:
             self.pause_reading()  # a client pipelining far ahead waits for its answers
 
@@ -428,7 +444,10 @@ class Connection(asyncio.Protocol):
             self._send_400(self._waiting[0])  # the malformed request after this one
             return
         if not request.keep_alive or self._closing:
-            self.close()
+            if self._parsing is request:
+                self._linger(request)
+            else:
+                self.close()
             return
         if self._waiting:
             following = self._waiting.popleft()
@@ -441,6 +460,14 @@ class Connection(asyncio.Protocol):
         if self._parsing is None:
             self._idle_since = self._loop.time()
             self._arm_idle()
+
+    def _linger(self, request: Request) -> None:
+        """Answered before its body was read (a 413): read the rest and drop it, for a
+        while, so that a client that writes its whole body before it reads (as the SDKs
+        do) reads the answer rather than a reset; then close."""
+        request.content.drop()
+        self.resume_reading()
+        self._loop.call_later(LINGER, self.close)
 
     def _refuse(self, why: str) -> None:
         """A malformed request: a 400 (after the answers due before it), then the end."""
