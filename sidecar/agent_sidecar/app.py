@@ -32,7 +32,7 @@ from agent.wire.carry import ignored
 from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent.wire.openai_chat import OpenAIApi
 from agent.wire.openai_responses import ResponsesApi
-from agent_sidecar import counting, eager, http1server
+from agent_sidecar import counting, eager, exchange
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.deadlines import Deadlines
 from agent_sidecar.hosts import foreign
@@ -46,8 +46,8 @@ from agent_sidecar.wire import describe_failure, header_value, retry_after_heade
 log = logging.getLogger("agent_sidecar.app")
 
 # The two servers' requests and answers (`--server`): the handlers serve either.
-Request = web.Request | http1server.Request
-Reply = web.StreamResponse | http1server.Stream
+Request = web.Request | exchange.Request
+Reply = web.StreamResponse | exchange.Stream
 Handler = Callable[[Request], Awaitable[Reply]]
 
 OPENAI = OpenAIApi()
