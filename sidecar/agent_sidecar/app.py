@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from aiohttp import web
@@ -32,7 +32,7 @@ from agent.wire.carry import ignored
 from agent.wire.inbound import Api, Call, CallerError, Failure, StreamEncoder
 from agent.wire.openai_chat import OpenAIApi
 from agent.wire.openai_responses import ResponsesApi
-from agent_sidecar import counting, eager
+from agent_sidecar import counting, eager, exchange
 from agent_sidecar.bodies import LARGE, Body, BodyBudget, decode, parse_off_loop, read_body
 from agent_sidecar.deadlines import Deadlines
 from agent_sidecar.hosts import foreign
@@ -45,7 +45,10 @@ from agent_sidecar.wire import describe_failure, header_value, retry_after_heade
 
 log = logging.getLogger("agent_sidecar.app")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The two servers' requests and answers (`--server`): the handlers serve either.
+Request = web.Request | exchange.Request
+Reply = web.StreamResponse | exchange.Stream
+Handler = Callable[[Request], Awaitable[Reply]]
 
 OPENAI = OpenAIApi()
 ANTHROPIC = AnthropicApi()
@@ -94,16 +97,16 @@ class AppHandlers:
 
     # ---- endpoints ------------------------------------------------------------------------
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def chat_completions(self, request: Request) -> Reply:
         return await self._serve(request, OPENAI)
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
+    async def messages(self, request: Request) -> Reply:
         return await self._serve(request, ANTHROPIC)
 
-    async def responses(self, request: web.Request) -> web.StreamResponse:
+    async def responses(self, request: Request) -> Reply:
         return await self._serve(request, RESPONSES)
 
-    async def count_tokens(self, request: web.Request) -> web.Response:
+    async def count_tokens(self, request: Request) -> web.Response:
         s = self.settings
         try:
             body = await read_body(request, s.max_body_bytes, self.budget, s.read_timeout)
@@ -131,7 +134,7 @@ class AppHandlers:
             body.release()
         return web.json_response({"input_tokens": counted}, headers={**headers, **how})
 
-    async def list_models(self, request: web.Request) -> web.Response:
+    async def list_models(self, request: Request) -> web.Response:
         api = _api_for(request)
         loaded = self.store.loaded
         if loaded is None:
@@ -139,7 +142,7 @@ class AppHandlers:
         body = api.models(loaded.names, int(loaded.loaded_at))
         return web.Response(body=body, content_type="application/json")
 
-    async def get_model(self, request: web.Request) -> web.Response:
+    async def get_model(self, request: Request) -> web.Response:
         api = _api_for(request)
         loaded = self.store.loaded
         if loaded is None:
@@ -151,7 +154,7 @@ class AppHandlers:
             body=api.model(name, int(loaded.loaded_at)), content_type="application/json"
         )
 
-    async def other(self, request: web.Request) -> web.Response:
+    async def other(self, request: Request) -> web.Response:
         """Anything else, answered in the caller's format rather than aiohttp's text."""
         api = _api_for(request)
         if request.path in _CHAT_PATHS or request.path.startswith("/v1/models"):
@@ -164,7 +167,7 @@ class AppHandlers:
 
     # ---- one routed call ------------------------------------------------------------------
 
-    async def _serve(self, request: web.Request, api: Api) -> web.StreamResponse:
+    async def _serve(self, request: Request, api: Api) -> Reply:
         if self.tracer is None:
             return await self._measured(request, api)
         # Continue the caller's trace: the engine's decision span nests in this one.
@@ -185,7 +188,7 @@ class AppHandlers:
                 span.set_status(Status(StatusCode.ERROR))
             return response
 
-    async def _measured(self, request: web.Request, api: Api) -> web.StreamResponse:
+    async def _measured(self, request: Request, api: Api) -> Reply:
         started = time.perf_counter()
         outcome = _Outcome()
         self.metrics.in_flight += 1
@@ -201,7 +204,7 @@ class AppHandlers:
             seconds = time.perf_counter() - started
             self.metrics.request(outcome.route, api.name, outcome.stream, outcome.code, seconds)
 
-    async def _route(self, request: web.Request, api: Api, outcome: _Outcome) -> web.StreamResponse:
+    async def _route(self, request: Request, api: Api, outcome: _Outcome) -> Reply:
         s = self.settings
         try:
             body = await read_body(request, s.max_body_bytes, self.budget, s.read_timeout)
@@ -216,8 +219,8 @@ class AppHandlers:
             body.release()
 
     async def _parsed(
-        self, request: web.Request, api: Api, outcome: _Outcome, body: Body
-    ) -> web.StreamResponse:
+        self, request: Request, api: Api, outcome: _Outcome, body: Body
+    ) -> Reply:
         try:
             call = await parse_off_loop(api, body)
             loaded = self.store.loaded
@@ -266,8 +269,8 @@ class AppHandlers:
         return web.Response(body=body, headers=headers, content_type="application/json")
 
     async def _stream(
-        self, request: web.Request, api: Api, call: Call, route: Route, headers: dict[str, str]
-    ) -> web.StreamResponse:
+        self, request: Request, api: Api, call: Call, route: Route, headers: dict[str, str]
+    ) -> Reply:
         batches = route.router.stream_batches(call.request)
         try:
             # The router announces its agent just before the first content: until then a
@@ -299,18 +302,18 @@ class AppHandlers:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: Request,
         encoder: StreamEncoder,
         route: Route,
         headers: dict[str, str],
         events: list[StreamEvent],
         batches: AsyncIterator[list[StreamEvent]],
-    ) -> web.StreamResponse:
+    ) -> Reply:
         # Frames not written yet: batches that arrive together leave in one write, made
         # just before the relay would wait for the next one. An answer that arrives
         # whole before any wait (short answers usually do) is one response with a length.
         pending = [encoder.start()]
-        response: web.StreamResponse | None = None
+        response: Reply | None = None
         unawaited: eager.Rest[list[StreamEvent]] | None = None  # a step begun, not awaited
         try:
             while not self._encode(events, encoder, route, pending):
@@ -319,8 +322,7 @@ class AppHandlers:
                 now, unawaited = eager.now(step)
                 if unawaited is not None:
                     if response is None:
-                        response = web.StreamResponse(headers=headers)
-                        await response.prepare(request)
+                        response = await _start_stream(request, headers)
                     await response.write(b"".join(pending))
                     pending.clear()
                     rest, unawaited = unawaited, None
@@ -353,7 +355,7 @@ class AppHandlers:
 
     async def _cut(
         self,
-        response: web.StreamResponse,
+        response: Reply,
         encoder: StreamEncoder,
         route: Route,
         pending: list[bytes],
@@ -466,7 +468,16 @@ def _usd(response: Response[Any]) -> str:
     return f"{response.cost_estimate:.10f}".rstrip("0").rstrip(".") or "0"
 
 
-def _api_for(request: web.Request) -> Api:
+async def _start_stream(request: Request, headers: dict[str, str]) -> Reply:
+    """A 200 answer whose body follows in parts, on either server."""
+    if isinstance(request, web.Request):
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        return response
+    return await request.start_stream(headers)
+
+
+def _api_for(request: Request) -> Api:
     if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
         return ANTHROPIC
     if request.path.startswith(("/v1/responses", "/responses")):
@@ -506,7 +517,7 @@ def _local_only(settings: Settings) -> Callable[[Handler], Handler]:
     allowed = {settings.host.lower()}
 
     def guarded(handler: Handler) -> Handler:
-        async def local_only(request: web.Request) -> web.StreamResponse:
+        async def local_only(request: Request) -> Reply:
             why = foreign(request.headers, allowed)
             if why is not None:
                 log.info("refused a request from a browser or a foreign host: %s", why)
@@ -518,6 +529,39 @@ def _local_only(settings: Settings) -> Callable[[Handler], Handler]:
     return guarded
 
 
+class Routes:
+    """Which handler answers a method and a path: one table for both servers."""
+
+    def __init__(self, handlers: AppHandlers, settings: Settings) -> None:
+        guarded = _local_only(settings)
+        chat, responses = guarded(handlers.chat_completions), guarded(handlers.responses)
+        self.post = {
+            "/v1/chat/completions": chat,
+            "/chat/completions": chat,
+            "/v1/messages": guarded(handlers.messages),
+            "/v1/messages/count_tokens": guarded(handlers.count_tokens),
+            "/v1/responses": responses,
+            "/responses": responses,
+        }
+        self.models = guarded(handlers.list_models)
+        self.model = guarded(handlers.get_model)
+        self.other = guarded(handlers.other)
+
+    def find(self, method: str, path: str) -> tuple[Handler, Mapping[str, str]]:
+        if method == "POST":
+            return self.post.get(path, self.other), _NO_MATCH
+        if method in ("GET", "HEAD"):  # aiohttp answers HEAD wherever it answers GET
+            if path == "/v1/models":
+                return self.models, _NO_MATCH
+            name = path.removeprefix("/v1/models/")
+            if name != path and name and "/" not in name:
+                return self.model, {"model": name}
+        return self.other, _NO_MATCH
+
+
+_NO_MATCH: Mapping[str, str] = {}
+
+
 def create_app(
     store: ConfigStore,
     metrics: Metrics,
@@ -526,17 +570,19 @@ def create_app(
     tracing: bool = False,
     draining: Callable[[], bool] = lambda: False,
 ) -> web.Application:
+    """The app port on aiohttp (`--server aiohttp`)."""
     handlers = AppHandlers(store, metrics, settings, tracing, draining)
+    routes = Routes(handlers, settings)
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[HANDLERS] = handlers
-    guarded = _local_only(settings)
-    app.router.add_post("/v1/chat/completions", guarded(handlers.chat_completions))
-    app.router.add_post("/chat/completions", guarded(handlers.chat_completions))
-    app.router.add_post("/v1/messages", guarded(handlers.messages))
-    app.router.add_post("/v1/messages/count_tokens", guarded(handlers.count_tokens))
-    app.router.add_post("/v1/responses", guarded(handlers.responses))
-    app.router.add_post("/responses", guarded(handlers.responses))
-    app.router.add_get("/v1/models", guarded(handlers.list_models))
-    app.router.add_get("/v1/models/{model}", guarded(handlers.get_model))
-    app.router.add_route("*", "/{tail:.*}", guarded(handlers.other))
+    for path, handler in routes.post.items():
+        app.router.add_post(path, _on_aiohttp(handler))
+    app.router.add_get("/v1/models", _on_aiohttp(routes.models))
+    app.router.add_get("/v1/models/{model}", _on_aiohttp(routes.model))
+    app.router.add_route("*", "/{tail:.*}", _on_aiohttp(routes.other))
     return app
+
+
+def _on_aiohttp(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    # On aiohttp a handler gets aiohttp's request, so it answers with aiohttp's responses.
+    return cast("Callable[[web.Request], Awaitable[web.StreamResponse]]", handler)

@@ -27,6 +27,7 @@ from aiohttp import web
 from agent.errors import InvalidResponseError
 from agent.wire.base import loads_exact
 from agent.wire.inbound import Api, Call, CallerError, Failure, invalid
+from agent_sidecar import exchange
 from agent_sidecar.members import NotJSON, members
 
 LARGE = 1024 * 1024  # bytes: from here a body is charged to the budget and parsed off-loop
@@ -78,7 +79,7 @@ def _busy() -> CallerError:
     )
 
 
-async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeout: float) -> Body:
+async def read_body(request: web.Request | exchange.Request, limit: int, budget: BodyBudget, timeout: float) -> Body:
     """The whole body, within `limit` bytes and `timeout` seconds, charged to `budget`
     when large. Raises CallerError (413, 408, 503) with nothing charged."""
     declared = request.content_length
@@ -106,7 +107,7 @@ async def read_body(request: web.Request, limit: int, budget: BodyBudget, timeou
     return body
 
 
-async def _fill(request: web.Request, body: Body, limit: int) -> None:
+async def _fill(request: web.Request | exchange.Request, body: Body, limit: int) -> None:
     # One buffer of the declared size, filled in place: growing it chunk by chunk
     # would copy it each time it is reallocated (twice its size for a moment).
     content, declared = request.content, request.content_length

@@ -19,10 +19,11 @@ from aiohttp import web
 
 from agent.transport import HttpxTransport
 from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app, made_token
-from agent_sidecar.app import HANDLERS, AppHandlers, create_app
+from agent_sidecar.app import HANDLERS, AppHandlers, Routes, create_app
 from agent_sidecar.connections import cap_connections
 from agent_sidecar.delivery import ConfigWatch, Operator
 from agent_sidecar.fallback import Fallback
+from agent_sidecar.http1server import AppServer
 from agent_sidecar.metrics import Metrics
 from agent_sidecar.routes import Loaded
 from agent_sidecar.settings import Settings
@@ -56,7 +57,8 @@ class Sidecar:
                       else AdminToken(settings.token, settings.token_file))
         self.tracing = tracing
         self.draining = False
-        self._app: web.AppRunner | None = None
+        self._app: web.AppRunner | None = None  # the app port on aiohttp (--server aiohttp)
+        self._own: AppServer | None = None  # or on the sidecar's own server (--server http1)
         self._handlers: AppHandlers | None = None
         self._admin: web.AppRunner | None = None
         self._health: web.AppRunner | None = None
@@ -86,24 +88,13 @@ class Sidecar:
         s = self.settings
         access_log = logging.getLogger("agent_sidecar.access") if s.access_log else None
         draining = self._is_draining
-        app = create_app(self.store, self.metrics, s, tracing=self.tracing, draining=draining)
-        # handler_cancellation: a client that disconnects cancels its handler at once,
-        # which closes the upstream request instead of streaming into the void.
-        # keepalive_timeout: aiohttp closes a connection that has no complete request
-        # this long after it opened or after its last answer: idle keep-alive and
-        # slowloris headers alike (its default is about an hour).
-        self._app = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            access_log=access_log,
-            shutdown_timeout=s.drain_timeout,
-            keepalive_timeout=s.idle_timeout,
-        )
-        self._handlers = app[HANDLERS]
-        await self._app.setup()
-        assert self._app.server is not None
-        cap_connections(self._app.server, s.max_connections)
-        await web.TCPSite(self._app, s.host, s.port, reuse_address=True).start()
+        if s.server == "http1":
+            self._handlers = AppHandlers(self.store, self.metrics, s, self.tracing, draining)
+            self._own = AppServer(Routes(self._handlers, s).find, idle_timeout=s.idle_timeout,
+                                  max_connections=s.max_connections, access_log=access_log)
+            await self._own.start(s.host, s.port)
+        else:
+            await self._start_aiohttp(access_log)
         admin = create_admin_app(self.store, self.metrics, self.token, draining, s.max_config_bytes)
         self._admin = web.AppRunner(
             admin, access_log=None, shutdown_timeout=1.0, keepalive_timeout=s.idle_timeout
@@ -122,11 +113,35 @@ class Sidecar:
         elif self.token.current() is None:
             log.warning("no usable admin token: /config is refused")
 
+    async def _start_aiohttp(self, access_log: logging.Logger | None) -> None:
+        s = self.settings
+        app = create_app(self.store, self.metrics, s, tracing=self.tracing,
+                         draining=self._is_draining)
+        # handler_cancellation: a client that disconnects cancels its handler at once,
+        # which closes the upstream request instead of streaming into the void.
+        # keepalive_timeout: aiohttp closes a connection that has no complete request
+        # this long after it opened or after its last answer: idle keep-alive and
+        # slowloris headers alike (its default is about an hour).
+        self._app = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=access_log,
+            shutdown_timeout=s.drain_timeout,
+            keepalive_timeout=s.idle_timeout,
+        )
+        self._handlers = app[HANDLERS]
+        await self._app.setup()
+        assert self._app.server is not None
+        cap_connections(self._app.server, s.max_connections)
+        await web.TCPSite(self._app, s.host, s.port, reuse_address=True).start()
+
     def _is_draining(self) -> bool:
         return self.draining
 
     @property
     def app_port(self) -> int:
+        if self._own is not None:
+            return self._own.port
         assert self._app is not None, "not started"
         return int(self._app.addresses[0][1])
 
@@ -156,15 +171,18 @@ class Sidecar:
         self.draining = True
         if self._watching is not None:
             self._watching.cancel()
-        if self._app is not None and self._handlers is not None:
-            # aiohttp closes what is still running at the drain timeout; just before
-            # that, the streams end themselves with an error event the app can read.
+        if self._handlers is not None:
+            # What is still running at the drain timeout is closed; just before that,
+            # the streams end themselves with an error event the app can read.
             cut = asyncio.get_running_loop().call_later(
                 max(0.0, self.settings.drain_timeout - CUT_AHEAD), self._handlers.cut_streams
             )
-            await self._app.cleanup()
+            if self._own is not None:
+                await self._own.stop(self.settings.drain_timeout)
+            if self._app is not None:
+                await self._app.cleanup()
             cut.cancel()
-            self._app = None
+            self._app = self._own = self._handlers = None
         for runner in (self._admin, self._health):
             if runner is not None:
                 await runner.cleanup()

@@ -47,6 +47,7 @@ class Settings:
     drain_timeout: float = 30.0  # on SIGTERM, for requests and streams in flight
     loop: str = "auto"  # auto (uvloop when installed), uvloop, asyncio
     transport: str = "http1"  # the upstream HTTP client: http1 (the sidecar's), aiohttp, httpx
+    server: str = "http1"  # the app port's HTTP server: http1 (the sidecar's), or aiohttp
     log_level: str = "info"
     access_log: bool = False
 
@@ -152,6 +153,12 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         default=e("TRANSPORT", "http1"),
         help="HTTP client for upstream calls (http1: see agent_sidecar.upstream)",
     )
+    p.add_argument(
+        "--server",
+        choices=["http1", "aiohttp"],
+        default=e("SERVER", "http1"),
+        help="HTTP server of the app port (http1: see agent_sidecar.http1server)",
+    )
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"))
     p.add_argument(
         "--access-log", action="store_true", default=e("ACCESS_LOG", "") in ("1", "true")
@@ -191,6 +198,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         drain_timeout=args.drain_timeout,
         loop=args.loop,
         transport=args.transport,
+        server=args.server,
         log_level=args.log_level,
         access_log=args.access_log,
     )

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from agent_sidecar import Settings, Sidecar
 from fakes import FakeProvider
-from sidecar_support import TOKEN, agent_spec, document, fast_route
+from sidecar_support import SERVER_SETTING, TOKEN, agent_spec, document, fast_route
 
 from agent.config import RouterConfig
 
@@ -35,6 +35,7 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
             "token": TOKEN,
             "state_dir": tmp_path / "state",
             "drain_timeout": 5.0,
+            **SERVER_SETTING,
         }
         if isinstance(config, Path):
             options["config"] = config

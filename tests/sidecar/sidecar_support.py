@@ -56,6 +56,13 @@ def fast_route(name: str, agents: Sequence[str], **overrides: Any) -> dict[str, 
     return {"name": name, "agents": list(agents), "retries": 0, "backoff": 0, **overrides}
 
 
+# The app port's server every sidecar of the tests runs (`--server`): set
+# AGENT_TEST_SIDECAR_SERVER=aiohttp or http1 to run a whole directory on either.
+SERVER = os.environ.get("AGENT_TEST_SIDECAR_SERVER", "")
+SERVER_ENV = {"AGENT_SIDECAR_SERVER": SERVER} if SERVER else {}
+SERVER_SETTING = {"server": SERVER} if SERVER else {}  # for a Settings made in the tests
+
+
 class SidecarProcess:
     """`python -m agent_sidecar ...` as a real process; waits for its READY line."""
 
@@ -63,6 +70,7 @@ class SidecarProcess:
         full_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENT_SIDECAR_"))
         }
+        full_env.update(SERVER_ENV)
         full_env.update(env or {})
         self.started = time.perf_counter()
         # stderr to a file: a pipe nobody reads could fill up and block the sidecar

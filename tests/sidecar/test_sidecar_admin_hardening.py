@@ -19,7 +19,7 @@ from conftest import SidecarFactory
 from fakes import FakeProvider
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sidecar_support import TOKEN, agent_spec, document
+from sidecar_support import SERVER_SETTING, TOKEN, agent_spec, document
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -143,7 +143,11 @@ def test_no_header_bytes_make_a_500_on_either_port(
     ):
         raw = request + name + b": " + value + b"\r\nConnection: close\r\n\r\n{}"
         status = asyncio.run_coroutine_threadsafe(_status(port, raw), loop).result(30)
-        assert 400 <= status < 500, (port, request, name, value, status)
+        # The listing needs no credentials: a header HTTP allows leaves it a 200 (the
+        # sidecar's own server answers before the bytes after `Connection: close`,
+        # which aiohttp's refuses with the whole request).
+        listing = port == sidecar.app_port and request.startswith(b"GET") and status == 200
+        assert 400 <= status < 500 or listing, (port, request, name, value, status)
 
 
 async def _status(port: int, raw: bytes) -> int:
@@ -162,7 +166,8 @@ def running_sidecar(
     """A sidecar on a loop of its own thread (hypothesis runs examples synchronously)."""
     config = tmp_path_factory.mktemp("headers") / "router.yaml"
     config.write_text(yaml.safe_dump({"version": 1, "agents": [], "routes": []}))
-    settings = Settings(config=config, port=0, admin_port=0, admin_host="127.0.0.1", token=TOKEN)
+    settings = Settings(config=config, port=0, admin_port=0, admin_host="127.0.0.1", token=TOKEN,
+                        **SERVER_SETTING)
     sidecar = Sidecar(settings)
     sidecar.load_config()
     loop = asyncio.new_event_loop()

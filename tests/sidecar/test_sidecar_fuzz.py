@@ -23,7 +23,7 @@ from agent_sidecar import Settings, Sidecar
 from fakes import FakeProvider
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sidecar_support import agent_spec, document, fast_route
+from sidecar_support import SERVER_SETTING, agent_spec, document, fast_route
 
 from agent.config import RouterConfig
 
@@ -47,7 +47,7 @@ def app_url() -> Iterator[str]:
 
     async def main() -> None:
         async with FakeProvider("openai") as gpt, FakeProvider("anthropic") as claude:
-            sidecar = Sidecar(Settings(port=0, admin_port=0, admin_host="127.0.0.1"))
+            sidecar = Sidecar(Settings(port=0, admin_port=0, admin_host="127.0.0.1", **SERVER_SETTING))
             config = document(
                 [agent_spec(gpt, "gpt"), agent_spec(claude, "claude")],
                 [
