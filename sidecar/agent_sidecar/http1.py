@@ -26,10 +26,15 @@ SLICE = 256 * 1024  # bodies larger than this are written a slice at a time, not
 _HEADERS_LIMIT = 64 * 1024  # an answer's header bytes (aiohttp's allows 8 KiB a line)
 
 
-def request_head(request: WireRequest, target: str, host: str) -> bytes:
+def request_head(
+    request: WireRequest, target: str, host: str, authorization: str | None = None
+) -> bytes:
     """The request line and headers. No Accept-Encoding unless the agent set one: an
-    upstream then answers uncompressed and nothing here spends time inflating."""
+    upstream then answers uncompressed and nothing here spends time inflating.
+    `authorization` (the URL's credentials) goes with it unless the agent sent its own."""
     headers = request.headers
+    if authorization is not None and not any(k.lower() == "authorization" for k in headers):
+        headers = {**headers, "Authorization": authorization}
     lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
         # A line break inside a header would start a header (or a request) of its own.

@@ -17,15 +17,20 @@ A request on a pooled connection that the server had closed (an end of stream be
 any byte of the answer) is sent again once on a new connection. A reset is not: the
 server may have acted on the request, and the router's retry policy decides that one
 (aiohttp's client retries neither for a POST).
+
+Credentials in a base URL (`https://user:secret@gateway/v1`) are sent as Basic
+authorization, as aiohttp's and httpx's clients send them, unless the agent sends an
+`Authorization` header of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yarl
 
@@ -50,6 +55,7 @@ class _Target:
     path: str  # the request target: path and query, as sent
     host_header: str
     proxied: bool  # an environment proxy applies: the aiohttp client sends it
+    authorization: str | None = field(default=None, repr=False)  # from the URL's user part
 
 
 @functools.lru_cache(maxsize=1024)
@@ -69,7 +75,13 @@ def _target(url: str) -> _Target:
     if not parsed.is_default_port():
         host_header += f":{port}"
     proxied = _proxy(parsed.scheme, host)[0] is not None
-    return _Target((parsed.scheme, host, port), parsed.raw_path_qs, host_header, proxied)
+    authorization = None
+    if parsed.user is not None or parsed.password is not None:
+        pair = f"{parsed.user or ''}:{parsed.password or ''}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode()
+    return _Target(
+        (parsed.scheme, host, port), parsed.raw_path_qs, host_header, proxied, authorization
+    )
 
 
 class UpstreamTransport:
@@ -127,7 +139,7 @@ class UpstreamTransport:
     ) -> Connection:
         """Send the request and read up to the end of the answer's headers. The
         connection returned holds an in-flight place until it is released or lost."""
-        head = request_head(request, target.path, target.host_header)
+        head = request_head(request, target.path, target.host_header, target.authorization)
         while self._busy >= self._in_flight:
             await self._turn()
         self._busy += 1

@@ -5,6 +5,8 @@ flow control, TLS, compression, and the errors the engine expects."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import gzip
 import json
 import socket
@@ -280,6 +282,49 @@ async def test_refused_and_bad_urls_are_the_engines_errors(client) -> None:
         await client.send_async(post("http:///nohost"), 1.0)
     with pytest.raises(APIConnectionError, match="failed"):
         await client.send_async(post("http://127.0.0.1:1/x"), 1.0)  # nothing listens on 1
+
+
+async def test_credentials_in_the_url_are_basic_authorization_unless_the_agent_sends_its_own(
+    serve, client
+) -> None:
+    """What was tried: a base URL with a user and a percent-encoded password, as a
+    gateway behind Basic authentication is configured; then the same URL with a request
+    that carries its own Authorization. The first goes as Basic with the decoded pair;
+    the second keeps the agent's; neither request line nor Host holds the credentials."""
+    upstream = await serve(always(ok()))
+    url = upstream.url().replace("http://", "http://gw-user:s%40cret@")
+    await client.send_async(post(url), 5.0)
+    await client.send_async(post(url, authorization="Bearer sk-agent"), 5.0)
+    first, second = (r.head.decode() for r in upstream.requests)
+    expected = base64.b64encode(b"gw-user:s@cret").decode()
+    assert f"Authorization: Basic {expected}\r\n" in first
+    assert "authorization: Bearer sk-agent\r\n" in second and "Basic" not in second
+    for head in (first, second):
+        request_line, host = head.split("\r\n")[:2]
+        assert "cret" not in request_line + host and "gw-user" not in request_line + host
+
+
+async def test_a_connection_not_accepted_in_time_is_a_timeout(client) -> None:
+    """What was tried: a server whose accept queue is full (listen backlog 0, one
+    connection waiting), so the next connection's handshake is never answered. The
+    call fails as a timeout naming the address (the call's timeout bounds the connect)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    waiting = []
+    for _ in range(3):  # fill the queue
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        waiting.append(sock)
+    try:
+        with pytest.raises(APITimeoutError, match=f"127.0.0.1:{port}"):
+            await client.send_async(post(f"http://127.0.0.1:{port}/v1/chat"), 0.5)
+    finally:
+        for sock in (*waiting, server):
+            sock.close()
 
 
 async def test_a_header_with_a_line_break_is_refused_before_sending(serve, client) -> None:
