@@ -16,9 +16,11 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent._transport import HttpxTransport
+if TYPE_CHECKING:
+    from agent._transport import HttpxTransport
+
 
 R = TypeVar("R")
 
@@ -38,6 +40,8 @@ class Resources:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
+                    from agent._transport import HttpxTransport  # httpx: only when used
+
                     self._pool = HttpxTransport()
         return self._pool
 

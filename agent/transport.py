@@ -42,10 +42,12 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from agent._transport import HttpxTransport
 from agent.wire.base import Reply, WireRequest
+
+if TYPE_CHECKING:
+    from agent._transport import HttpxTransport
 
 __all__ = [
     "AsyncStreamResponse",
@@ -138,3 +140,13 @@ def set_default_transport(transport: AnyTransport | None) -> AnyTransport | None
     previous = _default
     _default = transport
     return previous
+
+
+def __getattr__(name: str) -> Any:
+    # httpx and httpcore cost a process about 6 MB: loaded when the engine's own
+    # transport is first asked for, not by every import (the sidecar has its own client).
+    if name == "HttpxTransport":
+        from agent._transport import HttpxTransport
+
+        return HttpxTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.transport import HttpxTransport
 from agent_sidecar.admin import AdminToken, create_admin_app, create_health_app, made_token
 from agent_sidecar.app import HANDLERS, AppHandlers, Routes, create_app
 from agent_sidecar.connections import cap_connections
@@ -33,11 +34,21 @@ from agent_sidecar.upstream import UpstreamTransport
 
 log = logging.getLogger("agent_sidecar")
 
+if TYPE_CHECKING:
+    from agent._transport import HttpxTransport
+
+
+def _httpx() -> HttpxTransport:
+    from agent._transport import HttpxTransport  # httpx is loaded only when chosen
+
+    return HttpxTransport()
+
+
 # The upstream HTTP clients `--transport` chooses from.
-TRANSPORTS: dict[str, type[UpstreamTransport | AiohttpTransport | HttpxTransport]] = {
+TRANSPORTS: dict[str, Callable[[], UpstreamTransport | AiohttpTransport | HttpxTransport]] = {
     "http1": UpstreamTransport,
     "aiohttp": AiohttpTransport,
-    "httpx": HttpxTransport,
+    "httpx": _httpx,
 }
 
 CUT_AHEAD = 0.2  # seconds before the drain timeout when streams still running are ended
@@ -52,9 +63,11 @@ class Sidecar:
         self.transport = TRANSPORTS[settings.transport]()
         self.store = ConfigStore(settings.state_dir, self.transport)
         self.metrics = Metrics(self.store)
-        self.token = (made_token(settings.state_dir)
-                      if not (settings.token or settings.token_file) and settings.state_dir
-                      else AdminToken(settings.token, settings.token_file))
+        self.token = (
+            made_token(settings.state_dir)
+            if not (settings.token or settings.token_file) and settings.state_dir
+            else AdminToken(settings.token, settings.token_file)
+        )
         self.tracing = tracing
         self.draining = False
         self._app: web.AppRunner | None = None  # the app port on aiohttp (--server aiohttp)
@@ -64,11 +77,22 @@ class Sidecar:
         self._health: web.AppRunner | None = None
         self.watch: ConfigWatch | None = None
         if settings.operator_url and settings.operator_ca and settings.identity_token_file:
-            self.watch = ConfigWatch(self.store, self.metrics, Operator(
-                settings.operator_url, settings.operator_ca, settings.identity_token_file,
-                settings.operator_address_file), settings.max_config_bytes)
-        self.fallback = Fallback(settings.fallback_configs, settings.pod_labels_file) \
-            if settings.fallback_configs and settings.pod_labels_file else None
+            self.watch = ConfigWatch(
+                self.store,
+                self.metrics,
+                Operator(
+                    settings.operator_url,
+                    settings.operator_ca,
+                    settings.identity_token_file,
+                    settings.operator_address_file,
+                ),
+                settings.max_config_bytes,
+            )
+        self.fallback = (
+            Fallback(settings.fallback_configs, settings.pod_labels_file)
+            if settings.fallback_configs and settings.pod_labels_file
+            else None
+        )
         self._watching: asyncio.Task[None] | None = None
 
     def load_config(self) -> Loaded | None:
@@ -78,8 +102,7 @@ class Sidecar:
         if loaded is None and self.fallback is not None:
             config = self.fallback.config()
             if config is not None:
-                loaded = self.store.loaded = Loaded.build(config, "namespace",
-                                                          self.store.transport)
+                loaded = self.store.loaded = Loaded.build(config, "namespace", self.store.transport)
         if loaded is not None:
             log.info("serving config version %d from %s", loaded.version, loaded.source)
         return loaded
@@ -102,12 +125,17 @@ class Sidecar:
         await self._admin.setup()
         await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
         if s.health_port is not None:
-            self._health = web.AppRunner(create_health_app(admin), access_log=None,
-                                         shutdown_timeout=1.0, keepalive_timeout=s.idle_timeout)
+            self._health = web.AppRunner(
+                create_health_app(admin),
+                access_log=None,
+                shutdown_timeout=1.0,
+                keepalive_timeout=s.idle_timeout,
+            )
             await self._health.setup()
             # "": every address of both families, None to aiohttp.
-            await web.TCPSite(self._health, s.health_host or None, s.health_port,
-                              reuse_address=True).start()
+            await web.TCPSite(
+                self._health, s.health_host or None, s.health_port, reuse_address=True
+            ).start()
         if self.watch is not None:
             self._watching = asyncio.create_task(self.watch.run(), name="config-watch")
         elif self.token.current() is None:

@@ -8,6 +8,8 @@ is tried with the official SDKs in test_sidecar_passthrough.py."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import httpx
 from agent_sidecar import Sidecar
@@ -46,3 +48,16 @@ async def test_every_route_of_the_app_port_refuses_a_web_page(
         answer = await client.post("/v1/chat/completions", json=CHAT)
         assert answer.status_code == 200, answer.text
     assert len(fake_openai.requests) == 1  # the refused requests never reached a provider
+
+
+def test_the_sidecar_starts_without_the_engines_own_http_client() -> None:
+    """What was tried: importing what the sidecar's process imports to serve, in a fresh
+    interpreter. httpx and httpcore (the engine's own transport, about 3 MB of a
+    process) are not loaded: the sidecar calls providers with its own client and loads
+    httpx only for `--transport httpx`."""
+    probe = (
+        "import sys, agent_sidecar.__main__, agent_sidecar.server, agent_sidecar.app;"
+        "print(sorted(m for m in ('httpx', 'httpcore') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import pytest_asyncio
 from agent_sidecar.transport import AiohttpTransport
 from agent_sidecar.upstream import UpstreamTransport
 from fakes import CutStream, Fail, Hang, Reply, Reset
+from sidecar_support import agent_spec, document
 
 from agent import Agent
 from agent.errors import APIConnectionError, APITimeoutError, ConfigurationError, RateLimitError
@@ -84,3 +86,19 @@ async def test_a_running_sidecar_leaves_the_engines_default_alone(sidecar) -> No
     route = sidecar.store.loaded.routes["default"]
     assert route.router.transport is sidecar.transport
     assert isinstance(sidecar.transport, UpstreamTransport)
+
+
+async def test_the_engines_own_transport_serves_when_chosen(sidecar_factory, fake_openai) -> None:
+    """What was tried: `--transport httpx`, whose client is loaded only when chosen; a
+    plain and a streamed call go through it to the fake provider."""
+    config = document([agent_spec(fake_openai, "gpt")], [{"name": "default", "agents": ["gpt"]}])
+    sidecar = await sidecar_factory(config, transport="httpx")
+    assert type(sidecar.transport).__name__ == "HttpxTransport"
+    async with httpx.AsyncClient(base_url=sidecar.app_url, timeout=10) as client:
+        body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+        plain = await client.post("/v1/chat/completions", json=body)
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["message"]["content"]
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+    assert len(fake_openai.requests) == 2
