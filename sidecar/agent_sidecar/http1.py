@@ -47,7 +47,7 @@ def request_head(
     agent = "" if "user-agent" in headers else "User-Agent: agent-router-sidecar\r\n"
     return (
         f"{request.method} {target} HTTP/1.1\r\nHost: {host}\r\n{length}{agent}{lines}\r\n"
-    ).encode()
+    ).encode("utf-8", "surrogateescape")  # a caller's header bytes go on as they came
 
 
 class _Inflate:

@@ -19,6 +19,7 @@ import pytest
 from agent_sidecar import Sidecar
 from conftest import SidecarFactory
 from fakes import FakeProvider, Reply
+from sidecar_support import agent_spec, document
 
 CHAT = json.dumps({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}).encode()
 STREAM = json.dumps(
@@ -147,8 +148,9 @@ async def test_http_1_0_is_answered_and_closed_unless_kept_alive(app: Sidecar) -
         assert await closed(reader)
     async with connection(app.app_port) as (reader, writer):
         for _ in range(2):
-            writer.write(post("/v1/chat/completions", CHAT, "Connection: keep-alive",
-                              version="1.0"))
+            writer.write(
+                post("/v1/chat/completions", CHAT, "Connection: keep-alive", version="1.0")
+            )
             answer = await read_answer(reader)
             assert answer.status == 200 and answer.headers["connection"].lower() == "keep-alive"
 
@@ -188,8 +190,9 @@ async def test_an_unknown_expectation_is_refused(app: Sidecar) -> None:
         assert status_line == b"" or status_line.startswith(b"HTTP/1.1 200"), status_line
 
 
-async def test_a_chunked_request_body_is_read_whole(app: Sidecar, fake_openai: FakeProvider
-                                                    ) -> None:
+async def test_a_chunked_request_body_is_read_whole(
+    app: Sidecar, fake_openai: FakeProvider
+) -> None:
     # The body in three chunks of a chunked request, the last sent after a pause.
     async with connection(app.app_port) as (reader, writer):
         writer.write(
@@ -234,8 +237,9 @@ async def test_a_client_that_reads_late_gets_the_whole_stream(
         await asyncio.sleep(1.0)
         answer = await read_answer(reader)
     assert answer.status == 200 and answer.body.rstrip().endswith(b"data: [DONE]")
-    frames = [json.loads(line[6:]) for line in answer.body.split(b"\n\n")
-              if line.startswith(b"data: {")]
+    frames = [
+        json.loads(line[6:]) for line in answer.body.split(b"\n\n") if line.startswith(b"data: {")
+    ]
     text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames if f["choices"])
     assert text == " ".join(words)
     assert len(answer.body) > 10_000_000  # more than a socket buffers for an idle reader
@@ -274,7 +278,8 @@ async def test_head_is_answered_without_a_body(app: Sidecar) -> None:
         b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",  # a long line
         b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: localhost\r\n"  # more than aiohttp's 128 headers
-        + b"".join(b"X-H%d: c\r\n" % i for i in range(130)) + b"\r\n",
+        + b"".join(b"X-H%d: c\r\n" % i for i in range(130))
+        + b"\r\n",
         b"GARBAGE\r\n\r\n",  # not HTTP
         b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
@@ -318,8 +323,11 @@ async def test_a_request_after_a_malformed_one_is_not_answered(app: Sidecar) -> 
     # A good call, garbage, then a good call, in one write: the 400 is the last answer
     # (aiohttp's server refuses the whole write; the sidecar's answers the call before it).
     async with connection(app.app_port) as (reader, writer):
-        writer.write(post("/v1/chat/completions", CHAT) + b"GARBAGE\r\n\r\n"
-                     + post("/v1/chat/completions", CHAT))
+        writer.write(
+            post("/v1/chat/completions", CHAT)
+            + b"GARBAGE\r\n\r\n"
+            + post("/v1/chat/completions", CHAT)
+        )
         answer = await read_answer(reader)
         if answer.status == 200:
             answer = await read_answer(reader)
@@ -328,7 +336,9 @@ async def test_a_request_after_a_malformed_one_is_not_answered(app: Sidecar) -> 
 
 
 async def test_the_access_log_has_a_line_a_request(
-    server: str, sidecar_factory: SidecarFactory, two_provider_config: dict[str, Any],
+    server: str,
+    sidecar_factory: SidecarFactory,
+    two_provider_config: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # With --access-log, a call and a missing path: a line each, aiohttp's format.
@@ -346,14 +356,17 @@ async def test_the_access_log_has_a_line_a_request(
             await asyncio.sleep(0.05)
     assert len(lines) == 2, lines
     assert re.fullmatch(
-        r'127\.0\.0\.1 \[\d+/\w+/\d+:\d+:\d+:\d+ [+-]\d{4}\] '
-        r'"POST /v1/chat/completions HTTP/1\.1" 200 \d+ "-" "raw-test"', lines[0]
+        r"127\.0\.0\.1 \[\d+/\w+/\d+:\d+:\d+:\d+ [+-]\d{4}\] "
+        r'"POST /v1/chat/completions HTTP/1\.1" 200 \d+ "-" "raw-test"',
+        lines[0],
     ), lines[0]
     assert '"GET /nowhere?x=1 HTTP/1.1" 404 ' in lines[1]
 
 
 async def test_drain_finishes_the_stream_in_flight_and_refuses_new_connections(
-    server: str, sidecar_factory: SidecarFactory, two_provider_config: dict[str, Any],
+    server: str,
+    sidecar_factory: SidecarFactory,
+    two_provider_config: dict[str, Any],
     fake_openai: FakeProvider,
 ) -> None:
     # A stream of about a second is running and another connection is idle when the
@@ -372,3 +385,44 @@ async def test_drain_finishes_the_stream_in_flight_and_refuses_new_connections(
         await stopping
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_route_named_outside_ascii_is_served_and_named_in_ascii(
+    server: str, sidecar_factory: SidecarFactory, fake_openai: FakeProvider
+) -> None:
+    """What was tried: a route whose name (what apps send as `model`) is not ASCII,
+    plain and streamed. It is served, and `x-agent-route` names it in escaped ASCII
+    (a header is one ASCII line), the same on both servers."""
+    config = document([agent_spec(fake_openai, "gpt")], [{"name": "café", "agents": ["gpt"]}])
+    app = await sidecar_factory(config, server=server)
+    for body in (CHAT, STREAM):
+        sent = body.replace(b'"gpt"', '"café"'.encode())
+        async with connection(app.app_port) as (reader, writer):
+            writer.write(post("/v1/chat/completions", sent))
+            answer = await read_answer(reader)
+        assert answer.status == 200, answer.body
+        assert answer.headers["x-agent-route"] == "caf\\xe9"
+
+
+async def test_a_forwarded_header_that_is_not_utf_8_goes_upstream_as_it_came(
+    app: Sidecar, fake_anthropic: FakeProvider
+) -> None:
+    """What was tried: `anthropic-beta` (a header the sidecar forwards upstream) holding
+    bytes that are not UTF-8, then a good request on the same connection. Both are
+    served; the upstream gets the header's bytes as the caller sent them (they were an
+    internal error, a 500, before)."""
+    body = json.dumps(
+        {"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    bad = post("/v1/messages", body, "anthropic-version: 2023-06-01").replace(
+        b"\r\n\r\n", b"\r\nanthropic-beta: caf\xe9-\xff\r\n\r\n", 1
+    )
+    async with connection(app.app_port) as (reader, writer):
+        writer.write(bad)
+        first = await read_answer(reader)
+        writer.write(post("/v1/messages", body, "anthropic-version: 2023-06-01"))
+        second = await read_answer(reader)
+    assert first.status == 200, first.body
+    assert second.status == 200, second.body
+    sent = fake_anthropic.requests[0].headers["anthropic-beta"]
+    assert sent.encode("utf-8", "surrogateescape") == b"caf\xe9-\xff"
