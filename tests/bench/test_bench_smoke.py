@@ -31,6 +31,9 @@ def test_library_bench() -> None:
         assert line in out
 
 
+# Every row at 32 connections and at one, a second each, plus the memory and start-up
+# runs: about 90 s alone on two CPUs, past the default limit when other tests share them.
+@pytest.mark.timeout(360)
 def test_sidecar_bench() -> None:
     out = run("bench/sidecar_bench.py", "--seconds", "1", "--rounds", "1")
     for target in ("direct", "thin", "sidecar (uvloop)", "sidecar (asyncio)", "chat x-format",
