@@ -322,6 +322,13 @@ class _AsyncStream:
             await self.response.aclose()
 
 
+async def _close(stream: _AsyncStream, streams: list[_AsyncStream]) -> None:
+    """Close a stream and stop keeping it for the driver to close."""
+    if stream in streams:
+        streams.remove(stream)
+    await stream.close()
+
+
 async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
     if isinstance(step, Read):
         stream = step.stream
@@ -331,8 +338,7 @@ async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
             async with asyncio.timeout(step.within):
                 chunk = await stream.read()
         if stream.ended:  # whole: its connection is free now, not at a Close step
-            streams.remove(stream)
-            await stream.close()
+            await _close(stream, streams)
         return chunk
     if isinstance(step, Count):
         return await step.async_()
@@ -347,13 +353,10 @@ async def _perform_async(step: Step, streams: list[_AsyncStream]) -> Any:
                 opened = await opening
         stream = _kept(opened, streams, _AsyncStream)
         if isinstance(stream, _AsyncStream) and stream.ended:  # whole (see `.first`)
-            streams.remove(stream)
-            await stream.close()
+            await _close(stream, streams)
         return stream
     if isinstance(step, Close):
-        if step.stream in streams:
-            streams.remove(step.stream)
-        await step.stream.close()
+        await _close(step.stream, streams)
         return None
     if isinstance(step, Invoke):
         result = step.fn(*step.args)

@@ -143,7 +143,7 @@ def set_default_transport(transport: AnyTransport | None) -> AnyTransport | None
 
 
 def __getattr__(name: str) -> Any:
-    # httpx and httpcore cost a process about 6 MB: loaded when the engine's own
+    # httpx and httpcore cost a process about 3 MB: loaded when the engine's own
     # transport is first asked for, not by every import (the sidecar has its own client).
     if name == "HttpxTransport":
         from agent._transport import HttpxTransport

@@ -321,8 +321,7 @@ class Stream:
         return conn.take()
 
     async def aclose(self) -> None:
-        conn = self._conn
-        if conn.complete and not conn.chunks and conn.error is None:
-            self._client.release(conn)  # read to its end: back to the pool
+        if self.ended:
+            self._client.release(self._conn)  # read to its end: back to the pool
         else:
-            conn.close()  # mid-stream: drop the connection, the upstream sees it at once
+            self._conn.close()  # mid-stream: drop the connection, the upstream sees it at once
