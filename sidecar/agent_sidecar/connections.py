@@ -6,45 +6,60 @@ the oldest *idle* connection (one waiting for, or still receiving, its request's
 headers) makes room without touching a request in progress. Connections that never sent
 a whole request go first: a good client's keep-alive connection is closed only when
 nothing else is left, since a request it sends at that moment fails (and is retried by
-the SDKs).
+the SDKs). The policy is `make_room`'s, for both servers of the app port: the sidecar's
+own (`agent_sidecar.http1server`) and aiohttp's (`cap_connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("agent_sidecar.connections")
 
+C = TypeVar("C")
+
+
+def make_room(
+    connections: Collection[C],
+    limit: int,
+    idle: Callable[[C], bool],
+    answered: Callable[[C], bool],
+    close: Callable[[C], None],
+) -> None:
+    """Past `limit` connections (kept in order of arrival), close as many idle ones:
+    first those that never sent a whole request (a flood of empty connections), then
+    keep-alive ones (`answered`); the oldest first in each."""
+    excess = len(connections) - limit
+    if excess <= 0:
+        return
+    chosen = sorted((c for c in connections if idle(c)), key=answered)[:excess]  # stable
+    for connection in chosen:
+        close(connection)
+    log.info("%d connections open: closed the %d oldest idle ones", limit, len(chosen))
+
 
 def cap_connections(server: web.Server, limit: int) -> None:
-    """Keep at most `limit` connections on `server` by closing the oldest idle ones."""
+    """Keep at most `limit` connections on aiohttp's `server` (see `make_room`)."""
     made = server.connection_made
 
     def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
         made(handler, transport)
-        excess = len(server.connections) - limit
-        if excess > 0:
-            closed = _close_idle(server.connections, excess)
-            log.info("%d connections open: closed the %d oldest idle ones", limit, closed)
+        make_room(server.connections, limit, _idle, _answered, RequestHandler.force_close)
 
     server.connection_made = connection_made  # type: ignore[method-assign]
-
-
-def _close_idle(handlers: list[RequestHandler], count: int) -> int:
-    """Close `count` idle connections: first those that never sent a whole request (a
-    flood of empty connections), then keep-alive ones; the oldest first in each."""
-    idle = [h for h in handlers if _idle(h)]  # the server keeps them in order of arrival
-    idle.sort(key=lambda h: getattr(h, "_request_count", 0) > 0)  # stable: oldest first
-    for handler in idle[:count]:
-        handler.force_close()
-    return min(count, len(idle))
 
 
 def _idle(handler: RequestHandler) -> bool:
     # aiohttp's handler waits on `_waiter` exactly while it has no complete request
     waiter = getattr(handler, "_waiter", None)
     return waiter is not None and not waiter.done()
+
+
+def _answered(handler: RequestHandler) -> bool:
+    return getattr(handler, "_request_count", 0) > 0

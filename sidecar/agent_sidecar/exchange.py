@@ -16,6 +16,8 @@ from urllib.parse import unquote
 import httptools
 from multidict import CIMultiDictProxy
 
+from agent_sidecar.http1 import header_lines
+
 BODY_BUFFER = 256 * 1024  # body bytes buffered before the socket is paused
 NO_MATCH: Mapping[str, str] = {}
 
@@ -180,9 +182,10 @@ class Stream:
 def head(request: Request, status: int, reason: str, headers: Mapping[str, str],
           framing: str) -> bytes:
     """The status line and headers; a line break in a header would split the answer."""
-    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
-        raise ValueError("a header of the answer holds a line break")
+    try:
+        lines = header_lines(headers)
+    except ValueError as exc:
+        raise ValueError(f"a header of the answer holds a line break: {exc}") from None
     if not request.keep_alive:
         framing += "Connection: close\r\n"
     elif request.version == "1.0":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NoReturn, cast
 
 import httptools
@@ -26,6 +26,18 @@ SLICE = 256 * 1024  # bodies larger than this are written a slice at a time, not
 _HEADERS_LIMIT = 64 * 1024  # an answer's header bytes (aiohttp's allows 8 KiB a line)
 
 
+def header_lines(headers: Mapping[str, str]) -> str:
+    """`name: value` lines, each ended by CRLF. A line break inside a header would start
+    a header (or a message) of its own: ValueError, naming the headers that hold one."""
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+        bad = [
+            name for name, value in headers.items() if "\r" in name + value or "\n" in name + value
+        ]
+        raise ValueError(", ".join(bad))
+    return lines
+
+
 def request_head(
     request: WireRequest, target: str, host: str, authorization: str | None = None
 ) -> bytes:
@@ -35,13 +47,10 @@ def request_head(
     headers = request.headers
     if authorization is not None and not any(k.lower() == "authorization" for k in headers):
         headers = {**headers, "Authorization": authorization}
-    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
-        # A line break inside a header would start a header (or a request) of its own.
-        bad = [
-            name for name, value in headers.items() if "\r" in name + value or "\n" in name + value
-        ]
-        raise ConfigurationError(f"a header holds a line break: {', '.join(bad)}")
+    try:
+        lines = header_lines(headers)
+    except ValueError as exc:
+        raise ConfigurationError(f"a header holds a line break: {exc}") from None
     body = request.body
     length = f"Content-Length: {len(body)}\r\n" if body or request.method != "GET" else ""
     agent = "" if "user-agent" in headers else "User-Agent: agent-router-sidecar\r\n"

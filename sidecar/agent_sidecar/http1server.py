@@ -43,6 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from agent.wire.inbound import invalid
+from agent_sidecar.connections import make_room
 from agent_sidecar.exchange import Request, Stream, head, text
 
 log = logging.getLogger("agent_sidecar.http1server")
@@ -383,25 +384,13 @@ class AppServer:
 
     def opened(self, connection: Connection) -> None:
         self.connections[connection] = None
-        excess = len(self.connections) - self.max_connections
-        if excess > 0:
-            closed = self._close_idle(excess)
-            log.info("%d connections open: closed the %d oldest idle ones",
-                     self.max_connections, closed)
+        make_room(self.connections, self.max_connections, lambda c: c.idle,
+                  lambda c: c.answered > 0, Connection.close)
 
     def closed(self, connection: Connection) -> None:
         self.connections.pop(connection, None)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
-
-    def _close_idle(self, count: int) -> int:
-        """Close `count` idle connections: first those that never sent a whole request (a
-        flood of empty connections), then keep-alive ones; the oldest first in each."""
-        idle = [c for c in self.connections if c.idle]
-        idle.sort(key=lambda c: c.answered > 0)  # stable: oldest first
-        for connection in idle[:count]:
-            connection.close()
-        return min(count, len(idle))
 
     def logged(self, connection: Connection, request: Request) -> None:
         """The access log line, in aiohttp's default format."""
