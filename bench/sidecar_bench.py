@@ -29,10 +29,12 @@ bottleneck on a small machine; `--upstream fake` uses tests/fakes/serve.py inste
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,6 +80,18 @@ PINNED = (os.cpu_count() or 1) >= 2
 LOAD_CPU, PROXY_CPU = {0}, {1}
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _in_child(cpus: set[int] | None) -> None:
+    """In a server's process before it starts: it dies with the benchmark (killed by a
+    timeout or ^C, the benchmark would otherwise leave its servers running), and it is
+    pinned to `cpus`."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if cpus and PINNED:
+        os.sched_setaffinity(0, cpus)
+
+
 def spawn(
     name: str, cmd: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None
 ) -> Server:
@@ -88,7 +102,7 @@ def spawn(
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus and PINNED else None,
+        preexec_fn=lambda: _in_child(cpus),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()

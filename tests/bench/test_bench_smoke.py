@@ -4,9 +4,11 @@ the benchmarks, not to the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,40 @@ def test_sidecar_bench() -> None:
                    "direct responses", "thin responses", "responses relay", "responses x-format"):
         assert f"plain  {target} " in out and f"stream {target} " in out
     assert "sidecar start-up to ready" in out and "sidecar (uvloop): RSS" in out
+
+
+def test_a_killed_sidecar_bench_leaves_no_server_running() -> None:
+    """What was tried: the sidecar benchmark killed (SIGKILL, as a timeout kills it) once
+    its first servers run. Every server it started ends with it."""
+    bench = subprocess.Popen([sys.executable, "bench/sidecar_bench.py", "--seconds", "1",
+                              "--rounds", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _children(bench.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert children, "the benchmark started no server"
+    finally:
+        bench.kill()
+        bench.wait()
+    deadline = time.monotonic() + 20
+    while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not alive, f"servers left running: {alive}"
+
+
+def _children(pid: int) -> list[int]:
+    """The servers `pid` runs (its upstream, relays and sidecars; not its short tools)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"sidecar_servers.py" in cmdline or b"agent_sidecar" in cmdline:
+                    found.append(int(child))
+    return found
 
 
 def test_admission_bench() -> None:
