@@ -7,6 +7,8 @@ speaks the three wire formats, for each way in (chat completions, messages, resp
 
     direct     wrk -> upstream
     thin       wrk -> the thinnest aiohttp byte relay -> upstream   (bench/sidecar_servers.py)
+    bytes      wrk -> a relay that copies bytes, no HTTP -> upstream: the latency two more
+               loopback hops add whatever runs on them (for chat completions only)
     relay      wrk -> agent-sidecar -> upstream, on a route whose agent speaks the caller's
                format: the body and the answer pass through ("sidecar (uvloop)" and
                "sidecar (asyncio)" for chat completions, on either event loop)
@@ -206,7 +208,7 @@ class Row:
     """One target of the table: who serves it, what it is sent, and what it is held to."""
 
     name: str
-    server: str  # "upstream", "thin", "uvloop" or "asyncio"
+    server: str  # "upstream", "thin", "bytes", "uvloop" or "asyncio"
     path: str
     route: str  # the body's `model`: a route of the sidecar (ignored by the others)
     relay: str = ""  # the thin row of the same inbound format: its throughput is the 1.0x
@@ -217,6 +219,7 @@ class Row:
 ROWS = (
     Row("direct", "upstream", CHAT, "bench"),
     Row("thin", "thin", CHAT, "bench"),
+    Row("bytes", "bytes", CHAT, "bench", direct="direct"),  # the floor: no target
     Row("sidecar (uvloop)", "uvloop", CHAT, "bench", "thin", "direct", 0.85),
     Row("sidecar (asyncio)", "asyncio", CHAT, "bench", "thin", "direct", 0.85),
     Row("chat x-format", "uvloop", CHAT, "bench-messages", "thin", target=0.65),
@@ -316,6 +319,12 @@ def main() -> int:
             cpus=PROXY_CPU,
         )
         servers.append(thin)
+        floor = spawn(
+            "bytes",
+            [PYTHON, "bench/sidecar_servers.py", "bytes", "--upstream", upstream.url],
+            cpus=PROXY_CPU,
+        )
+        servers.append(floor)
 
         path = tmp / "router.yaml"
         path.write_text(json.dumps(config(upstream.url)))
@@ -345,7 +354,7 @@ def main() -> int:
             if any(row.server == loop for row in rows)
         }
         servers += sidecars.values()
-        by_role = {"upstream": upstream, "thin": thin, **sidecars}
+        by_role = {"upstream": upstream, "thin": thin, "bytes": floor, **sidecars}
 
         measured: list[tuple[str, Row, Result, Result]] = []
         for mode in ("plain", "stream"):
@@ -427,13 +436,16 @@ def _report(
             line += f"{relay.cpu_us / many.cpu_us:>6.2f}x"
         if row.direct:
             added = one.p50_ms - results[(mode, row.direct)][1].p50_ms
-            line += f"{added:>8.3f}ms{_verdict(added <= 0.2):>6}"
+            verdict = _verdict(added <= 0.2) if row.target else ""  # the floor has none
+            line += f"{'':>30}" if not row.relay else ""
+            line += f"{added:>8.3f}ms{verdict:>6}"
         print(line)
     print(
         f"\nCPU/req: the server's CPU time per request at c={c}; x relay: its req/s over the "
         "thin relay's for the same inbound format (the target); CPU x: the thin relay's "
         "CPU/req over its own (the share a saturated CPU would give, whatever the "
-        "neighbours do); +p50 c=1: added over a direct call (target <= 0.200 ms)\n"
+        "neighbours do); +p50 c=1: added over a direct call (target <= 0.200 ms; the "
+        "bytes row: what the two hops alone add)\n"
     )
     for loop, mb in rss.items():
         print(

@@ -11,6 +11,11 @@
         The thinnest aiohttp pass-through: forwards the body to the upstream over a
         keep-alive aiohttp client session and relays the answer (streamed chunk by chunk).
 
+    python bench/sidecar_servers.py bytes --upstream URL [--port 0]
+        The least any relay does: no HTTP at all, a connection to the upstream for each
+        client connection and the bytes copied both ways (uvloop). What two more loopback
+        hops cost, whatever runs on them: the floor under every relay's latency.
+
 Each prints `READY <url>` once listening and serves until SIGTERM/SIGINT.
 """
 
@@ -226,6 +231,49 @@ async def thin(port: int, upstream_url: str) -> None:
     await session.close()
 
 
+class _Copy(asyncio.Protocol):
+    """One side of a byte relay: what arrives goes to the other side as it is."""
+
+    def __init__(self, other: asyncio.Transport | None = None) -> None:
+        self.other = other
+        self.early: list[bytes] = []  # arrived before the other side was connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is None:
+            self.early.append(data)
+        else:
+            self.other.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.other is not None:
+            self.other.close()
+
+
+async def byte_relay(port: int, upstream_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    host, _, up_port = upstream_url.removeprefix("http://").partition(":")
+
+    class Client(_Copy):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            loop.create_task(self.connect())
+
+        async def connect(self) -> None:
+            up, _ = await loop.create_connection(lambda: _Copy(self.transport), host, int(up_port))
+            self.other = up
+            for data in self.early:
+                up.write(data)
+            self.early.clear()
+
+    server = await loop.create_server(Client, "127.0.0.1", port)
+    print(f"READY http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await _until_signal()
+    server.close()
+
+
 async def _until_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -240,12 +288,15 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("server", choices=["upstream", "thin"])
+    p.add_argument("server", choices=["upstream", "thin", "bytes"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--upstream", default="")
     args = p.parse_args()
-    coro = upstream(args.port) if args.server == "upstream" else thin(args.port, args.upstream)
-    uvloop.run(coro)
+    if args.server == "upstream":
+        uvloop.run(upstream(args.port))
+    else:
+        relay = thin if args.server == "thin" else byte_relay
+        uvloop.run(relay(args.port, args.upstream))
 
 
 if __name__ == "__main__":

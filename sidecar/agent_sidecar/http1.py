@@ -82,6 +82,13 @@ class _Inflate:
         return self._zlib.flush()
 
 
+class _Nobody:
+    """A parser's callbacks once its connection is gone: none."""
+
+
+DETACHED = httptools.HttpResponseParser(_Nobody())  # never fed: no bytes come after the end
+
+
 class Connection(asyncio.Protocol):
     """One upstream connection and the answer it is reading: a single request at a time.
 
@@ -156,6 +163,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = DETACHED  # it holds this connection's callbacks: no cycle left behind
         self.give_back()
         if self._timer is not None:
             self._timer.cancel()

@@ -56,6 +56,13 @@ MAX_HEADERS = 128  # headers of a request (aiohttp's)
 LINGER = 10.0  # seconds to read and drop the rest of a body answered without it
 
 
+class _Nobody:
+    """A parser's callbacks once its connection is gone: none."""
+
+
+DETACHED = httptools.HttpRequestParser(_Nobody())  # never fed: no bytes come after the end
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses requests as they arrive and answers them in order,
     one handler at a time (pipelined requests wait their turn)."""
@@ -114,8 +121,13 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._server.closed(self)
+        # The parser holds this connection's callbacks (a cycle): let it go, so that the
+        # connection is freed now rather than at a full collection, which the sidecar's gc
+        # thresholds make rare (measured: RSS grew about 150 KB per 32 connections closed).
+        self._parser = DETACHED
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+            self._idle_timer = None
         if self._parsing is not None:
             self._parsing.content.fail(ConnectionResetError("the client went away"))
         self._waiting.clear()

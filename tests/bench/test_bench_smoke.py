@@ -38,7 +38,7 @@ def test_library_bench() -> None:
 @pytest.mark.timeout(360)
 def test_sidecar_bench() -> None:
     out = run("bench/sidecar_bench.py", "--seconds", "1", "--rounds", "1")
-    for target in ("direct", "thin", "sidecar (uvloop)", "sidecar (asyncio)", "chat x-format",
+    for target in ("direct", "thin", "bytes", "sidecar (uvloop)", "sidecar (asyncio)", "chat x-format",
                    "direct messages", "thin messages", "messages relay", "messages x-format",
                    "direct responses", "thin responses", "responses relay", "responses x-format"):
         assert f"plain  {target} " in out and f"stream {target} " in out
