@@ -259,7 +259,7 @@ async def byte_relay(port: int, upstream_url: str) -> None:
     class Client(_Copy):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
-            loop.create_task(self.connect())
+            self.connecting = loop.create_task(self.connect())
 
         async def connect(self) -> None:
             up, _ = await loop.create_connection(lambda: _Copy(self.transport), host, int(up_port))
