@@ -23,6 +23,8 @@ config file loaded). Targets, each against the thin relay of the same inbound
 format: same format >= 0.85x its throughput (0.9x the stretch), across formats >= 0.65x,
 <= 0.2 ms added p50 over direct with one connection on the same format, RSS <= 70 MB,
 ready < 1 s. `--only ROW...` measures a few rows (with their thin and direct rows).
+`--one-cpu` puts the server under test on the load's CPU: what a relay adds to a call
+when no hop has to wake another CPU (on a VM that wake is most of the bytes row's cost).
 
 The upstream is canned bytes on a raw asyncio protocol by default so that it is never the
 bottleneck on a small machine; `--upstream fake` uses tests/fakes/serve.py instead.
@@ -292,7 +294,11 @@ def main() -> int:
     p.add_argument("--upstream", choices=["canned", "fake"], default="canned")
     p.add_argument("--only", nargs="*", default=None, metavar="TARGET",
                    help="measure these rows only (their relay and direct rows come along)")
+    p.add_argument("--one-cpu", action="store_true",
+                   help="the server under test on CPU 0 too, beside the app (wrk) and the "
+                   "upstream: no hop wakes another CPU (the latency; throughput then shares)")
     args = p.parse_args()
+    proxy_cpu = LOAD_CPU if args.one_cpu else PROXY_CPU
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 1
@@ -316,13 +322,13 @@ def main() -> int:
         thin = spawn(
             "thin",
             [PYTHON, "bench/sidecar_servers.py", "thin", "--upstream", upstream.url],
-            cpus=PROXY_CPU,
+            cpus=proxy_cpu,
         )
         servers.append(thin)
         floor = spawn(
             "bytes",
             [PYTHON, "bench/sidecar_servers.py", "bytes", "--upstream", upstream.url],
-            cpus=PROXY_CPU,
+            cpus=proxy_cpu,
         )
         servers.append(floor)
 
@@ -345,11 +351,11 @@ def main() -> int:
         ]
         ready_times = []
         for _ in range(5):  # start-up to ready, a few times
-            probe = spawn("probe", [*sidecar_cmd, "--loop", "uvloop"], cpus=PROXY_CPU)
+            probe = spawn("probe", [*sidecar_cmd, "--loop", "uvloop"], cpus=proxy_cpu)
             ready_times.append(probe.ready_s)
             probe.stop()
         sidecars = {
-            loop: spawn(f"sidecar ({loop})", [*sidecar_cmd, "--loop", loop], cpus=PROXY_CPU)
+            loop: spawn(f"sidecar ({loop})", [*sidecar_cmd, "--loop", loop], cpus=proxy_cpu)
             for loop in ("uvloop", "asyncio")
             if any(row.server == loop for row in rows)
         }
@@ -411,6 +417,8 @@ def _report(
 ) -> None:
     c = args.connections
     pinning = "wrk+upstream on CPU 0, server under test on CPU 1" if PINNED else "no pinning"
+    if PINNED and args.one_cpu:
+        pinning = "wrk, upstream and the server under test all on CPU 0"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"\nsidecar benchmark: {os.cpu_count()} CPUs ({pinning}), median of {args.rounds} "
