@@ -45,6 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from agent.wire.inbound import invalid
 from agent_sidecar.connections import make_room
 from agent_sidecar.exchange import Request, Stream, head, text
+from agent_sidecar.http1 import NoCallbacks
 
 log = logging.getLogger("agent_sidecar.http1server")
 
@@ -56,11 +57,7 @@ MAX_HEADERS = 128  # headers of a request (aiohttp's)
 LINGER = 10.0  # seconds to read and drop the rest of a body answered without it
 
 
-class _Nobody:
-    """A parser's callbacks once its connection is gone: none."""
-
-
-DETACHED = httptools.HttpRequestParser(_Nobody())  # never fed: no bytes come after the end
+DETACHED = httptools.HttpRequestParser(NoCallbacks())  # never fed: no bytes come after the end
 
 
 class Connection(asyncio.Protocol):
@@ -121,9 +118,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._server.closed(self)
-        # The parser holds this connection's callbacks (a cycle): let it go, so that the
-        # connection is freed now rather than at a full collection, which the sidecar's gc
-        # thresholds make rare (measured: RSS grew about 150 KB per 32 connections closed).
+        # Let the parser go (see NoCallbacks; measured before: RSS grew about 150 KB per
+        # 32 connections closed).
         self._parser = DETACHED
         if self._idle_timer is not None:
             self._idle_timer.cancel()
