@@ -157,6 +157,15 @@ class Agent(BaseAgent):
         return price.cost(Usage(request.approx_input_tokens(), out))
 
     @property
+    def relays(self) -> bool:
+        """Whether a caller's body in this agent's format goes upstream as it came, read
+        by nothing on the way: the agent has no tools (a tool round needs a body of its
+        making) and no middleware (a hook may read the request). `_relay` decides it
+        per request, on the same grounds but the middleware."""
+        codec = codec_for(self.provider, self.api)
+        return not self.tools and not self.middleware and callable(getattr(codec, "relay", None))
+
+    @property
     def wire(self) -> str:
         """The wire format this agent speaks ("openai", "responses", "anthropic", ...)."""
         return wire_for(self.provider, self.api)

@@ -186,6 +186,10 @@ class Request:
     origin: Origin | None = None  # the caller's wire format, when it called in one
     # The assistant's answer so far, which another agent failed to finish: to continue it.
     continues: str | None = None
+    # A caller's body whose conversation was not read into `messages` (every agent of its
+    # route sends the body on as it came, and nothing on the way reads it): the length
+    # of its text, for the token estimate.
+    unread_chars: int | None = None
 
     @property
     def input(self) -> str:
@@ -201,6 +205,8 @@ class Request:
     def approx_input_tokens(self) -> int:
         """A cheap token estimate (4 characters a token) for cost and context checks."""
         chars = len(self.system or "") + sum(len(m.text) for m in self.messages)
+        if self.unread_chars is not None:
+            chars += self.unread_chars
         return chars // 4 + 1
 
     def copy(self, **changes: Any) -> Request:

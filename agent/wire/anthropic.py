@@ -65,6 +65,7 @@ from agent.wire.inbound import (
     name_tool_results,
     new_id,
     read_body,
+    text_chars,
 )
 
 API_VERSION = "2023-06-01"
@@ -658,11 +659,16 @@ class AnthropicApi:
     def __init__(self) -> None:
         body_schema(_Body)  # built as the sidecar starts, not on its first call
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, history: bool = True) -> Call:
         data, extra = read_body(body, _Body, _MODELED)
         dropped: set[str] = set()
-        messages = _conversation(data["messages"], dropped)
-        name_tool_results(messages)
+        messages: list[Message] = []
+        unread = None
+        if history:
+            messages = _conversation(data["messages"], dropped)
+            name_tool_results(messages)
+        else:
+            unread = text_chars(data["messages"])
         system = data.get("system")
         if isinstance(system, list):
             system = "\n\n".join(b["text"] for b in system)
@@ -680,6 +686,7 @@ class AnthropicApi:
             reasoning=reasoning_of(extra),
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
+            unread_chars=unread,
         )
         request.origin = Origin(self.name, frozenset({*extra, *dropped}))
         return Call(data["model"], request, extra, body, dropped=dropped)

@@ -160,7 +160,11 @@ class Api(Protocol):
     name: str  # also the engine's wire name ("openai", "anthropic")
     fields: frozenset[str]  # the body members it reads; a large body's others stay unparsed
 
-    def parse(self, body: Any) -> Call: ...
+    def parse(self, body: Any, history: bool = True) -> Call:
+        """The call in a decoded body. Without `history` its conversation is not read
+        into the request's messages (only counted: `Request.unread_chars`): for a route
+        whose agents all send the body on as it came (`agent_sidecar.routes`)."""
+        ...
 
     def render(self, response: Response[Any], call: Call) -> bytes: ...
 
@@ -189,6 +193,26 @@ def name_tool_results(messages: list[Message]) -> None:
             names[c.id] = c.name
         if m.role == "tool" and not m.name and m.tool_call_id:
             m.name = names.get(m.tool_call_id)
+
+
+def text_chars(items: Any) -> int:
+    """The length of the text in a body's conversation (messages or input items, or a
+    prompt string), read without building it: what the token estimate counts."""
+    if isinstance(items, str):
+        return len(items)
+    chars = 0
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        for key in ("content", "output"):  # a message's, a tool result's
+            value = item.get(key)
+            if isinstance(value, str):
+                chars += len(value)
+            elif isinstance(value, list):
+                for part in value:
+                    text = part.get("text") if isinstance(part, dict) else None
+                    chars += len(text) if isinstance(text, str) else 0
+    return chars
 
 
 def new_id(prefix: str) -> str:

@@ -63,6 +63,7 @@ from agent.wire.inbound import (
     name_tool_results,
     new_id,
     read_body,
+    text_chars,
 )
 
 # ---- the format's tables, both halves read them -----------------------------------------
@@ -640,11 +641,18 @@ class OpenAIApi(OpenAIReplies):
     def __init__(self) -> None:
         body_schema(_Body)  # built as the sidecar starts, not on its first call
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, history: bool = True) -> Call:
         data, extra = read_body(body, _Body, _MODELED)
-        system, history, dropped = _history(data["messages"])
-        messages = as_messages(history)
-        name_tool_results(messages)
+        system: str | None = None
+        messages: list[Message] = []
+        dropped: set[str] = set()
+        unread = None
+        if history:
+            system, past, dropped = _history(data["messages"])
+            messages = as_messages(past)
+            name_tool_results(messages)
+        else:
+            unread = text_chars(data["messages"])
         stop = data.get("stop")
         stream = bool(data.get("stream"))
         options = data.get("stream_options") or {}
@@ -661,6 +669,7 @@ class OpenAIApi(OpenAIReplies):
             parallel_tool_calls=data.get("parallel_tool_calls"),
             stream=stream,
             metadata=dict(data.get("metadata") or {}),
+            unread_chars=unread,
         )
         only = None
         if data.get("n") not in (None, 1):

@@ -78,6 +78,7 @@ from agent.wire.inbound import (
     name_tool_results,
     new_id,
     read_body,
+    text_chars,
 )
 from agent.wire.openai_chat import (
     TOOL_CHOICE,
@@ -463,14 +464,19 @@ class ResponsesApi(OpenAIReplies):
     def __init__(self) -> None:
         body_schema(_Body)  # built as the sidecar starts, not on its first call
 
-    def parse(self, body: Any) -> Call:
+    def parse(self, body: Any, history: bool = True) -> Call:
         data, extra = read_body(body, _Body, _MODELED)
         only = _relay_only(body)
-        try:
-            system, messages = _conversation(data.get("input", []), data.get("instructions"))
-        except CallerError as exc:  # items only OpenAI can read: fine for a same-format route
-            only, messages, system = only or exc.failure, [], None
-        name_tool_results(messages)
+        system, unread = data.get("instructions"), None
+        messages: list[Message] = []
+        if not history:
+            unread = text_chars(data.get("input", []))
+        else:
+            try:
+                system, messages = _conversation(data.get("input", []), system)
+            except CallerError as exc:  # items only OpenAI can read: fine on a same-format route
+                only, messages, system = only or exc.failure, [], None
+            name_tool_results(messages)
         functions, hosted = _tools(data.get("tools"))
         if hosted and only is None:
             only = _refusal("tools", f"it offers OpenAI's hosted tool {hosted!r}")
@@ -495,6 +501,7 @@ class ResponsesApi(OpenAIReplies):
             output_schema=schema,
             stream=bool(data.get("stream")),
             metadata=dict(data.get("metadata") or {}),
+            unread_chars=unread,
         )
         request.origin = Origin(self.name, frozenset(extra))
         return Call(data["model"], request, extra, body, relay_only=only)
@@ -504,7 +511,6 @@ class ResponsesApi(OpenAIReplies):
 
     def encoder(self, call: Call, model: str) -> ResponsesStream:
         return ResponsesStream(_Answer(call, model))
-
 
 
 def _reasoning_of(extra: dict[str, Any]) -> Reasoning | None:

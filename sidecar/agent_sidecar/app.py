@@ -222,8 +222,8 @@ class AppHandlers:
         self, request: Request, api: Api, outcome: _Outcome, body: Body
     ) -> Reply:
         try:
-            call = await parse_off_loop(api, body)
             loaded = self.store.loaded
+            call = await parse_off_loop(api, body, functools.partial(_unread, loaded, api.name))
             if loaded is None:
                 raise CallerError(_no_config())
             route = loaded.resolve(call.model)
@@ -417,6 +417,14 @@ class AppHandlers:
             headers=out,
             content_type="application/json",
         )
+
+
+def _unread(loaded: Loaded | None, wire: str, data: Any) -> bool:
+    """Whether a decoded body's conversation can go unread: the route it names sends
+    bodies of its format on as they came (`Route.unread`)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    route = loaded.resolve(model) if loaded is not None and isinstance(model, str) else None
+    return route is not None and route.unread == wire
 
 
 def _continuable(route: Route, call: Call) -> bool:

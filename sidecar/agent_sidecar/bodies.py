@@ -18,6 +18,7 @@ Small bodies never touch the budget: a flood of large ones cannot refuse them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,23 +162,26 @@ def decode_members(raw: bytearray, fields: frozenset[str]) -> dict[str, Any]:
     return data
 
 
-def parse(api: Api, body: Body) -> Call:
+def parse(api: Api, body: Body, unread: Callable[[Any], bool] | None = None) -> Call:
     """The call in a body, its bytes dropped as soon as they are decoded (this frame
-    holds the only reference, so a 30 MB buffer is not kept beside its objects)."""
+    holds the only reference, so a 30 MB buffer is not kept beside its objects).
+    `unread(data)`: whether the body's conversation can go unread (see `Api.parse`)."""
     raw, body.raw = body.raw, bytearray()
     if not raw:
         raise invalid("the body is empty: send a JSON object")
     data = decode(raw) if len(raw) < LARGE else decode_members(raw, api.fields)
     del raw
     try:
-        return api.parse(data)
+        return api.parse(data, unread is None or not unread(data))
     except RecursionError:
         raise invalid("the body nests too deeply") from None
 
 
-async def parse_off_loop(api: Api, body: Body) -> Call:
+async def parse_off_loop(
+    api: Api, body: Body, unread: Callable[[Any], bool] | None = None
+) -> Call:
     """`parse`, in a worker thread when the body is large: the scanner of `members`
     gives the GIL back every few milliseconds, so the event loop keeps serving."""
     if len(body.raw) < LARGE:
-        return parse(api, body)
-    return await asyncio.to_thread(parse, api, body)
+        return parse(api, body, unread)
+    return await asyncio.to_thread(parse, api, body, unread)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from agent._base import BaseAgent
+from agent.agent import Agent
 from agent.catalog import PROVIDERS
 from agent.config import RouterConfig, build_route
 from agent.limits import LimitsStore, make_store
 from agent.router import AgentRouter
+from agent.strategies import Cheapest, Fallback, Fastest, Latency, RoundRobin, Weighted
 from agent.transport import AsyncTransport
 from agent_sidecar.wire import header_value
 
@@ -28,6 +30,8 @@ class Route:
     router: AgentRouter
     wires: frozenset[str]  # the wire formats its agents speak ("openai", "anthropic", ...)
     headers: dict[str, str]  # on every answer of this route
+    # The wire format whose callers' conversation nothing here reads (see `unread`).
+    unread: str | None = None
 
     def wire_of(self, agent: str, provider: str) -> str:
         """The wire format of the agent the router names `agent` (its provider's, unless
@@ -90,7 +94,7 @@ class Loaded:
                 "x-agent-route": header_value(spec.name),
                 "x-agent-config-version": str(config.version),
             }
-            routes[spec.name] = Route(spec.name, router, wires, headers)
+            routes[spec.name] = Route(spec.name, router, wires, headers, _unread(router))
         return cls(config, routes, source, store)
 
     def warm(self) -> None:
@@ -99,6 +103,28 @@ class Loaded:
         for route in self.routes.values():
             for agent in route.router.agents:
                 _ = agent.price, agent.capabilities
+
+
+# Strategies that order the agents without reading the request's conversation.
+_BLIND = (Fallback, RoundRobin, Cheapest, Weighted, Latency, Fastest)
+
+
+def _unread(router: AgentRouter) -> str | None:
+    """The wire format in which a caller's conversation needs no reading on this route:
+    every agent speaks it and sends the caller's body on as it came, and nothing on the
+    way reads the messages (router middleware, a strategy that looks at the input,
+    continuing a broken stream on another agent, which rebuilds the conversation). Its
+    requests skip building the conversation; the token estimate counts the body's text.
+    """
+    if router.middleware or router.stream_recovery == "continue":
+        return None
+    if type(router.strategy) not in _BLIND:
+        return None
+    agents = router.agents
+    if not all(isinstance(a, Agent) and a.relays for a in agents):
+        return None
+    wires = {_wire(a) for a in agents}
+    return wires.pop() if len(wires) == 1 else None
 
 
 def _wire(agent: BaseAgent) -> str:

@@ -11,8 +11,18 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import pytest
 from agent_sidecar import Sidecar
+from agent_sidecar.routes import Loaded
+from conftest import SidecarFactory
 from fakes import Fail, FakeProvider, Reply
+from sidecar_support import agent_spec, document, fast_route
+
+from agent.config import RouterConfig
+from agent.wire.anthropic import AnthropicApi
+from agent.wire.inbound import Api
+from agent.wire.openai_chat import OpenAIApi
+from agent.wire.openai_responses import ResponsesApi
 
 USER: list[Any] = [{"role": "user", "content": "Say hello"}]
 CACHED = {"type": "ephemeral"}
@@ -179,3 +189,117 @@ async def test_a_same_format_fallback_after_a_failure_relays_the_second_answer(
     assert "x-agent-ignored-fields" not in raw.headers
     assert fake_anthropic.last_request.json["top_k"] == 5
     assert "top_k" not in fake_openai.last_request.json
+
+
+def test_routes_that_only_relay_leave_the_conversation_unread(
+    fake_openai: FakeProvider, fake_anthropic: FakeProvider
+) -> None:
+    # A route whose agents all send the caller's body on as it came needs no conversation
+    # built from it; any agent of another format, a strategy that reads the input, or
+    # continuing broken streams (which rebuilds the conversation) needs it.
+    gpt, claude = agent_spec(fake_openai, "gpt"), agent_spec(fake_anthropic, "claude")
+    responses = agent_spec(fake_openai, "resp", api="responses")
+    config = document(
+        [gpt, claude, responses],
+        [
+            fast_route("gpt", ["gpt"]),
+            fast_route("claude", ["claude"], strategy="round_robin"),
+            fast_route("resp", ["resp"]),
+            fast_route("mixed", ["gpt", "claude"]),
+            fast_route("two-apis", ["gpt", "resp"]),
+            fast_route("continued", ["gpt"], stream_recovery="continue"),
+            fast_route("ruled", ["gpt"], strategy="custom", rules=[RULE]),
+            fast_route("capable", ["gpt"], strategy="capability"),
+        ],
+    )
+    routes = Loaded.build(RouterConfig.model_validate(config), "push").routes
+    unread = {name: route.unread for name, route in routes.items()}
+    assert unread == {
+        "gpt": "openai",
+        "claude": "anthropic",
+        "resp": "responses",
+        "mixed": None,
+        "two-apis": None,
+        "continued": None,
+        "ruled": None,
+        "capable": None,
+    }
+
+
+RULE = {"prefer": ["gpt"], "reason": "greeting", "input_contains": ["hello"]}
+SYSTEM = "You are terse."
+LONG = "word " * 400  # 2,000 characters: about 500 tokens
+
+
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [
+        (
+            OpenAIApi(),
+            {
+                "model": "gpt",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": [{"type": "text", "text": LONG}]},
+                    {"role": "assistant", "content": "Fine."},
+                    {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+                ],
+            },
+        ),
+        (
+            AnthropicApi(),
+            {
+                "model": "claude",
+                "max_tokens": 64,
+                "system": [{"type": "text", "text": SYSTEM}],
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": LONG}]},
+                    {"role": "assistant", "content": "Fine."},
+                ],
+            },
+        ),
+        (
+            ResponsesApi(),
+            {
+                "model": "resp",
+                "instructions": SYSTEM,
+                "input": [
+                    {"role": "user", "content": [{"type": "input_text", "text": LONG}]},
+                    {"type": "function_call_output", "call_id": "c1", "output": "18 C"},
+                ],
+            },
+        ),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_an_unread_conversation_still_counts_for_the_token_estimate(
+    api: Api, body: dict[str, Any]
+) -> None:
+    read = api.parse(body).request
+    unread = api.parse(body, history=False).request
+    assert unread.messages == [] and read.messages
+    # The same estimate, give or take the separators the read conversation adds.
+    assert abs(unread.approx_input_tokens() - read.approx_input_tokens()) <= 2
+    assert unread.approx_input_tokens() > 500
+
+
+async def test_a_relayed_conversation_counts_against_the_route_token_limit(
+    sidecar_factory: SidecarFactory, fake_openai: FakeProvider
+) -> None:
+    # The route relays its callers' bodies unread: its token limit must still see how
+    # long the conversation is. About 500 tokens do not fit in 300 a minute; a short
+    # question does.
+    config = document(
+        [agent_spec(fake_openai, "gpt")], [fast_route("gpt", ["gpt"], limits={"tpm": 300})]
+    )
+    sidecar = await sidecar_factory(config)
+    assert sidecar.store.loaded is not None
+    assert sidecar.store.loaded.routes["gpt"].unread == "openai"
+    async with httpx.AsyncClient(base_url=sidecar.app_url) as http:
+        long = {"model": "gpt", "max_tokens": 10, "messages": [{"role": "user", "content": LONG}]}
+        refused = await http.post("/v1/chat/completions", json=long)
+        assert refused.status_code == 429, refused.text
+        short = {**long, "messages": [{"role": "user", "content": "Say hello"}]}
+        answered = await http.post("/v1/chat/completions", json=short)
+        assert answered.status_code == 200, answered.text
+    assert fake_openai.last_request.json["messages"] == short["messages"]
