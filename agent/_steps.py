@@ -387,10 +387,28 @@ async def _drive_async(
                         yield [Done(box[0])]  # type: ignore[arg-type]
                     return
                 value, error = None, None
-            if isinstance(step, Emit | Commit):
-                # A commit travels up as an empty batch: a race takes it as a win.
-                events, step = step.events if isinstance(step, Emit) else [], None
+            if isinstance(step, Commit):  # an empty batch: a race takes it as a win
+                step = None
+                yield []
+                continue
+            if isinstance(step, Emit):
+                # What follows an emit without waiting (more emits, the return) joins its
+                # batch: the consumer is resumed once for them all (a short stream is
+                # often one batch with its Done). A step that waits, a commit or an
+                # error waits until the batch is taken.
+                events, step, failed = step.events, None, None
+                try:
+                    while isinstance(step := _advance(gen, None, None, box), Emit):
+                        events = [*events, *step.events]
+                except BaseException as exc:  # raised after the events before it
+                    failed = exc
+                if step is None and failed is None and done:
+                    events = [*events, Done(box[0])]  # type: ignore[arg-type]
                 yield events
+                if failed is not None:
+                    raise failed
+                if step is None:
+                    return
                 continue
             try:
                 if isinstance(step, Race):
@@ -455,8 +473,9 @@ async def iterate_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[Stre
 
 def batches_async(gen: Steps[Any], owner: Resources) -> AsyncIterator[list[StreamEvent]]:
     """`iterate_async` in the batches the events come in (those of one upstream chunk
-    together, an empty one where a candidate commits), for a relay that writes a batch
-    at a time: one step of the iterator a batch rather than an event."""
+    together, with whatever follows them without a wait, `Done` included; an empty one
+    where a candidate commits), for a relay that writes a batch at a time: one step of
+    the iterator a batch rather than an event."""
     return _drive_async(gen, owner, [], done=True)
 
 

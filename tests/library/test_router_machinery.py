@@ -8,7 +8,8 @@ import time
 import pytest
 from fakes import CutStream, Fail, Hang, Reply, StreamError
 
-from agent import Agent, AgentRouter, Middleware, TextDelta
+from agent import Agent, AgentRouter, Done, Middleware, TextDelta, _steps
+from agent._resources import Resources
 from agent.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -194,3 +195,39 @@ def test_router_on_error_sees_the_routing_error() -> None:
     with pytest.raises(RoutingError):
         router.run("x")
     assert rec.seen == ["before", "error RoutingError"]
+
+
+async def test_what_follows_an_emit_without_waiting_joins_its_batch() -> None:
+    # The async driver hands a consumer (the sidecar's relay) one batch per wait: emits
+    # that follow each other and the return travel together, Done included; a step that
+    # waits, and an error, come only after the events before them were taken.
+    owner = Resources("test")
+    a, b, c = TextDelta("a"), TextDelta("b"), TextDelta("c")
+
+    def whole() -> _steps.Steps[str]:
+        yield _steps.Emit([a])
+        yield _steps.Emit([b])
+        return "the answer"
+
+    batches = [batch async for batch in _steps.batches_async(whole(), owner)]
+    assert len(batches) == 1
+    assert batches[0][:2] == [a, b] and isinstance(batches[0][2], Done)
+    assert batches[0][2].response == "the answer"
+
+    def waits() -> _steps.Steps[str]:
+        yield _steps.Emit([a])
+        yield _steps.Sleep(0)
+        yield _steps.Emit([b, c])
+        return "later"
+
+    got = [batch async for batch in _steps.batches_async(waits(), owner)]
+    assert got[0] == [a] and got[1][:2] == [b, c] and len(got) == 2
+
+    def breaks() -> _steps.Steps[str]:
+        yield _steps.Emit([a])
+        raise APIConnectionError("cut")
+
+    failing = _steps.batches_async(breaks(), owner)
+    assert await anext(failing) == [a]  # the content first,
+    with pytest.raises(APIConnectionError, match="cut"):  # then the error
+        await anext(failing)
