@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -26,11 +27,36 @@ class SSEParser:
         self.stray: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        quick = self.quick(chunk)
+        if quick is not None:
+            return quick[0]
         events: list[SSEEvent] = []
         for frame in self.frames(chunk):
             if (event := self.parse(frame)) is not None:
                 events.append(event)
         return events
+
+    def quick(self, chunk: bytes) -> tuple[list[SSEEvent], int] | None:
+        """A chunk made only of the frames nearly every stream is made of (one data line,
+        or one `event:` line and one data line, LF-ended), parsed in one pass: its events
+        and where the frame still arriving begins (kept for the next chunk). None for
+        anything else, or when a frame began in an earlier chunk: `frames` and `parse`
+        then apply the general rules, as they would have here."""
+        if self._buf or self._after_cr or b"\r" in chunk:
+            return None
+        pieces = _QUICK.split(chunk)  # [b"", event, data, b"", event, data, ..., rest]
+        rest = pieces[-1]
+        if any(pieces[0:-1:3]) or b"\n\n" in rest:  # something between or after them
+            return None
+        self._buf = rest
+        events = [
+            SSEEvent(
+                "message" if name is None else name.decode("utf-8", "replace"),
+                data.decode("utf-8", "replace"),
+            )
+            for name, data in zip(pieces[1::3], pieces[2::3], strict=True)
+        ]
+        return events, len(chunk) - len(rest)
 
     def frames(self, chunk: bytes) -> list[bytes]:
         """The frames this chunk completes, unparsed, without their blank line (line
@@ -76,6 +102,9 @@ class SSEParser:
 
 
 _FIELDS = ("data", "event", "id", "retry")
+# One frame of the kind `SSEParser.quick` reads; `split` gives its event name (None when
+# it has none) and data between the bytes around the frames.
+_QUICK = re.compile(rb"(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n")
 
 
 def _parse_frame(frame: bytes, stray: list[str]) -> SSEEvent | None:

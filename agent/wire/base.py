@@ -270,7 +270,7 @@ class StreamReader:
         """The relayed bytes decoded since the last call (b"" without `relay`)."""
         if not self._relayed:
             return b""
-        out = b"\n\n".join(self._relayed) + b"\n\n"
+        out = b"".join(self._relayed)
         self._relayed.clear()
         return out
 
@@ -284,20 +284,36 @@ class StreamReader:
         call, so the content that came before it in the same chunk reaches the caller."""
         self.check()
         out: list[StreamEvent] = []
-        sse, relayed = self._sse, self._relayed
+        sse, relayed, decoder = self._sse, self._relayed, self._decoder
+        quick = sse.quick(chunk)
+        if quick is not None:  # the common case: every frame plain, parsed in one pass
+            events, end = quick
+            for i, plain in enumerate(events):
+                try:
+                    out += decoder.feed(plain)
+                except ProviderError as exc:
+                    if relayed is not None:  # the frames before this one
+                        relayed.append(chunk[: _frame_ends(chunk, i)])
+                    if not out:
+                        raise
+                    self._failed = exc
+                    return out
+            if relayed is not None:
+                relayed.append(chunk[:end] if end < len(chunk) else chunk)
+            return out
         for frame in sse.frames(chunk):
             event = sse.parse(frame)
             if event is None:
                 continue
             try:
-                out += self._decoder.feed(event)
+                out += decoder.feed(event)
             except ProviderError as exc:
                 if not out:
                     raise
                 self._failed = exc
                 break
             if relayed is not None:
-                relayed.append(frame)
+                relayed.append(frame + b"\n\n")
         return out
 
     def close(self) -> tuple[list[StreamEvent], Parsed]:
@@ -312,7 +328,7 @@ class StreamReader:
             except InvalidResponseError as exc:  # the connection ended inside this frame
                 raise _cut("the stream ended inside an event") from exc
             if self._relayed is not None:
-                self._relayed.append(rest)
+                self._relayed.append(rest + b"\n\n")
         if self._sse.stray:
             self._raise_stray("\n".join(self._sse.stray))
         return out, self._decoder.finish()
@@ -326,6 +342,15 @@ class StreamReader:
         if err:
             code = err.get("code")
             raise self._codec.error(code if isinstance(code, int) else 500, {}, text.encode())
+
+
+def _frame_ends(chunk: bytes, count: int) -> int:
+    """Where the first `count` frames of a chunk `SSEParser.quick` read end (no blank
+    line inside such a frame)."""
+    end = 0
+    for _ in range(count):
+        end = chunk.index(b"\n\n", end) + 2
+    return end
 
 
 def _cut(message: str) -> ProviderError:

@@ -18,9 +18,10 @@ from codec_support import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import APIConnectionError, InvalidResponseError
+from agent.errors import APIConnectionError, InvalidResponseError, OverloadedError
 from agent.providers import AnthropicCodec, GeminiCodec, OpenAICodec
-from agent.wire.base import Codec
+from agent.types import TextDelta
+from agent.wire.base import Codec, StreamReader
 
 # name -> (codec, recorded bytes, marker of the frame that completes the stream)
 STREAMS: dict[str, tuple[Codec, Callable[[], bytes], bytes]] = {
@@ -137,3 +138,55 @@ def test_a_stream_cut_inside_a_frame_is_a_connection_error(name: str) -> None:
     raw = recorded()
     with pytest.raises(APIConnectionError):
         run_stream(codec, [raw[: raw.index(marker) + 5]])
+
+
+@settings(
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    name=st.sampled_from(sorted(STREAMS)),
+    cuts=st.lists(st.integers(min_value=1, max_value=8000), max_size=80),
+)
+def test_relayed_bytes_are_the_stream_as_it_came_for_any_chunking(
+    name: str, cuts: list[int]
+) -> None:
+    # Chunks made of whole plain frames are read in one pass, the others frame by frame:
+    # either way the bytes handed on are the provider's, every frame once, in order.
+    codec, recorded, _ = STREAMS[name]
+    raw = recorded()
+    reader = StreamReader(codec, relay=True)
+    relayed = b""
+    for chunk in split_at(raw, cuts):
+        if chunk:
+            reader.feed(chunk)
+            relayed += reader.relayed()
+    reader.close()
+    relayed += reader.relayed()
+    assert relayed == raw.rstrip(b"\n") + b"\n\n"
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["one-chunk", "frame-by-frame"])
+def test_an_error_frame_is_never_relayed_and_the_content_before_it_is(whole: bool) -> None:
+    # Tried: an overloaded error in band after some text, in the same chunk as the text
+    # (read in one pass) and in chunks of their own. The text reaches the caller, the
+    # error frame (providers echo keys into errors) never does, and the error follows.
+    frames = [
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
+        b'"model":"claude","usage":{"input_tokens":3}}}\n\n',
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hel"}}\n\n',
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded sk-ant-secret"}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"lo"}}\n\n',
+    ]
+    reader = StreamReader(AnthropicCodec(), relay=True)
+    events: list[object] = []
+    with pytest.raises(OverloadedError):
+        for chunk in [b"".join(frames)] if whole else frames:
+            events += reader.feed(chunk)
+        reader.check()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hel"]
+    assert reader.relayed() == b"".join(frames[:3])
