@@ -407,6 +407,20 @@ def _chosen(only: list[str] | None) -> tuple[Row, ...]:
     return tuple(row for row in ROWS if row.name in wanted)
 
 
+# A VM's idle CPU first polls this long for work before it halts (Linux's cpuidle-haltpoll
+# driver): a wake-up within it is quick, one after it takes a halt exit to the host. It
+# decides much of what a hop to the other CPU adds at one connection.
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def _halt_polling() -> str:
+    try:
+        ns = int(HALT_POLL.read_text())
+    except (OSError, ValueError):
+        return ""
+    return f", guest halt polling {ns // 1000} us" + (" (off)" if ns == 0 else "")
+
+
 def _report(
     args: argparse.Namespace,
     measured: list[tuple[str, Row, Result, Result]],
@@ -423,7 +437,7 @@ def _report(
     print(
         f"\nsidecar benchmark: {os.cpu_count()} CPUs ({pinning}), median of {args.rounds} "
         f"runs of {args.seconds:g}s, upstream={args.upstream}, wrk -t1, "
-        f"load average {load} (at the end)\n"
+        f"load average {load} (at the end){_halt_polling()}\n"
     )
     head = f"{'mode':<7}{'target':<20}{f'req/s c={c}':>12}{f'p50 c={c}':>11}{f'p99 c={c}':>11}"
     head += f"{'req/s c=1':>11}{'p50 c=1':>10}{'p99 c=1':>10}{'errors':>8}"
