@@ -309,7 +309,11 @@ class OpenAIStreamDecoder:
             self._usage = usage
         out: list[StreamEvent] = []
         for choice in chunk.get("choices") or ():
-            if delta := choice.get("delta"):
+            delta = choice.get("delta")
+            if delta and len(delta) == 1 and (text := delta.get("content")):
+                self._text.append(text)  # most chunks: a piece of text and nothing else
+                out.append(TextDelta(text))
+            elif delta:
                 if thought := delta.get(REASONING_CONTENT):
                     self._reasoning.append(thought)
                     out.append(ReasoningDelta(thought))

@@ -5,6 +5,7 @@ HTTP details the handlers share.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -92,6 +93,7 @@ def retry_after_header(seconds: float | None) -> dict[str, str]:
 
 
 
+@functools.lru_cache(maxsize=1024)  # the same models and route reasons, request after request
 def header_value(text: str, limit: int = 512) -> str:
     """Text safe for an HTTP header: one ASCII line, bounded."""
     text = " ".join(text.split())
