@@ -222,6 +222,21 @@ _pending: set[asyncio.Task[None]] = set()
 _PREFIX = f"{os.getpid():x}.{time.time_ns():x}"
 
 
+def _settle_now(
+    store: LimitsStore, changes: list[tuple[str, float, int]], lease: Lease | None
+) -> None:
+    """A settlement made outside the steps, for a generator being closed: at once when no
+    event loop runs, else in a task of its own."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        store.settle(changes, lease)
+        return
+    task = loop.create_task(store.settle_async(changes, lease))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
 @dataclass(slots=True)
 class Reservation:
     """What one admitted request holds, to settle when it ends."""
@@ -243,26 +258,21 @@ class Reservation:
             name = names[key]
             self.quota.used[name] = self.quota.used.get(name, 0.0) + delta
         if changes or lease is not None:
-            yield _steps.Count(
-                lambda: store.settle(changes, lease), lambda: store.settle_async(changes, lease)
-            )
+            try:
+                yield _steps.Count(
+                    lambda: store.settle(changes, lease), lambda: store.settle_async(changes, lease)
+                )
+            except GeneratorExit:  # closed before the step was taken (the caller left)
+                _settle_now(store, changes, lease)
+                raise
 
     def abandon(self) -> None:
         """An attempt cancelled midway (a race lost, the caller left): what it used is
         unknown, so the estimate stays counted; the lease is freed without a step (none
         can be taken by a generator being closed)."""
         self.quota.in_flight -= 1
-        lease, store = self.lease, self.store
-        if lease is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            store.settle([], lease)
-            return
-        task = loop.create_task(store.settle_async([], lease))
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        if self.lease is not None:
+            _settle_now(self.store, [], self.lease)
 
     def changes(self, usage: Usage | None, usd: float | None) -> list[tuple[str, float, int]]:
         """Each token and spend counter's correction: the real use minus the reserved

@@ -197,21 +197,21 @@ def name_tool_results(messages: list[Message]) -> None:
 
 def text_chars(items: Any) -> int:
     """The length of the text in a body's conversation (messages or input items, or a
-    prompt string), read without building it: what the token estimate counts."""
+    prompt string), read without building it: what the token estimate counts. A part's
+    own `content` counts too (an Anthropic tool result, as text or text blocks)."""
     if isinstance(items, str):
         return len(items)
     chars = 0
     for item in items if isinstance(items, list) else ():
         if not isinstance(item, dict):
             continue
-        for key in ("content", "output"):  # a message's, a tool result's
+        chars += len(text) if isinstance(text := item.get("text"), str) else 0
+        for key in ("content", "output"):  # a message's or a part's, a tool result's
             value = item.get(key)
             if isinstance(value, str):
                 chars += len(value)
             elif isinstance(value, list):
-                for part in value:
-                    text = part.get("text") if isinstance(part, dict) else None
-                    chars += len(text) if isinstance(text, str) else 0
+                chars += text_chars(value)
     return chars
 
 

@@ -121,7 +121,7 @@ def _unread(router: AgentRouter) -> str | None:
     if type(router.strategy) not in _BLIND:
         return None
     agents = router.agents
-    if not all(isinstance(a, Agent) and a.relays for a in agents):
+    if not all(type(a) is Agent and a.relays for a in agents):  # a subclass may read more
         return None
     wires = {_wire(a) for a in agents}
     return wires.pop() if len(wires) == 1 else None

@@ -93,9 +93,19 @@ def retry_after_header(seconds: float | None) -> dict[str, str]:
 
 
 
-@functools.lru_cache(maxsize=1024)  # the same models and route reasons, request after request
 def header_value(text: str, limit: int = 512) -> str:
     """Text safe for an HTTP header: one ASCII line, bounded."""
+    if len(text) <= 256:  # models and route reasons: the same request after request
+        return _short_header_value(text, limit)
+    return _safe_header_value(text, limit)  # a caller's field names, say: not kept
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_header_value(text: str, limit: int) -> str:
+    return _safe_header_value(text, limit)
+
+
+def _safe_header_value(text: str, limit: int) -> str:
     text = " ".join(text.split())
     if not (text.isascii() and text.isprintable()):  # control characters would be refused
         text = text.encode("unicode_escape").decode("ascii")

@@ -11,9 +11,10 @@ import pytest
 from fakes import Fail, Reply
 
 from agent import Agent, AgentRouter
-from agent.config import parse_config
+from agent.config import AgentLimitsConfig, parse_config
 from agent.errors import ConfigurationError, RoutingError
 from agent.limits import MemoryStore, ProviderLimits, QuotaExhaustedError
+from agent.testing import TestAgent
 
 
 def agent_for(fake, name: str, **kw) -> Agent:  # type: ignore[no-untyped-def]
@@ -114,6 +115,24 @@ async def test_a_stream_settles_when_it_ends(fake_factory) -> None:
     assert events
     remaining = router.health()["a"]["quota"]["tpm"]["remaining"]  # type: ignore[index]
     assert remaining == pytest.approx(10_000 - 6)
+
+
+async def test_a_stream_left_after_its_start_frees_its_place() -> None:
+    """What was tried: a allows 1 request at a time; a short stream (all there at once,
+    so the engine runs on to its settlement before the caller reads a thing) is left
+    after its first event and closed. Its place is free: the next call gets a."""
+    agent = TestAgent("hello there world", name="a")
+    agent.limits = AgentLimitsConfig(concurrent=1)
+    router = AgentRouter([agent], retries=0)
+
+    stream = await router.stream_async("x")
+    async for _ in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)  # the release runs in a task of its own
+
+    assert router.health()["a"]["quota"]["concurrent"] == {"limit": 1, "in_flight": 0}  # type: ignore[index]
+    assert (await router.run_async("again")).route.path == ["a"]
 
 
 async def test_concurrent_requests_beyond_the_limit_fall_back(fake_factory) -> None:

@@ -14,6 +14,7 @@ import openai
 import pytest
 from agent_sidecar import Sidecar
 from agent_sidecar.routes import Loaded
+from agent_sidecar.wire import _short_header_value, header_value
 from conftest import SidecarFactory
 from fakes import Fail, FakeProvider, Reply
 from sidecar_support import agent_spec, document, fast_route
@@ -254,7 +255,21 @@ LONG = "word " * 400  # 2,000 characters: about 500 tokens
                 "system": [{"type": "text", "text": SYSTEM}],
                 "messages": [
                     {"role": "user", "content": [{"type": "text", "text": LONG}]},
-                    {"role": "assistant", "content": "Fine."},
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                    },
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "t1", "content": LONG},
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "t1",
+                                "content": [{"type": "text", "text": LONG}],
+                            },
+                        ],
+                    },
                 ],
             },
         ),
@@ -280,7 +295,7 @@ def test_an_unread_conversation_still_counts_for_the_token_estimate(
     assert unread.messages == [] and read.messages
     # The same estimate, give or take the separators the read conversation adds.
     assert abs(unread.approx_input_tokens() - read.approx_input_tokens()) <= 2
-    assert unread.approx_input_tokens() > 500
+    assert unread.approx_input_tokens() > 500 * (3 if api.name == "anthropic" else 1)
 
 
 async def test_a_relayed_conversation_counts_against_the_route_token_limit(
@@ -303,3 +318,13 @@ async def test_a_relayed_conversation_counts_against_the_route_token_limit(
         answered = await http.post("/v1/chat/completions", json=short)
         assert answered.status_code == 200, answered.text
     assert fake_openai.last_request.json["messages"] == short["messages"]
+
+
+def test_long_header_values_are_cleaned_and_not_kept() -> None:
+    # Tried: the names of a caller's unknown fields, 200 KB of them, as an answer header.
+    # The value is bounded and safe; unlike a model's name it is not cached, so bodies
+    # of the body limit's size are not kept after their answer.
+    kept = _short_header_value.cache_info().currsize
+    value = header_value("field_" * 40_000 + "\r\nX-Injected: 1")
+    assert len(value) == 512 and "\r" not in value and "\n" not in value
+    assert _short_header_value.cache_info().currsize == kept
