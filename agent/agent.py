@@ -159,11 +159,16 @@ class Agent(BaseAgent):
     @property
     def relays(self) -> bool:
         """Whether a caller's body in this agent's format goes upstream as it came, read
-        by nothing on the way: the agent has no tools (a tool round needs a body of its
-        making) and no middleware (a hook may read the request). `_relay` decides it
-        per request, on the same grounds but the middleware."""
-        codec = codec_for(self.provider, self.api)
-        return not self.tools and not self.middleware and callable(getattr(codec, "relay", None))
+        by nothing on the way: it can be relayed (`_relays_with`) and no middleware of
+        the agent's (a hook may read the request) sees it first."""
+        return not self.middleware and self._relays_with(codec_for(self.provider, self.api))
+
+    def _relays_with(self, codec: Codec) -> bool:
+        """The agent runs no tools of its own (a tool round would need a body of its
+        making) and its codec can send a caller's body on."""
+        # Not isinstance(codec, Relaying): a runtime protocol check walks the protocol's
+        # members on every call (tens of microseconds on Python 3.11, per request).
+        return not self.tools and callable(getattr(codec, "relay", None))
 
     @property
     def wire(self) -> str:
@@ -325,11 +330,9 @@ class Agent(BaseAgent):
         """The caller's own body, when this agent speaks its format and runs no tools of
         its own (a tool round would need a body of the agent's making)."""
         relay = request.relay
-        if relay is None or relay.wire != codec.wire or self.tools:
+        if relay is None or relay.wire != codec.wire or not self._relays_with(codec):
             return None
-        # Not isinstance(codec, Relaying): a runtime protocol check walks the protocol's
-        # members on every call (tens of microseconds on Python 3.11, per request).
-        return relay if callable(getattr(codec, "relay", None)) else None
+        return relay
 
     def _response(
         self,

@@ -188,8 +188,8 @@ class Request:
     continues: str | None = None
     # A caller's body whose conversation was not read into `messages` (every agent of its
     # route sends the body on as it came, and nothing on the way reads it): the length
-    # of its text, for the token estimate.
-    unread_chars: int | None = None
+    # of its text, for the token estimate (0 when the conversation was read).
+    unread_chars: int = 0
 
     @property
     def input(self) -> str:
@@ -205,9 +205,7 @@ class Request:
     def approx_input_tokens(self) -> int:
         """A cheap token estimate (4 characters a token) for cost and context checks."""
         chars = len(self.system or "") + sum(len(m.text) for m in self.messages)
-        if self.unread_chars is not None:
-            chars += self.unread_chars
-        return chars // 4 + 1
+        return (chars + self.unread_chars) // 4 + 1
 
     def copy(self, **changes: Any) -> Request:
         return replace(self, **changes)

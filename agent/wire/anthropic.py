@@ -663,7 +663,7 @@ class AnthropicApi:
         data, extra = read_body(body, _Body, _MODELED)
         dropped: set[str] = set()
         messages: list[Message] = []
-        unread = None
+        unread = 0
         if history:
             messages = _conversation(data["messages"], dropped)
             name_tool_results(messages)

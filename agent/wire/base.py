@@ -284,37 +284,34 @@ class StreamReader:
         call, so the content that came before it in the same chunk reaches the caller."""
         self.check()
         out: list[StreamEvent] = []
-        sse, relayed, decoder = self._sse, self._relayed, self._decoder
+        sse, relayed = self._sse, self._relayed
         quick = sse.quick(chunk)
         if quick is not None:  # the common case: every frame plain, parsed in one pass
             events, end = quick
-            for i, plain in enumerate(events):
-                try:
-                    out += decoder.feed(plain)
-                except ProviderError as exc:
-                    if relayed is not None:  # the frames before this one
-                        relayed.append(chunk[: _frame_ends(chunk, i)])
-                    if not out:
-                        raise
-                    self._failed = exc
-                    return out
-            if relayed is not None:
-                relayed.append(chunk[:end] if end < len(chunk) else chunk)
+            decoded = self._decode(events, out)
+            if relayed is not None:  # the chunk as it came, up to an error frame
+                whole = decoded == len(events)
+                relayed.append(chunk[: end if whole else _frame_ends(chunk, decoded)])
             return out
-        for frame in sse.frames(chunk):
-            event = sse.parse(frame)
-            if event is None:
-                continue
+        framed = [(e, frame) for frame in sse.frames(chunk) if (e := sse.parse(frame)) is not None]
+        decoded = self._decode([event for event, _ in framed], out)
+        if relayed is not None:
+            relayed += [frame + b"\n\n" for _, frame in framed[:decoded]]
+        return out
+
+    def _decode(self, events: list[SSEEvent], out: list[StreamEvent]) -> int:
+        """Feed `events` to the decoder, their stream events into `out`; how many were
+        decoded before an error. An error before any content is raised at once; after
+        content it waits for `check()`."""
+        for i, event in enumerate(events):
             try:
-                out += decoder.feed(event)
+                out += self._decoder.feed(event)
             except ProviderError as exc:
                 if not out:
                     raise
                 self._failed = exc
-                break
-            if relayed is not None:
-                relayed.append(frame + b"\n\n")
-        return out
+                return i
+        return len(events)
 
     def close(self) -> tuple[list[StreamEvent], Parsed]:
         """The stream ended: the last events and the assembled answer."""

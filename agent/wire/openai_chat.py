@@ -650,7 +650,7 @@ class OpenAIApi(OpenAIReplies):
         system: str | None = None
         messages: list[Message] = []
         dropped: set[str] = set()
-        unread = None
+        unread = 0
         if history:
             system, past, dropped = _history(data["messages"])
             messages = as_messages(past)

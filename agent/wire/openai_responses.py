@@ -467,7 +467,7 @@ class ResponsesApi(OpenAIReplies):
     def parse(self, body: Any, history: bool = True) -> Call:
         data, extra = read_body(body, _Body, _MODELED)
         only = _relay_only(body)
-        system, unread = data.get("instructions"), None
+        system, unread = data.get("instructions"), 0
         messages: list[Message] = []
         if not history:
             unread = text_chars(data.get("input", []))

@@ -100,13 +100,11 @@ def header_value(text: str, limit: int = 512) -> str:
     return _safe_header_value(text, limit)  # a caller's field names, say: not kept
 
 
-@functools.lru_cache(maxsize=1024)
-def _short_header_value(text: str, limit: int) -> str:
-    return _safe_header_value(text, limit)
-
-
 def _safe_header_value(text: str, limit: int) -> str:
     text = " ".join(text.split())
     if not (text.isascii() and text.isprintable()):  # control characters would be refused
         text = text.encode("unicode_escape").decode("ascii")
     return text[:limit]
+
+
+_short_header_value = functools.lru_cache(maxsize=1024)(_safe_header_value)
